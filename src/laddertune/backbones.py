@@ -1,0 +1,260 @@
+"""How to read each Hugging Face model family: where its layers and input embeddings live.
+
+A family is one small `Family` entry. Paths are relative to the *stack*: the base model for
+encoders, decoders and vision towers, or each of `get_encoder()` / `get_decoder()` for
+encoder-decoder models. The same paths hold in the backbone and in the side network, because the
+side network is the backbone's own model class built at width d/r.
+
+A family nobody listed usually works anyway: `detect_family` finds the longest list of identical
+blocks, the `embeddings` module (or the input embeddings) and the kind of model from its config.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .errors import LSTConfigError, UnsupportedModelError
+
+ENCODER, DECODER, ENCODER_DECODER, VISION = "encoder", "decoder", "encoder-decoder", "vision"
+
+
+@dataclass(frozen=True)
+class Family:
+    kind: str             # ENCODER | DECODER | ENCODER_DECODER | VISION
+    layers: str           # the stack's ModuleList of blocks
+    side_input: str       # module whose output is hidden_states[0]; the side net replaces it
+    side_unused: tuple[str, ...] = ()  # side submodules never used (poolers), dropped from the side
+    pooling: str = "first"  # SEQ_CLS reads the "first" token (CLS) or the "last" non-padding one
+
+
+_BERT_LIKE = Family(ENCODER, "encoder.layer", "embeddings", ("pooler",))
+_LLAMA_LIKE = Family(DECODER, "layers", "embed_tokens", pooling="last")
+
+FAMILIES: dict[str, Family] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "deberta-v2": _BERT_LIKE,
+    "distilbert": Family(ENCODER, "transformer.layer", "embeddings"),
+    "gpt2": Family(DECODER, "h", "wte", pooling="last"),
+    "llama": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+    "opt": Family(DECODER, "decoder.layers", "decoder.embed_tokens", pooling="last"),
+    "gpt_neox": Family(DECODER, "layers", "embed_in", pooling="last"),
+    "t5": Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last"),
+    "mt5": Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last"),
+    "bart": Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last"),
+    "vit": Family(VISION, "encoder.layer", "embeddings", ("pooler",)),
+    "clip_vision_model": Family(VISION, "vision_model.encoder.layers", "vision_model.embeddings",
+                                ("vision_model.post_layernorm",)),
+    "clip_text_model": Family(ENCODER, "text_model.encoder.layers", "text_model.embeddings",
+                              pooling="last"),
+}
+
+# Config fields that hold a width the side network divides by r.
+_WIDTHS = ("hidden_size", "d_model", "n_embd", "dim", "intermediate_size", "d_ff", "n_inner",
+           "hidden_dim", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "d_kv", "head_dim")
+_MODEL_WIDTHS = ("hidden_size", "d_model", "n_embd", "dim")
+# Widths that must equal the side's model width (they only exist to project to it).
+_TIED_TO_WIDTH = ("embedding_size", "word_embed_proj_dim", "pooler_hidden_size")
+_HEADS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
+          "decoder_attention_heads")
+_ENCODER_DEPTHS = ("num_hidden_layers", "n_layer", "n_layers", "num_layers", "encoder_layers")
+_DECODER_DEPTHS = ("num_decoder_layers", "decoder_layers")
+
+
+def get_path(module: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        module = getattr(module, name)
+    return module
+
+
+def set_path(module: nn.Module, path: str, value: nn.Module | None) -> None:
+    *parents, leaf = path.split(".")
+    for name in parents:
+        module = getattr(module, name)
+    setattr(module, leaf, value)
+
+
+def model_width(config) -> int:
+    for name in _MODEL_WIDTHS:
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    raise UnsupportedModelError(
+        f"cannot find the hidden width of a {type(config).__name__}; "
+        "laddertune reads hidden_size, d_model, n_embd or dim")
+
+
+def _heads(config) -> int | None:
+    for name in _HEADS:
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    return None
+
+
+def detect_family(model) -> Family:
+    """The `Family` of a model: a listed entry, else one read off the model's structure."""
+    model_type = getattr(model.config, "model_type", None)
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    if getattr(model.config, "is_encoder_decoder", False):
+        stack = model.get_encoder()
+        kind = ENCODER_DECODER
+    else:
+        stack = model.base_model
+        kind = VISION if getattr(model, "main_input_name", "") == "pixel_values" else None
+    layers = _longest_block_list(stack)
+    if layers is None:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} has no list of transformer blocks laddertune can find; "
+            "add a Family entry for model_type "
+            f"{model_type!r} in laddertune/backbones.py")
+    if hasattr(stack, "embeddings") and isinstance(stack.embeddings, nn.Module):
+        side_input = "embeddings"
+    else:
+        embedding = stack.get_input_embeddings() if hasattr(stack, "get_input_embeddings") else None
+        side_input = next((n for n, m in stack.named_modules() if m is embedding and n), None)
+        if side_input is None:
+            raise UnsupportedModelError(
+                f"{type(model).__name__} has no input embedding module laddertune can find; "
+                f"add a Family entry for model_type {model_type!r} in laddertune/backbones.py")
+    if kind is None:
+        kind = DECODER if _is_causal(model_type) else ENCODER
+    pooling = "first" if kind in (ENCODER, VISION) else "last"
+    unused = ("pooler",) if isinstance(getattr(stack, "pooler", None), nn.Module) else ()
+    return Family(kind, layers, side_input, unused, pooling)
+
+
+def _is_causal(model_type: str | None) -> bool:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+    return (model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+
+def _longest_block_list(stack: nn.Module) -> str | None:
+    best, best_len = None, 0
+    for name, module in stack.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > best_len:
+            if len({type(block) for block in module}) == 1:
+                best, best_len = name, len(module)
+    return best
+
+
+def backbone_stacks(model, family: Family) -> list[nn.Module]:
+    """The modules that run the backbone: [base] or [encoder, decoder]."""
+    if family.kind == ENCODER_DECODER:
+        return [model.get_encoder(), model.get_decoder()]
+    return [model.base_model]
+
+
+def num_layers(stack: nn.Module, family: Family) -> int:
+    return len(get_path(stack, family.layers))
+
+
+def reduced_config(config, reduction_factor: int, encoder_layers: list[int],
+                   decoder_layers: list[int] | None, dropout: float):
+    """A copy of the backbone config at width d/r with one block per kept backbone layer.
+
+    Heads keep their number (as in the paper) and shrink in size; the vocabulary shrinks to two
+    rows because the side network never embeds tokens: its first ladder feeds it instead.
+
+    Raises:
+        LSTConfigError: if d/r is not a whole number of heads.
+    """
+    r = reduction_factor
+    width = model_width(config)
+    heads = _heads(config)
+    side = copy.deepcopy(config)
+    if width % r or width // r < 1:
+        raise LSTConfigError(
+            f"reduction_factor={r} does not divide the backbone width {width}; "
+            f"use one of {_valid_factors(config)}")
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
+    if head_dim is not None and isinstance(head_dim, int) and head_dim % r:
+        raise LSTConfigError(
+            f"reduction_factor={r} leaves attention heads of size {head_dim}/{r}, not whole; "
+            f"use one of {_valid_factors(config)}")
+    if head_dim is None and heads and (width // r) % heads:
+        raise LSTConfigError(
+            f"reduction_factor={r} gives side width {width // r}, which {heads} attention heads "
+            f"cannot split evenly; use one of {_valid_factors(config)}")
+    for name in _WIDTHS:
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            setattr(side, name, max(1, value // r))
+    for name in _TIED_TO_WIDTH:
+        if isinstance(getattr(config, name, None), int):
+            setattr(side, name, width // r)
+    for name in _ENCODER_DEPTHS:
+        if isinstance(getattr(config, name, None), int):
+            setattr(side, name, len(encoder_layers))
+    if decoder_layers is not None:
+        for name in _DECODER_DEPTHS:
+            if isinstance(getattr(config, name, None), int):
+                setattr(side, name, len(decoder_layers))
+    if isinstance(getattr(config, "layer_types", None), list):
+        side.layer_types = [config.layer_types[i] for i in encoder_layers]
+    for name, value in vars(config).items():
+        if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
+            setattr(side, name, dropout)
+    side.vocab_size = 2  # never used for lookups; the ladder's first projection replaces it
+    if isinstance(getattr(side, "pad_token_id", None), int) and side.pad_token_id >= 2:
+        side.pad_token_id = None
+    side.tie_word_embeddings = False
+    return side
+
+
+def _valid_factors(config) -> list[int]:
+    width, heads = model_width(config), _heads(config)
+    head_dim = getattr(config, "head_dim", None) or getattr(config, "d_kv", None)
+    valid = []
+    for r in range(1, width + 1):
+        if width % r:
+            continue
+        if isinstance(head_dim, int) and head_dim % r:
+            continue
+        if head_dim is None and heads and (width // r) % heads:
+            continue
+        valid.append(r)
+    return valid[:8]
+
+
+def side_model_class(backbone):
+    """The bare model class of the backbone's family (T5Model for T5ForConditionalGeneration)."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+    try:
+        return MODEL_MAPPING[type(backbone.config)]
+    except KeyError:
+        return type(backbone.base_model)
+
+
+def lm_head(backbone) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """The backbone's frozen LM head as (weight, bias, input scale), all detached.
+
+    T5 with tied embeddings scales the decoder output by d_model^-0.5 before its head; BART adds
+    `final_logits_bias`. A bare model with tied embeddings uses its input embedding matrix.
+    """
+    head = backbone.get_output_embeddings() if hasattr(backbone, "get_output_embeddings") else None
+    config = backbone.config
+    if head is None:
+        if not getattr(config, "tie_word_embeddings", False):
+            raise UnsupportedModelError(
+                f"{type(backbone).__name__} has no LM head; load it with AutoModelForCausalLM or "
+                "AutoModelForSeq2SeqLM so the side network can reuse the head")
+        head = backbone.get_input_embeddings()
+    bias = getattr(head, "bias", None)
+    final_bias = getattr(backbone, "final_logits_bias", None)
+    if final_bias is not None:
+        bias = final_bias.reshape(-1) if bias is None else bias + final_bias.reshape(-1)
+    scale = 1.0
+    if config.model_type in ("t5", "mt5") and getattr(config, "tie_word_embeddings", False):
+        scale = config.d_model ** -0.5
+    return head.weight.detach(), None if bias is None else bias.detach(), scale

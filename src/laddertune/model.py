@@ -1,0 +1,436 @@
+"""LSTModel: a frozen backbone, run without autograd, and a trainable ladder side network.
+
+The backbone is held, not registered: `parameters()`, `state_dict()` and an optimizer over them
+see the side network only, so nothing can train, save or all-reduce the backbone by accident.
+`model.to(...)` still moves both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.utils import ModelOutput
+
+from . import backbones as bb
+from .checkpoint import (
+    backbone_fingerprint,
+    check_fingerprint,
+    load_json,
+    load_weights,
+    save_json,
+    save_weights,
+)
+from .config import CONFIG_NAME, WEIGHTS_NAME, LSTConfig, default_side_layers
+from .errors import (
+    BackboneMismatchError,
+    CheckpointError,
+    InputError,
+    LSTConfigError,
+    MissingInputError,
+    UnsupportedModelError,
+)
+from .side import GenericSideStack, Ladder, attach_ladder, drop_unused, generic_heads
+
+_TASKS_BY_KIND = {
+    bb.ENCODER: ("SEQ_CLS", "TOKEN_CLS", "FEATURE_EXTRACTION"),
+    bb.DECODER: ("SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM", "FEATURE_EXTRACTION"),
+    bb.ENCODER_DECODER: ("SEQ_CLS", "SEQ_2_SEQ_LM", "FEATURE_EXTRACTION"),
+    bb.VISION: ("SEQ_CLS", "FEATURE_EXTRACTION"),
+}
+
+
+@dataclass
+class LSTOutput(ModelOutput):
+    """loss (given labels), logits (task head), last_hidden_state (side output at width d),
+    cache (backbone and side key/value caches, for generation)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    cache: tuple | None = None
+
+
+class LSTModel(nn.Module):
+    """A backbone wrapped with a ladder side network. Build it with `get_lst_model`.
+
+    Args:
+        backbone: a Hugging Face `PreTrainedModel` (bare or with a task head). Never modified.
+        config: the `LSTConfig`.
+        init_data: examples for ``side_init="fisher"`` (an iterable of input dicts with labels).
+
+    Raises:
+        UnsupportedModelError: the model is not a Hugging Face transformer laddertune can read,
+            or it cannot do `config.task_type`.
+        LSTConfigError: `reduction_factor` or `side_layers` do not fit this backbone.
+    """
+
+    def __init__(self, backbone, config: LSTConfig, init_data=None):
+        super().__init__()
+        _check_is_transformer(backbone)
+        object.__setattr__(self, "backbone", backbone)  # held, not registered (module doc)
+        self.config = config
+        self.family = bb.detect_family(backbone)
+        if config.task_type not in _TASKS_BY_KIND[self.family.kind]:
+            raise UnsupportedModelError(
+                f"task_type {config.task_type} needs another kind of model: "
+                f"{backbone.config.model_type} is an {self.family.kind} model; use one of "
+                f"{', '.join(_TASKS_BY_KIND[self.family.kind])}")
+        self.stacks = bb.backbone_stacks(backbone, self.family)
+        self.kept_layers = [self._kept_layers(config.side_layers, self.stacks[0], "side_layers")]
+        if self.family.kind == bb.ENCODER_DECODER:
+            self.kept_layers.append(self._kept_layers(
+                config.decoder_side_layers, self.stacks[1], "decoder_side_layers"))
+        elif config.decoder_side_layers is not None:
+            raise LSTConfigError("decoder_side_layers is only for encoder-decoder models; "
+                                 "use side_layers")
+
+        width = bb.model_width(backbone.config)
+        self.width, self.side_width = width, width // config.reduction_factor
+        dtype = _side_dtype(backbone)
+        self.ladders = nn.ModuleList(
+            Ladder(width, self.side_width, kept, config.gate_temperature, config.gate_alpha_init,
+                   learnable_gates=config.gate == "learnable")
+            for kept in self.kept_layers)
+        self.side_model, self.side_stacks, self.side_blocks = self._build_side(backbone, config)
+        self.up = nn.Linear(self.side_width, width)            # (b, t, d/r) -> (b, t, d)
+        nn.init.normal_(self.up.weight, std=0.01)
+        nn.init.zeros_(self.up.bias)
+        self.head_dropout = nn.Dropout(config.dropout)
+        self.classifier = None
+        if config.task_type in ("SEQ_CLS", "TOKEN_CLS"):
+            self.classifier = nn.Linear(width, config.num_labels)
+        for child in self.children():  # not self.to(): that would also move the backbone
+            child.to(device=_device_of(backbone), dtype=dtype)
+        if config.side_init != "random":
+            from .prune import init_side_from_backbone
+            init_side_from_backbone(self, init_data)
+
+    # ---- construction -------------------------------------------------------------------------
+
+    def _kept_layers(self, requested, stack, name) -> list[int]:
+        depth = bb.num_layers(stack, self.family)
+        kept = default_side_layers(depth) if requested is None else list(requested)
+        bad = [i for i in kept if not 0 <= i < depth]
+        if bad:
+            raise LSTConfigError(
+                f"{name} {bad} out of range: this backbone stack has layers 0..{depth - 1}")
+        return kept
+
+    def _build_side(self, backbone, config):
+        """The side model of the backbone's own class at width d/r, else generic blocks."""
+        reduced = bb.reduced_config(
+            backbone.config, config.reduction_factor, self.kept_layers[0],
+            self.kept_layers[1] if len(self.kept_layers) > 1 else None, config.dropout)
+        if config.side_blocks in ("auto", "native"):
+            try:
+                with _quiet_transformers():
+                    side_model = bb.side_model_class(backbone)(reduced)
+            except Exception as err:  # noqa: BLE001 - any failure means: fall back or explain
+                if config.side_blocks == "native" or self.family.kind == bb.ENCODER_DECODER:
+                    raise UnsupportedModelError(
+                        f"cannot build {backbone.config.model_type} blocks at width "
+                        f"{self.side_width} ({err}); use side_blocks='generic' or another "
+                        "reduction_factor") from None
+            else:
+                drop_unused(side_model, self.family.side_unused)
+                if self.family.kind == bb.ENCODER_DECODER:
+                    side_stacks = [side_model.get_encoder(), side_model.get_decoder()]
+                    drop_unused(side_model, ("shared",))
+                else:
+                    side_stacks = [side_model]
+                for stack, ladder in zip(side_stacks, self.ladders):
+                    attach_ladder(stack, self.family, ladder)
+                return side_model, side_stacks, "native"
+        heads = generic_heads(self.side_width, bb._heads(backbone.config))
+        side_model = GenericSideStack(self.ladders[0], self.side_width, heads, config.dropout,
+                                      self.family.kind)
+        return side_model, [side_model], "generic"
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def forward(self, input_ids=None, attention_mask=None, pixel_values=None, token_type_ids=None,
+                labels=None, decoder_input_ids=None, decoder_attention_mask=None,
+                encoder_outputs=None, cache=None, use_cache=False, return_loss=False,
+                **kwargs) -> LSTOutput:
+        """Run backbone (no autograd) and side network; compute the loss when labels are given.
+
+        `return_loss=True` asks for a loss and raises `MissingInputError` if labels are absent.
+        """
+        if return_loss and labels is None:
+            raise MissingInputError(
+                "a loss was asked for but no labels were given; pass labels=... to forward")
+        inputs = self._stack_inputs(input_ids, attention_mask, pixel_values, token_type_ids)
+        caches = cache if cache is not None else (None, None)
+        if self.family.kind != bb.ENCODER_DECODER:
+            side_hidden, cache_out = self._run_stack(0, inputs, caches, use_cache)
+            pad_mask = attention_mask
+        else:
+            if encoder_outputs is None:
+                encoder_outputs, _ = self._run_encoder(inputs)
+            backbone_memory, side_memory = encoder_outputs                 # (b, s, d), (b, s, d/r)
+            if decoder_input_ids is None:
+                source = labels if self.config.task_type == "SEQ_2_SEQ_LM" else input_ids
+                if source is None:
+                    raise MissingInputError("a text-to-text forward needs labels or "
+                                            "decoder_input_ids; pass one of them")
+                decoder_input_ids = self.shift_right(source)
+                if self.config.task_type != "SEQ_2_SEQ_LM":
+                    decoder_attention_mask = attention_mask
+            dec_inputs = {"input_ids": decoder_input_ids, "attention_mask": decoder_attention_mask}
+            side_hidden, cache_out = self._run_stack(
+                1, dec_inputs, caches, use_cache,
+                backbone_extra={"encoder_hidden_states": backbone_memory,
+                                "encoder_attention_mask": attention_mask},
+                side_extra={"encoder_hidden_states": side_memory,
+                            "encoder_attention_mask": attention_mask})
+            pad_mask = decoder_attention_mask
+            cache_out = (cache_out, encoder_outputs)
+        return self._task_output(side_hidden, pad_mask, labels, cache_out)
+
+    def _stack_inputs(self, input_ids, attention_mask, pixel_values, token_type_ids) -> dict:
+        if self.family.kind == bb.VISION:
+            if pixel_values is None:
+                raise MissingInputError(
+                    f"{self.backbone.config.model_type} is a vision model; pass pixel_values")
+            return {"pixel_values": pixel_values}
+        if input_ids is None:
+            raise MissingInputError("this text model needs input_ids; pass input_ids=...")
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return inputs
+
+    def _run_encoder(self, inputs):
+        """Backbone and side encoders of an encoder-decoder model: (backbone_out, side_out)."""
+        side_hidden, _ = self._run_stack(0, inputs, (None, None), False, final_hidden=True)
+        return (self._last_backbone_hidden, side_hidden), None
+
+    def _run_stack(self, index, inputs, caches, use_cache, backbone_extra=None, side_extra=None,
+                   final_hidden=False):
+        """One backbone stack under no_grad, then its side stack fed by the ladder."""
+        stack, side_stack, ladder = self.stacks[index], self.side_stacks[index], self.ladders[index]
+        backbone_cache, side_cache = caches
+        cache_kwargs = {}
+        if self.family.kind in (bb.DECODER,) or index == 1:
+            cache_kwargs = {"use_cache": use_cache, "cache": backbone_cache}
+        with frozen(self.backbone):
+            out = stack(**inputs, **(backbone_extra or {}), **cache_kwargs,
+                        output_hidden_states=True, return_dict=True)
+        self._last_backbone_hidden = out.last_hidden_state
+        ladder.backbone_hiddens = out.hidden_states        # L+1 tensors of (b, t, d)
+        try:
+            if cache_kwargs:
+                cache_kwargs["cache"] = side_cache
+            if self.side_blocks == "generic":
+                side_out = side_stack(**inputs)
+                return side_out, None
+            side_out = side_stack(**inputs, **(side_extra or {}), **cache_kwargs, return_dict=True)
+        finally:
+            ladder.backbone_hiddens = None
+        new_cache = (out.cache, side_out.cache) if use_cache else None
+        return side_out.last_hidden_state, new_cache
+
+    def _task_output(self, side_hidden, pad_mask, labels, cache) -> LSTOutput:
+        task = self.config.task_type
+        if task == "SEQ_CLS":
+            pooled = self._pool(side_hidden, pad_mask)                     # (b, d/r)
+            up = torch.tanh(self.up(pooled))                                 # (b, d)
+            logits = self.classifier(self.head_dropout(up))                  # (b, num_labels)
+            return LSTOutput(self._classification_loss(logits, labels), logits, None, cache)
+        up = self.up(side_hidden)                                            # (b, t, d)
+        if task == "TOKEN_CLS":
+            logits = self.classifier(self.head_dropout(torch.tanh(up)))      # (b, t, num_labels)
+            return LSTOutput(self._classification_loss(logits, labels), logits, up, cache)
+        if task == "FEATURE_EXTRACTION":
+            return LSTOutput(None, None, up, cache)
+        weight, bias, scale = bb.lm_head(self.backbone)
+        logits = F.linear(up.to(weight.dtype) * scale, weight, bias).float()  # (b, t, vocab)
+        loss = None
+        if labels is not None:
+            if task == "CAUSAL_LM":   # predict token t+1 from position t
+                logits_for_loss, labels = logits[:, :-1], labels[:, 1:]
+            else:
+                logits_for_loss = logits
+            self._check_label_range(labels, logits.shape[-1])
+            loss = F.cross_entropy(logits_for_loss.reshape(-1, logits.shape[-1]),
+                                   labels.reshape(-1), ignore_index=-100)
+        return LSTOutput(loss, logits, up, cache)
+
+    def _pool(self, hidden, pad_mask):
+        if self.family.pooling == "first":
+            return hidden[:, 0]
+        if pad_mask is None:
+            return hidden[:, -1]
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        last = (pad_mask.to(positions.dtype) * positions).argmax(-1)      # last non-padding index
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+    def _classification_loss(self, logits, labels):
+        if labels is None:
+            return None
+        if self.config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(-1).float(), labels.to(torch.float32))
+        expected = logits.shape[:-1]
+        if labels.shape != expected:
+            raise InputError(f"labels have shape {tuple(labels.shape)} but this {self.config.task_type} "
+                             f"model expects {tuple(expected)}; pass one label per "
+                             f"{'sequence' if self.config.task_type == 'SEQ_CLS' else 'token'}")
+        self._check_label_range(labels, self.config.num_labels)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=-100)
+
+    @staticmethod
+    def _check_label_range(labels, num_classes):
+        valid = labels[labels != -100]
+        if valid.numel() and (valid.min() < 0 or valid.max() >= num_classes):
+            raise InputError(
+                f"label {int(valid.max() if valid.max() >= num_classes else valid.min())} is out "
+                f"of range 0..{num_classes - 1}; set LSTConfig(num_labels=...) to the number of "
+                "classes or fix the labels")
+
+    def shift_right(self, ids: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs from targets: start token, then the targets shifted one to the right."""
+        config = self.backbone.config
+        start = config.decoder_start_token_id
+        if start is None:
+            start = config.pad_token_id
+        shifted = ids.new_full(ids.shape, start)
+        shifted[:, 1:] = ids[:, :-1]
+        return shifted.masked_fill(shifted == -100, config.pad_token_id)
+
+    # ---- parameters ---------------------------------------------------------------------------
+
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """Every parameter LST trains, by name: side blocks, ladders, gates, up-projection, head."""
+        return dict(self.named_parameters())
+
+    def get_nb_trainable_parameters(self) -> tuple[int, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        backbone = sum(p.numel() for p in {id(p): p for p in self.backbone.parameters()}.values())
+        return trainable, backbone + trainable
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+              f"trainable%: {100 * trainable / total:.4f}")
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        if "backbone" in self.__dict__:
+            self.backbone._apply(fn, recurse)
+        return self
+
+    # ---- save / load --------------------------------------------------------------------------
+
+    def fingerprint(self) -> dict:
+        return backbone_fingerprint(self.backbone.config, self.stacks)
+
+    def save_pretrained(self, save_directory: str | Path, **_) -> None:
+        """Write lst_config.json and lst_model.safetensors (side network only) atomically."""
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        backbone_config = self.backbone.config
+        from . import __version__
+        meta = {
+            **self.config.to_dict(),
+            "base_model_name_or_path": getattr(backbone_config, "_name_or_path", "") or "",
+            "revision": getattr(backbone_config, "_commit_hash", None),
+            "model_type": backbone_config.model_type,
+            "backbone_fingerprint": self.fingerprint(),
+            "resolved_side_layers": self.kept_layers,
+            "side_blocks_built": self.side_blocks,
+            "laddertune_version": __version__,
+        }
+        save_weights(self.state_dict(), directory / WEIGHTS_NAME)
+        save_json(meta, directory / CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(cls, backbone, model_id: str | Path, **_) -> LSTModel:
+        """Rebuild a saved side network on `backbone` after checking it is the same backbone.
+
+        Raises:
+            CheckpointError: the folder is missing a file, or a file is truncated or corrupted.
+            BackboneMismatchError: the folder was saved for a different backbone.
+        """
+        directory = Path(model_id)
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory} is not a folder; pass the folder written by "
+                                  "save_pretrained")
+        meta = load_json(directory / CONFIG_NAME)
+        _check_is_transformer(backbone)
+        if meta.get("model_type") not in (None, backbone.config.model_type):
+            raise BackboneMismatchError(
+                f"{directory} holds a side network for a {meta['model_type']} backbone, not "
+                f"{backbone.config.model_type}; pass the backbone it was trained on")
+        config = LSTConfig.from_dict({**meta, "side_init": "random",
+                                      "side_blocks": meta.get("side_blocks_built", "auto")})
+        model = cls(backbone, config)
+        check_fingerprint(meta.get("backbone_fingerprint", {}), model.fingerprint(), str(directory))
+        state = load_weights(directory / WEIGHTS_NAME)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        bad_shape = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        if missing or unexpected or bad_shape:
+            raise CheckpointError(
+                f"{directory / WEIGHTS_NAME} does not match its config (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]}); save the model again")
+        model.load_state_dict(state)
+        model.config.side_init = meta.get("side_init", "random")
+        return model
+
+
+def get_lst_model(backbone, config: LSTConfig, init_data=None) -> LSTModel:
+    """Wrap `backbone` with a ladder side network; the backbone is left untouched."""
+    return LSTModel(backbone, config, init_data=init_data)
+
+
+@contextlib.contextmanager
+def frozen(backbone: nn.Module):
+    """Run the backbone in eval mode (no dropout) without autograd, then restore its modes."""
+    modes = [(module, module.training) for module in backbone.modules()]
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _check_is_transformer(model) -> None:
+    from transformers import PreTrainedModel
+    if not isinstance(model, PreTrainedModel):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is not a Hugging Face PreTrainedModel; load the backbone "
+            "with transformers (AutoModel / AutoModelFor...) and pass that")
+    if type(model).__name__ == "CLIPModel":
+        raise UnsupportedModelError(
+            "CLIPModel holds two towers; pass CLIPVisionModel or CLIPTextModel (e.g. "
+            "CLIPVisionModel.from_pretrained(path)) to tune one of them")
+
+
+def _side_dtype(backbone) -> torch.dtype:
+    dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), torch.float32)
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _device_of(backbone) -> torch.device:
+    return next(backbone.parameters()).device

@@ -1,0 +1,181 @@
+"""The ladder side network: the only part of an LST model that learns.
+
+For one backbone stack with kept layers l_1 < ... < l_n, hidden width d and side width d/r:
+
+    h_0 = down_0(e)                                  # (b, t, d) -> (b, t, d/r); e = embeddings
+    for k in 1..n:
+        mu_k = sigmoid(alpha_k / T)                   # the gate, a scalar per side block
+        h = mu_k * h + (1 - mu_k) * down_k(x_{l_k})   # x_l = output of backbone layer l
+        h = side_block_k(h)                           # (b, t, d/r)
+    h = final_norm(h)
+    y = up(h)                                         # (b, t, d/r) -> (b, t, d), to the task head
+
+The side blocks are the backbone's own block class, built from a copy of its config at width d/r
+(`backbones.reduced_config`), inside a whole side model of the backbone's class. That model keeps
+every detail of the family right (masks, rotary or relative positions, key/value caches,
+cross-attention) without a line of per-family code here. Two small things make it a ladder:
+its embedding module is replaced by `SideInput`, which hands it h_0, and a forward pre-hook on
+each side block mixes the gated ladder in before the block runs.
+
+When a family's model class cannot be built at width d/r (or `side_blocks="generic"`),
+`GenericSideStack` runs the same loop with plain pre-norm transformer blocks, written out in full.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import DECODER, Family, get_path, set_path
+
+
+class Ladder(nn.Module):
+    """Down-projections and gates from one backbone stack into one side stack.
+
+    Args:
+        width: backbone hidden width d.
+        side_width: side hidden width d/r.
+        kept_layers: backbone layers that feed the side stack, one side block each.
+        temperature: T in mu = sigmoid(alpha / T).
+        alpha_init: starting alpha (0 gives mu = 0.5).
+        learnable_gates: train alpha (True) or keep it fixed as a buffer (False).
+    """
+
+    def __init__(self, width: int, side_width: int, kept_layers: list[int], temperature: float,
+                 alpha_init: float, learnable_gates: bool):
+        super().__init__()
+        self.kept_layers = list(kept_layers)
+        self.temperature = temperature
+        # down[0] reads the embeddings, down[k] the output of backbone layer kept_layers[k-1]
+        self.down = nn.ModuleList(nn.Linear(width, side_width) for _ in range(len(kept_layers) + 1))
+        for proj in self.down:
+            nn.init.normal_(proj.weight, std=0.01)
+            nn.init.zeros_(proj.bias)
+        alphas = torch.full((len(kept_layers),), float(alpha_init))
+        if learnable_gates:
+            self.gate_alphas = nn.Parameter(alphas)
+        else:
+            self.register_buffer("gate_alphas", alphas)
+        self.backbone_hiddens: tuple[torch.Tensor, ...] | None = None  # set for one forward
+
+    def gates(self) -> torch.Tensor:
+        """mu_k = sigmoid(alpha_k / T) for every side block, shape (n,)."""
+        return torch.sigmoid(self.gate_alphas / self.temperature)
+
+    def first(self) -> torch.Tensor:
+        """h_0 = down_0(embeddings): (b, t, d) -> (b, t, d/r)."""
+        embeddings = self.backbone_hiddens[0]
+        return self.down[0](embeddings.to(self.down[0].weight.dtype))
+
+    def mix(self, k: int, side_hidden: torch.Tensor) -> torch.Tensor:
+        """Gate the ladder from backbone layer kept_layers[k] into the side stream."""
+        # hidden_states[l + 1] is the output of backbone layer l
+        backbone_out = self.backbone_hiddens[self.kept_layers[k] + 1]    # (b, t, d)
+        ladder = self.down[k + 1](backbone_out.to(self.down[k + 1].weight.dtype))  # (b, t, d/r)
+        mu = self.gates()[k]
+        return mu * side_hidden + (1 - mu) * ladder
+
+
+class SideInput(nn.Module):
+    """Stands where the side model's embedding module was and returns h_0 = down_0(e)."""
+
+    def __init__(self, ladder: Ladder):
+        super().__init__()
+        self.ladder = [ladder]  # a list, so the ladder's weights are not registered twice
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.ladder[0].first()
+
+
+def attach_ladder(side_stack: nn.Module, family: Family, ladder: Ladder) -> None:
+    """Make a side model of the backbone's class into a ladder side stack (see module doc)."""
+    set_path(side_stack, family.side_input, SideInput(ladder))
+    blocks = get_path(side_stack, family.layers)
+    if len(blocks) != len(ladder.kept_layers):
+        raise RuntimeError(f"side stack has {len(blocks)} blocks for {len(ladder.kept_layers)} "
+                           "kept layers")  # an internal invariant, not a user error
+    for k, block in enumerate(blocks):
+        block.register_forward_pre_hook(_mix_hook(ladder, k), with_kwargs=True)
+
+
+def _mix_hook(ladder: Ladder, k: int):
+    def hook(block, args, kwargs):
+        if args:  # blocks take hidden_states first, by position or by name
+            return (ladder.mix(k, args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": ladder.mix(k, kwargs["hidden_states"])}
+    return hook
+
+
+def drop_unused(side_model: nn.Module, paths: tuple[str, ...]) -> None:
+    """Replace side submodules the task never reads (poolers, tied vocab) by Identity."""
+    for path in paths:
+        try:
+            get_path(side_model, path)
+        except AttributeError:
+            continue
+        set_path(side_model, path, nn.Identity())
+
+
+class GenericSideBlock(nn.Module):
+    """A pre-norm transformer block at side width, for families whose own block can't be built."""
+
+    def __init__(self, width: int, heads: int, dropout: float, causal: bool):
+        super().__init__()
+        self.heads, self.causal, self.dropout = heads, causal, dropout
+        self.ln_1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(),
+                                 nn.Linear(4 * width, width), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+        x = x + self.attend(self.ln_1(x), pad_mask)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+    def attend(self, x: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=2)
+        q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
+        mask = None                                                    # (b, 1, t, t) or None
+        if pad_mask is not None:
+            mask = pad_mask[:, None, None, :].bool()
+            if self.causal:
+                mask = mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
+            mask = mask | torch.eye(t, dtype=torch.bool, device=x.device)  # no empty rows (NaN)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+            is_causal=self.causal and mask is None)                    # (b, heads, t, c/heads)
+        return self.proj(y.transpose(1, 2).reshape(b, t, c))
+
+
+class GenericSideStack(nn.Module):
+    """The ladder loop written out, with `GenericSideBlock`s. No key/value cache."""
+
+    def __init__(self, ladder: Ladder, side_width: int, heads: int, dropout: float, kind: str):
+        super().__init__()
+        self.ladder = [ladder]
+        self.blocks = nn.ModuleList(
+            GenericSideBlock(side_width, heads, dropout, causal=kind == DECODER)
+            for _ in ladder.kept_layers)
+        self.final_norm = nn.LayerNorm(side_width)
+
+    def forward(self, attention_mask: torch.Tensor | None = None, **_) -> torch.Tensor:
+        ladder = self.ladder[0]
+        h = ladder.first()                         # (b, t, d/r)
+        for k, block in enumerate(self.blocks):
+            h = ladder.mix(k, h)                   # gated ladder from backbone layer l_k
+            h = block(h, attention_mask)           # (b, t, d/r)
+        return self.final_norm(h)
+
+
+def generic_heads(side_width: int, backbone_heads: int | None) -> int:
+    """Heads for a generic block: the backbone's count if it divides d/r, else the largest that does."""
+    heads = backbone_heads or 1
+    while side_width % heads:
+        heads -= 1
+    return max(1, math.gcd(heads, side_width))
