@@ -49,11 +49,10 @@ FAMILIES: dict[str, Family] = {
     "t5": Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last"),
     "mt5": Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last"),
     "bart": Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last"),
-    "vit": Family(VISION, "encoder.layer", "embeddings", ("pooler",)),
-    "clip_vision_model": Family(VISION, "vision_model.encoder.layers", "vision_model.embeddings",
-                                ("vision_model.post_layernorm",)),
-    "clip_text_model": Family(ENCODER, "text_model.encoder.layers", "text_model.embeddings",
-                              pooling="last"),
+    "mbart": Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last"),
+    "vit": Family(VISION, "layers", "embeddings", ("pooler",)),
+    "clip_vision_model": Family(VISION, "encoder.layers", "embeddings", ("post_layernorm",)),
+    "clip_text_model": Family(ENCODER, "encoder.layers", "embeddings", pooling="last"),
 }
 
 # Config fields that hold a width the side network divides by r.

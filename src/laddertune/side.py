@@ -80,19 +80,31 @@ class Ladder(nn.Module):
 
 
 class SideInput(nn.Module):
-    """Stands where the side model's embedding module was and returns h_0 = down_0(e)."""
+    """Stands where the side model's embedding module was and returns h_0 = down_0(e).
 
-    def __init__(self, ladder: Ladder):
+    Some model forwards read an attribute off their embedding module (ViT reads the patch
+    projection's dtype); those reads go to the replaced module, kept but not registered, so its
+    unused weights are neither trained nor saved.
+    """
+
+    def __init__(self, ladder: Ladder, replaced: nn.Module):
         super().__init__()
-        self.ladder = [ladder]  # a list, so the ladder's weights are not registered twice
+        self._held = (ladder, replaced)  # a tuple: neither is registered as a submodule
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.ladder[0].first()
+        return self._held[0].first()
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_held"][1], name)
 
 
 def attach_ladder(side_stack: nn.Module, family: Family, ladder: Ladder) -> None:
     """Make a side model of the backbone's class into a ladder side stack (see module doc)."""
-    set_path(side_stack, family.side_input, SideInput(ladder))
+    set_path(side_stack, family.side_input,
+             SideInput(ladder, get_path(side_stack, family.side_input)))
     blocks = get_path(side_stack, family.layers)
     if len(blocks) != len(ladder.kept_layers):
         raise RuntimeError(f"side stack has {len(blocks)} blocks for {len(ladder.kept_layers)} "
