@@ -1,0 +1,88 @@
+"""Fine-tuning methods side by side: LST and the baselines a user would pick instead.
+
+`build_method` turns one freshly loaded task model (``...ForSequenceClassification``,
+``...ForCausalLM``, ``...ForSeq2SeqLM``) into a trainable model for one method. Every result takes
+the same inputs (input_ids, attention_mask, labels) and returns ``.loss`` and ``.logits``, so the
+CLI and the benchmarks train them all in one loop on the same batches.
+
+Baselines go through the real `peft` library (LoRA, prompt tuning); BitFit trains biases and the
+task head only. Full fine-tuning and BitFit change `requires_grad` on the model they are given,
+so pass a fresh model to each method.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .config import LSTConfig
+from .errors import LSTConfigError
+
+METHODS = ("lst", "full", "lora", "bitfit", "prompt")
+
+# Learning rates from the paper's T5-base GLUE setting (../shared/LST.md): LST 3e-3, full FT,
+# LoRA and BitFit 3e-4, prompt tuning 0.3.
+DEFAULT_LR = {"lst": 3e-3, "full": 3e-4, "lora": 3e-4, "bitfit": 3e-4, "prompt": 0.3}
+
+# Task-head module names in transformers' task models; they stay trainable for BitFit.
+_HEAD_NAMES = ("classifier", "score", "pre_classifier", "classification_head", "lm_head")
+
+
+def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
+                 num_labels: int = 2, lst_config: LSTConfig | None = None, lora_rank: int = 32,
+                 prompt_tokens: int = 20, init_data=None) -> nn.Module:
+    """A model that trains `task_model` by `method`.
+
+    Args:
+        method: one of ``lst``, ``full``, ``lora``, ``bitfit``, ``prompt``.
+        task_model: a freshly loaded Hugging Face task model.
+        task_type: PEFT's task name (``SEQ_CLS``, ``CAUSAL_LM``, ``SEQ_2_SEQ_LM``, ...).
+        num_labels: classes for classification tasks.
+        lst_config: LST settings; defaults to ``LSTConfig(task_type, num_labels)``.
+        lora_rank: LoRA rank (the paper's baseline uses 32).
+        prompt_tokens: virtual tokens for prompt tuning.
+        init_data: examples for LST's Fisher initialisation.
+
+    Raises:
+        LSTConfigError: unknown method.
+    """
+    if method == "lst":
+        from .model import get_lst_model
+        config = lst_config or LSTConfig(task_type=task_type, num_labels=num_labels)
+        return get_lst_model(task_model, config, init_data=init_data)
+    if method == "full":
+        for param in task_model.parameters():
+            param.requires_grad_(True)
+        return task_model
+    if method == "bitfit":
+        if not any(name.endswith("bias") for name, _ in task_model.named_parameters()):
+            raise LSTConfigError(
+                f"bitfit trains bias terms and {task_model.config.model_type} has none; "
+                "use lora or lst")
+        for name, param in task_model.named_parameters():
+            is_head = any(part in _HEAD_NAMES for part in name.split("."))
+            param.requires_grad_(name.endswith("bias") or (is_head and task_type != "CAUSAL_LM"
+                                                           and task_type != "SEQ_2_SEQ_LM"))
+        return task_model
+    if method == "lora":
+        from peft import LoraConfig, get_peft_model
+        lora = LoraConfig(task_type=task_type, r=lora_rank, lora_alpha=lora_rank,
+                          lora_dropout=0.0, target_modules="all-linear")
+        return get_peft_model(task_model, lora)
+    if method == "prompt":
+        from peft import PromptTuningConfig, get_peft_model
+        prompt = PromptTuningConfig(task_type=task_type, num_virtual_tokens=prompt_tokens)
+        return get_peft_model(task_model, prompt)
+    raise LSTConfigError(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters an optimizer should get for this method."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, all) parameters, counting an LST model's frozen backbone in `all`."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        return model.get_nb_trainable_parameters()
+    unique = {id(p): p for p in model.parameters()}.values()
+    return (sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique))
