@@ -203,7 +203,9 @@ def reduced_config(config, reduction_factor: int, encoder_layers: list[int],
         side.layer_types = [config.layer_types[i] for i in encoder_layers]
     for name, value in vars(config).items():
         if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
-            setattr(side, name, dropout)
+            # No dropout on attention probabilities: fused attention kernels then keep no
+            # (t x t) matrix for backward, which would be as large as the backbone's.
+            setattr(side, name, 0.0 if "att" in name else dropout)
     side.vocab_size = 2  # never used for lookups; the ladder's first projection replaces it
     if isinstance(getattr(side, "pad_token_id", None), int) and side.pad_token_id >= 2:
         side.pad_token_id = None
