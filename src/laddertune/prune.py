@@ -1,0 +1,465 @@
+"""Side-network initialisation by structural pruning of the backbone, as the LST paper does.
+
+The side blocks are the backbone's own block class at width d/r, so every side parameter has a
+backbone twin of the same name. Pruning keeps, for each dimension of each twin, a set of indices,
+chained so the side network is a consistent narrow copy of the backbone:
+
+    hidden  d/r of the d model dims, ranked by the column L1 importance of the token embedding
+            ("the embedding chooses the kept hidden dimensions"). One index for the whole model:
+            every block's input and output dims, its norms, the stacks' final norms and position
+            tables, and (encoder-decoder models share one embedding) cross-attention inputs.
+    heads   per attention module: every head is kept, d_head/r dims inside each. q, k and v
+            share the index: dim j of a head scores q_j * k_j * v_j, the row L1 importances.
+            With grouped-query attention the dims are chosen per key/value head, its query
+            heads' scores summed. Rotary families keep whole rotation pairs (j, j + d_head/2),
+            so the side head rotates kept pairs together.
+    ffn     d_ff/r intermediate units, ranked by the row L1 importance of the input linear
+            (the product of the two for gated feed-forwards).
+
+    side W_q = W_q[heads_q, hidden]    side W_k, W_v = W_k, W_v[heads_kv, hidden]
+    side W_o = W_o[hidden, heads_q]    side W_in = W_in[ffn, hidden]    W_out = W_out[hidden, ffn]
+    side norm = norm[hidden]           biases follow their weight's rows
+    T5's relative position bias (buckets x heads) is copied whole.
+
+Importance of a weight W:
+    magnitude   |W|. Needs no data.
+    fisher      sum over examples of (dL/dW)^2 (empirical Fisher), examples one at a time.
+
+Ladders, gates, the up-projection and the task head are untouched (they start fresh).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import backbones as bb
+from .errors import LSTConfigError, MissingInputError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+
+# ---- which module is which, per family ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Attention:
+    """Paths (inside a block) of one attention module's four linears."""
+
+    q: str
+    k: str
+    v: str
+    o: str
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one stack's blocks are pruned. Paths are relative to the stack or the block."""
+
+    embedding: str                       # stack path of the token embedding (ranks hidden dims)
+    attentions: tuple[Attention, ...]    # self-attention, then cross-attention in decoders
+    ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
+    ffn_out: str                         # the linear back to the model width
+    rotary: bool = False                 # rotary position embedding: keep rotation pairs
+
+
+_BERT = BlockPlan(
+    "embeddings.word_embeddings",
+    (Attention("attention.self.query", "attention.self.key", "attention.self.value",
+               "attention.output.dense"),),
+    ("intermediate.dense",), "output.dense")
+_LLAMA = BlockPlan(
+    "embed_tokens",
+    (Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),),
+    ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", rotary=True)
+_T5_SELF = Attention("layer.0.SelfAttention.q", "layer.0.SelfAttention.k",
+                     "layer.0.SelfAttention.v", "layer.0.SelfAttention.o")
+_T5_CROSS = Attention("layer.1.EncDecAttention.q", "layer.1.EncDecAttention.k",
+                      "layer.1.EncDecAttention.v", "layer.1.EncDecAttention.o")
+_T5_ENCODER = BlockPlan("embed_tokens", (_T5_SELF,), ("layer.1.DenseReluDense.wi",),
+                        "layer.1.DenseReluDense.wo")
+_T5_DECODER = BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS), ("layer.2.DenseReluDense.wi",),
+                        "layer.2.DenseReluDense.wo")
+# T5 v1.1 / mT5 use a gated feed-forward: wi_0 (gate) and wi_1 (up)
+_T5_GATED_ENCODER = BlockPlan("embed_tokens", (_T5_SELF,),
+                              ("layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"),
+                              "layer.1.DenseReluDense.wo")
+_T5_GATED_DECODER = BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS),
+                              ("layer.2.DenseReluDense.wi_0", "layer.2.DenseReluDense.wi_1"),
+                              "layer.2.DenseReluDense.wo")
+_BART_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                       "self_attn.out_proj")
+_BART_CROSS = Attention("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj",
+                        "encoder_attn.out_proj")
+_BART_ENCODER = BlockPlan("embed_tokens", (_BART_SELF,), ("fc1",), "fc2")
+_BART_DECODER = BlockPlan("embed_tokens", (_BART_SELF, _BART_CROSS), ("fc1",), "fc2")
+
+# model_type -> one plan per stack ([encoder, decoder] for encoder-decoder models)
+PLANS: dict[str, tuple[BlockPlan, ...]] = {
+    "bert": (_BERT,),
+    "roberta": (_BERT,),
+    "electra": (_BERT,),  # only when embedding_size == hidden_size (else no hidden ranking)
+    "llama": (_LLAMA,),
+    "qwen2": (_LLAMA,),
+    "mistral": (_LLAMA,),
+    "t5": (_T5_ENCODER, _T5_DECODER),
+    "bart": (_BART_ENCODER, _BART_DECODER),
+    "mbart": (_BART_ENCODER, _BART_DECODER),
+}
+
+
+def plans_for(model) -> tuple[BlockPlan, ...]:
+    """The pruning plan of an LSTModel's backbone, one per stack.
+
+    Raises:
+        UnsupportedModelError: the family has no plan, or its side blocks are not native.
+    """
+    config = model.backbone.config
+    model_type = config.model_type
+    if model.side_blocks != "native":
+        raise UnsupportedModelError(
+            f"generic side blocks have no backbone twin to prune from ({model_type})")
+    if model_type in ("t5", "mt5"):
+        gated = getattr(config, "is_gated_act", False) or model_type == "mt5"
+        return (_T5_GATED_ENCODER, _T5_GATED_DECODER) if gated else (_T5_ENCODER, _T5_DECODER)
+    if model_type not in PLANS:
+        raise UnsupportedModelError(f"no pruning plan for model_type {model_type!r}")
+    return PLANS[model_type]
+
+
+# ---- importance ---------------------------------------------------------------------------------
+
+def magnitude_importance(backbone: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
+    """Importance |W| of every backbone weight, keyed by the parameter itself."""
+    return {p: p.detach().abs().float() for p in _unique_parameters(backbone)}
+
+
+def fisher_importance(model, init_data: Iterable[dict], num_samples: int
+                      ) -> dict[nn.Parameter, torch.Tensor]:
+    """Empirical Fisher: sum over `num_samples` examples (batch 1) of (dL/dW)^2.
+
+    The backbone runs in eval mode (no dropout) with autograd. Gradients come from
+    `torch.autograd.grad`, so no `.grad` field is written and the weights are never touched; the
+    backbone's `requires_grad` flags and train/eval modes are restored afterwards.
+
+    The loss L is the task loss the side network will be trained on, as far as the frozen
+    backbone can compute it:
+      * CAUSAL_LM / SEQ_2_SEQ_LM: the backbone's own LM loss (its LM head, or its tied input
+        embedding as the head for a bare model).
+      * SEQ_CLS / TOKEN_CLS: a bare backbone has no trained head, so L is the classification
+        loss of a *fixed random* linear head (seed 0, std d^-0.5) on the backbone's last hidden
+        state, pooled as the LST model pools (CLS or last non-padding token). The head is a
+        proxy: it makes the gradients depend on the labels and the task's pooling, which a
+        label-free loss would not.
+
+    Raises:
+        MissingInputError: init_data is None or yields no examples.
+        LSTConfigError: FEATURE_EXTRACTION has no task loss to rank weights by.
+    """
+    task = model.config.task_type
+    if init_data is None:
+        raise MissingInputError(
+            "side_init='fisher' needs examples: pass init_data=[{'input_ids': ..., "
+            "'labels': ...}, ...] to get_lst_model, or use side_init='magnitude'")
+    if task == "FEATURE_EXTRACTION":
+        raise LSTConfigError("side_init='fisher' needs a task loss and FEATURE_EXTRACTION has "
+                             "none; use side_init='magnitude'")
+    backbone = model.backbone
+    params = _unique_parameters(backbone)
+    importance = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
+    flags = [p.requires_grad for p in params]
+    modes = [(module, module.training) for module in backbone.modules()]
+    backbone.eval()
+    seen = 0
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for example in itertools.islice(_single_examples(init_data), num_samples):
+                loss = _task_loss(model, example)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for p, grad in zip(params, grads):
+                    if grad is not None:
+                        importance[p] += grad.detach().float() ** 2
+                seen += 1
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode
+    if seen == 0:
+        raise MissingInputError("init_data yielded no examples; pass at least one example "
+                                "(a dict with input_ids and labels) for side_init='fisher'")
+    return importance
+
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
+                 "decoder_input_ids", "decoder_attention_mask")
+
+
+def _single_examples(init_data: Iterable[dict]):
+    """Yield batch-1 dicts from dicts of batched (or unbatched) tensors."""
+    for batch in init_data:
+        batch = {k: torch.as_tensor(v) for k, v in batch.items()}
+        if "input_ids" not in batch and "pixel_values" not in batch:
+            raise MissingInputError("every init_data example needs input_ids (or pixel_values) "
+                                    "and labels; got keys " + ", ".join(sorted(batch)))
+        if "labels" not in batch:
+            raise MissingInputError("side_init='fisher' ranks weights by the task loss; add "
+                                    "'labels' to every init_data example")
+        if "input_ids" in batch and batch["input_ids"].dim() == 1:   # one unbatched example
+            yield {k: v.unsqueeze(0) for k, v in batch.items()}
+            continue
+        lead = batch.get("input_ids", batch.get("pixel_values"))
+        for i in range(lead.shape[0]):
+            yield {k: v[i:i + 1] for k, v in batch.items()}
+
+
+def _task_loss(model, example: dict) -> torch.Tensor:
+    """The loss that ranks backbone weights (see `fisher_importance`), for one example."""
+    backbone, task = model.backbone, model.config.task_type
+    device = next(backbone.parameters()).device
+    example = {k: v.to(device) for k, v in example.items()}
+    labels = example.pop("labels")
+    inputs = {k: v for k, v in example.items() if k in _MODEL_INPUTS}
+    has_lm_head = getattr(backbone, "get_output_embeddings", lambda: None)() is not None
+    if task in ("CAUSAL_LM", "SEQ_2_SEQ_LM") and has_lm_head:
+        return backbone(**inputs, labels=labels).loss
+    if model.family.kind == bb.ENCODER_DECODER and "decoder_input_ids" not in inputs:
+        source = labels if task == "SEQ_2_SEQ_LM" else inputs["input_ids"]
+        inputs["decoder_input_ids"] = model.shift_right(source)
+        if task != "SEQ_2_SEQ_LM":
+            inputs["decoder_attention_mask"] = inputs.get("attention_mask")
+    hidden = backbone.base_model(**inputs, return_dict=True).last_hidden_state  # (1, t, d)
+    if task in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):  # bare model: its tied input embedding is the head
+        _, _, scale = bb.lm_head(backbone)
+        logits = F.linear(hidden * scale, backbone.get_input_embeddings().weight)  # (1, t, vocab)
+        if task == "CAUSAL_LM":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=-100)
+    if task == "SEQ_CLS":
+        pad_mask = inputs.get("decoder_attention_mask", inputs.get("attention_mask"))
+        hidden = model._pool(hidden, pad_mask)                                  # (1, d)
+    head = _proxy_head(hidden.shape[-1], model.config.num_labels, hidden)
+    logits = F.linear(hidden, head)                                             # (..., labels)
+    if model.config.num_labels == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=-100)
+
+
+def _proxy_head(width: int, num_labels: int, like: torch.Tensor) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(num_labels, width, generator=generator) * width ** -0.5
+    return weight.to(device=like.device, dtype=like.dtype)
+
+
+def _unique_parameters(module: nn.Module) -> list[nn.Parameter]:
+    return list({id(p): p for p in module.parameters() if p.is_floating_point()}.values())
+
+
+# ---- choosing indices ---------------------------------------------------------------------------
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest scores' positions, in increasing order (pruning keeps the original order)."""
+    return torch.topk(scores, k).indices.sort().values
+
+
+def row_l1(importance: torch.Tensor) -> torch.Tensor:
+    """L1 norm of each output row of a weight's importance: (out, in) -> (out,), in float64."""
+    return importance.double().abs().reshape(importance.shape[0], -1).sum(1)
+
+
+def hidden_index(embedding_importance: torch.Tensor, keep: int) -> torch.Tensor:
+    """Kept model dims: the embedding's columns (vocab, d) with the largest L1 importance."""
+    return top_indices(embedding_importance.double().abs().sum(0), keep)
+
+
+def ffn_index(in_importances: list[torch.Tensor], keep: int) -> torch.Tensor:
+    """Kept intermediate units: rows of the input linear(s), scored by the product of row L1s."""
+    score = torch.ones_like(row_l1(in_importances[0]))
+    for importance in in_importances:
+        score = score * row_l1(importance)
+    return top_indices(score, keep)
+
+
+def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
+               keep_per_head: int, rotary: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shared index for q, k and v: (rows of W_q and columns of W_o, rows of W_k and W_v).
+
+    q, k, v are importances of shape (heads * head_dim, d) and (kv_heads * head_dim, d).
+    """
+    heads, kv_heads = q.shape[0] // head_dim, k.shape[0] // head_dim
+    groups = heads // kv_heads                                  # query heads per key/value head
+    q_score = row_l1(q).view(kv_heads, groups, head_dim).sum(1)  # (kv_heads, head_dim)
+    score = q_score * row_l1(k).view(kv_heads, head_dim) * row_l1(v).view(kv_heads, head_dim)
+    if rotary and keep_per_head % 2 == 0 and head_dim % 2 == 0:
+        half = head_dim // 2                                      # rotate_half pairs j, j + half
+        pairs = torch.topk(score[:, :half] + score[:, half:], keep_per_head // 2).indices
+        pairs = pairs.sort(dim=1).values
+        dims = torch.cat([pairs, pairs + half], dim=1)            # (kv_heads, keep_per_head)
+    else:
+        dims = torch.topk(score, keep_per_head).indices.sort(dim=1).values
+    kv_rows = (torch.arange(kv_heads)[:, None] * head_dim + dims).flatten()
+    q_dims = dims.repeat_interleave(groups, dim=0)                # query head h uses group h // g
+    q_rows = (torch.arange(heads)[:, None] * head_dim + q_dims).flatten()
+    return q_rows, kv_rows
+
+
+@dataclass
+class PruneIndices:
+    """Every index pruning chose. Keys: (stack, backbone layer) and, for heads, attention number."""
+
+    hidden: torch.Tensor
+    heads: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict)
+    ffn: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+
+def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> PruneIndices:
+    """Chain the indices through the backbone as the module doc describes."""
+    plans = plans_for(model)
+    config = model.backbone.config
+    embedding = bb.get_path(model.stacks[0], plans[0].embedding).weight      # (vocab, d)
+    if embedding.shape[1] != model.width:
+        raise UnsupportedModelError(
+            f"the token embedding is {embedding.shape[1]} wide, not the model width {model.width}, "
+            "so it cannot rank the hidden dims")
+    indices = PruneIndices(hidden_index(importance[embedding].cpu(), model.side_width))
+    for s, (stack, side_stack, plan) in enumerate(zip(model.stacks, model.side_stacks, plans)):
+        blocks = bb.get_path(stack, model.family.layers)
+        side_blocks = bb.get_path(side_stack, model.family.layers)
+        head_dim = _head_dim(config, model.width, s)
+        for k, layer in enumerate(model.kept_layers[s]):
+            block, side_block = blocks[layer], side_blocks[k]
+            for a, attention in enumerate(plan.attentions):
+                q, kk, v = (bb.get_path(block, path).weight
+                            for path in (attention.q, attention.k, attention.v))
+                heads = q.shape[0] // head_dim
+                keep = bb.get_path(side_block, attention.q).weight.shape[0] // heads
+                indices.heads[s, layer, a] = head_index(
+                    importance[q].cpu(), importance[kk].cpu(), importance[v].cpu(),
+                    head_dim, keep, plan.rotary)
+            ffn_in = [bb.get_path(block, path).weight for path in plan.ffn_in]
+            keep = bb.get_path(side_block, plan.ffn_in[0]).weight.shape[0]
+            indices.ffn[s, layer] = ffn_index([importance[w].cpu() for w in ffn_in], keep)
+    return indices
+
+
+def _head_dim(config, width: int, stack_index: int) -> int:
+    for name in ("head_dim", "d_kv"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    names = ("decoder_attention_heads",) if stack_index == 1 else ()
+    for name in (*names, "encoder_attention_heads", "num_attention_heads", "num_heads"):
+        if isinstance(getattr(config, name, None), int):
+            return width // getattr(config, name)
+    raise UnsupportedModelError(f"cannot read the head size of a {config.model_type} config")
+
+
+# ---- copying the pruned weights -----------------------------------------------------------------
+
+@torch.no_grad()
+def copy_pruned(model, indices: PruneIndices) -> None:
+    """Overwrite every side block and side stack parameter with its pruned backbone twin."""
+    plans = plans_for(model)
+    hidden = indices.hidden
+    for s, (stack, side_stack, plan) in enumerate(zip(model.stacks, model.side_stacks, plans)):
+        blocks = bb.get_path(stack, model.family.layers)
+        side_blocks = bb.get_path(side_stack, model.family.layers)
+        for k, layer in enumerate(model.kept_layers[s]):
+            # (rows, columns) of every linear whose dims are not just the hidden index
+            linears = {}
+            for a, attention in enumerate(plan.attentions):
+                q_rows, kv_rows = indices.heads[s, layer, a]
+                linears[attention.q] = (q_rows, hidden)
+                linears[attention.k] = (kv_rows, hidden)
+                linears[attention.v] = (kv_rows, hidden)
+                linears[attention.o] = (hidden, q_rows)
+            for path in plan.ffn_in:
+                linears[path] = (indices.ffn[s, layer], hidden)
+            linears[plan.ffn_out] = (hidden, indices.ffn[s, layer])
+            twins = dict(blocks[layer].named_parameters())
+            first_block = dict(blocks[0].named_parameters())  # T5 keeps its position bias here
+            for name, side_param in side_blocks[k].named_parameters():
+                module_path, kind = name.rsplit(".", 1)
+                twin = twins.get(name, first_block.get(name))
+                if twin is None:
+                    raise UnsupportedModelError(f"side parameter {name} has no backbone twin")
+                if module_path in linears:
+                    rows, cols = linears[module_path]
+                    value = _take(twin, rows, 0)
+                    if kind == "weight":
+                        value = _take(value, cols, 1)
+                else:
+                    value = _prune_by_width(twin, side_param.shape, hidden, model.width, name)
+                side_param.copy_(value)
+        # stack-level side parameters: final norms, BART's position table and embedding norm
+        twins = dict(stack.named_parameters())
+        for name, side_param in side_stack.named_parameters():
+            if name.startswith(model.family.layers + "."):
+                continue
+            if name not in twins:
+                raise UnsupportedModelError(f"side parameter {name} has no backbone twin")
+            side_param.copy_(_prune_by_width(twins[name], side_param.shape, hidden, model.width,
+                                             name))
+
+
+def _take(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    return tensor.index_select(dim, index.to(tensor.device))
+
+
+def _prune_by_width(twin: torch.Tensor, side_shape: torch.Size, hidden: torch.Tensor,
+                    width: int, name: str) -> torch.Tensor:
+    """Cut every dim that shrank from d to d/r with the hidden index; keep equal dims whole."""
+    value = twin
+    for dim, (full, side) in enumerate(zip(twin.shape, side_shape)):
+        if full == side:
+            continue
+        if full == width and side == len(hidden):
+            value = _take(value, hidden, dim)
+        else:
+            raise UnsupportedModelError(
+                f"side parameter {name} {tuple(side_shape)} is not a hidden-dim cut of "
+                f"{tuple(twin.shape)}")
+    return value
+
+
+# ---- entry point --------------------------------------------------------------------------------
+
+def init_side_from_backbone(model, init_data=None) -> PruneIndices | None:
+    """Initialise `model`'s side blocks by pruning its backbone (`config.side_init`).
+
+    With the default side_init (magnitude, not chosen by the user), a family pruning cannot
+    handle keeps its random side blocks and logs a warning; a side_init the user chose raises.
+
+    Raises:
+        LSTConfigError: side_init was set explicitly for a backbone pruning cannot handle.
+        MissingInputError: side_init='fisher' without init_data.
+    """
+    config = model.config
+    try:
+        plans_for(model)
+        if config.side_init == "fisher":
+            importance = fisher_importance(model, init_data, config.prune_samples)
+        else:
+            importance = magnitude_importance(model.backbone)
+        indices = choose_indices(model, importance)
+        copy_pruned(model, indices)
+    except UnsupportedModelError as err:
+        if getattr(config.side_init, "is_default", False):
+            logger.warning("laddertune: side blocks of %s start random: cannot prune (%s)",
+                           model.backbone.config.model_type, err)
+            model.prune_indices = None
+            return None
+        raise LSTConfigError(
+            f"side_init={str(config.side_init)!r} cannot prune this backbone ({err}); "
+            "use side_init='random'") from None
+    model.prune_indices = indices
+    return indices
