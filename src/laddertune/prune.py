@@ -66,6 +66,10 @@ class BlockPlan:
     ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
     ffn_out: str                         # the linear back to the model width
     rotary: bool = False                 # rotary position embedding: keep rotation pairs
+    conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
+
+    def fused_qkv(self, attention: Attention) -> bool:
+        return attention.q == attention.k == attention.v
 
 
 _BERT = BlockPlan(
@@ -99,6 +103,18 @@ _BART_CROSS = Attention("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_a
 _BART_ENCODER = BlockPlan("embed_tokens", (_BART_SELF,), ("fc1",), "fc2")
 _BART_DECODER = BlockPlan("embed_tokens", (_BART_SELF, _BART_CROSS), ("fc1",), "fc2")
 
+_OPT_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                      "self_attn.out_proj")
+_OPT = BlockPlan("decoder.embed_tokens", (_OPT_SELF,), ("fc1",), "fc2")
+_DISTILBERT = BlockPlan(
+    "embeddings.word_embeddings",
+    (Attention("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),),
+    ("ffn.lin1",), "ffn.lin2")
+_CLIP_TEXT = BlockPlan("embeddings.token_embedding", (_OPT_SELF,), ("mlp.fc1",), "mlp.fc2")
+# GPT-2: Conv1D weights are stored (in, out), and q, k, v are one fused c_attn of 3d outputs
+_GPT2 = BlockPlan("wte", (Attention("attn.c_attn", "attn.c_attn", "attn.c_attn", "attn.c_proj"),),
+                  ("mlp.c_fc",), "mlp.c_proj", conv1d=True)
+
 # model_type -> one plan per stack ([encoder, decoder] for encoder-decoder models)
 PLANS: dict[str, tuple[BlockPlan, ...]] = {
     "bert": (_BERT,),
@@ -110,6 +126,10 @@ PLANS: dict[str, tuple[BlockPlan, ...]] = {
     "t5": (_T5_ENCODER, _T5_DECODER),
     "bart": (_BART_ENCODER, _BART_DECODER),
     "mbart": (_BART_ENCODER, _BART_DECODER),
+    "opt": (_OPT,),  # only when word_embed_proj_dim == hidden_size
+    "distilbert": (_DISTILBERT,),
+    "clip_text_model": (_CLIP_TEXT,),
+    "gpt2": (_GPT2,),
 }
 
 
@@ -339,17 +359,27 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
         for k, layer in enumerate(model.kept_layers[s]):
             block, side_block = blocks[layer], side_blocks[k]
             for a, attention in enumerate(plan.attentions):
-                q, kk, v = (bb.get_path(block, path).weight
-                            for path in (attention.q, attention.k, attention.v))
+                if plan.fused_qkv(attention):  # (3d, d): q, k and v stacked
+                    q, kk, v = _out_in(block, attention.q, plan, importance).chunk(3)
+                    side_q_rows = _out_in(side_block, attention.q, plan).shape[0] // 3
+                else:
+                    q, kk, v = (_out_in(block, path, plan, importance)
+                                for path in (attention.q, attention.k, attention.v))
+                    side_q_rows = _out_in(side_block, attention.q, plan).shape[0]
                 heads = q.shape[0] // head_dim
-                keep = bb.get_path(side_block, attention.q).weight.shape[0] // heads
-                indices.heads[s, layer, a] = head_index(
-                    importance[q].cpu(), importance[kk].cpu(), importance[v].cpu(),
-                    head_dim, keep, plan.rotary)
-            ffn_in = [bb.get_path(block, path).weight for path in plan.ffn_in]
-            keep = bb.get_path(side_block, plan.ffn_in[0]).weight.shape[0]
-            indices.ffn[s, layer] = ffn_index([importance[w].cpu() for w in ffn_in], keep)
+                indices.heads[s, layer, a] = head_index(q, kk, v, head_dim,
+                                                        side_q_rows // heads, plan.rotary)
+            keep = _out_in(side_block, plan.ffn_in[0], plan).shape[0]
+            indices.ffn[s, layer] = ffn_index(
+                [_out_in(block, path, plan, importance) for path in plan.ffn_in], keep)
     return indices
+
+
+def _out_in(block: nn.Module, path: str, plan: BlockPlan, importance=None) -> torch.Tensor:
+    """A linear's weight, or its importance when given, as (out, in) on the CPU."""
+    weight = bb.get_path(block, path).weight
+    value = weight if importance is None else importance[weight].cpu()
+    return value.t() if plan.conv1d else value
 
 
 def _head_dim(config, width: int, stack_index: int) -> int:
@@ -378,9 +408,14 @@ def copy_pruned(model, indices: PruneIndices) -> None:
             linears = {}
             for a, attention in enumerate(plan.attentions):
                 q_rows, kv_rows = indices.heads[s, layer, a]
-                linears[attention.q] = (q_rows, hidden)
-                linears[attention.k] = (kv_rows, hidden)
-                linears[attention.v] = (kv_rows, hidden)
+                if plan.fused_qkv(attention):
+                    d_attn = _out_in(blocks[layer], attention.q, plan).shape[0] // 3
+                    fused = torch.cat([q_rows, kv_rows + d_attn, kv_rows + 2 * d_attn])
+                    linears[attention.q] = (fused, hidden)
+                else:
+                    linears[attention.q] = (q_rows, hidden)
+                    linears[attention.k] = (kv_rows, hidden)
+                    linears[attention.v] = (kv_rows, hidden)
                 linears[attention.o] = (hidden, q_rows)
             for path in plan.ffn_in:
                 linears[path] = (indices.ffn[s, layer], hidden)
@@ -394,9 +429,11 @@ def copy_pruned(model, indices: PruneIndices) -> None:
                     raise UnsupportedModelError(f"side parameter {name} has no backbone twin")
                 if module_path in linears:
                     rows, cols = linears[module_path]
-                    value = _take(twin, rows, 0)
                     if kind == "weight":
-                        value = _take(value, cols, 1)
+                        row_dim, col_dim = (1, 0) if plan.conv1d else (0, 1)
+                        value = _take(_take(twin, rows, row_dim), cols, col_dim)
+                    else:
+                        value = _take(twin, rows, 0)
                 else:
                     value = _prune_by_width(twin, side_param.shape, hidden, model.width, name)
                 side_param.copy_(value)
