@@ -24,7 +24,8 @@ _VOLATILE_KEYS = {
     "_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype",
     "_commit_hash", "id2label", "label2id", "num_labels", "problem_type", "use_cache",
     "output_hidden_states", "output_attentions", "return_dict", "_attn_implementation",
-    "attn_implementation", "_attn_implementation_autoset", "finetuning_task", "task_specific_params",
+    "attn_implementation", "_attn_implementation_autoset", "finetuning_task",
+    "task_specific_params",
     "classifier_dropout", "tie_word_embeddings", "quantization_config", "pruned_heads",
     "chunk_size_feed_forward", "tokenizer_class", "_experts_implementation",
 }
