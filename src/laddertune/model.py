@@ -278,9 +278,9 @@ class LSTModel(nn.Module):
             return F.mse_loss(logits.squeeze(-1).float(), labels.to(torch.float32))
         expected = logits.shape[:-1]
         if labels.shape != expected:
-            raise InputError(f"labels have shape {tuple(labels.shape)} but this {self.config.task_type} "
-                             f"model expects {tuple(expected)}; pass one label per "
-                             f"{'sequence' if self.config.task_type == 'SEQ_CLS' else 'token'}")
+            unit = "sequence" if self.config.task_type == "SEQ_CLS" else "token"
+            raise InputError(f"labels have shape {tuple(labels.shape)} but this model expects "
+                             f"{tuple(expected)}; pass one label per {unit}")
         self._check_label_range(labels, self.config.num_labels)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                ignore_index=-100)
