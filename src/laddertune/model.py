@@ -107,6 +107,7 @@ class LSTModel(nn.Module):
             self.classifier = nn.Linear(width, config.num_labels)
         for child in self.children():  # not self.to(): that would also move the backbone
             child.to(device=_device_of(backbone), dtype=dtype)
+        self.prune_indices = None  # what pruning chose (prune.PruneIndices), if it ran
         if config.side_init != "random":
             from .prune import init_side_from_backbone
             init_side_from_backbone(self, init_data)

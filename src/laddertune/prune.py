@@ -141,6 +141,8 @@ def plans_for(model) -> tuple[BlockPlan, ...]:
     """
     config = model.backbone.config
     model_type = config.model_type
+    if any(p.is_meta for p in model.backbone.parameters()):
+        raise UnsupportedModelError("the backbone's weights are on the meta device (not loaded)")
     if model.side_blocks != "native":
         raise UnsupportedModelError(
             f"generic side blocks have no backbone twin to prune from ({model_type})")
@@ -154,12 +156,35 @@ def plans_for(model) -> tuple[BlockPlan, ...]:
 
 # ---- importance ---------------------------------------------------------------------------------
 
-def magnitude_importance(backbone: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
-    """Importance |W| of every backbone weight, keyed by the parameter itself."""
-    return {p: p.detach().abs().float() for p in _unique_parameters(backbone)}
+def ranked_weights(model) -> list[nn.Parameter]:
+    """The backbone weights whose importance chooses indices: the token embedding and the
+    attention and feed-forward linears of every kept layer. (Norms and biases follow.)"""
+    plans = plans_for(model)
+    embedding = bb.get_path(model.stacks[0], plans[0].embedding).weight    # (vocab, d)
+    if embedding.shape[1] != model.width:
+        raise UnsupportedModelError(
+            f"the token embedding is {embedding.shape[1]} wide, not the model width {model.width}, "
+            "so it cannot rank the hidden dims")
+    weights = {id(embedding): embedding}
+    for stack, kept, plan in zip(model.stacks, model.kept_layers, plans):
+        blocks = bb.get_path(stack, model.family.layers)
+        for layer in kept:
+            paths = [*plan.ffn_in]
+            for attention in plan.attentions:
+                paths += [attention.q, attention.k, attention.v]
+            for path in paths:
+                weight = bb.get_path(blocks[layer], path).weight
+                weights[id(weight)] = weight
+    return list(weights.values())
 
 
-def fisher_importance(model, init_data: Iterable[dict], num_samples: int
+def magnitude_importance(weights: list[nn.Parameter]) -> dict[nn.Parameter, torch.Tensor]:
+    """Importance |W| of each weight, keyed by the parameter itself."""
+    return {p: p.detach().abs().float() for p in weights}
+
+
+def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
+                      weights: list[nn.Parameter] | None = None
                       ) -> dict[nn.Parameter, torch.Tensor]:
     """Empirical Fisher: sum over `num_samples` examples (batch 1) of (dL/dW)^2.
 
@@ -190,7 +215,7 @@ def fisher_importance(model, init_data: Iterable[dict], num_samples: int
         raise LSTConfigError("side_init='fisher' needs a task loss and FEATURE_EXTRACTION has "
                              "none; use side_init='magnitude'")
     backbone = model.backbone
-    params = _unique_parameters(backbone)
+    params = ranked_weights(model) if weights is None else weights
     importance = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
     flags = [p.requires_grad for p in params]
     modes = [(module, module.training) for module in backbone.modules()]
@@ -280,10 +305,6 @@ def _proxy_head(width: int, num_labels: int, like: torch.Tensor) -> torch.Tensor
     return weight.to(device=like.device, dtype=like.dtype)
 
 
-def _unique_parameters(module: nn.Module) -> list[nn.Parameter]:
-    return list({id(p): p for p in module.parameters() if p.is_floating_point()}.values())
-
-
 # ---- choosing indices ---------------------------------------------------------------------------
 
 def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -347,10 +368,6 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
     plans = plans_for(model)
     config = model.backbone.config
     embedding = bb.get_path(model.stacks[0], plans[0].embedding).weight      # (vocab, d)
-    if embedding.shape[1] != model.width:
-        raise UnsupportedModelError(
-            f"the token embedding is {embedding.shape[1]} wide, not the model width {model.width}, "
-            "so it cannot rank the hidden dims")
     indices = PruneIndices(hidden_index(importance[embedding].cpu(), model.side_width))
     for s, (stack, side_stack, plan) in enumerate(zip(model.stacks, model.side_stacks, plans)):
         blocks = bb.get_path(stack, model.family.layers)
@@ -386,11 +403,11 @@ def _head_dim(config, width: int, stack_index: int) -> int:
     for name in ("head_dim", "d_kv"):
         if isinstance(getattr(config, name, None), int):
             return getattr(config, name)
-    names = ("decoder_attention_heads",) if stack_index == 1 else ()
-    for name in (*names, "encoder_attention_heads", "num_attention_heads", "num_heads"):
-        if isinstance(getattr(config, name, None), int):
-            return width // getattr(config, name)
-    raise UnsupportedModelError(f"cannot read the head size of a {config.model_type} config")
+    heads = getattr(config, "decoder_attention_heads", None) if stack_index == 1 else None
+    heads = heads if isinstance(heads, int) else bb._heads(config)
+    if heads is None:
+        raise UnsupportedModelError(f"cannot read the head size of a {config.model_type} config")
+    return width // heads
 
 
 # ---- copying the pruned weights -----------------------------------------------------------------
@@ -482,21 +499,20 @@ def init_side_from_backbone(model, init_data=None) -> PruneIndices | None:
     """
     config = model.config
     try:
-        plans_for(model)
-        if config.side_init == "fisher":
-            importance = fisher_importance(model, init_data, config.prune_samples)
-        else:
-            importance = magnitude_importance(model.backbone)
-        indices = choose_indices(model, importance)
-        copy_pruned(model, indices)
+        weights = ranked_weights(model)
     except UnsupportedModelError as err:
         if getattr(config.side_init, "is_default", False):
             logger.warning("laddertune: side blocks of %s start random: cannot prune (%s)",
                            model.backbone.config.model_type, err)
-            model.prune_indices = None
             return None
         raise LSTConfigError(
             f"side_init={str(config.side_init)!r} cannot prune this backbone ({err}); "
             "use side_init='random'") from None
+    if config.side_init == "fisher":
+        importance = fisher_importance(model, init_data, config.prune_samples, weights)
+    else:
+        importance = magnitude_importance(weights)
+    indices = choose_indices(model, importance)
+    copy_pruned(model, indices)
     model.prune_indices = indices
     return indices
