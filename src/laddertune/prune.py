@@ -21,9 +21,12 @@ chained so the side network is a consistent narrow copy of the backbone:
     side norm = norm[hidden]           biases follow their weight's rows
     T5's relative position bias (buckets x heads) is copied whole.
 
-Importance of a weight W:
+Importance of a weight W, elementwise:
     magnitude   |W|. Needs no data.
     fisher      sum over examples of (dL/dW)^2 (empirical Fisher), examples one at a time.
+A row's score is the L1 norm of its importances (an embedding column's, for the hidden dims).
+Importances are non-negative and summed, so the scores are accumulated directly: one vector per
+weight is kept, never a second copy of the backbone.
 
 Ladders, gates, the up-projection and the task head are untouched (they start fresh).
 """
@@ -156,16 +159,17 @@ def plans_for(model) -> tuple[BlockPlan, ...]:
 
 # ---- importance ---------------------------------------------------------------------------------
 
-def ranked_weights(model) -> list[nn.Parameter]:
-    """The backbone weights whose importance chooses indices: the token embedding and the
-    attention and feed-forward linears of every kept layer. (Norms and biases follow.)"""
+def ranked_weights(model) -> dict[nn.Parameter, int]:
+    """The backbone weights whose scores choose indices, each with the dim its L1 norm sums:
+    the token embedding (over the vocabulary, giving one score per model dim) and the attention
+    and feed-forward linears of every kept layer (over inputs, one score per output row)."""
     plans = plans_for(model)
     embedding = bb.get_path(model.stacks[0], plans[0].embedding).weight    # (vocab, d)
     if embedding.shape[1] != model.width:
         raise UnsupportedModelError(
             f"the token embedding is {embedding.shape[1]} wide, not the model width {model.width}, "
             "so it cannot rank the hidden dims")
-    weights = {id(embedding): embedding}
+    weights = {embedding: 0}
     for stack, kept, plan in zip(model.stacks, model.kept_layers, plans):
         blocks = bb.get_path(stack, model.family.layers)
         for layer in kept:
@@ -173,20 +177,20 @@ def ranked_weights(model) -> list[nn.Parameter]:
             for attention in plan.attentions:
                 paths += [attention.q, attention.k, attention.v]
             for path in paths:
-                weight = bb.get_path(blocks[layer], path).weight
-                weights[id(weight)] = weight
-    return list(weights.values())
+                weights[bb.get_path(blocks[layer], path).weight] = 0 if plan.conv1d else 1
+    return weights
 
 
-def magnitude_importance(weights: list[nn.Parameter]) -> dict[nn.Parameter, torch.Tensor]:
-    """Importance |W| of each weight, keyed by the parameter itself."""
-    return {p: p.detach().abs().float() for p in weights}
+def magnitude_importance(weights: dict[nn.Parameter, int]) -> dict[nn.Parameter, torch.Tensor]:
+    """Scores from |W|: the L1 norm of each row (embedding: column), keyed by the parameter."""
+    return {p: p.detach().abs().sum(dim, dtype=torch.float64) for p, dim in weights.items()}
 
 
 def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
-                      weights: list[nn.Parameter] | None = None
+                      weights: dict[nn.Parameter, int] | None = None
                       ) -> dict[nn.Parameter, torch.Tensor]:
-    """Empirical Fisher: sum over `num_samples` examples (batch 1) of (dL/dW)^2.
+    """Scores from the empirical Fisher: sum over `num_samples` examples (batch 1) of (dL/dW)^2,
+    L1-summed per row (embedding: per column) as it accumulates.
 
     The backbone runs in eval mode (no dropout) with autograd. Gradients come from
     `torch.autograd.grad`, so no `.grad` field is written and the weights are never touched; the
@@ -215,8 +219,10 @@ def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
         raise LSTConfigError("side_init='fisher' needs a task loss and FEATURE_EXTRACTION has "
                              "none; use side_init='magnitude'")
     backbone = model.backbone
-    params = ranked_weights(model) if weights is None else weights
-    importance = {p: torch.zeros_like(p, dtype=torch.float32) for p in params}
+    weights = ranked_weights(model) if weights is None else weights
+    params = list(weights)
+    importance = {p: torch.zeros(p.shape[1 - dim], dtype=torch.float64, device=p.device)
+                  for p, dim in weights.items()}   # 2-D weights: one score per kept-side dim
     flags = [p.requires_grad for p in params]
     modes = [(module, module.training) for module in backbone.modules()]
     backbone.eval()
@@ -230,7 +236,8 @@ def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for p, grad in zip(params, grads):
                     if grad is not None:
-                        importance[p] += grad.detach().float() ** 2
+                        squared = grad.detach().float().pow(2)   # float: bf16 squares underflow
+                        importance[p] += squared.sum(weights[p], dtype=torch.float64)
                 seen += 1
     finally:
         for p, flag in zip(params, flags):
@@ -312,21 +319,16 @@ def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores, k).indices.sort().values
 
 
-def row_l1(importance: torch.Tensor) -> torch.Tensor:
-    """L1 norm of each output row of a weight's importance: (out, in) -> (out,), in float64."""
-    return importance.double().abs().reshape(importance.shape[0], -1).sum(1)
+def hidden_index(embedding_score: torch.Tensor, keep: int) -> torch.Tensor:
+    """Kept model dims: the embedding columns (d,) with the largest L1 importance."""
+    return top_indices(embedding_score, keep)
 
 
-def hidden_index(embedding_importance: torch.Tensor, keep: int) -> torch.Tensor:
-    """Kept model dims: the embedding's columns (vocab, d) with the largest L1 importance."""
-    return top_indices(embedding_importance.double().abs().sum(0), keep)
-
-
-def ffn_index(in_importances: list[torch.Tensor], keep: int) -> torch.Tensor:
-    """Kept intermediate units: rows of the input linear(s), scored by the product of row L1s."""
-    score = torch.ones_like(row_l1(in_importances[0]))
-    for importance in in_importances:
-        score = score * row_l1(importance)
+def ffn_index(in_scores: list[torch.Tensor], keep: int) -> torch.Tensor:
+    """Kept intermediate units: rows of the input linear(s), by the product of their scores."""
+    score = in_scores[0]
+    for other in in_scores[1:]:
+        score = score * other
     return top_indices(score, keep)
 
 
@@ -334,12 +336,12 @@ def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
                keep_per_head: int, rotary: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """One shared index for q, k and v: (rows of W_q and columns of W_o, rows of W_k and W_v).
 
-    q, k, v are importances of shape (heads * head_dim, d) and (kv_heads * head_dim, d).
+    q, k, v are row scores of shape (heads * head_dim,) and (kv_heads * head_dim,).
     """
     heads, kv_heads = q.shape[0] // head_dim, k.shape[0] // head_dim
     groups = heads // kv_heads                                  # query heads per key/value head
-    q_score = row_l1(q).view(kv_heads, groups, head_dim).sum(1)  # (kv_heads, head_dim)
-    score = q_score * row_l1(k).view(kv_heads, head_dim) * row_l1(v).view(kv_heads, head_dim)
+    q_score = q.view(kv_heads, groups, head_dim).sum(1)          # (kv_heads, head_dim)
+    score = q_score * k.view(kv_heads, head_dim) * v.view(kv_heads, head_dim)
     if rotary and keep_per_head % 2 == 0 and head_dim % 2 == 0:
         half = head_dim // 2                                      # rotate_half pairs j, j + half
         pairs = torch.topk(score[:, :half] + score[:, half:], keep_per_head // 2).indices
@@ -364,7 +366,11 @@ class PruneIndices:
 
 
 def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> PruneIndices:
-    """Chain the indices through the backbone as the module doc describes."""
+    """Chain the indices through the backbone as the module doc describes.
+
+    `importance` maps each of `ranked_weights(model)` to its scores (`magnitude_importance`,
+    `fisher_importance`).
+    """
     plans = plans_for(model)
     config = model.backbone.config
     embedding = bb.get_path(model.stacks[0], plans[0].embedding).weight      # (vocab, d)
@@ -375,28 +381,26 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
         head_dim = _head_dim(config, model.width, s)
         for k, layer in enumerate(model.kept_layers[s]):
             block, side_block = blocks[layer], side_blocks[k]
+            def score(path, block=block):
+                return importance[bb.get_path(block, path).weight].cpu()   # (out,)
+
             for a, attention in enumerate(plan.attentions):
-                if plan.fused_qkv(attention):  # (3d, d): q, k and v stacked
-                    q, kk, v = _out_in(block, attention.q, plan, importance).chunk(3)
-                    side_q_rows = _out_in(side_block, attention.q, plan).shape[0] // 3
+                side_q_rows = _out_features(side_block, attention.q, plan)
+                if plan.fused_qkv(attention):  # (3d,): q, k and v stacked
+                    q, kk, v = score(attention.q).chunk(3)
+                    side_q_rows //= 3
                 else:
-                    q, kk, v = (_out_in(block, path, plan, importance)
-                                for path in (attention.q, attention.k, attention.v))
-                    side_q_rows = _out_in(side_block, attention.q, plan).shape[0]
+                    q, kk, v = score(attention.q), score(attention.k), score(attention.v)
                 heads = q.shape[0] // head_dim
                 indices.heads[s, layer, a] = head_index(q, kk, v, head_dim,
                                                         side_q_rows // heads, plan.rotary)
-            keep = _out_in(side_block, plan.ffn_in[0], plan).shape[0]
-            indices.ffn[s, layer] = ffn_index(
-                [_out_in(block, path, plan, importance) for path in plan.ffn_in], keep)
+            keep = _out_features(side_block, plan.ffn_in[0], plan)
+            indices.ffn[s, layer] = ffn_index([score(path) for path in plan.ffn_in], keep)
     return indices
 
 
-def _out_in(block: nn.Module, path: str, plan: BlockPlan, importance=None) -> torch.Tensor:
-    """A linear's weight, or its importance when given, as (out, in) on the CPU."""
-    weight = bb.get_path(block, path).weight
-    value = weight if importance is None else importance[weight].cpu()
-    return value.t() if plan.conv1d else value
+def _out_features(block: nn.Module, path: str, plan: BlockPlan) -> int:
+    return bb.get_path(block, path).weight.shape[1 if plan.conv1d else 0]
 
 
 def _head_dim(config, width: int, stack_index: int) -> int:
@@ -426,7 +430,7 @@ def copy_pruned(model, indices: PruneIndices) -> None:
             for a, attention in enumerate(plan.attentions):
                 q_rows, kv_rows = indices.heads[s, layer, a]
                 if plan.fused_qkv(attention):
-                    d_attn = _out_in(blocks[layer], attention.q, plan).shape[0] // 3
+                    d_attn = _out_features(blocks[layer], attention.q, plan) // 3
                     fused = torch.cat([q_rows, kv_rows + d_attn, kv_rows + 2 * d_attn])
                     linears[attention.q] = (fused, hidden)
                 else:
