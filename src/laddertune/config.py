@@ -14,6 +14,7 @@ SIDE_INITS = ("random", "magnitude", "fisher")
 GATE_KINDS = ("learnable", "fixed")
 SIDE_BLOCKS = ("auto", "native", "generic")
 CONFIG_NAME = "lst_config.json"
+WEIGHTS_NAME = "lst_model.safetensors"
 
 
 class _DefaultChoice(str):
@@ -24,7 +25,6 @@ class _DefaultChoice(str):
     """
 
     is_default = True
-WEIGHTS_NAME = "lst_model.safetensors"
 
 
 @dataclass

@@ -381,6 +381,7 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
         head_dim = _head_dim(config, model.width, s)
         for k, layer in enumerate(model.kept_layers[s]):
             block, side_block = blocks[layer], side_blocks[k]
+
             def score(path, block=block):
                 return importance[bb.get_path(block, path).weight].cpu()   # (out,)
 
