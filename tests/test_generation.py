@@ -72,6 +72,15 @@ def test_cached_greedy_equals_recompute(model_type):
     assert torch.equal(uncached, expected)
 
 
+def test_generic_side_blocks_generate_without_a_cache():
+    model = lst_lm("gpt2", side_blocks="generic")
+    inputs = tiny_inputs("gpt2", batch=2, length=6)
+    inputs["attention_mask"][0, -2:] = 1
+    with torch.no_grad():
+        expected = greedy_by_recompute(model, inputs, steps=4)
+    assert torch.equal(model.generate(**inputs, max_new_tokens=4, eos_token_id=NO_EOS), expected)
+
+
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_left_padded_prompt_generates_as_if_alone(model_type):
     model = lst_lm(model_type)
@@ -166,21 +175,27 @@ def test_beam_search_returns_the_best_two_token_sequence():
     torch.testing.assert_close(scores[0], totals.max())
 
 
-def test_beams_score_at_least_greedy_and_scores_are_true_log_probs():
+@pytest.mark.parametrize("eos", [1, 49])   # 49: the likeliest first token, so beams finish early
+def test_beams_score_at_least_greedy_and_scores_are_true_log_probs(eos):
     model = lst_lm("t5", seed=0)
     with torch.no_grad():
         model.up.weight *= 30      # peakier next-token distributions, so greedy can go wrong
     inputs = tiny_inputs("t5", batch=3, length=6, seed=0)
-    eos = model.backbone.config.eos_token_id
-    greedy, greedy_scores = model.generate(**inputs, max_new_tokens=6, return_scores=True)
+    greedy, greedy_scores = model.generate(**inputs, max_new_tokens=6, return_scores=True,
+                                           eos_token_id=eos)
     beams, beam_scores = model.generate(**inputs, max_new_tokens=6, num_beams=4,
-                                        return_scores=True)
+                                        return_scores=True, eos_token_id=eos)
     assert (beam_scores >= greedy_scores - 1e-5).all()
     assert (beam_scores > greedy_scores + 1e-3).any()      # beams found something better
     for row in range(3):
         one = {k: v[row:row + 1] for k, v in inputs.items()}
         recomputed = sequence_log_prob(model, one, beams[row], eos)
         assert abs(recomputed - float(beam_scores[row])) < 1e-4
+        ended = (beams[row, 1:] == eos).nonzero()
+        if len(ended):                                      # after eos: padding only
+            assert (beams[row, 2 + int(ended[0]):] == 0).all()
+    if eos == 49:
+        assert (beams[:, 1:] == 49).any()
 
 
 def test_trained_tiny_t5_learns_to_reverse_and_generates_it():
