@@ -42,12 +42,14 @@ def generate(model, input_ids: torch.Tensor | None = None,
     Args:
         model: an `LSTModel` (or `LSTVisionLanguageModel`) with task_type SEQ_2_SEQ_LM or
             CAUSAL_LM.
-        input_ids: (b, t) prompts; left-padded for decoder-only models.
+        input_ids: (b, t) prompts (questions, for vision-language models); left-padded for
+            decoder-only models.
         attention_mask: (b, t), 1 for real tokens; all ones when omitted.
         max_new_tokens: the most tokens added to each sequence.
         num_beams: 1 for greedy search, k > 1 for beam search with k beams.
         pixel_values: images, for vision-language models.
-        eos_token_id: token(s) that end a sequence; the backbone's own by default.
+        eos_token_id: token(s) that end a sequence; the backbone's own by default; ``[]``
+            never stops early.
         pad_token_id: token that fills finished sequences; the backbone's own (else eos).
         use_cache: reuse key/value caches (one incremental step per token); False reruns the
             whole sequence every step, which is slower and gives the same result.
@@ -58,7 +60,7 @@ def generate(model, input_ids: torch.Tensor | None = None,
 
     Raises:
         UnsupportedModelError: the model's task type does not generate text.
-        MissingInputError: neither input_ids nor pixel_values were given.
+        MissingInputError: input_ids are missing.
         InputError: a decoder-only prompt is right-padded, or a count is below 1.
     """
     task = model.config.task_type
@@ -66,14 +68,14 @@ def generate(model, input_ids: torch.Tensor | None = None,
         raise UnsupportedModelError(
             f"generate needs a text-generating model but this one has task_type {task}; "
             "build it with LSTConfig(task_type='SEQ_2_SEQ_LM') or 'CAUSAL_LM'")
-    if input_ids is None and pixel_values is None:
-        raise MissingInputError("generate needs a prompt; pass input_ids (or pixel_values)")
+    if input_ids is None:
+        raise MissingInputError("generate needs a prompt; pass input_ids")
     if max_new_tokens < 1 or num_beams < 1:
         raise InputError(f"max_new_tokens={max_new_tokens} and num_beams={num_beams} must both "
                          "be >= 1")
-    if input_ids is not None and attention_mask is None:
+    if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    if task == "CAUSAL_LM" and attention_mask is not None and not attention_mask[:, -1].all():
+    if task == "CAUSAL_LM" and not attention_mask[:, -1].all():
         raise InputError("a decoder-only prompt is padded on the right; pad on the left "
                          "(tokenizer.padding_side = 'left') so new tokens follow every prompt")
     eos, pad = special_tokens(model.backbone, eos_token_id, pad_token_id)
@@ -156,15 +158,14 @@ class Decoder:
 
     @property
     def batch_size(self) -> int:
-        return len(next(v for v in self.inputs.values() if v is not None))
+        return len(self.inputs["input_ids"])
 
     def start(self) -> torch.Tensor:
         """The sequences before any new token: decoder start tokens, or the prompts."""
         if not self.seq2seq:
             return self.inputs["input_ids"]
-        reference = next(v for v in self.inputs.values() if v is not None)
         return torch.full((self.batch_size, 1), decoder_start_token(self.model.backbone),
-                          dtype=torch.long, device=reference.device)
+                          dtype=torch.long, device=self.inputs["input_ids"].device)
 
     def expand(self, k: int) -> None:
         self.inputs = {name: None if value is None else value.repeat_interleave(k, dim=0)
