@@ -13,9 +13,12 @@ from .errors import (  # noqa: E402
     UnsupportedModelError,
 )
 from .model import LSTModel, LSTOutput, get_lst_model  # noqa: E402
+from .text2text import Verbalizer, evaluate_text2text  # noqa: E402
+from .vision_language import LSTVisionLanguageModel  # noqa: E402
 
 __all__ = [
     "LSTConfig", "LSTModel", "LSTOutput", "get_lst_model", "LSTError", "LSTConfigError",
     "UnsupportedModelError", "InputError", "MissingInputError", "CheckpointError",
-    "BackboneMismatchError", "__version__",
+    "BackboneMismatchError", "LSTVisionLanguageModel", "Verbalizer", "evaluate_text2text",
+    "__version__",
 ]
