@@ -92,6 +92,8 @@ def test_decoder_side_layers_only_for_encoder_decoder():
 
 
 @pytest.mark.parametrize("field, value", [("task_type", "CLASSIFY"), ("gate", "open"),
+                                          ("reduction_factor", True), ("num_labels", 2.5),
+                                          ("prune_samples", 0),
                                           ("side_init", "zeros"), ("dropout", 1.5),
                                           ("side_layers", []), ("side_layers", [1, 1])])
 def test_bad_config_values(field, value):
@@ -173,11 +175,78 @@ def test_backbone_of_other_family(saved):
 
 
 def test_same_backbone_in_another_dtype_loads(saved):
-    backbone = tiny_backbone("bert").to(torch.bfloat16)
-    model = LSTModel.from_pretrained(backbone, saved)
-    assert next(model.parameters()).dtype == torch.float32  # side trains in full precision
-    out = model(**tiny_inputs("bert"))
-    assert torch.isfinite(out.logits).all()
+    inputs = tiny_inputs("bert")
+    with torch.no_grad():
+        expected = LSTModel.from_pretrained(tiny_backbone("bert"), saved)(**inputs).logits
+        model = LSTModel.from_pretrained(tiny_backbone("bert").to(torch.bfloat16), saved)
+        assert next(model.parameters()).dtype == torch.float32  # side stays in full precision
+        torch.testing.assert_close(model(**inputs).logits, expected, rtol=0.05, atol=0.02)
+
+
+def test_backbone_with_a_merged_lora_is_rejected(tmp_path):
+    """Same architecture, every other weight equal: one layer's attention changed."""
+    model = get_lst_model(tiny_backbone("llama"), LSTConfig(reduction_factor=4))
+    model.save_pretrained(tmp_path)
+    changed = tiny_backbone("llama")
+    with torch.no_grad():
+        changed.layers[2].self_attn.q_proj.weight += 0.05 * torch.randn_like(
+            changed.layers[2].self_attn.q_proj.weight)
+    with pytest.raises(BackboneMismatchError):
+        LSTModel.from_pretrained(changed, tmp_path)
+
+
+def test_loading_details_do_not_count_as_another_backbone(tmp_path):
+    """A pad token set on the config, or another attention kernel, is the same backbone."""
+    model = get_lst_model(tiny_backbone("llama"), LSTConfig(reduction_factor=4))
+    model.save_pretrained(tmp_path)
+    backbone = tiny_backbone("llama")
+    backbone.config.pad_token_id = 0
+    backbone.config.eos_token_id = 5
+    LSTModel.from_pretrained(backbone, tmp_path)
+
+
+def test_unknown_forward_argument():
+    with pytest.raises(InputError) as err:
+        lst()(**tiny_inputs("bert"), label=torch.zeros(4, dtype=torch.long))
+    assert "label" in one_line(err)
+
+
+def test_float_labels_for_classification():
+    with pytest.raises(InputError) as err:
+        lst()(**tiny_inputs("bert"), labels=torch.zeros(4))
+    assert "num_labels=1" in one_line(err)
+
+
+def test_labels_as_a_list_and_int32_work():
+    model = lst()
+    assert model(**tiny_inputs("bert"), labels=[0, 1, 1, 0]).loss is not None
+    assert model(**tiny_inputs("bert"), labels=torch.tensor([0, 1, 1, 0],
+                                                            dtype=torch.int32)).loss is not None
+
+
+def test_token_ids_outside_vocabulary():
+    inputs = tiny_inputs("bert")
+    inputs["input_ids"][0, 0] = 10_000
+    with pytest.raises(InputError) as err:
+        lst()(**inputs)
+    assert "resize_token_embeddings" in one_line(err)
+
+
+def test_causal_lm_labels_of_wrong_length():
+    model = get_lst_model(tiny_backbone("llama", task="lm"),
+                          LSTConfig(task_type="CAUSAL_LM", reduction_factor=4))
+    inputs = tiny_inputs("llama")
+    with pytest.raises(InputError) as err:
+        model(**inputs, labels=inputs["input_ids"][:, :5])
+    assert "one label per token" in one_line(err)
+
+
+def test_generation_past_learned_positions():
+    model = get_lst_model(tiny_backbone("gpt2", task="lm"),
+                          LSTConfig(task_type="CAUSAL_LM", reduction_factor=4))
+    with pytest.raises(InputError) as err:
+        model.generate(input_ids=torch.ones(1, 60, dtype=torch.long), max_new_tokens=10)
+    assert "64 positions" in one_line(err)
 
 
 def test_weights_that_do_not_match_config(saved):

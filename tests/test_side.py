@@ -94,3 +94,43 @@ def test_backbone_output_has_no_autograd_graph():
     model.ladders[0].down[1].register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     model(**tiny_inputs("llama"))
     assert seen and seen[0].grad_fn is None and not seen[0].requires_grad
+
+
+def test_deepcopy_and_pickle_carry_their_own_ladders(tmp_path):
+    import copy
+
+    model = get_lst_model(tiny_backbone("llama"), LSTConfig(reduction_factor=4)).eval()
+    # before any forward: transformers adds unpicklable output-capture hooks of its own later
+    torch.save(model, tmp_path / "model.pt")        # our ladder hooks pickle
+    inputs = tiny_inputs("llama")
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.ladders[0].down[1].weight.mul_(3)    # only the clone's ladder changes
+        original, changed = model(**inputs).logits, clone(**inputs).logits
+    assert not torch.allclose(original, changed)
+
+
+def test_padding_is_ignored():
+    """Right padding changes nothing for the sequence it pads (masks reach the side blocks)."""
+    for model_type in ("bert", "llama", "gpt2", "t5", "bart"):
+        model = get_lst_model(tiny_backbone(model_type), LSTConfig(reduction_factor=4)).eval()
+        ids = torch.randint(3, 60, (1, 6))
+        padded = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], 1)
+        mask = torch.cat([torch.ones(1, 6), torch.zeros(1, 3)], 1).long()
+        with torch.no_grad():
+            alone = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            with_pad = model(input_ids=padded, attention_mask=mask).logits
+        torch.testing.assert_close(with_pad, alone, rtol=1e-4, atol=1e-5, msg=model_type)
+
+
+def test_from_pretrained_is_frozen_unless_trainable(tmp_path):
+    from laddertune import LSTModel
+
+    backbone = tiny_backbone("bert")
+    get_lst_model(backbone, LSTConfig(reduction_factor=4, side_layers=[0, 2])).save_pretrained(
+        tmp_path)
+    frozen = LSTModel.from_pretrained(backbone, tmp_path)
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    assert frozen.kept_layers == [[0, 2]] and frozen.config.side_layers == [0, 2]
+    trainable = LSTModel.from_pretrained(backbone, tmp_path, is_trainable=True)
+    assert all(p.requires_grad for p in trainable.parameters())

@@ -1,8 +1,13 @@
 """Saving and checking side networks: safetensors weights, a JSON config, a backbone fingerprint.
 
-The fingerprint ties a saved side network to its backbone without storing the backbone: a hash of
-the backbone's architecture config and a few sampled weight values. Values are compared with a
-tolerance so a backbone loaded in another dtype still matches; other weights do not.
+The fingerprint ties a saved side network to its backbone without storing the backbone:
+- the architecture: a hash of the stacks' parameter names and shapes plus the few config values
+  that change the computation without changing a shape (activation, norm epsilon, positions).
+  Token ids, dtypes, label maps and other loading details are left out, so setting a pad token or
+  upgrading transformers does not orphan a checkpoint;
+- the weights: for every weight matrix its mean absolute value and 8 sampled values, compared
+  with a tolerance that admits another dtype (bf16 rounding) and nothing else: a merged LoRA or
+  another checkpoint of the same architecture fails.
 """
 
 from __future__ import annotations
@@ -19,49 +24,50 @@ from safetensors.torch import load_file, save
 
 from .errors import BackboneMismatchError, CheckpointError
 
-# Config keys that describe how a model was loaded or used, not what it is.
-_VOLATILE_KEYS = {
-    "_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype",
-    "_commit_hash", "id2label", "label2id", "num_labels", "problem_type", "use_cache",
-    "output_hidden_states", "output_attentions", "return_dict", "_attn_implementation",
-    "attn_implementation", "_attn_implementation_autoset", "finetuning_task",
-    "task_specific_params",
-    "classifier_dropout", "tie_word_embeddings", "quantization_config", "pruned_heads",
-    "chunk_size_feed_forward", "tokenizer_class", "_experts_implementation",
-}
-_PROBE_VALUES = 16
+# Config values that change what the backbone computes without changing a parameter's shape.
+_ARCHITECTURE_KEYS = (
+    "model_type", "hidden_act", "activation_function", "hidden_activation", "feed_forward_proj",
+    "layer_norm_eps", "layer_norm_epsilon", "rms_norm_eps", "rope_theta", "rope_parameters",
+    "rope_scaling", "position_embedding_type", "relative_attention_num_buckets",
+    "relative_attention_max_distance", "num_attention_heads", "num_key_value_heads", "n_head",
+    "num_heads", "n_heads", "head_dim", "d_kv", "do_layer_norm_before", "normalize_before",
+    "scale_embedding", "relative_attention", "pos_att_type", "rotary_pct",
+)
+_SAMPLES = 8
 
 
 def backbone_fingerprint(config, stacks: list[torch.nn.Module]) -> dict:
-    """{"config_sha256": ..., "weight_probe": [...]} for a backbone's config and stacks."""
-    items = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_KEYS}
-    text = json.dumps(items, sort_keys=True, default=str)
-    probe = []
+    """{"architecture_sha256", "weight_abs_means", "weight_samples"} of a backbone's stacks."""
+    settings = {k: getattr(config, k) for k in _ARCHITECTURE_KEYS if hasattr(config, k)}
+    shapes = [[name, list(p.shape)] for stack in stacks for name, p in stack.named_parameters()]
+    text = json.dumps({"config": settings, "parameters": shapes}, sort_keys=True, default=str)
+    abs_means, samples = [], []
     for stack in stacks:
-        # weight matrices only (norms start as ones, biases as zeros), sampled across the matrix
-        # (an embedding's first row is often the zeroed padding row)
-        matrices = [p for p in stack.parameters() if p.is_floating_point() and p.dim() >= 2]
-        for param in (matrices[0], matrices[len(matrices) // 2], matrices[-1]):
+        for param in stack.parameters():
+            if not param.is_floating_point() or param.dim() < 2:
+                continue  # norms start as ones and biases as zeros: matrices tell checkpoints apart
             flat = param.detach().reshape(-1)
-            index = torch.linspace(0, flat.numel() - 1, _PROBE_VALUES).long().to(flat.device)
-            probe.extend(round(v, 6) for v in flat[index].float().cpu().tolist())
-    return {"config_sha256": hashlib.sha256(text.encode()).hexdigest(), "weight_probe": probe}
+            abs_means.append(flat.abs().double().mean().item())
+            index = torch.linspace(0, flat.numel() - 1, _SAMPLES).long().to(flat.device)
+            samples.extend(flat[index].double().cpu().tolist())
+    return {"architecture_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "weight_abs_means": abs_means, "weight_samples": samples}
 
 
 def check_fingerprint(saved: dict, current: dict, where: str) -> None:
-    if saved.get("config_sha256") != current["config_sha256"]:
-        raise BackboneMismatchError(
-            f"{where} was saved for a backbone with a different architecture config; "
-            "load it with the backbone it was trained on (see base_model_name_or_path in "
+    """Raise BackboneMismatchError unless `current` is the backbone `saved` was made from."""
+    hint = ("load it with the backbone it was trained on (base_model_name_or_path in "
             "lst_config.json)")
-    saved_probe = torch.tensor(saved.get("weight_probe", []), dtype=torch.float32)
-    current_probe = torch.tensor(current["weight_probe"], dtype=torch.float32)
-    if saved_probe.shape != current_probe.shape or not torch.allclose(
-            saved_probe, current_probe, rtol=2e-2, atol=2e-3):
+    if saved.get("architecture_sha256") != current["architecture_sha256"]:
         raise BackboneMismatchError(
-            f"{where} was saved for a backbone with different weights (same architecture); "
-            "load it with the checkpoint it was trained on (see base_model_name_or_path in "
-            "lst_config.json)")
+            f"{where} was saved for a backbone with a different architecture; {hint}")
+    for key, rtol, atol in (("weight_abs_means", 5e-3, 1e-6), ("weight_samples", 2e-2, 2e-3)):
+        old = torch.tensor(saved.get(key, []), dtype=torch.float64)
+        new = torch.tensor(current[key], dtype=torch.float64)
+        if old.shape != new.shape or not torch.allclose(old, new, rtol=rtol, atol=atol):
+            raise BackboneMismatchError(
+                f"{where} was saved for a backbone with different weights (same architecture); "
+                f"{hint}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

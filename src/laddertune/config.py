@@ -126,12 +126,16 @@ class LSTConfig:
         if self.task_type not in TASK_TYPES:
             raise LSTConfigError(
                 f"task_type={self.task_type!r} is unknown; use one of {', '.join(TASK_TYPES)}")
-        if not isinstance(self.reduction_factor, int) or self.reduction_factor < 1:
+        if (not isinstance(self.reduction_factor, int) or isinstance(self.reduction_factor, bool)
+                or self.reduction_factor < 1):
             raise LSTConfigError(
                 f"reduction_factor must be a whole number >= 1 (the paper uses 8), "
                 f"got {self.reduction_factor!r}")
-        if self.num_labels < 1:
-            raise LSTConfigError(f"num_labels must be >= 1, got {self.num_labels}")
+        if not _is_count(self.num_labels, 1):
+            raise LSTConfigError(f"num_labels must be a whole number >= 1, got {self.num_labels!r}")
+        if not _is_count(self.prune_samples, 1):
+            raise LSTConfigError(
+                f"prune_samples must be a whole number >= 1, got {self.prune_samples!r}")
         if self.gate not in GATE_KINDS:
             raise LSTConfigError(f"gate={self.gate!r} is unknown; use 'learnable' or 'fixed'")
         if self.side_init not in SIDE_INITS:
@@ -164,6 +168,10 @@ class LSTConfig:
 
     def to_json_file(self, path: str | Path, **extra) -> None:
         Path(path).write_text(json.dumps({**self.to_dict(), **extra}, indent=2, sort_keys=True))
+
+
+def _is_count(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def default_side_layers(num_layers: int) -> list[int]:

@@ -75,6 +75,11 @@ def generate(model, input_ids: torch.Tensor | None = None,
                          "be >= 1")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
+    limit = _max_positions(model.backbone.config)
+    if task == "CAUSAL_LM" and limit and input_ids.shape[1] + max_new_tokens > limit:
+        raise InputError(
+            f"a prompt of {input_ids.shape[1]} tokens plus max_new_tokens={max_new_tokens} "
+            f"exceeds the model's {limit} positions; shorten the prompt or max_new_tokens")
     if task == "CAUSAL_LM" and not attention_mask[:, -1].all():
         raise InputError("a decoder-only prompt is padded on the right; pad on the left "
                          "(tokenizer.padding_side = 'left') so new tokens follow every prompt")
@@ -239,3 +244,10 @@ def _backbone_token(backbone, name: str):
 
 def _device(module) -> torch.device:
     return next(module.parameters()).device
+
+
+def _max_positions(config) -> int | None:
+    """Learned absolute positions cap a decoder's length; rotary or relative ones do not."""
+    if getattr(config, "model_type", None) in ("gpt2", "opt"):
+        return getattr(config, "n_positions", None) or config.max_position_embeddings
+    return None

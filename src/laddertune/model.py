@@ -37,6 +37,10 @@ from .errors import (
 )
 from .side import GenericSideStack, Ladder, attach_ladder, drop_unused, generic_heads
 
+# Keyword arguments forward accepts and ignores: transformers.Trainer and pipelines pass them.
+_TOLERATED_KWARGS = {"num_items_in_batch", "return_dict", "output_attentions",
+                     "output_hidden_states"}
+
 _TASKS_BY_KIND = {
     bb.ENCODER: ("SEQ_CLS", "TOKEN_CLS", "FEATURE_EXTRACTION"),
     bb.DECODER: ("SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM", "FEATURE_EXTRACTION"),
@@ -165,19 +169,25 @@ class LSTModel(nn.Module):
         `position_ids` (decoder-only models) go to backbone and side stack alike; generation
         passes them so left-padded prompts get the positions they would have unpadded.
         """
+        unknown = set(kwargs) - _TOLERATED_KWARGS
+        if unknown:
+            raise InputError(f"forward got unknown argument(s) {sorted(unknown)}; "
+                             "it takes input_ids, attention_mask, pixel_values, labels, ...")
         if return_loss and labels is None:
             raise MissingInputError(
                 "a loss was asked for but no labels were given; pass labels=... to forward")
         inputs = self._stack_inputs(input_ids, attention_mask, pixel_values, token_type_ids)
+        if labels is not None and not isinstance(labels, torch.Tensor):
+            labels = torch.as_tensor(labels, device=_device_of(self.backbone))
         if position_ids is not None:
             inputs["position_ids"] = position_ids
         caches = cache if cache is not None else (None, None)
         if self.family.kind != bb.ENCODER_DECODER:
-            side_hidden, cache_out = self._run_stack(0, inputs, caches, use_cache)
+            side_hidden, cache_out, _ = self._run_stack(0, inputs, caches, use_cache)
             pad_mask = attention_mask
         else:
             if encoder_outputs is None:
-                encoder_outputs, _ = self._run_encoder(inputs)
+                encoder_outputs = self._run_encoder(inputs)
             backbone_memory, side_memory = encoder_outputs                 # (b, s, d), (b, s, d/r)
             if decoder_input_ids is None:
                 source = labels if self.config.task_type == "SEQ_2_SEQ_LM" else input_ids
@@ -187,8 +197,9 @@ class LSTModel(nn.Module):
                 decoder_input_ids = self.shift_right(source)
                 if self.config.task_type != "SEQ_2_SEQ_LM":
                     decoder_attention_mask = attention_mask
+            self._check_token_ids(decoder_input_ids)
             dec_inputs = {"input_ids": decoder_input_ids, "attention_mask": decoder_attention_mask}
-            side_hidden, cache_out = self._run_stack(
+            side_hidden, cache_out, _ = self._run_stack(
                 1, dec_inputs, caches, use_cache,
                 backbone_extra={"encoder_hidden_states": backbone_memory,
                                 "encoder_attention_mask": attention_mask},
@@ -206,19 +217,31 @@ class LSTModel(nn.Module):
             return {"pixel_values": pixel_values}
         if input_ids is None:
             raise MissingInputError("this text model needs input_ids; pass input_ids=...")
+        self._check_token_ids(input_ids)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
         return inputs
 
-    def _run_encoder(self, inputs):
-        """Backbone and side encoders of an encoder-decoder model: (backbone_out, side_out)."""
-        side_hidden, _ = self._run_stack(0, inputs, (None, None), False, final_hidden=True)
-        return (self._last_backbone_hidden, side_hidden), None
+    def _check_token_ids(self, ids: torch.Tensor) -> None:
+        vocab = self.backbone.get_input_embeddings().num_embeddings
+        if ids.numel() and (int(ids.max()) >= vocab or int(ids.min()) < 0):
+            bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
+            raise InputError(
+                f"token id {bad} is outside the backbone's vocabulary of {vocab}; use the "
+                "backbone's own tokenizer, or call backbone.resize_token_embeddings after adding "
+                "tokens")
 
-    def _run_stack(self, index, inputs, caches, use_cache, backbone_extra=None, side_extra=None,
-                   final_hidden=False):
-        """One backbone stack under no_grad, then its side stack fed by the ladder."""
+    def _run_encoder(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone and side encoder outputs of an encoder-decoder model: (b, s, d), (b, s, d/r)."""
+        side_hidden, _, backbone_hidden = self._run_stack(0, inputs, (None, None), False)
+        return backbone_hidden, side_hidden
+
+    def _run_stack(self, index, inputs, caches, use_cache, backbone_extra=None, side_extra=None):
+        """One backbone stack under no_grad, then its side stack fed by the ladder.
+
+        Returns (side output (b, t, d/r), (backbone cache, side cache) or None, backbone output).
+        """
         stack, side_stack, ladder = self.stacks[index], self.side_stacks[index], self.ladders[index]
         backbone_cache, side_cache = caches
         cache_kwargs = {}
@@ -227,19 +250,17 @@ class LSTModel(nn.Module):
         with frozen(self.backbone):
             out = stack(**inputs, **(backbone_extra or {}), **cache_kwargs,
                         output_hidden_states=True, return_dict=True)
-        self._last_backbone_hidden = out.last_hidden_state
         ladder.backbone_hiddens = out.hidden_states        # L+1 tensors of (b, t, d)
         try:
+            if self.side_blocks == "generic":   # no cache: generation recomputes
+                return side_stack(**inputs), None, out.last_hidden_state
             if cache_kwargs:
                 cache_kwargs["cache"] = side_cache
-            if self.side_blocks == "generic":
-                side_out = side_stack(**inputs)
-                return side_out, None
             side_out = side_stack(**inputs, **(side_extra or {}), **cache_kwargs, return_dict=True)
         finally:
             ladder.backbone_hiddens = None
         new_cache = (out.cache, side_out.cache) if use_cache else None
-        return side_out.last_hidden_state, new_cache
+        return side_out.last_hidden_state, new_cache, out.last_hidden_state
 
     def _task_output(self, side_hidden, pad_mask, labels, cache) -> LSTOutput:
         task = self.config.task_type
@@ -258,6 +279,7 @@ class LSTModel(nn.Module):
         logits = F.linear(up.to(weight.dtype) * scale, weight, bias).float()  # (b, t, vocab)
         loss = None
         if labels is not None:
+            self._check_label_shape(labels, logits.shape[:-1], "token")
             if task == "CAUSAL_LM":   # predict token t+1 from position t
                 logits_for_loss, labels = logits[:, :-1], labels[:, 1:]
             else:
@@ -280,15 +302,25 @@ class LSTModel(nn.Module):
         if labels is None:
             return None
         if self.config.num_labels == 1:
-            return F.mse_loss(logits.squeeze(-1).float(), labels.to(torch.float32))
-        expected = logits.shape[:-1]
-        if labels.shape != expected:
-            unit = "sequence" if self.config.task_type == "SEQ_CLS" else "token"
-            raise InputError(f"labels have shape {tuple(labels.shape)} but this model expects "
-                             f"{tuple(expected)}; pass one label per {unit}")
+            if labels.numel() != logits.numel():
+                raise InputError(f"labels have shape {tuple(labels.shape)} but this regression "
+                                 f"model expects {tuple(logits.shape[:-1])}; pass one target each")
+            return F.mse_loss(logits.float(), labels.to(torch.float32).reshape(logits.shape))
+        unit = "sequence" if self.config.task_type == "SEQ_CLS" else "token"
+        labels = self._check_label_shape(labels, logits.shape[:-1], unit)
         self._check_label_range(labels, self.config.num_labels)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                ignore_index=-100)
+
+    @staticmethod
+    def _check_label_shape(labels, expected, unit) -> torch.Tensor:
+        if labels.is_floating_point() or labels.dtype == torch.bool:
+            raise InputError(f"labels are {labels.dtype}; pass integer class ids (or set "
+                             "LSTConfig(num_labels=1) for regression on float targets)")
+        if labels.shape != expected:
+            raise InputError(f"labels have shape {tuple(labels.shape)} but this model expects "
+                             f"{tuple(expected)}; pass one label per {unit}")
+        return labels.long()
 
     @staticmethod
     def _check_label_range(labels, num_classes):
@@ -324,8 +356,9 @@ class LSTModel(nn.Module):
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        side = sum(p.numel() for p in self.parameters())
         backbone = sum(p.numel() for p in {id(p): p for p in self.backbone.parameters()}.values())
-        return trainable, backbone + trainable
+        return trainable, backbone + side
 
     def print_trainable_parameters(self) -> None:
         trainable, total = self.get_nb_trainable_parameters()
@@ -363,8 +396,15 @@ class LSTModel(nn.Module):
         save_json(meta, directory / CONFIG_NAME)
 
     @classmethod
-    def from_pretrained(cls, backbone, model_id: str | Path, **_) -> LSTModel:
+    def from_pretrained(cls, backbone, model_id: str | Path, is_trainable: bool = False
+                        ) -> LSTModel:
         """Rebuild a saved side network on `backbone` after checking it is the same backbone.
+
+        Args:
+            backbone: the backbone the side network was trained on.
+            model_id: the folder written by `save_pretrained`.
+            is_trainable: as in PEFT: False (default) returns the model in eval mode with its
+                parameters frozen, for inference; True returns it ready to train further.
 
         Raises:
             CheckpointError: the folder is missing a file, or a file is truncated or corrupted.
@@ -380,8 +420,11 @@ class LSTModel(nn.Module):
             raise BackboneMismatchError(
                 f"{directory} holds a side network for a {meta['model_type']} backbone, not "
                 f"{backbone.config.model_type}; pass the backbone it was trained on")
-        config = LSTConfig.from_dict({**meta, "side_init": "random",
-                                      "side_blocks": meta.get("side_blocks_built", "auto")})
+        resolved = meta.get("resolved_side_layers") or [None, None]
+        config = LSTConfig.from_dict({
+            **meta, "side_init": "random", "side_blocks": meta.get("side_blocks_built", "auto"),
+            "side_layers": resolved[0],
+            "decoder_side_layers": resolved[1] if len(resolved) > 1 else None})
         model = cls(backbone, config)
         check_fingerprint(meta.get("backbone_fingerprint", {}), model.fingerprint(), str(directory))
         state = load_weights(directory / WEIGHTS_NAME)
@@ -394,7 +437,11 @@ class LSTModel(nn.Module):
                 f"{directory / WEIGHTS_NAME} does not match its config (missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]}); save the model again")
         model.load_state_dict(state)
-        model.config.side_init = meta.get("side_init", "random")
+        model.config = LSTConfig.from_dict({k: v for k, v in meta.items()
+                                            if k not in ("side_init", "side_blocks")})
+        model.config.side_init, model.config.side_blocks = config.side_init, config.side_blocks
+        if not is_trainable:
+            model.eval().requires_grad_(False)
         return model
 
 

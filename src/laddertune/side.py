@@ -10,12 +10,17 @@ For one backbone stack with kept layers l_1 < ... < l_n, hidden width d and side
     h = final_norm(h)
     y = up(h)                                         # (b, t, d/r) -> (b, t, d), to the task head
 
+x_l is transformers' `hidden_states[l + 1]`. For a stack's last layer most families report it
+after their final norm, so a ladder from the last layer reads the normalised stream.
+
 The side blocks are the backbone's own block class, built from a copy of its config at width d/r
 (`backbones.reduced_config`), inside a whole side model of the backbone's class. That model keeps
 every detail of the family right (masks, rotary or relative positions, key/value caches,
 cross-attention) without a line of per-family code here. Two small things make it a ladder:
 its embedding module is replaced by `SideInput`, which hands it h_0, and a forward pre-hook on
-each side block mixes the gated ladder in before the block runs.
+each side block mixes the gated ladder in before the block runs. Whatever the family's model adds
+after its token embedding (GPT-2, OPT and BART position embeddings, BART's embedding norm, CLIP's
+pre-norm) then applies to h_0 too, with side-width weights that train with the rest.
 
 When a family's model class cannot be built at width d/r (or `side_blocks="generic"`),
 `GenericSideStack` runs the same loop with plain pre-norm transformer blocks, written out in full.
@@ -23,7 +28,7 @@ When a family's model class cannot be built at width d/r (or `side_blocks="gener
 
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -110,15 +115,15 @@ def attach_ladder(side_stack: nn.Module, family: Family, ladder: Ladder) -> None
         raise RuntimeError(f"side stack has {len(blocks)} blocks for {len(ladder.kept_layers)} "
                            "kept layers")  # an internal invariant, not a user error
     for k, block in enumerate(blocks):
-        block.register_forward_pre_hook(_mix_hook(ladder, k), with_kwargs=True)
+        # a partial of a module-level function, so deepcopy and pickle carry the hook along
+        block.register_forward_pre_hook(functools.partial(_mix_hook, ladder, k), with_kwargs=True)
 
 
-def _mix_hook(ladder: Ladder, k: int):
-    def hook(block, args, kwargs):
-        if args:  # blocks take hidden_states first, by position or by name
-            return (ladder.mix(k, args[0]), *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": ladder.mix(k, kwargs["hidden_states"])}
-    return hook
+def _mix_hook(ladder: Ladder, k: int, block: nn.Module, args: tuple, kwargs: dict):
+    """Before side block k: h <- mu_k * h + (1 - mu_k) * down_k(x_{l_k})."""
+    if args:  # blocks take hidden_states first, by position or by name
+        return (ladder.mix(k, args[0]), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": ladder.mix(k, kwargs["hidden_states"])}
 
 
 def drop_unused(side_model: nn.Module, paths: tuple[str, ...]) -> None:
@@ -136,7 +141,7 @@ class GenericSideBlock(nn.Module):
 
     def __init__(self, width: int, heads: int, dropout: float, causal: bool):
         super().__init__()
-        self.heads, self.causal, self.dropout = heads, causal, dropout
+        self.heads, self.causal = heads, causal
         self.ln_1 = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -159,9 +164,9 @@ class GenericSideBlock(nn.Module):
             if self.causal:
                 mask = mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             mask = mask | torch.eye(t, dtype=torch.bool, device=x.device)  # no empty rows (NaN)
+        # no attention dropout, as in the native side blocks (see backbones.reduced_config)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-            is_causal=self.causal and mask is None)                    # (b, heads, t, c/heads)
+            q, k, v, attn_mask=mask, is_causal=self.causal and mask is None)  # (b, h, t, c/h)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
@@ -170,7 +175,7 @@ class GenericSideStack(nn.Module):
 
     def __init__(self, ladder: Ladder, side_width: int, heads: int, dropout: float, kind: str):
         super().__init__()
-        self.ladder = [ladder]
+        self.ladder = [ladder]  # in a list: the LSTModel registers the ladder, not this stack
         self.blocks = nn.ModuleList(
             GenericSideBlock(side_width, heads, dropout, causal=kind == DECODER)
             for _ in ladder.kept_layers)
@@ -190,4 +195,4 @@ def generic_heads(side_width: int, backbone_heads: int | None) -> int:
     heads = backbone_heads or 1
     while side_width % heads:
         heads -= 1
-    return max(1, math.gcd(heads, side_width))
+    return heads

@@ -173,16 +173,18 @@ class LSTVisionLanguageModel(nn.Module):
         save_json(_vision_meta(self.vision_tower), directory / VISION_CONFIG_NAME)
 
     @classmethod
-    def from_pretrained(cls, backbone, vision_tower, model_id: str | Path
-                        ) -> LSTVisionLanguageModel:
+    def from_pretrained(cls, backbone, vision_tower, model_id: str | Path,
+                        is_trainable: bool = False) -> LSTVisionLanguageModel:
         """Rebuild a saved model on the same T5 backbone and CLIP vision tower.
+
+        `is_trainable=False` (as in PEFT) returns it in eval mode with frozen parameters.
 
         Raises:
             CheckpointError: a file is missing or corrupted.
             BackboneMismatchError: the folder was saved for another backbone or vision tower.
         """
         directory = Path(model_id)
-        lst = LSTModel.from_pretrained(backbone, directory)
+        lst = LSTModel.from_pretrained(backbone, directory, is_trainable=True)
         saved = load_json(directory / VISION_CONFIG_NAME)
         if saved != _vision_meta(vision_tower):
             raise BackboneMismatchError(
@@ -197,6 +199,8 @@ class LSTVisionLanguageModel(nn.Module):
         except RuntimeError:
             raise CheckpointError(f"{directory / PROJECTION_NAME} does not match the vision "
                                   "tower's width; save the model again") from None
+        if not is_trainable:
+            model.eval().requires_grad_(False)
         return model
 
 
