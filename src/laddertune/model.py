@@ -35,6 +35,7 @@ from .errors import (
     MissingInputError,
     UnsupportedModelError,
 )
+from .lm_loss import frozen_head_logits_and_loss
 from .side import GenericSideStack, Ladder, attach_ladder, drop_unused, generic_heads
 
 # Keyword arguments forward accepts and ignores: transformers.Trainer and pipelines pass them.
@@ -276,17 +277,12 @@ class LSTModel(nn.Module):
         if task == "FEATURE_EXTRACTION":
             return LSTOutput(None, None, up, cache)
         weight, bias, scale = bb.lm_head(self.backbone)
-        logits = F.linear(up.to(weight.dtype) * scale, weight, bias).float()  # (b, t, vocab)
-        loss = None
         if labels is not None:
-            self._check_label_shape(labels, logits.shape[:-1], "token")
-            if task == "CAUSAL_LM":   # predict token t+1 from position t
-                logits_for_loss, labels = logits[:, :-1], labels[:, 1:]
-            else:
-                logits_for_loss = logits
-            self._check_label_range(labels, logits.shape[-1])
-            loss = F.cross_entropy(logits_for_loss.reshape(-1, logits.shape[-1]),
-                                   labels.reshape(-1), ignore_index=-100)
+            labels = self._check_label_shape(labels, up.shape[:-1], "token")
+            self._check_label_range(labels, weight.shape[0])
+        # the frozen head's (tokens x vocab) logits are not kept for backward (see lm_loss)
+        logits, loss = frozen_head_logits_and_loss(up * scale, weight, bias, labels,
+                                                   shift=task == "CAUSAL_LM")  # (b, t, vocab)
         return LSTOutput(loss, logits, up, cache)
 
     def _pool(self, hidden, pad_mask):
