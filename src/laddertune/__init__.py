@@ -6,6 +6,7 @@ from .config import LSTConfig  # noqa: E402
 from .errors import (  # noqa: E402
     BackboneMismatchError,
     CheckpointError,
+    DataError,
     InputError,
     LSTConfigError,
     LSTError,
@@ -17,5 +18,5 @@ from .model import LSTModel, LSTOutput, get_lst_model  # noqa: E402
 __all__ = [
     "LSTConfig", "LSTModel", "LSTOutput", "get_lst_model", "LSTError", "LSTConfigError",
     "UnsupportedModelError", "InputError", "MissingInputError", "CheckpointError",
-    "BackboneMismatchError", "__version__",
+    "BackboneMismatchError", "DataError", "__version__",
 ]
