@@ -1,4 +1,4 @@
-"""One training loop for every method (LST and the baselines), with checkpoints that survive kill -9.
+"""One training loop for every method (LST and the baselines); checkpoints survive kill -9.
 
 The loop: AdamW over the method's trainable parameters, a linear schedule with warm-up, a fixed
 data order per (seed, epoch). Every `save_every` steps and at each epoch end it writes
@@ -384,14 +384,15 @@ def train(cfg: TrainConfig, log=print) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            state.history["train_loss"].append((state.step, round(float(loss), 6)))
+            loss_value = loss.item()
+            state.history["train_loss"].append((state.step, round(loss_value, 6)))
             seen += len(indices)
             rate = seen / max(time.perf_counter() - tick, 1e-9)
             memory = (torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda"
                       else current_rss_mb())
-            bar.set_postfix(loss=f"{float(loss):.4f}", ex_s=f"{rate:.1f}", mem=f"{memory:.0f}MiB")
+            bar.set_postfix(loss=f"{loss_value:.4f}", ex_s=f"{rate:.1f}", mem=f"{memory:.0f}MiB")
             if writer:
-                writer.add_scalar("train/loss", float(loss), state.step)
+                writer.add_scalar("train/loss", loss_value, state.step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], state.step)
             if state.step % cfg.save_every == 0 and state.step % steps_per_epoch != 0:
                 state.train_seconds = time.perf_counter() - started
