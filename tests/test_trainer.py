@@ -25,8 +25,9 @@ class _Pairs(torch.utils.data.Dataset):
 
 
 def _trainer(output_dir, model_seed=0, max_steps=6):
-    torch.manual_seed(model_seed)
-    model = get_lst_model(tiny_backbone("bert"), LSTConfig(num_labels=2, reduction_factor=2))
+    backbone = tiny_backbone("bert")          # the same backbone every time (seed 0)
+    torch.manual_seed(model_seed)             # the side network's initialisation
+    model = get_lst_model(backbone, LSTConfig(num_labels=2, reduction_factor=2))
     args = TrainingArguments(output_dir=str(output_dir), per_device_train_batch_size=8,
                              max_steps=max_steps, save_steps=3, learning_rate=1e-2, seed=0,
                              report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=100)

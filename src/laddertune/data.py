@@ -51,7 +51,12 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
     if path.stat().st_size == 0:
         raise DataError(f"{source} is empty; it needs a header and at least one row per class")
     if fmt != "parquet":
-        _check_utf8(path)
+        lines = [line for line in _check_utf8(path).splitlines() if line.strip()]
+        if not lines:
+            raise DataError(f"{source} is empty; it needs a header and at least one row per "
+                            "class")
+        if fmt == "csv" and len(lines) == 1:
+            raise DataError(f"{source} has a header but no rows; add examples")
     table = _read_table(path, fmt)
     columns = list(table.column_names)
     needed = [text_column] + ([label_column] if need_labels else [])
@@ -75,11 +80,11 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
     return TextDataset(texts, labels, str(source))
 
 
-def _check_utf8(path: Path) -> None:
+def _check_utf8(path: Path) -> str:
     with open(path, "rb") as handle:
         data = handle.read()
     try:
-        data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise DataError(
             f"{path} is not UTF-8 (bad byte at offset {err.start}); re-save it as UTF-8, e.g. "
