@@ -42,8 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows a flag's default after its help, unless the default is 'off' or unset."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
 
 
 def _add_train(commands) -> None:
@@ -54,7 +60,7 @@ def _add_train(commands) -> None:
         description="Fine-tune a pretrained model to classify texts. Writes the trained side "
                     "network (or adapter), run.json, metrics.json, report.md and a learning "
                     "curve to --output.")
-    p.add_argument("--model", default="minilm",
+    p.add_argument("--model", default="minilm", metavar="MODEL",
                    help="'minilm' (MiniLM-L6, BERT encoder), 'smollm2' (SmolLM2-135M, Llama "
                         "decoder) or a local Hugging Face model folder")
     p.add_argument("--train", required=True, metavar="FILE",
@@ -62,28 +68,31 @@ def _add_train(commands) -> None:
                         "or 'bbc-news' (built-in, 5 topics)")
     p.add_argument("--eval", metavar="FILE",
                    help="eval data; without it a stratified 20%% of --train is held out")
-    p.add_argument("--text-column", default="text", help="column holding the text")
-    p.add_argument("--label-column", default="label", help="column holding the label")
+    p.add_argument("--text-column", default="text", metavar="NAME", help="column holding the text")
+    p.add_argument("--label-column", default="label", metavar="NAME",
+                   help="column holding the label")
     p.add_argument("--method", default="lst", choices=METHODS,
-                   help="lst, or a baseline through peft/in the same loop: full fine-tuning, "
-                        "lora, bitfit, prompt tuning")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=None,
+                   help="lst, or a baseline in the same loop: full fine-tuning, lora and "
+                        "prompt (through peft), bitfit")
+    p.add_argument("--epochs", type=int, default=3, metavar="N", help="passes over --train")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="examples per step")
+    p.add_argument("--lr", type=float, default=None, metavar="LR",
                    help=f"learning rate; default per method: {lrs}")
-    p.add_argument("--max-length", type=int, default=256,
+    p.add_argument("--max-length", type=int, default=256, metavar="TOKENS",
                    help="tokens per text; longer texts are truncated and counted in the report")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="fixes initialisation, data order and dropout (CPU runs repeat exactly)")
     p.add_argument("--output", default=None, metavar="DIR",
                    help="run folder (default runs/<train file name>-<method>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a run already in --output")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto picks a CUDA GPU when there is one")
     p.add_argument("--save-every", type=int, default=50, metavar="N",
                    help="write a checkpoint every N steps (and at every epoch end)")
-    p.add_argument("--reduction-factor", type=int, default=8,
+    p.add_argument("--reduction-factor", type=int, default=8, metavar="R",
                    help="LST only: the side network is this many times narrower")
     p.add_argument("--tensorboard", action="store_true",
                    help="log to TensorBoard in <output>/tensorboard")
@@ -114,15 +123,17 @@ def _add_checkpoint_args(p) -> None:
                    help="run folder written by `laddertune train`")
     p.add_argument("--data", required=True, metavar="FILE",
                    help=".csv, .jsonl or .parquet file, or 'bbc-news' (its test split)")
-    p.add_argument("--text-column", default=None,
+    p.add_argument("--text-column", default=None, metavar="NAME",
                    help="column holding the text (default: the one used in training)")
-    p.add_argument("--label-column", default=None,
+    p.add_argument("--label-column", default=None, metavar="NAME",
                    help="column holding the label (default: the one used in training)")
-    p.add_argument("--model", default=None,
+    p.add_argument("--model", default=None, metavar="MODEL",
                    help="backbone to load instead of the one run.json names (e.g. after moving "
                         "it); it must be the same model")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--batch-size", type=int, default=64, metavar="N",
+                   help="examples per forward pass")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto picks a CUDA GPU when there is one")
 
 
 def _add_demo(commands) -> None:
@@ -134,8 +145,10 @@ def _add_demo(commands) -> None:
                     "full fine-tuning and LoRA on the same batches. Fully offline; writes "
                     "report.md, metrics.json and two figures to --output.")
     p.add_argument("--output", default="runs/demo", metavar="DIR")
-    p.add_argument("--epochs", type=int, default=None, help="default: the demo's tuned setting")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help="passes over the training split (default: 2, tuned for 2 CPU cores)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto picks a CUDA GPU when there is one")
     p.set_defaults(func=run_demo)
 
 
