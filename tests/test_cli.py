@@ -140,7 +140,7 @@ def test_eval_with_another_backbone_is_a_clear_error(lst_run, workdir, capsys):
     code = main(["eval", "--checkpoint", str(lst_run), "--data", str(workdir / "eval.csv"),
                  "--model", str(workdir / "other")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "different backbone" in err and "\n" not in err
+    assert code == 2 and "another backbone" in err and "\n" not in err
 
 
 @pytest.mark.parametrize("command, words", [

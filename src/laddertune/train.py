@@ -159,6 +159,8 @@ def same_backbone(saved: dict, current: dict) -> bool:
     if saved["config_sha256"] != current["config_sha256"]:
         return False
     for key in ("weight_probe", "abs_sums"):
+        if key not in saved:           # runs saved before this field existed
+            continue
         old, new = torch.tensor(saved.get(key, [])), torch.tensor(current.get(key, []))
         if old.shape != new.shape or not torch.allclose(old, new, rtol=1e-3, atol=1e-3):
             return False
@@ -196,8 +198,8 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
     backbone = load_backbone(source, len(labels), tokenizer.pad_token_id, bare=method == "lst")
     if not same_backbone(info["backbone_fingerprint"], backbone_signature(backbone)):
         raise BackboneMismatchError(
-            f"{run_dir} was trained on {info['model']!r} but {name!r} is a different backbone; "
-            f"drop --model or pass the model it was trained on")
+            f"{run_dir} was trained on another backbone than the {name!r} loaded now (its weights "
+            f"or config differ); pass --model with the model it was trained on")
     if method == "lst":
         from .model import LSTModel
         trained = LSTModel.from_pretrained(backbone, run_dir)
