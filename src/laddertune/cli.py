@@ -157,19 +157,23 @@ def _add_bench(commands) -> None:
                             description="Benchmarks (laddertune.bench).")
     try:
         from .bench import cli as bench_cli
-    except ImportError:
-        bench_cli = None
-    if bench_cli is not None and hasattr(bench_cli, "add_arguments"):
+    except Exception as err:  # noqa: BLE001 - a broken bench must not break train/eval/predict
+        bench_cli, reason = None, f"{type(err).__name__}: {err}"
+    if bench_cli is not None and hasattr(bench_cli, "add_arguments") and hasattr(bench_cli, "run"):
         bench_cli.add_arguments(p)
-        p.set_defaults(func=lambda args: bench_cli.run(args))
-    else:
-        p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-        p.set_defaults(func=_bench_missing)
+        p.set_defaults(func=bench_cli.run)
+        return
+    if bench_cli is not None:
+        reason = "laddertune.bench.cli has no add_arguments/run"
+    p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # `make bench`
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    p.set_defaults(func=lambda args: _bench_missing(reason))
 
 
-def _bench_missing(args) -> int:
-    raise LSTError("`laddertune bench` needs the laddertune.bench package, which this install "
-                   "lacks; update laddertune or run `make bench` from a full checkout")
+def _bench_missing(reason: str) -> int:
+    first_line = (reason.splitlines() or [""])[0][:120]
+    raise LSTError(f"`laddertune bench` is not available in this install ({first_line}); "
+                   "update laddertune or run `make bench` from a full checkout")
 
 
 # ---- commands -----------------------------------------------------------------------------------
