@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml requirements-offline.txt
 	touch $@
 
 test: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests $(wildcard benchmarks)
 
 demo: setup
 	$(BIN)/laddertune demo

@@ -14,9 +14,12 @@ from .errors import (  # noqa: E402
     UnsupportedModelError,
 )
 from .model import LSTModel, LSTOutput, get_lst_model  # noqa: E402
+from .text2text import Verbalizer, evaluate_text2text  # noqa: E402
+from .vision_language import LSTVisionLanguageModel  # noqa: E402
 
 __all__ = [
     "LSTConfig", "LSTModel", "LSTOutput", "get_lst_model", "LSTError", "LSTConfigError",
     "UnsupportedModelError", "InputError", "MissingInputError", "CheckpointError",
-    "BackboneMismatchError", "DataError", "__version__",
+    "BackboneMismatchError", "DataError", "LSTVisionLanguageModel", "Verbalizer",
+    "evaluate_text2text", "__version__",
 ]

@@ -24,7 +24,8 @@ _VOLATILE_KEYS = {
     "_name_or_path", "transformers_version", "architectures", "torch_dtype", "dtype",
     "_commit_hash", "id2label", "label2id", "num_labels", "problem_type", "use_cache",
     "output_hidden_states", "output_attentions", "return_dict", "_attn_implementation",
-    "attn_implementation", "_attn_implementation_autoset", "finetuning_task", "task_specific_params",
+    "attn_implementation", "_attn_implementation_autoset", "finetuning_task",
+    "task_specific_params",
     "classifier_dropout", "tie_word_embeddings", "quantization_config", "pruned_heads",
     "chunk_size_feed_forward", "tokenizer_class", "_experts_implementation",
 }
@@ -37,10 +38,13 @@ def backbone_fingerprint(config, stacks: list[torch.nn.Module]) -> dict:
     text = json.dumps(items, sort_keys=True, default=str)
     probe = []
     for stack in stacks:
-        params = [p for p in stack.parameters() if p.is_floating_point()]
-        for param in (params[0], params[len(params) // 2], params[-1]):
-            flat = param.detach().reshape(-1)[:_PROBE_VALUES].float().cpu()
-            probe.extend(round(v, 6) for v in flat.tolist())
+        # weight matrices only (norms start as ones, biases as zeros), sampled across the matrix
+        # (an embedding's first row is often the zeroed padding row)
+        matrices = [p for p in stack.parameters() if p.is_floating_point() and p.dim() >= 2]
+        for param in (matrices[0], matrices[len(matrices) // 2], matrices[-1]):
+            flat = param.detach().reshape(-1)
+            index = torch.linspace(0, flat.numel() - 1, _PROBE_VALUES).long().to(flat.device)
+            probe.extend(round(v, 6) for v in flat[index].float().cpu().tolist())
     return {"config_sha256": hashlib.sha256(text.encode()).hexdigest(), "weight_probe": probe}
 
 

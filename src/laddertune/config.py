@@ -17,6 +17,16 @@ CONFIG_NAME = "lst_config.json"
 WEIGHTS_NAME = "lst_model.safetensors"
 
 
+class _DefaultChoice(str):
+    """A default value that remembers nobody chose it (equal to the plain string).
+
+    `side_init` defaults to magnitude pruning, but a family pruning cannot handle then falls
+    back to random side blocks with a warning; the same value set by the user raises instead.
+    """
+
+    is_default = True
+
+
 @dataclass
 class LSTConfig:
     """Configuration of a Ladder Side-Tuning (LST) side network.
@@ -41,8 +51,10 @@ class LSTConfig:
         gate_alpha_init: Initial alpha. 0 gives mu = 0.5: an even mix of side stream and ladder.
         gate: ``learnable`` gates (alpha is trained) or ``fixed`` gates (alpha stays at its
             initial value, as in the paper's ablation).
-        side_init: How side blocks start: ``random``, ``magnitude`` (backbone blocks pruned to
-            width d/r by weight magnitude) or ``fisher`` (pruned by Fisher importance, needs data).
+        side_init: How side blocks start: ``magnitude`` (the default: backbone blocks pruned to
+            width d/r, ranked by weight magnitude), ``fisher`` (ranked by the summed squared
+            gradients of the task loss on ``init_data``, as the paper does) or ``random``.
+            Left at its default, a family pruning cannot handle starts random with a warning.
         prune_samples: Examples used to estimate Fisher importance when ``side_init="fisher"``.
         dropout: Dropout inside the side network and before the task head.
         side_blocks: ``native`` (the backbone's own block class at width d/r, needed for
@@ -87,9 +99,12 @@ class LSTConfig:
         metadata={"help": "'learnable' trains the gates; 'fixed' keeps them at their start value."},
     )
     side_init: str = field(
-        default="random",
-        metadata={"help": "'random', 'magnitude' (prune backbone blocks by weight size) or "
-                          "'fisher' (prune by gradient importance on init_data)."},
+        default=_DefaultChoice("magnitude"),
+        metadata={"help": "How side blocks start: 'magnitude' (default; backbone blocks pruned "
+                          "to width d/r keeping the largest weights), 'fisher' (pruned by "
+                          "gradient importance on init_data, as the paper does; needs data) or "
+                          "'random'. The default falls back to random, with a warning, for "
+                          "families pruning does not support."},
     )
     prune_samples: int = field(
         default=1024,

@@ -107,6 +107,7 @@ class LSTModel(nn.Module):
             self.classifier = nn.Linear(width, config.num_labels)
         for child in self.children():  # not self.to(): that would also move the backbone
             child.to(device=_device_of(backbone), dtype=dtype)
+        self.prune_indices = None  # what pruning chose (prune.PruneIndices), if it ran
         if config.side_init != "random":
             from .prune import init_side_from_backbone
             init_side_from_backbone(self, init_data)
@@ -157,15 +158,19 @@ class LSTModel(nn.Module):
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, token_type_ids=None,
                 labels=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, cache=None, use_cache=False, return_loss=False,
-                **kwargs) -> LSTOutput:
+                position_ids=None, **kwargs) -> LSTOutput:
         """Run backbone (no autograd) and side network; compute the loss when labels are given.
 
         `return_loss=True` asks for a loss and raises `MissingInputError` if labels are absent.
+        `position_ids` (decoder-only models) go to backbone and side stack alike; generation
+        passes them so left-padded prompts get the positions they would have unpadded.
         """
         if return_loss and labels is None:
             raise MissingInputError(
                 "a loss was asked for but no labels were given; pass labels=... to forward")
         inputs = self._stack_inputs(input_ids, attention_mask, pixel_values, token_type_ids)
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
         caches = cache if cache is not None else (None, None)
         if self.family.kind != bb.ENCODER_DECODER:
             side_hidden, cache_out = self._run_stack(0, inputs, caches, use_cache)
@@ -278,9 +283,9 @@ class LSTModel(nn.Module):
             return F.mse_loss(logits.squeeze(-1).float(), labels.to(torch.float32))
         expected = logits.shape[:-1]
         if labels.shape != expected:
-            raise InputError(f"labels have shape {tuple(labels.shape)} but this {self.config.task_type} "
-                             f"model expects {tuple(expected)}; pass one label per "
-                             f"{'sequence' if self.config.task_type == 'SEQ_CLS' else 'token'}")
+            unit = "sequence" if self.config.task_type == "SEQ_CLS" else "token"
+            raise InputError(f"labels have shape {tuple(labels.shape)} but this model expects "
+                             f"{tuple(expected)}; pass one label per {unit}")
         self._check_label_range(labels, self.config.num_labels)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
                                ignore_index=-100)
@@ -293,6 +298,13 @@ class LSTModel(nn.Module):
                 f"label {int(valid.max() if valid.max() >= num_classes else valid.min())} is out "
                 f"of range 0..{num_classes - 1}; set LSTConfig(num_labels=...) to the number of "
                 "classes or fix the labels")
+
+    def generate(self, input_ids=None, attention_mask=None, max_new_tokens: int = 20,
+                 num_beams: int = 1, **kwargs) -> torch.Tensor:
+        """Greedy or beam-search decoding with key/value caches; see `laddertune.generation`."""
+        from .generation import generate
+        return generate(self, input_ids, attention_mask, max_new_tokens=max_new_tokens,
+                        num_beams=num_beams, **kwargs)
 
     def shift_right(self, ids: torch.Tensor) -> torch.Tensor:
         """Decoder inputs from targets: start token, then the targets shifted one to the right."""

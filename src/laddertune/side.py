@@ -186,7 +186,7 @@ class GenericSideStack(nn.Module):
 
 
 def generic_heads(side_width: int, backbone_heads: int | None) -> int:
-    """Heads for a generic block: the backbone's count if it divides d/r, else the largest that does."""
+    """Heads for a generic block: the backbone's count if it divides d/r, else fewer."""
     heads = backbone_heads or 1
     while side_width % heads:
         heads -= 1

@@ -1,0 +1,523 @@
+"""Side-network initialisation by structural pruning of the backbone, as the LST paper does.
+
+The side blocks are the backbone's own block class at width d/r, so every side parameter has a
+backbone twin of the same name. Pruning keeps, for each dimension of each twin, a set of indices,
+chained so the side network is a consistent narrow copy of the backbone:
+
+    hidden  d/r of the d model dims, ranked by the column L1 importance of the token embedding
+            ("the embedding chooses the kept hidden dimensions"). One index for the whole model:
+            every block's input and output dims, its norms, the stacks' final norms and position
+            tables, and (encoder-decoder models share one embedding) cross-attention inputs.
+    heads   per attention module: every head is kept, d_head/r dims inside each. q, k and v
+            share the index: dim j of a head scores q_j * k_j * v_j, the row L1 importances.
+            With grouped-query attention the dims are chosen per key/value head, its query
+            heads' scores summed. Rotary families keep whole rotation pairs (j, j + d_head/2),
+            so the side head rotates kept pairs together.
+    ffn     d_ff/r intermediate units, ranked by the row L1 importance of the input linear
+            (the product of the two for gated feed-forwards).
+
+    side W_q = W_q[heads_q, hidden]    side W_k, W_v = W_k, W_v[heads_kv, hidden]
+    side W_o = W_o[hidden, heads_q]    side W_in = W_in[ffn, hidden]    W_out = W_out[hidden, ffn]
+    side norm = norm[hidden]           biases follow their weight's rows
+    T5's relative position bias (buckets x heads) is copied whole.
+
+Importance of a weight W, elementwise:
+    magnitude   |W|. Needs no data.
+    fisher      sum over examples of (dL/dW)^2 (empirical Fisher), examples one at a time.
+A row's score is the L1 norm of its importances (an embedding column's, for the hidden dims).
+Importances are non-negative and summed, so the scores are accumulated directly: one vector per
+weight is kept, never a second copy of the backbone.
+
+Ladders, gates, the up-projection and the task head are untouched (they start fresh).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import backbones as bb
+from .errors import LSTConfigError, MissingInputError, UnsupportedModelError
+
+logger = logging.getLogger(__name__)
+
+
+# ---- which module is which, per family ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class Attention:
+    """Paths (inside a block) of one attention module's four linears."""
+
+    q: str
+    k: str
+    v: str
+    o: str
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one stack's blocks are pruned. Paths are relative to the stack or the block."""
+
+    embedding: str                       # stack path of the token embedding (ranks hidden dims)
+    attentions: tuple[Attention, ...]    # self-attention, then cross-attention in decoders
+    ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
+    ffn_out: str                         # the linear back to the model width
+    rotary: bool = False                 # rotary position embedding: keep rotation pairs
+    conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
+
+    def fused_qkv(self, attention: Attention) -> bool:
+        return attention.q == attention.k == attention.v
+
+
+_BERT = BlockPlan(
+    "embeddings.word_embeddings",
+    (Attention("attention.self.query", "attention.self.key", "attention.self.value",
+               "attention.output.dense"),),
+    ("intermediate.dense",), "output.dense")
+_LLAMA = BlockPlan(
+    "embed_tokens",
+    (Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),),
+    ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", rotary=True)
+_T5_SELF = Attention("layer.0.SelfAttention.q", "layer.0.SelfAttention.k",
+                     "layer.0.SelfAttention.v", "layer.0.SelfAttention.o")
+_T5_CROSS = Attention("layer.1.EncDecAttention.q", "layer.1.EncDecAttention.k",
+                      "layer.1.EncDecAttention.v", "layer.1.EncDecAttention.o")
+_T5_ENCODER = BlockPlan("embed_tokens", (_T5_SELF,), ("layer.1.DenseReluDense.wi",),
+                        "layer.1.DenseReluDense.wo")
+_T5_DECODER = BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS), ("layer.2.DenseReluDense.wi",),
+                        "layer.2.DenseReluDense.wo")
+# T5 v1.1 / mT5 use a gated feed-forward: wi_0 (gate) and wi_1 (up)
+_T5_GATED_ENCODER = BlockPlan("embed_tokens", (_T5_SELF,),
+                              ("layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"),
+                              "layer.1.DenseReluDense.wo")
+_T5_GATED_DECODER = BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS),
+                              ("layer.2.DenseReluDense.wi_0", "layer.2.DenseReluDense.wi_1"),
+                              "layer.2.DenseReluDense.wo")
+_BART_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                       "self_attn.out_proj")
+_BART_CROSS = Attention("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj",
+                        "encoder_attn.out_proj")
+_BART_ENCODER = BlockPlan("embed_tokens", (_BART_SELF,), ("fc1",), "fc2")
+_BART_DECODER = BlockPlan("embed_tokens", (_BART_SELF, _BART_CROSS), ("fc1",), "fc2")
+
+_OPT_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                      "self_attn.out_proj")
+_OPT = BlockPlan("decoder.embed_tokens", (_OPT_SELF,), ("fc1",), "fc2")
+_DISTILBERT = BlockPlan(
+    "embeddings.word_embeddings",
+    (Attention("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),),
+    ("ffn.lin1",), "ffn.lin2")
+_CLIP_TEXT = BlockPlan("embeddings.token_embedding", (_OPT_SELF,), ("mlp.fc1",), "mlp.fc2")
+# GPT-2: Conv1D weights are stored (in, out), and q, k, v are one fused c_attn of 3d outputs
+_GPT2 = BlockPlan("wte", (Attention("attn.c_attn", "attn.c_attn", "attn.c_attn", "attn.c_proj"),),
+                  ("mlp.c_fc",), "mlp.c_proj", conv1d=True)
+
+# model_type -> one plan per stack ([encoder, decoder] for encoder-decoder models)
+PLANS: dict[str, tuple[BlockPlan, ...]] = {
+    "bert": (_BERT,),
+    "roberta": (_BERT,),
+    "electra": (_BERT,),  # only when embedding_size == hidden_size (else no hidden ranking)
+    "llama": (_LLAMA,),
+    "qwen2": (_LLAMA,),
+    "mistral": (_LLAMA,),
+    "t5": (_T5_ENCODER, _T5_DECODER),
+    "bart": (_BART_ENCODER, _BART_DECODER),
+    "mbart": (_BART_ENCODER, _BART_DECODER),
+    "opt": (_OPT,),  # only when word_embed_proj_dim == hidden_size
+    "distilbert": (_DISTILBERT,),
+    "clip_text_model": (_CLIP_TEXT,),
+    "gpt2": (_GPT2,),
+}
+
+
+def plans_for(model) -> tuple[BlockPlan, ...]:
+    """The pruning plan of an LSTModel's backbone, one per stack.
+
+    Raises:
+        UnsupportedModelError: the family has no plan, or its side blocks are not native.
+    """
+    config = model.backbone.config
+    model_type = config.model_type
+    if any(p.is_meta for p in model.backbone.parameters()):
+        raise UnsupportedModelError("the backbone's weights are on the meta device (not loaded)")
+    if model.side_blocks != "native":
+        raise UnsupportedModelError(
+            f"generic side blocks have no backbone twin to prune from ({model_type})")
+    if model_type in ("t5", "mt5"):
+        gated = getattr(config, "is_gated_act", False) or model_type == "mt5"
+        return (_T5_GATED_ENCODER, _T5_GATED_DECODER) if gated else (_T5_ENCODER, _T5_DECODER)
+    if model_type not in PLANS:
+        raise UnsupportedModelError(f"no pruning plan for model_type {model_type!r}")
+    return PLANS[model_type]
+
+
+# ---- importance ---------------------------------------------------------------------------------
+
+def ranked_weights(model) -> dict[nn.Parameter, int]:
+    """The backbone weights whose scores choose indices, each with the dim its L1 norm sums:
+    the token embedding (over the vocabulary, giving one score per model dim) and the attention
+    and feed-forward linears of every kept layer (over inputs, one score per output row)."""
+    plans = plans_for(model)
+    embedding = bb.get_path(model.stacks[0], plans[0].embedding).weight    # (vocab, d)
+    if embedding.shape[1] != model.width:
+        raise UnsupportedModelError(
+            f"the token embedding is {embedding.shape[1]} wide, not the model width {model.width}, "
+            "so it cannot rank the hidden dims")
+    weights = {embedding: 0}
+    for stack, kept, plan in zip(model.stacks, model.kept_layers, plans):
+        blocks = bb.get_path(stack, model.family.layers)
+        for layer in kept:
+            paths = [*plan.ffn_in]
+            for attention in plan.attentions:
+                paths += [attention.q, attention.k, attention.v]
+            for path in paths:
+                weights[bb.get_path(blocks[layer], path).weight] = 0 if plan.conv1d else 1
+    return weights
+
+
+def magnitude_importance(weights: dict[nn.Parameter, int]) -> dict[nn.Parameter, torch.Tensor]:
+    """Scores from |W|: the L1 norm of each row (embedding: column), keyed by the parameter."""
+    return {p: p.detach().abs().sum(dim, dtype=torch.float64) for p, dim in weights.items()}
+
+
+def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
+                      weights: dict[nn.Parameter, int] | None = None
+                      ) -> dict[nn.Parameter, torch.Tensor]:
+    """Scores from the empirical Fisher: sum over `num_samples` examples (batch 1) of (dL/dW)^2,
+    L1-summed per row (embedding: per column) as it accumulates.
+
+    The backbone runs in eval mode (no dropout) with autograd. Gradients come from
+    `torch.autograd.grad`, so no `.grad` field is written and the weights are never touched; the
+    backbone's `requires_grad` flags and train/eval modes are restored afterwards.
+
+    The loss L is the task loss the side network will be trained on, as far as the frozen
+    backbone can compute it:
+      * CAUSAL_LM / SEQ_2_SEQ_LM: the backbone's own LM loss (its LM head, or its tied input
+        embedding as the head for a bare model).
+      * SEQ_CLS / TOKEN_CLS: a bare backbone has no trained head, so L is the classification
+        loss of a *fixed random* linear head (seed 0, std d^-0.5) on the backbone's last hidden
+        state, pooled as the LST model pools (CLS or last non-padding token). The head is a
+        proxy: it makes the gradients depend on the labels and the task's pooling, which a
+        label-free loss would not.
+
+    Raises:
+        MissingInputError: init_data is None or yields no examples.
+        LSTConfigError: FEATURE_EXTRACTION has no task loss to rank weights by.
+    """
+    task = model.config.task_type
+    if init_data is None:
+        raise MissingInputError(
+            "side_init='fisher' needs examples: pass init_data=[{'input_ids': ..., "
+            "'labels': ...}, ...] to get_lst_model, or use side_init='magnitude'")
+    if task == "FEATURE_EXTRACTION":
+        raise LSTConfigError("side_init='fisher' needs a task loss and FEATURE_EXTRACTION has "
+                             "none; use side_init='magnitude'")
+    backbone = model.backbone
+    weights = ranked_weights(model) if weights is None else weights
+    params = list(weights)
+    importance = {p: torch.zeros(p.shape[1 - dim], dtype=torch.float64, device=p.device)
+                  for p, dim in weights.items()}   # 2-D weights: one score per kept-side dim
+    flags = [p.requires_grad for p in params]
+    modes = [(module, module.training) for module in backbone.modules()]
+    backbone.eval()
+    seen = 0
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for example in itertools.islice(_single_examples(init_data), num_samples):
+                loss = _task_loss(model, example)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for p, grad in zip(params, grads):
+                    if grad is not None:
+                        squared = grad.detach().float().pow(2)   # float: bf16 squares underflow
+                        importance[p] += squared.sum(weights[p], dtype=torch.float64)
+                seen += 1
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        for module, mode in modes:
+            module.training = mode
+    if seen == 0:
+        raise MissingInputError("init_data yielded no examples; pass at least one example "
+                                "(a dict with input_ids and labels) for side_init='fisher'")
+    return importance
+
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
+                 "decoder_input_ids", "decoder_attention_mask")
+
+
+def _single_examples(init_data: Iterable[dict]):
+    """Yield batch-1 dicts from dicts of batched (or unbatched) tensors."""
+    for batch in init_data:
+        batch = {k: torch.as_tensor(v) for k, v in batch.items()}
+        if "input_ids" not in batch and "pixel_values" not in batch:
+            raise MissingInputError("every init_data example needs input_ids (or pixel_values) "
+                                    "and labels; got keys " + ", ".join(sorted(batch)))
+        if "labels" not in batch:
+            raise MissingInputError("side_init='fisher' ranks weights by the task loss; add "
+                                    "'labels' to every init_data example")
+        if "input_ids" in batch and batch["input_ids"].dim() == 1:   # one unbatched example
+            yield {k: v.unsqueeze(0) for k, v in batch.items()}
+            continue
+        lead = batch.get("input_ids", batch.get("pixel_values"))
+        for i in range(lead.shape[0]):
+            yield {k: v[i:i + 1] for k, v in batch.items()}
+
+
+def _task_loss(model, example: dict) -> torch.Tensor:
+    """The loss that ranks backbone weights (see `fisher_importance`), for one example."""
+    backbone, task = model.backbone, model.config.task_type
+    device = next(backbone.parameters()).device
+    example = {k: v.to(device) for k, v in example.items()}
+    labels = example.pop("labels")
+    inputs = {k: v for k, v in example.items() if k in _MODEL_INPUTS}
+    has_lm_head = getattr(backbone, "get_output_embeddings", lambda: None)() is not None
+    if task in ("CAUSAL_LM", "SEQ_2_SEQ_LM") and has_lm_head:
+        return backbone(**inputs, labels=labels).loss
+    if model.family.kind == bb.ENCODER_DECODER and "decoder_input_ids" not in inputs:
+        source = labels if task == "SEQ_2_SEQ_LM" else inputs["input_ids"]
+        inputs["decoder_input_ids"] = model.shift_right(source)
+        if task != "SEQ_2_SEQ_LM":
+            inputs["decoder_attention_mask"] = inputs.get("attention_mask")
+    hidden = backbone.base_model(**inputs, return_dict=True).last_hidden_state  # (1, t, d)
+    if task in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):  # bare model: its tied input embedding is the head
+        _, _, scale = bb.lm_head(backbone)
+        logits = F.linear(hidden * scale, backbone.get_input_embeddings().weight)  # (1, t, vocab)
+        if task == "CAUSAL_LM":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                               ignore_index=-100)
+    if task == "SEQ_CLS":
+        pad_mask = inputs.get("decoder_attention_mask", inputs.get("attention_mask"))
+        hidden = model._pool(hidden, pad_mask)                                  # (1, d)
+    head = _proxy_head(hidden.shape[-1], model.config.num_labels, hidden)
+    logits = F.linear(hidden, head)                                             # (..., labels)
+    if model.config.num_labels == 1:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                           ignore_index=-100)
+
+
+def _proxy_head(width: int, num_labels: int, like: torch.Tensor) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(num_labels, width, generator=generator) * width ** -0.5
+    return weight.to(device=like.device, dtype=like.dtype)
+
+
+# ---- choosing indices ---------------------------------------------------------------------------
+
+def top_indices(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """The k largest scores' positions, in increasing order (pruning keeps the original order)."""
+    return torch.topk(scores, k).indices.sort().values
+
+
+def hidden_index(embedding_score: torch.Tensor, keep: int) -> torch.Tensor:
+    """Kept model dims: the embedding columns (d,) with the largest L1 importance."""
+    return top_indices(embedding_score, keep)
+
+
+def ffn_index(in_scores: list[torch.Tensor], keep: int) -> torch.Tensor:
+    """Kept intermediate units: rows of the input linear(s), by the product of their scores."""
+    score = in_scores[0]
+    for other in in_scores[1:]:
+        score = score * other
+    return top_indices(score, keep)
+
+
+def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
+               keep_per_head: int, rotary: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One shared index for q, k and v: (rows of W_q and columns of W_o, rows of W_k and W_v).
+
+    q, k, v are row scores of shape (heads * head_dim,) and (kv_heads * head_dim,).
+    """
+    heads, kv_heads = q.shape[0] // head_dim, k.shape[0] // head_dim
+    groups = heads // kv_heads                                  # query heads per key/value head
+    q_score = q.view(kv_heads, groups, head_dim).sum(1)          # (kv_heads, head_dim)
+    score = q_score * k.view(kv_heads, head_dim) * v.view(kv_heads, head_dim)
+    if rotary and keep_per_head % 2 == 0 and head_dim % 2 == 0:
+        half = head_dim // 2                                      # rotate_half pairs j, j + half
+        pairs = torch.topk(score[:, :half] + score[:, half:], keep_per_head // 2).indices
+        pairs = pairs.sort(dim=1).values
+        dims = torch.cat([pairs, pairs + half], dim=1)            # (kv_heads, keep_per_head)
+    else:
+        dims = torch.topk(score, keep_per_head).indices.sort(dim=1).values
+    kv_rows = (torch.arange(kv_heads)[:, None] * head_dim + dims).flatten()
+    q_dims = dims.repeat_interleave(groups, dim=0)                # query head h uses group h // g
+    q_rows = (torch.arange(heads)[:, None] * head_dim + q_dims).flatten()
+    return q_rows, kv_rows
+
+
+@dataclass
+class PruneIndices:
+    """Every index pruning chose. Keys: (stack, backbone layer) and, for heads, attention number."""
+
+    hidden: torch.Tensor
+    heads: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=dict)
+    ffn: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+
+def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> PruneIndices:
+    """Chain the indices through the backbone as the module doc describes.
+
+    `importance` maps each of `ranked_weights(model)` to its scores (`magnitude_importance`,
+    `fisher_importance`).
+    """
+    plans = plans_for(model)
+    config = model.backbone.config
+    embedding = bb.get_path(model.stacks[0], plans[0].embedding).weight      # (vocab, d)
+    indices = PruneIndices(hidden_index(importance[embedding].cpu(), model.side_width))
+    for s, (stack, side_stack, plan) in enumerate(zip(model.stacks, model.side_stacks, plans)):
+        blocks = bb.get_path(stack, model.family.layers)
+        side_blocks = bb.get_path(side_stack, model.family.layers)
+        head_dim = _head_dim(config, model.width, s)
+        for k, layer in enumerate(model.kept_layers[s]):
+            block, side_block = blocks[layer], side_blocks[k]
+
+            def score(path, block=block):
+                return importance[bb.get_path(block, path).weight].cpu()   # (out,)
+
+            for a, attention in enumerate(plan.attentions):
+                side_q_rows = _out_features(side_block, attention.q, plan)
+                if plan.fused_qkv(attention):  # (3d,): q, k and v stacked
+                    q, kk, v = score(attention.q).chunk(3)
+                    side_q_rows //= 3
+                else:
+                    q, kk, v = score(attention.q), score(attention.k), score(attention.v)
+                heads = q.shape[0] // head_dim
+                indices.heads[s, layer, a] = head_index(q, kk, v, head_dim,
+                                                        side_q_rows // heads, plan.rotary)
+            keep = _out_features(side_block, plan.ffn_in[0], plan)
+            indices.ffn[s, layer] = ffn_index([score(path) for path in plan.ffn_in], keep)
+    return indices
+
+
+def _out_features(block: nn.Module, path: str, plan: BlockPlan) -> int:
+    return bb.get_path(block, path).weight.shape[1 if plan.conv1d else 0]
+
+
+def _head_dim(config, width: int, stack_index: int) -> int:
+    for name in ("head_dim", "d_kv"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
+    heads = getattr(config, "decoder_attention_heads", None) if stack_index == 1 else None
+    heads = heads if isinstance(heads, int) else bb._heads(config)
+    if heads is None:
+        raise UnsupportedModelError(f"cannot read the head size of a {config.model_type} config")
+    return width // heads
+
+
+# ---- copying the pruned weights -----------------------------------------------------------------
+
+@torch.no_grad()
+def copy_pruned(model, indices: PruneIndices) -> None:
+    """Overwrite every side block and side stack parameter with its pruned backbone twin."""
+    plans = plans_for(model)
+    hidden = indices.hidden
+    for s, (stack, side_stack, plan) in enumerate(zip(model.stacks, model.side_stacks, plans)):
+        blocks = bb.get_path(stack, model.family.layers)
+        side_blocks = bb.get_path(side_stack, model.family.layers)
+        for k, layer in enumerate(model.kept_layers[s]):
+            # (rows, columns) of every linear whose dims are not just the hidden index
+            linears = {}
+            for a, attention in enumerate(plan.attentions):
+                q_rows, kv_rows = indices.heads[s, layer, a]
+                if plan.fused_qkv(attention):
+                    d_attn = _out_features(blocks[layer], attention.q, plan) // 3
+                    fused = torch.cat([q_rows, kv_rows + d_attn, kv_rows + 2 * d_attn])
+                    linears[attention.q] = (fused, hidden)
+                else:
+                    linears[attention.q] = (q_rows, hidden)
+                    linears[attention.k] = (kv_rows, hidden)
+                    linears[attention.v] = (kv_rows, hidden)
+                linears[attention.o] = (hidden, q_rows)
+            for path in plan.ffn_in:
+                linears[path] = (indices.ffn[s, layer], hidden)
+            linears[plan.ffn_out] = (hidden, indices.ffn[s, layer])
+            twins = dict(blocks[layer].named_parameters())
+            first_block = dict(blocks[0].named_parameters())  # T5 keeps its position bias here
+            for name, side_param in side_blocks[k].named_parameters():
+                module_path, kind = name.rsplit(".", 1)
+                twin = twins.get(name, first_block.get(name))
+                if twin is None:
+                    raise UnsupportedModelError(f"side parameter {name} has no backbone twin")
+                if module_path in linears:
+                    rows, cols = linears[module_path]
+                    if kind == "weight":
+                        row_dim, col_dim = (1, 0) if plan.conv1d else (0, 1)
+                        value = _take(_take(twin, rows, row_dim), cols, col_dim)
+                    else:
+                        value = _take(twin, rows, 0)
+                else:
+                    value = _prune_by_width(twin, side_param.shape, hidden, model.width, name)
+                side_param.copy_(value)
+        # stack-level side parameters: final norms, BART's position table and embedding norm
+        twins = dict(stack.named_parameters())
+        for name, side_param in side_stack.named_parameters():
+            if name.startswith(model.family.layers + "."):
+                continue
+            if name not in twins:
+                raise UnsupportedModelError(f"side parameter {name} has no backbone twin")
+            side_param.copy_(_prune_by_width(twins[name], side_param.shape, hidden, model.width,
+                                             name))
+
+
+def _take(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
+    return tensor.index_select(dim, index.to(tensor.device))
+
+
+def _prune_by_width(twin: torch.Tensor, side_shape: torch.Size, hidden: torch.Tensor,
+                    width: int, name: str) -> torch.Tensor:
+    """Cut every dim that shrank from d to d/r with the hidden index; keep equal dims whole."""
+    value = twin
+    for dim, (full, side) in enumerate(zip(twin.shape, side_shape)):
+        if full == side:
+            continue
+        if full == width and side == len(hidden):
+            value = _take(value, hidden, dim)
+        else:
+            raise UnsupportedModelError(
+                f"side parameter {name} {tuple(side_shape)} is not a hidden-dim cut of "
+                f"{tuple(twin.shape)}")
+    return value
+
+
+# ---- entry point --------------------------------------------------------------------------------
+
+def init_side_from_backbone(model, init_data=None) -> PruneIndices | None:
+    """Initialise `model`'s side blocks by pruning its backbone (`config.side_init`).
+
+    With the default side_init (magnitude, not chosen by the user), a family pruning cannot
+    handle keeps its random side blocks and logs a warning; a side_init the user chose raises.
+
+    Raises:
+        LSTConfigError: side_init was set explicitly for a backbone pruning cannot handle.
+        MissingInputError: side_init='fisher' without init_data.
+    """
+    config = model.config
+    try:
+        weights = ranked_weights(model)
+    except UnsupportedModelError as err:
+        if getattr(config.side_init, "is_default", False):
+            logger.warning("laddertune: side blocks of %s start random: cannot prune (%s)",
+                           model.backbone.config.model_type, err)
+            return None
+        raise LSTConfigError(
+            f"side_init={str(config.side_init)!r} cannot prune this backbone ({err}); "
+            "use side_init='random'") from None
+    if config.side_init == "fisher":
+        importance = fisher_importance(model, init_data, config.prune_samples, weights)
+    else:
+        importance = magnitude_importance(weights)
+    indices = choose_indices(model, importance)
+    copy_pruned(model, indices)
+    model.prune_indices = indices
+    return indices

@@ -1,0 +1,189 @@
+"""Mistakes a user can make get a typed error with one line that names the fix."""
+
+import json
+
+import pytest
+import torch
+from tiny_models import tiny_backbone, tiny_inputs
+
+from laddertune import (
+    BackboneMismatchError,
+    CheckpointError,
+    InputError,
+    LSTConfig,
+    LSTConfigError,
+    LSTModel,
+    MissingInputError,
+    UnsupportedModelError,
+    get_lst_model,
+)
+from laddertune.config import CONFIG_NAME, WEIGHTS_NAME
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message and len(message) < 300, message
+    return message
+
+
+def lst(model_type="bert", **config):
+    return get_lst_model(tiny_backbone(model_type), LSTConfig(reduction_factor=4, **config))
+
+
+def test_not_a_transformer():
+    with pytest.raises(UnsupportedModelError) as err:
+        get_lst_model(torch.nn.Linear(4, 4), LSTConfig())
+    assert "AutoModel" in one_line(err)
+
+
+def test_clip_model_with_two_towers_names_the_tower_classes():
+    from transformers import CLIPConfig, CLIPModel
+    config = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         vocab_size=64),
+                        vision_config=dict(hidden_size=32, intermediate_size=64,
+                                           num_hidden_layers=2, num_attention_heads=4,
+                                           image_size=16, patch_size=4), projection_dim=16)
+    with pytest.raises(UnsupportedModelError) as err:
+        get_lst_model(CLIPModel(config), LSTConfig())
+    assert "CLIPVisionModel" in one_line(err)
+
+
+def test_task_the_family_cannot_do():
+    with pytest.raises(UnsupportedModelError) as err:
+        lst("bert", task_type="CAUSAL_LM")
+    assert "SEQ_CLS" in one_line(err)
+
+
+def test_causal_lm_on_a_model_without_head():
+    with pytest.raises(UnsupportedModelError) as err:
+        model = get_lst_model(tiny_backbone("llama", tie_word_embeddings=False),
+                              LSTConfig(task_type="CAUSAL_LM", reduction_factor=4))
+        inputs = tiny_inputs("llama")
+        model(**inputs, labels=inputs["input_ids"])
+    assert "AutoModelForCausalLM" in one_line(err)
+
+
+@pytest.mark.parametrize("factor, hint", [(16, "heads"), (3, "divide"), (0, ">= 1")])
+def test_reduction_factor_heads_cannot_split(factor, hint):
+    with pytest.raises(LSTConfigError) as err:
+        get_lst_model(tiny_backbone("bert"), LSTConfig(reduction_factor=factor))
+    message = one_line(err)
+    assert hint in message
+    if factor:
+        assert "use one of [1, 2, 4" in message  # 32 wide, 4 heads: r in 1, 2, 4, 8
+
+
+def test_t5_head_size_must_divide():
+    with pytest.raises(LSTConfigError) as err:
+        get_lst_model(tiny_backbone("t5"), LSTConfig(reduction_factor=16))
+    assert "heads" in one_line(err)
+
+
+def test_side_layer_out_of_range():
+    with pytest.raises(LSTConfigError) as err:
+        lst("bert", side_layers=[1, 4])
+    assert "0..3" in one_line(err)
+
+
+def test_decoder_side_layers_only_for_encoder_decoder():
+    with pytest.raises(LSTConfigError):
+        lst("bert", decoder_side_layers=[1])
+
+
+@pytest.mark.parametrize("field, value", [("task_type", "CLASSIFY"), ("gate", "open"),
+                                          ("side_init", "zeros"), ("dropout", 1.5),
+                                          ("side_layers", []), ("side_layers", [1, 1])])
+def test_bad_config_values(field, value):
+    with pytest.raises(LSTConfigError) as err:
+        LSTConfig(**{field: value})
+    one_line(err)
+
+
+def test_missing_labels_when_loss_is_asked():
+    model = lst()
+    with pytest.raises(MissingInputError) as err:
+        model(**tiny_inputs("bert"), return_loss=True)
+    assert "labels" in one_line(err)
+
+
+def test_label_out_of_range():
+    model = lst(num_labels=3)
+    with pytest.raises(InputError) as err:
+        model(**tiny_inputs("bert"), labels=torch.tensor([0, 1, 2, 7]))
+    assert "num_labels" in one_line(err)
+
+
+def test_labels_of_wrong_shape():
+    with pytest.raises(InputError) as err:
+        lst()(**tiny_inputs("bert"), labels=torch.zeros(4, 8, dtype=torch.long))
+    assert "one label per sequence" in one_line(err)
+
+
+def test_vision_model_without_pixels():
+    with pytest.raises(MissingInputError) as err:
+        lst("vit")(input_ids=torch.ones(1, 4, dtype=torch.long))
+    assert "pixel_values" in one_line(err)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = lst()
+    model.save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_truncated_weights(saved):
+    weights = saved / WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError) as err:
+        LSTModel.from_pretrained(tiny_backbone("bert"), saved)
+    assert "truncated" in one_line(err)
+
+
+def test_corrupted_config(saved):
+    (saved / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(CheckpointError) as err:
+        LSTModel.from_pretrained(tiny_backbone("bert"), saved)
+    assert "corrupted" in one_line(err)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        LSTModel.from_pretrained(tiny_backbone("bert"), tmp_path / "nowhere")
+    one_line(err)
+
+
+def test_backbone_with_other_weights(saved):
+    with pytest.raises(BackboneMismatchError) as err:
+        LSTModel.from_pretrained(tiny_backbone("bert", seed=1), saved)
+    assert "different weights" in one_line(err)
+
+
+def test_backbone_with_other_architecture(saved):
+    with pytest.raises(BackboneMismatchError) as err:
+        LSTModel.from_pretrained(tiny_backbone("bert", intermediate_size=48), saved)
+    assert "architecture" in one_line(err)
+
+
+def test_backbone_of_other_family(saved):
+    with pytest.raises(BackboneMismatchError) as err:
+        LSTModel.from_pretrained(tiny_backbone("roberta"), saved)
+    assert "bert" in one_line(err)
+
+
+def test_same_backbone_in_another_dtype_loads(saved):
+    backbone = tiny_backbone("bert").to(torch.bfloat16)
+    model = LSTModel.from_pretrained(backbone, saved)
+    assert next(model.parameters()).dtype == torch.float32  # side trains in full precision
+    out = model(**tiny_inputs("bert"))
+    assert torch.isfinite(out.logits).all()
+
+
+def test_weights_that_do_not_match_config(saved):
+    meta = json.loads((saved / CONFIG_NAME).read_text())
+    meta["reduction_factor"] = 2
+    (saved / CONFIG_NAME).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError) as err:
+        LSTModel.from_pretrained(tiny_backbone("bert"), saved)
+    assert "does not match" in one_line(err)

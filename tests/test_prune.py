@@ -1,0 +1,237 @@
+"""Side initialisation by structural pruning (laddertune.prune)."""
+
+import copy
+import logging
+
+import pytest
+import torch
+from tiny_models import tiny_backbone, tiny_inputs
+from transformers import T5Config, T5ForConditionalGeneration
+
+from laddertune import LSTConfig, LSTConfigError, MissingInputError, get_lst_model
+from laddertune.backbones import get_path
+from laddertune.prune import fisher_importance
+
+R = 4          # width 32 -> 8; heads of 8 -> 2 dims
+KEPT = [1, 3]  # side block k <-> backbone layer KEPT[k]; layer 0 is not kept
+
+# Each family's linears: module path in a block -> (row index, column index).
+# "q"/"kv" are the head indices of attention number a (0 self, 1 cross); Conv1D is transposed.
+_BERT = {"attention.self.query": ("q0", "hidden"), "attention.self.key": ("kv0", "hidden"),
+         "attention.self.value": ("kv0", "hidden"), "attention.output.dense": ("hidden", "q0"),
+         "intermediate.dense": ("ffn", "hidden"), "output.dense": ("hidden", "ffn")}
+_LLAMA = {"self_attn.q_proj": ("q0", "hidden"), "self_attn.k_proj": ("kv0", "hidden"),
+          "self_attn.v_proj": ("kv0", "hidden"), "self_attn.o_proj": ("hidden", "q0"),
+          "mlp.gate_proj": ("ffn", "hidden"), "mlp.up_proj": ("ffn", "hidden"),
+          "mlp.down_proj": ("hidden", "ffn")}
+_T5_SELF = {"layer.0.SelfAttention.q": ("q0", "hidden"),
+            "layer.0.SelfAttention.k": ("kv0", "hidden"),
+            "layer.0.SelfAttention.v": ("kv0", "hidden"),
+            "layer.0.SelfAttention.o": ("hidden", "q0")}
+_T5_ENC = {**_T5_SELF, "layer.1.DenseReluDense.wi": ("ffn", "hidden"),
+           "layer.1.DenseReluDense.wo": ("hidden", "ffn")}
+_T5_DEC = {**_T5_SELF, "layer.1.EncDecAttention.q": ("q1", "hidden"),
+           "layer.1.EncDecAttention.k": ("kv1", "hidden"),
+           "layer.1.EncDecAttention.v": ("kv1", "hidden"),
+           "layer.1.EncDecAttention.o": ("hidden", "q1"),
+           "layer.2.DenseReluDense.wi": ("ffn", "hidden"),
+           "layer.2.DenseReluDense.wo": ("hidden", "ffn")}
+_BART_ENC = {"self_attn.q_proj": ("q0", "hidden"), "self_attn.k_proj": ("kv0", "hidden"),
+             "self_attn.v_proj": ("kv0", "hidden"), "self_attn.out_proj": ("hidden", "q0"),
+             "fc1": ("ffn", "hidden"), "fc2": ("hidden", "ffn")}
+_BART_DEC = {**_BART_ENC, "encoder_attn.q_proj": ("q1", "hidden"),
+             "encoder_attn.k_proj": ("kv1", "hidden"), "encoder_attn.v_proj": ("kv1", "hidden"),
+             "encoder_attn.out_proj": ("hidden", "q1")}
+_GPT2 = {"attn.c_attn": ("qkv0", "hidden"), "attn.c_proj": ("hidden", "q0"),
+         "mlp.c_fc": ("ffn", "hidden"), "mlp.c_proj": ("hidden", "ffn")}
+LINEARS = {"bert": [_BERT], "llama": [_LLAMA], "t5": [_T5_ENC, _T5_DEC],
+           "bart": [_BART_ENC, _BART_DEC], "gpt2": [_GPT2]}
+
+
+def _index(kind, indices, stack, layer, width):
+    if kind == "hidden":
+        return indices.hidden
+    if kind == "ffn":
+        return indices.ffn[stack, layer]
+    q_rows, kv_rows = indices.heads[stack, layer, int(kind[-1])]
+    if kind.startswith("qkv"):   # GPT-2's fused c_attn: q, k, v stacked along the outputs
+        return torch.cat([q_rows, kv_rows + width, kv_rows + 2 * width])
+    return q_rows if kind.startswith("q") else kv_rows
+
+
+def _hidden_cut(tensor, indices, width):
+    for dim, size in enumerate(tensor.shape):
+        if size == width:
+            tensor = tensor.index_select(dim, indices.hidden)
+    return tensor
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama", "t5", "bart", "gpt2"])
+def test_every_side_weight_is_the_backbone_submatrix_at_the_chosen_indices(model_type):
+    backbone = tiny_backbone(model_type)
+    config = LSTConfig(task_type="FEATURE_EXTRACTION", reduction_factor=R, side_init="magnitude",
+                       side_layers=KEPT,
+                       decoder_side_layers=KEPT if model_type in ("t5", "bart") else None)
+    model = get_lst_model(backbone, config)
+    indices, width, layers_path = model.prune_indices, model.width, model.family.layers
+    assert len(indices.hidden) == width // R
+    checked = 0
+    for s, (stack, side_stack) in enumerate(zip(model.stacks, model.side_stacks)):
+        linears = LINEARS[model_type][s]
+        blocks = get_path(stack, layers_path)
+        for k, layer in enumerate(KEPT):
+            twins = dict(blocks[layer].named_parameters())
+            for name, side_param in get_path(side_stack, layers_path)[k].named_parameters():
+                path, kind = name.rsplit(".", 1)
+                if path in linears:
+                    row_kind, col_kind = linears[path]
+                    rows = _index(row_kind, indices, s, layer, width)
+                    cols = _index(col_kind, indices, s, layer, width)
+                    expected = twins[name]
+                    if model_type == "gpt2" and kind == "weight":   # Conv1D stores (in, out)
+                        expected = expected[cols][:, rows]
+                    elif kind == "weight":
+                        expected = expected[rows][:, cols]
+                    else:
+                        expected = expected[rows]
+                elif "relative_attention_bias" in name:   # T5: copied whole from block 0
+                    expected = dict(blocks[0].named_parameters())[name]
+                else:                                     # norms
+                    expected = _hidden_cut(twins[name], indices, width)
+                assert torch.equal(side_param, expected), name
+                checked += 1
+        for name, side_param in side_stack.named_parameters():   # final norms, positions
+            if not name.startswith(layers_path + "."):
+                twin = dict(stack.named_parameters())[name]
+                assert torch.equal(side_param, _hidden_cut(twin, indices, width)), name
+                checked += 1
+    assert checked == sum(1 for _ in model.side_model.parameters())
+
+
+def test_magnitude_needs_no_data_and_picks_the_largest_embedding_columns():
+    backbone = tiny_backbone("bert")
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="magnitude"))
+    embedding = backbone.embeddings.word_embeddings.weight
+    expected = torch.topk(embedding.abs().sum(0), 32 // R).indices.sort().values
+    assert torch.equal(model.prune_indices.hidden, expected)
+
+
+def _lm_examples(n=3, length=6):
+    generator = torch.Generator().manual_seed(1)
+    return [{"input_ids": ids[None], "attention_mask": torch.ones(1, length, dtype=torch.long),
+             "labels": ids[None]}
+            for ids in torch.randint(3, 64, (n, length), generator=generator)]
+
+
+def _direct_fisher(backbone, examples):
+    """Sum over examples of squared gradients, the plain way (.backward on a copy)."""
+    backbone = copy.deepcopy(backbone).eval()
+    fisher = {name: torch.zeros_like(p) for name, p in backbone.named_parameters()}
+    for example in examples:
+        backbone.zero_grad()
+        backbone(**example).loss.backward()
+        for name, p in backbone.named_parameters():
+            if p.grad is not None:
+                fisher[name] += p.grad ** 2
+    return fisher
+
+
+def test_fisher_indices_equal_a_direct_computation():
+    torch.manual_seed(0)
+    backbone = tiny_backbone("llama", task="lm")
+    examples = _lm_examples()
+    model = get_lst_model(backbone, LSTConfig(task_type="CAUSAL_LM", reduction_factor=R,
+                                              side_init="fisher", side_layers=KEPT),
+                          init_data=examples)
+    fisher = _direct_fisher(backbone, examples)
+    got = model.prune_indices
+
+    hidden = torch.topk(fisher["model.embed_tokens.weight"].sum(0), 8).indices.sort().values
+    assert torch.equal(got.hidden, hidden)
+
+    layer = "model.layers.3."
+    row_l1 = {name: fisher[layer + name + ".weight"].double().sum(1)
+              for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                           "mlp.gate_proj", "mlp.up_proj")}
+    ffn = torch.topk(row_l1["mlp.gate_proj"] * row_l1["mlp.up_proj"], 16).indices.sort().values
+    assert torch.equal(got.ffn[0, 3], ffn)
+
+    # 4 query heads share 2 key/value heads of 8 dims; keep 2 dims = one rotary pair (j, j + 4)
+    q = row_l1["self_attn.q_proj"].view(2, 2, 8).sum(1)
+    score = q * row_l1["self_attn.k_proj"].view(2, 8) * row_l1["self_attn.v_proj"].view(2, 8)
+    pair = (score[:, :4] + score[:, 4:]).argmax(1)                     # (2,)
+    kv_rows = torch.stack([pair, pair + 4], 1) + torch.tensor([[0], [8]])
+    q_rows = torch.stack([pair.repeat_interleave(2), pair.repeat_interleave(2) + 4], 1)
+    q_rows = q_rows + 8 * torch.arange(4)[:, None]
+    assert torch.equal(got.heads[0, 3, 0][1], kv_rows.flatten())
+    assert torch.equal(got.heads[0, 3, 0][0], q_rows.flatten())
+
+
+def test_fisher_leaves_backbone_weights_grads_and_modes_untouched():
+    backbone = tiny_backbone("t5", task="lm").train()
+    backbone.encoder.block[0].layer[0].SelfAttention.q.weight.requires_grad_(False)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    flags = {name: p.requires_grad for name, p in backbone.named_parameters()}
+    examples = [{"input_ids": e["input_ids"], "labels": e["labels"]} for e in _lm_examples()]
+    model = get_lst_model(backbone, LSTConfig(task_type="SEQ_2_SEQ_LM", reduction_factor=R,
+                                              side_init="fisher"), init_data=examples)
+    assert model.prune_indices is not None
+    after = backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in backbone.parameters())
+    assert flags == {name: p.requires_grad for name, p in backbone.named_parameters()}
+    assert all(module.training for module in backbone.modules())
+
+
+def test_fisher_for_classification_uses_labels_and_prune_samples():
+    """A bare BERT has no head: a fixed random head makes the importance depend on the labels."""
+    backbone = tiny_backbone("bert")
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="random"))
+    inputs = tiny_inputs("bert", batch=4)
+    embedding = backbone.embeddings.word_embeddings.weight
+
+    def importance(labels, samples=4):
+        data = [{**inputs, "labels": labels}]   # one batch of 4, split into examples of 1
+        return fisher_importance(model, data, samples)[embedding]
+
+    zeros, ones = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
+    assert importance(zeros).sum() > 0
+    assert not torch.equal(importance(zeros), importance(ones))
+    torch.testing.assert_close(importance(zeros, samples=2),
+                               importance(torch.tensor([0, 0, 1, 1]), samples=2))
+
+
+def test_fisher_without_init_data_raises():
+    with pytest.raises(MissingInputError, match="init_data"):
+        get_lst_model(tiny_backbone("bert"), LSTConfig(side_init="fisher"))
+
+
+def test_default_falls_back_to_random_on_unsupported_families_but_explicit_raises(caplog):
+    backbone = tiny_backbone("vit")
+    with caplog.at_level(logging.WARNING, logger="laddertune"):
+        model = get_lst_model(backbone, LSTConfig(reduction_factor=R))
+    assert model.config.side_init == "magnitude"
+    assert model.prune_indices is None and "start random" in caplog.text
+    with pytest.raises(LSTConfigError, match="side_init='random'"):
+        get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="magnitude"))
+    bert = tiny_backbone("bert")
+    generic = get_lst_model(bert, LSTConfig(reduction_factor=R, side_blocks="generic"))
+    assert generic.prune_indices is None
+    with pytest.raises(LSTConfigError, match="side_init='random'"):
+        get_lst_model(bert, LSTConfig(reduction_factor=R, side_blocks="generic",
+                                      side_init="fisher"), init_data=[])
+
+
+def test_t5_base_shape_trains_the_papers_share_of_parameters():
+    """T5-base, r = 8, layers [1,2,3,5,6,7,9,10,11] in both stacks: the paper's 1.74%."""
+    with torch.device("meta"):
+        backbone = T5ForConditionalGeneration(T5Config(   # t5-base's shape, no memory used
+            d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12, vocab_size=32128))
+    kept = [1, 2, 3, 5, 6, 7, 9, 10, 11]
+    model = get_lst_model(backbone, LSTConfig(
+        task_type="SEQ_2_SEQ_LM", reduction_factor=8, side_layers=kept,
+        decoder_side_layers=kept, side_init="random"))
+    trainable, total = model.get_nb_trainable_parameters()
+    share = 100 * trainable / (total - trainable)   # of the backbone, as the paper counts
+    assert abs(share - 1.74) < 0.2
+    assert len(model.side_stacks[1].block) == 9
