@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import LSTError
@@ -246,6 +247,8 @@ def run_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Deprecation notices between transformers and peft are not the user's business.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
