@@ -34,7 +34,8 @@ def plot_learning_curve(history: dict, path: Path) -> None:
                label="accuracy")
     right.plot([e["epoch"] for e in epochs], [e["macro_f1"] for e in epochs], "s--",
                label="macro-F1")
-    right.set(xlabel="epoch", ylabel="eval score", title="Eval", ylim=(0, 1.02))
+    right.set(xlabel="epoch", ylabel="eval score", title="Eval", ylim=(0, 1.02),
+              xticks=[e["epoch"] for e in epochs])
     right.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
