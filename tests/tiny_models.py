@@ -77,3 +77,59 @@ def tiny_inputs(model_type: str, batch: int = 4, length: int = 8, seed: int = 0)
     mask = torch.ones_like(ids)
     mask[0, -2:] = 0  # one padded row, so masks are exercised
     return {"input_ids": ids, "attention_mask": mask}
+
+
+# ---- a tiny model folder with its own tokenizer, for the CLI (`--model <path>`) -----------------
+
+TOPIC_WORDS = {
+    "sport": ["match", "goal", "team", "coach", "league", "score"],
+    "tech": ["phone", "chip", "software", "robot", "laptop", "code"],
+    "money": ["bank", "market", "price", "stock", "trade", "profit"],
+}
+FILLER = ["the", "a", "of", "in", "on", "today", "new", "big"]
+
+
+def save_tiny_text_model(path, model_type: str = "bert", seed: int = 0, **extra) -> str:
+    """Save a tiny random model and a word-level tokenizer over TOPIC_WORDS to `path`."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    words = sorted({w for ws in TOPIC_WORDS.values() for w in ws} | set(FILLER))
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]",
+                                        unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                        model_max_length=64)
+    torch.manual_seed(seed)
+    config = tiny_config(model_type, vocab_size=len(vocab), pad_token_id=0,
+                         max_position_embeddings=64, **extra)
+    AutoModel.from_config(config).save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+def topic_rows(n: int, seed: int = 0, topics=None) -> list[dict]:
+    """`n` short texts, cycling through the topics, each with 3-8 topic words among filler."""
+    import random
+    rng = random.Random(seed)
+    topics = topics or list(TOPIC_WORDS)
+    rows = []
+    for i in range(n):
+        topic = topics[i % len(topics)]
+        words = [rng.choice(TOPIC_WORDS[topic]) for _ in range(rng.randint(3, 8))]
+        words += [rng.choice(FILLER) for _ in range(rng.randint(1, 6))]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": topic})
+    return rows
+
+
+def write_csv(path, rows: list[dict]) -> str:
+    import csv
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return str(path)

@@ -6,6 +6,7 @@ from .config import LSTConfig  # noqa: E402
 from .errors import (  # noqa: E402
     BackboneMismatchError,
     CheckpointError,
+    DataError,
     InputError,
     LSTConfigError,
     LSTError,
@@ -19,6 +20,6 @@ from .vision_language import LSTVisionLanguageModel  # noqa: E402
 __all__ = [
     "LSTConfig", "LSTModel", "LSTOutput", "get_lst_model", "LSTError", "LSTConfigError",
     "UnsupportedModelError", "InputError", "MissingInputError", "CheckpointError",
-    "BackboneMismatchError", "LSTVisionLanguageModel", "Verbalizer", "evaluate_text2text",
-    "__version__",
+    "BackboneMismatchError", "DataError", "LSTVisionLanguageModel", "Verbalizer",
+    "evaluate_text2text", "__version__",
 ]

@@ -27,3 +27,7 @@ class CheckpointError(LSTError):
 
 class BackboneMismatchError(CheckpointError):
     """A saved side network belongs to a different backbone than the one passed to load it."""
+
+
+class DataError(LSTError, ValueError):
+    """A data file, column, label set or output folder the CLI cannot use as given."""

@@ -1,0 +1,125 @@
+"""Metrics and what a run leaves for people to read: report.md and PNG figures (matplotlib Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """accuracy, macro-F1 (every class counts equally) and mean cross-entropy of `probs`."""
+    from sklearn.metrics import f1_score
+    num_labels = probs.shape[-1]
+    predicted = probs.argmax(-1)
+    loss = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-12)).mean()
+    return {
+        "accuracy": round(float((predicted == labels).float().mean()), 6),
+        "macro_f1": round(float(f1_score(labels.tolist(), predicted.tolist(), average="macro",
+                                         labels=list(range(num_labels)), zero_division=0)), 6),
+        "loss": round(float(loss), 6),
+        "examples": len(labels),
+    }
+
+
+def plot_learning_curve(history: dict, path: Path) -> None:
+    """Training loss per step and eval accuracy per epoch, side by side."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [s for s, _ in history["train_loss"]]
+    left.plot(steps, [loss for _, loss in history["train_loss"]], lw=1, color="tab:blue")
+    left.set(xlabel="step", ylabel="training loss", title="Training loss")
+    epochs = history["eval"]
+    right.plot([e["epoch"] for e in epochs], [e["accuracy"] for e in epochs], "o-",
+               label="accuracy")
+    right.plot([e["epoch"] for e in epochs], [e["macro_f1"] for e in epochs], "s--",
+               label="macro-F1")
+    right.set(xlabel="epoch", ylabel="eval score", title="Eval", ylim=(0, 1.02),
+              xticks=[e["epoch"] for e in epochs])
+    right.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_memory(comparison: list[dict], path: Path) -> None:
+    """Stacked training-memory account (MiB) of each method, and its step time."""
+    plt = _pyplot()
+    parts = [("parameter_bytes", "weights"), ("gradient_bytes", "gradients"),
+             ("optimizer_bytes", "optimizer state"), ("saved_bytes", "saved activations")]
+    names = [row["method"] for row in comparison]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    bottom = [0.0] * len(names)
+    for key, label in parts:
+        values = [row["account"][key] / 2**20 for row in comparison]
+        left.bar(names, values, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    left.set(ylabel="MiB per training step", title="Training memory (device-independent)")
+    left.legend(fontsize=8)
+    right.bar(names, [row["step_seconds"] for row in comparison], color="tab:gray")
+    right.set(ylabel="seconds per step", title="Step time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def write_report(run_dir: Path, metrics: dict, comparison: list[dict] | None = None) -> Path:
+    """report.md: the run's settings, its eval scores, truncation, and a method comparison."""
+    ev, trunc = metrics["eval"], metrics["truncated"]
+    lines = [
+        f"# laddertune run: {metrics['method']} on {metrics['model']}",
+        "",
+        f"- data: {metrics['train_data']} ({metrics['train_examples']} train, "
+        f"{ev['examples']} eval examples, {len(metrics['labels'])} classes)",
+        f"- epochs {metrics['epochs']}, batch size {metrics['batch_size']}, lr {metrics['lr']}, "
+        f"max length {trunc['max_length']} tokens, seed {metrics['seed']}",
+        f"- trainable parameters: {metrics['trainable_params']:,} of {metrics['all_params']:,} "
+        f"({100 * metrics['trainable_params'] / metrics['all_params']:.2f}%)",
+        f"- training time {metrics['train_seconds']:.1f} s, peak memory "
+        f"{metrics['peak_memory_mb']:.0f} MiB ({metrics['device']})",
+        f"- texts truncated to {trunc['max_length']} tokens: {trunc['train']} of "
+        f"{metrics['train_examples']} train, {trunc['eval']} of {ev['examples']} eval",
+        "",
+        "## Eval",
+        "",
+        f"accuracy **{ev['accuracy']:.4f}**, macro-F1 **{ev['macro_f1']:.4f}**, "
+        f"loss {ev['loss']:.4f}",
+        "",
+        "| epoch | accuracy | macro-F1 | eval loss |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {e['epoch']} | {e['accuracy']:.4f} | {e['macro_f1']:.4f} | {e['loss']:.4f} |"
+              for e in metrics["history"]["eval"]]
+    lines += ["", "![learning curve](learning_curve.png)", ""]
+    if comparison:
+        lines += comparison_table(comparison) + ["", "![memory](memory.png)", ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def comparison_table(comparison: list[dict]) -> list[str]:
+    """Markdown rows: memory account, measured peak, step time, ratios to LST."""
+    lst = next((row for row in comparison if row["method"] == "lst"), comparison[0])
+    lines = [
+        "## Memory and speed, same batches",
+        "",
+        "| method | trainable params | training memory (MiB) | saved activations (MiB) | "
+        "step time (s) | memory vs LST | time vs LST |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in comparison:
+        acc = row["account"]
+        lines.append(
+            f"| {row['method']} | {row['trainable_params']:,} | {acc['total_bytes'] / 2**20:.1f} | "
+            f"{acc['saved_bytes'] / 2**20:.1f} | {row['step_seconds']:.3f} | "
+            f"{acc['total_bytes'] / lst['account']['total_bytes']:.2f}x | "
+            f"{row['step_seconds'] / lst['step_seconds']:.2f}x |")
+    return lines

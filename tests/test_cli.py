@@ -1,0 +1,160 @@
+"""`laddertune train / eval / predict`: a tiny local model end to end, help texts, bad input."""
+
+import csv
+import json
+
+import pytest
+from tiny_models import save_tiny_text_model, topic_rows, write_csv
+
+from laddertune.cli import main
+
+TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--reduction-factor", "2",
+               "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    save_tiny_text_model(root / "tiny")
+    save_tiny_text_model(root / "other", seed=1)          # same architecture, other weights
+    write_csv(root / "train.csv", topic_rows(48, seed=0))
+    write_csv(root / "eval.csv", topic_rows(24, seed=1))
+    return root
+
+
+@pytest.fixture(scope="module")
+def lst_run(workdir):
+    code = main(["train", "--model", str(workdir / "tiny"), "--train", str(workdir / "train.csv"),
+                 "--eval", str(workdir / "eval.csv"), "--output", str(workdir / "run"),
+                 *TRAIN_FLAGS])
+    assert code == 0
+    return workdir / "run"
+
+
+def test_train_writes_a_complete_run_folder(lst_run):
+    metrics = json.loads((lst_run / "metrics.json").read_text())
+    assert metrics["method"] == "lst"
+    assert metrics["trainable_params"] < metrics["all_params"]
+    assert metrics["train_seconds"] > 0 and metrics["peak_memory_mb"] > 0
+    assert 0 <= metrics["eval"]["accuracy"] <= 1 and 0 <= metrics["eval"]["macro_f1"] <= 1
+    assert metrics["steps"] == 2 * 6 == len(metrics["history"]["train_loss"])  # 48 rows / 8
+    assert [e["epoch"] for e in metrics["history"]["eval"]] == [1, 2]
+    run = json.loads((lst_run / "run.json").read_text())
+    assert run["labels"] == ["money", "sport", "tech"] and run["method"] == "lst"
+    for name in ("lst_config.json", "lst_model.safetensors", "report.md", "learning_curve.png",
+                 "checkpoint/state.pt"):
+        assert (lst_run / name).is_file(), name
+    assert not (lst_run / "model.safetensors").exists()   # no backbone copy
+
+
+def test_eval_reproduces_the_training_metrics_without_model_flag(lst_run, workdir, capsys):
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(lst_run), "--data", str(workdir / "eval.csv")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    trained = json.loads((lst_run / "metrics.json").read_text())["eval"]
+    for key in ("accuracy", "macro_f1"):
+        assert printed[key] == pytest.approx(trained[key], abs=1e-6)
+    assert printed["loss"] == pytest.approx(trained["loss"], abs=1e-5)
+
+
+def test_predict_writes_one_label_and_probability_per_row(lst_run, workdir):
+    rows = [{"text": r["text"]} for r in topic_rows(7, seed=5)]      # no label column
+    write_csv(workdir / "new.csv", rows)
+    out = workdir / "preds.csv"
+    assert main(["predict", "--checkpoint", str(lst_run), "--data", str(workdir / "new.csv"),
+                 "--output", str(out)]) == 0
+    with open(out) as handle:
+        preds = list(csv.DictReader(handle))
+    assert len(preds) == 7
+    assert {p["label"] for p in preds} <= {"money", "sport", "tech"}
+    assert all(1 / 3 <= float(p["probability"]) <= 1 for p in preds)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "bitfit", "prompt"])
+def test_baselines_train_in_the_same_loop_and_reload(method, workdir, capsys):
+    out = workdir / f"run-{method}"
+    assert main(["train", "--model", str(workdir / "tiny"), "--train", str(workdir / "train.csv"),
+                 "--method", method, "--output", str(out), "--epochs", "1", "--batch-size", "16",
+                 "--no-progress", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == method
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", str(workdir / "train.csv")]) == 0
+    assert "accuracy" in json.loads(capsys.readouterr().out)
+
+
+def test_over_long_texts_are_truncated_and_counted_and_tensorboard_logs(workdir):
+    out = workdir / "run-short"
+    assert main(["train", "--model", str(workdir / "tiny"), "--train", str(workdir / "train.csv"),
+                 "--output", str(out), "--max-length", "5", "--epochs", "1", "--tensorboard",
+                 "--no-progress", "--device", "cpu"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["truncated"]["train"] > 0 and metrics["truncated"]["max_length"] == 5
+    assert "texts truncated to 5 tokens" in (out / "report.md").read_text()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def _bad(workdir, name, content: bytes):
+    path = workdir / name
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("empty", "is empty"),
+    ("missing_column", "has no column 'text' (it has: body, label); pass --text-column"),
+    ("encoding", "is not UTF-8"),
+    ("unseen_label", "'weather' never seen in training"),
+    ("one_class", "one class only"),
+    ("run_in_use", "already holds a run; pass --resume"),
+    ("no_model", "neither an alias"),
+])
+def test_bad_input_is_one_line_naming_the_fix(case, expected, workdir, lst_run, capsys):
+    train, model, output = str(workdir / "train.csv"), str(workdir / "tiny"), workdir / case
+    extra = []
+    if case == "empty":
+        train = _bad(workdir, "empty.csv", b"")
+    elif case == "missing_column":
+        train = _bad(workdir, "cols.csv", b"body,label\nhi,a\nyo,b\n")
+    elif case == "encoding":
+        train = _bad(workdir, "latin.csv", "text,label\ncaf\u00e9,a\nb,b\n".encode("latin-1"))
+    elif case == "unseen_label":
+        extra = ["--eval", _bad(workdir, "weather.csv", b"text,label\nrain,weather\n")]
+    elif case == "one_class":
+        train = write_csv(workdir / "one.csv", topic_rows(8, topics=["sport"]))
+    elif case == "run_in_use":
+        output = lst_run
+    elif case == "no_model":
+        model = str(workdir / "no-such-model")
+    capsys.readouterr()
+    code = main(["train", "--model", model, "--train", train, "--output", str(output),
+                 "--no-progress", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    assert expected in err
+
+
+def test_eval_with_another_backbone_is_a_clear_error(lst_run, workdir, capsys):
+    capsys.readouterr()
+    code = main(["eval", "--checkpoint", str(lst_run), "--data", str(workdir / "eval.csv"),
+                 "--model", str(workdir / "other")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "another backbone" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("command, words", [
+    ([], ["train", "eval", "predict", "demo", "bench", "Ladder Side-Tuning"]),
+    (["train"], ["--model", "minilm", "smollm2", "--resume", "--overwrite", "lst 0.003",
+                 "--max-length", "--tensorboard"]),
+    (["eval"], ["--checkpoint", "--data", "JSON"]),
+    (["predict"], ["--checkpoint", "--output", "probability"]),
+    (["demo"], ["BBC News", "LoRA"]),
+])
+def test_help_reads_well(command, words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for word in words:
+        assert word in text, word
