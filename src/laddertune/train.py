@@ -28,6 +28,7 @@ import torch
 from .checkpoint import (
     atomic_write_bytes,
     backbone_fingerprint,
+    check_fingerprint,
     load_json,
     load_weights,
     save_json,
@@ -146,24 +147,16 @@ def build_model(source: ModelSource, method: str, num_labels: int, pad_token_id:
 
 
 def backbone_signature(backbone) -> dict:
-    """Architecture hash, sampled values, and every weight tensor's absolute sum: tells two
-    checkpoints of one architecture apart, even random ones whose sampled values coincide."""
+    """The fingerprint of the backbone's base model (the same with or without a task head)."""
     base = backbone.base_model
-    signature = backbone_fingerprint(base.config, [base])
-    signature["abs_sums"] = [round(float(p.detach().double().abs().sum()), 4)
-                             for p in base.parameters()]
-    return signature
+    return backbone_fingerprint(base.config, [base])
 
 
 def same_backbone(saved: dict, current: dict) -> bool:
-    if saved["config_sha256"] != current["config_sha256"]:
+    try:
+        check_fingerprint(saved, current, "run")
+    except BackboneMismatchError:
         return False
-    for key in ("weight_probe", "abs_sums"):
-        if key not in saved:           # runs saved before this field existed
-            continue
-        old, new = torch.tensor(saved.get(key, [])), torch.tensor(current.get(key, []))
-        if old.shape != new.shape or not torch.allclose(old, new, rtol=1e-3, atol=1e-3):
-            return False
     return True
 
 
