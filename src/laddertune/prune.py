@@ -8,8 +8,8 @@ chained so the side network is a consistent narrow copy of the backbone:
             ("the embedding chooses the kept hidden dimensions"). One index for the whole model:
             every block's input and output dims, its norms, the stacks' final norms and position
             tables, and (encoder-decoder models share one embedding) cross-attention inputs.
-    heads   per attention module: every head is kept, d_head/r dims inside each, chosen as two
-            pairs of circuits. q and k share one index (their dot product pairs dims), v and the
+    heads   per attention module: every head is kept, d_head/r dims inside each, chosen for two
+            circuits. q and k share one index (their dot product pairs dims), v and the
             columns of W_o share another (o reads what v writes). Without rotary embeddings both
             are the same importance-chosen index: dim j of a head scores q_j * k_j * v_j, the
             row L1 importances. With grouped-query attention the dims are chosen per key/value
