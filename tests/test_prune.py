@@ -5,8 +5,10 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_models import tiny_backbone, tiny_inputs
 from transformers import T5Config, T5ForConditionalGeneration
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from laddertune import LSTConfig, LSTConfigError, MissingInputError, get_lst_model
 from laddertune.backbones import get_path
@@ -16,33 +18,34 @@ R = 4          # width 32 -> 8; heads of 8 -> 2 dims
 KEPT = [1, 3]  # side block k <-> backbone layer KEPT[k]; layer 0 is not kept
 
 # Each family's linears: module path in a block -> (row index, column index).
-# "q"/"kv" are the head indices of attention number a (0 self, 1 cross); Conv1D is transposed.
-_BERT = {"attention.self.query": ("q0", "hidden"), "attention.self.key": ("kv0", "hidden"),
-         "attention.self.value": ("kv0", "hidden"), "attention.output.dense": ("hidden", "q0"),
+# "q"/"k"/"v"/"o" are the head indices of attention number a (0 self, 1 cross); Conv1D is
+# transposed.
+_BERT = {"attention.self.query": ("q0", "hidden"), "attention.self.key": ("k0", "hidden"),
+         "attention.self.value": ("v0", "hidden"), "attention.output.dense": ("hidden", "o0"),
          "intermediate.dense": ("ffn", "hidden"), "output.dense": ("hidden", "ffn")}
-_LLAMA = {"self_attn.q_proj": ("q0", "hidden"), "self_attn.k_proj": ("kv0", "hidden"),
-          "self_attn.v_proj": ("kv0", "hidden"), "self_attn.o_proj": ("hidden", "q0"),
+_LLAMA = {"self_attn.q_proj": ("q0", "hidden"), "self_attn.k_proj": ("k0", "hidden"),
+          "self_attn.v_proj": ("v0", "hidden"), "self_attn.o_proj": ("hidden", "o0"),
           "mlp.gate_proj": ("ffn", "hidden"), "mlp.up_proj": ("ffn", "hidden"),
           "mlp.down_proj": ("hidden", "ffn")}
 _T5_SELF = {"layer.0.SelfAttention.q": ("q0", "hidden"),
-            "layer.0.SelfAttention.k": ("kv0", "hidden"),
-            "layer.0.SelfAttention.v": ("kv0", "hidden"),
-            "layer.0.SelfAttention.o": ("hidden", "q0")}
+            "layer.0.SelfAttention.k": ("k0", "hidden"),
+            "layer.0.SelfAttention.v": ("v0", "hidden"),
+            "layer.0.SelfAttention.o": ("hidden", "o0")}
 _T5_ENC = {**_T5_SELF, "layer.1.DenseReluDense.wi": ("ffn", "hidden"),
            "layer.1.DenseReluDense.wo": ("hidden", "ffn")}
 _T5_DEC = {**_T5_SELF, "layer.1.EncDecAttention.q": ("q1", "hidden"),
-           "layer.1.EncDecAttention.k": ("kv1", "hidden"),
-           "layer.1.EncDecAttention.v": ("kv1", "hidden"),
-           "layer.1.EncDecAttention.o": ("hidden", "q1"),
+           "layer.1.EncDecAttention.k": ("k1", "hidden"),
+           "layer.1.EncDecAttention.v": ("v1", "hidden"),
+           "layer.1.EncDecAttention.o": ("hidden", "o1"),
            "layer.2.DenseReluDense.wi": ("ffn", "hidden"),
            "layer.2.DenseReluDense.wo": ("hidden", "ffn")}
-_BART_ENC = {"self_attn.q_proj": ("q0", "hidden"), "self_attn.k_proj": ("kv0", "hidden"),
-             "self_attn.v_proj": ("kv0", "hidden"), "self_attn.out_proj": ("hidden", "q0"),
+_BART_ENC = {"self_attn.q_proj": ("q0", "hidden"), "self_attn.k_proj": ("k0", "hidden"),
+             "self_attn.v_proj": ("v0", "hidden"), "self_attn.out_proj": ("hidden", "o0"),
              "fc1": ("ffn", "hidden"), "fc2": ("hidden", "ffn")}
 _BART_DEC = {**_BART_ENC, "encoder_attn.q_proj": ("q1", "hidden"),
-             "encoder_attn.k_proj": ("kv1", "hidden"), "encoder_attn.v_proj": ("kv1", "hidden"),
-             "encoder_attn.out_proj": ("hidden", "q1")}
-_GPT2 = {"attn.c_attn": ("qkv0", "hidden"), "attn.c_proj": ("hidden", "q0"),
+             "encoder_attn.k_proj": ("k1", "hidden"), "encoder_attn.v_proj": ("v1", "hidden"),
+             "encoder_attn.out_proj": ("hidden", "o1")}
+_GPT2 = {"attn.c_attn": ("qkv0", "hidden"), "attn.c_proj": ("hidden", "o0"),
          "mlp.c_fc": ("ffn", "hidden"), "mlp.c_proj": ("hidden", "ffn")}
 LINEARS = {"bert": [_BERT], "llama": [_LLAMA], "t5": [_T5_ENC, _T5_DEC],
            "bart": [_BART_ENC, _BART_DEC], "gpt2": [_GPT2]}
@@ -53,10 +56,10 @@ def _index(kind, indices, stack, layer, width):
         return indices.hidden
     if kind == "ffn":
         return indices.ffn[stack, layer]
-    q_rows, kv_rows = indices.heads[stack, layer, int(kind[-1])]
+    head = indices.heads[stack, layer, int(kind[-1])]
     if kind.startswith("qkv"):   # GPT-2's fused c_attn: q, k, v stacked along the outputs
-        return torch.cat([q_rows, kv_rows + width, kv_rows + 2 * width])
-    return q_rows if kind.startswith("q") else kv_rows
+        return torch.cat([head.q, head.k + width, head.v + 2 * width])
+    return getattr(head, kind[0])
 
 
 def _hidden_cut(tensor, indices, width):
@@ -156,15 +159,69 @@ def test_fisher_indices_equal_a_direct_computation():
     ffn = torch.topk(row_l1["mlp.gate_proj"] * row_l1["mlp.up_proj"], 16).indices.sort().values
     assert torch.equal(got.ffn[0, 3], ffn)
 
-    # 4 query heads share 2 key/value heads of 8 dims; keep 2 dims = one rotary pair (j, j + 4)
-    q = row_l1["self_attn.q_proj"].view(2, 2, 8).sum(1)
-    score = q * row_l1["self_attn.k_proj"].view(2, 8) * row_l1["self_attn.v_proj"].view(2, 8)
-    pair = (score[:, :4] + score[:, 4:]).argmax(1)                     # (2,)
-    kv_rows = torch.stack([pair, pair + 4], 1) + torch.tensor([[0], [8]])
-    q_rows = torch.stack([pair.repeat_interleave(2), pair.repeat_interleave(2) + 4], 1)
-    q_rows = q_rows + 8 * torch.arange(4)[:, None]
-    assert torch.equal(got.heads[0, 3, 0][1], kv_rows.flatten())
-    assert torch.equal(got.heads[0, 3, 0][0], q_rows.flatten())
+    # 4 query heads share 2 key/value heads of 8 dims, 2 kept per head. Rotary: q and k keep
+    # backbone pair 0 (dims 0 and 4) in every head, the one whose frequency side pair 0 has.
+    head = got.heads[0, 3, 0]
+    assert torch.equal(head.q, torch.tensor([0, 4, 8, 12, 16, 20, 24, 28]))
+    assert torch.equal(head.k, torch.tensor([0, 4, 8, 12]))
+    # v keeps its own 2 largest rows per key/value head; query head h reads group h // 2
+    v_dims = torch.topk(row_l1["self_attn.v_proj"].view(2, 8), 2).indices.sort(1).values
+    assert torch.equal(head.v, (v_dims + torch.tensor([[0], [8]])).flatten())
+    o_cols = v_dims.repeat_interleave(2, 0) + 8 * torch.arange(4)[:, None]
+    assert torch.equal(head.o, o_cols.flatten())
+
+
+def test_non_rotary_heads_share_one_index_scored_by_q_k_v():
+    """BERT, magnitude: dim j of a head scores |q_j| |k_j| |v_j| (row L1); q, k, v, o share it."""
+    backbone = tiny_backbone("bert")
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="magnitude",
+                                              side_layers=KEPT))
+    attention = backbone.encoder.layer[3].attention.self
+
+    def row_l1(linear):
+        return linear.weight.abs().sum(1, dtype=torch.float64).view(4, 8)   # (heads, d_head)
+
+    score = row_l1(attention.query) * row_l1(attention.key) * row_l1(attention.value)
+    dims = torch.topk(score, 2).indices.sort(1).values
+    rows = (dims + 8 * torch.arange(4)[:, None]).flatten()
+    head = model.prune_indices.heads[0, 3, 0]
+    for kept in head:
+        assert torch.equal(kept, rows)
+
+
+def test_rotary_side_head_rotates_kept_dims_at_the_backbones_frequencies():
+    """Llama, r = 2: side heads of 4 dims (2 rotary pairs) from backbone heads of 8 (4 pairs).
+
+    The side model's own rotary embedding, applied to the kept dims of the backbone's q and k,
+    equals the backbone's rotary embedding applied to full q and k, then cut to the kept dims.
+    So the side attention scores are the backbone's, summed over the kept pairs only.
+    """
+    torch.manual_seed(0)
+    backbone = tiny_backbone("llama")
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=2, side_init="magnitude"))
+    attention = backbone.layers[2].self_attn
+    head = model.prune_indices.heads[0, 2, 0]
+    assert torch.equal(head.q.view(4, 4)[0], torch.tensor([0, 2, 4, 6]))  # pairs 0 and 2 of 0-3
+    x = torch.randn(1, 5, 32)
+    positions = torch.tensor([[0, 1, 7, 30, 63]])
+
+    def split(t, heads):                                       # (1, t, heads*dh) -> (1, h, t, dh)
+        return t.view(1, 5, heads, -1).transpose(1, 2)
+
+    q, k = split(attention.q_proj(x), 4), split(attention.k_proj(x), 2)        # d_head 8
+    cos, sin = backbone.rotary_emb(x, positions)                               # (1, 5, 8)
+    full_q, full_k = apply_rotary_pos_emb(q, k, cos, sin)
+    side_q = split(F.linear(x, attention.q_proj.weight[head.q]), 4)            # d_head 4
+    side_k = split(F.linear(x, attention.k_proj.weight[head.k]), 2)
+    side_cos, side_sin = model.side_model.rotary_emb(x, positions)             # (1, 5, 4)
+    got_q, got_k = apply_rotary_pos_emb(side_q, side_k, side_cos, side_sin)
+    dims = head.k[:4]                                                          # dims in a head
+    torch.testing.assert_close(got_q, full_q[..., dims])
+    torch.testing.assert_close(got_k, full_k[..., dims])
+    # the rule matters: pairs 0 and 1 (dims 0, 1, 4, 5) rotate at the wrong frequency
+    wrong = torch.tensor([0, 1, 4, 5])
+    wrong_q, _ = apply_rotary_pos_emb(q[..., wrong], k[..., wrong], side_cos, side_sin)
+    assert not torch.allclose(wrong_q, full_q[..., wrong])
 
 
 def test_fisher_leaves_backbone_weights_grads_and_modes_untouched():

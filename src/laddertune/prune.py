@@ -8,16 +8,27 @@ chained so the side network is a consistent narrow copy of the backbone:
             ("the embedding chooses the kept hidden dimensions"). One index for the whole model:
             every block's input and output dims, its norms, the stacks' final norms and position
             tables, and (encoder-decoder models share one embedding) cross-attention inputs.
-    heads   per attention module: every head is kept, d_head/r dims inside each. q, k and v
-            share the index: dim j of a head scores q_j * k_j * v_j, the row L1 importances.
-            With grouped-query attention the dims are chosen per key/value head, its query
-            heads' scores summed. Rotary families keep whole rotation pairs (j, j + d_head/2),
-            so the side head rotates kept pairs together.
+    heads   per attention module: every head is kept, d_head/r dims inside each, chosen for two
+            circuits. q and k share one index (their dot product pairs dims), v and the
+            columns of W_o share another (o reads what v writes). Without rotary embeddings both
+            are the same importance-chosen index: dim j of a head scores q_j * k_j * v_j, the
+            row L1 importances. With grouped-query attention the dims are chosen per key/value
+            head, its query heads' scores summed, and each query head (and its W_o columns)
+            uses its key/value head's dims.
+            Rotary families (Llama, Qwen2, Mistral) fix q and k: the side rotary embedding is
+            rebuilt for head size d_s = d_head/r, so side pair i (dims i, i + d_s/2, rotate_half
+            convention) rotates at theta^(-2i/d_s) = theta^(-2ir/d_head), the frequency of
+            backbone pair i*r and no other. q and k keep dims {i*r} then {i*r + d_head/2},
+            i = 0..d_s/2 - 1, so every side pair is a backbone pair at its own frequency and the
+            pruned q.k is exactly the backbone's sum over those pairs. v (and W_o's columns)
+            keep the d_s dims of largest v row importance per key/value head.
+            Exact for the default, linear and llama3 rope types, whose frequencies depend on
+            the base frequency only (yarn, dynamic and longrope also depend on the head size).
     ffn     d_ff/r intermediate units, ranked by the row L1 importance of the input linear
             (the product of the two for gated feed-forwards).
 
-    side W_q = W_q[heads_q, hidden]    side W_k, W_v = W_k, W_v[heads_kv, hidden]
-    side W_o = W_o[hidden, heads_q]    side W_in = W_in[ffn, hidden]    W_out = W_out[hidden, ffn]
+    side W_q = W_q[q, hidden]    side W_k = W_k[k, hidden]    side W_v = W_v[v, hidden]
+    side W_o = W_o[hidden, o]    side W_in = W_in[ffn, hidden]    side W_out = W_out[hidden, ffn]
     side norm = norm[hidden]           biases follow their weight's rows
     T5's relative position bias (buckets x heads) is copied whole.
 
@@ -37,6 +48,7 @@ import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +80,7 @@ class BlockPlan:
     attentions: tuple[Attention, ...]    # self-attention, then cross-attention in decoders
     ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
     ffn_out: str                         # the linear back to the model width
-    rotary: bool = False                 # rotary position embedding: keep rotation pairs
+    rotary: bool = False                 # rotary embedding: q, k keep fixed pairs
     conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
 
     def fused_qkv(self, attention: Attention) -> bool:
@@ -332,27 +344,62 @@ def ffn_index(in_scores: list[torch.Tensor], keep: int) -> torch.Tensor:
     return top_indices(score, keep)
 
 
-def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
-               keep_per_head: int, rotary: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One shared index for q, k and v: (rows of W_q and columns of W_o, rows of W_k and W_v).
+class HeadIndex(NamedTuple):
+    """One attention module's kept rows of W_q, W_k, W_v and columns of W_o (flat, per head)."""
 
-    q, k, v are row scores of shape (heads * head_dim,) and (kv_heads * head_dim,).
+    q: torch.Tensor   # (heads * d_s,)
+    k: torch.Tensor   # (kv_heads * d_s,)
+    v: torch.Tensor   # (kv_heads * d_s,)
+    o: torch.Tensor   # (heads * d_s,): query head h reads the v dims of key/value head h // g
+
+
+def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
+               keep_per_head: int, rotary: bool) -> HeadIndex:
+    """The kept dims of every head, from row scores of shape (heads * head_dim,) for q and
+    (kv_heads * head_dim,) for k and v. See the module doc for the rule.
+
+    Raises:
+        UnsupportedModelError: rotary, and the side head size is odd or does not divide d_head.
     """
     heads, kv_heads = q.shape[0] // head_dim, k.shape[0] // head_dim
     groups = heads // kv_heads                                  # query heads per key/value head
-    q_score = q.view(kv_heads, groups, head_dim).sum(1)          # (kv_heads, head_dim)
-    score = q_score * k.view(kv_heads, head_dim) * v.view(kv_heads, head_dim)
-    if rotary and keep_per_head % 2 == 0 and head_dim % 2 == 0:
-        half = head_dim // 2                                      # rotate_half pairs j, j + half
-        pairs = torch.topk(score[:, :half] + score[:, half:], keep_per_head // 2).indices
-        pairs = pairs.sort(dim=1).values
-        dims = torch.cat([pairs, pairs + half], dim=1)            # (kv_heads, keep_per_head)
+    if rotary:
+        qk_dims = rotary_dims(head_dim, keep_per_head).expand(kv_heads, -1)
+        v_dims = _top_per_head(v.view(kv_heads, head_dim), keep_per_head)
     else:
-        dims = torch.topk(score, keep_per_head).indices.sort(dim=1).values
-    kv_rows = (torch.arange(kv_heads)[:, None] * head_dim + dims).flatten()
-    q_dims = dims.repeat_interleave(groups, dim=0)                # query head h uses group h // g
-    q_rows = (torch.arange(heads)[:, None] * head_dim + q_dims).flatten()
-    return q_rows, kv_rows
+        q_score = q.view(kv_heads, groups, head_dim).sum(1)      # (kv_heads, head_dim)
+        score = q_score * k.view(kv_heads, head_dim) * v.view(kv_heads, head_dim)
+        qk_dims = v_dims = _top_per_head(score, keep_per_head)  # (kv_heads, keep_per_head)
+    return HeadIndex(q=_flat_rows(qk_dims.repeat_interleave(groups, dim=0), head_dim),
+                     k=_flat_rows(qk_dims, head_dim),
+                     v=_flat_rows(v_dims, head_dim),
+                     o=_flat_rows(v_dims.repeat_interleave(groups, dim=0), head_dim))
+
+
+def rotary_dims(head_dim: int, keep: int) -> torch.Tensor:
+    """The head dims whose rotary frequencies the side head reproduces: side pair i (dims i and
+    i + keep/2) is backbone pair i*r (dims i*r and i*r + head_dim/2), r = head_dim / keep.
+
+    Raises:
+        UnsupportedModelError: keep is odd or does not divide head_dim.
+    """
+    if keep % 2 or head_dim % keep:
+        raise UnsupportedModelError(
+            f"rotary heads of size {head_dim} cannot be pruned to {keep} dims (need an even "
+            "divisor of the head size); use another reduction_factor or side_init='random'")
+    r = head_dim // keep
+    first = torch.arange(keep // 2) * r                          # (keep/2,) first-half dims
+    return torch.cat([first, first + head_dim // 2])             # (keep,)
+
+
+def _top_per_head(score: torch.Tensor, keep: int) -> torch.Tensor:
+    """(heads, head_dim) scores -> (heads, keep) dims with the largest scores, in order."""
+    return torch.topk(score, keep).indices.sort(dim=1).values
+
+
+def _flat_rows(dims: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(heads, keep) dims inside each head -> (heads * keep,) rows of the full projection."""
+    return (torch.arange(dims.shape[0])[:, None] * head_dim + dims).flatten()
 
 
 @dataclass
@@ -360,8 +407,7 @@ class PruneIndices:
     """Every index pruning chose. Keys: (stack, backbone layer) and, for heads, attention number."""
 
     hidden: torch.Tensor
-    heads: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = field(
-        default_factory=dict)
+    heads: dict[tuple[int, int, int], HeadIndex] = field(default_factory=dict)
     ffn: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
 
@@ -429,16 +475,16 @@ def copy_pruned(model, indices: PruneIndices) -> None:
             # (rows, columns) of every linear whose dims are not just the hidden index
             linears = {}
             for a, attention in enumerate(plan.attentions):
-                q_rows, kv_rows = indices.heads[s, layer, a]
+                head = indices.heads[s, layer, a]
                 if plan.fused_qkv(attention):
                     d_attn = _out_features(blocks[layer], attention.q, plan) // 3
-                    fused = torch.cat([q_rows, kv_rows + d_attn, kv_rows + 2 * d_attn])
+                    fused = torch.cat([head.q, head.k + d_attn, head.v + 2 * d_attn])
                     linears[attention.q] = (fused, hidden)
                 else:
-                    linears[attention.q] = (q_rows, hidden)
-                    linears[attention.k] = (kv_rows, hidden)
-                    linears[attention.v] = (kv_rows, hidden)
-                linears[attention.o] = (hidden, q_rows)
+                    linears[attention.q] = (head.q, hidden)
+                    linears[attention.k] = (head.k, hidden)
+                    linears[attention.v] = (head.v, hidden)
+                linears[attention.o] = (hidden, head.o)
             for path in plan.ffn_in:
                 linears[path] = (indices.ffn[s, layer], hidden)
             linears[plan.ffn_out] = (hidden, indices.ffn[s, layer])
