@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from laddertune.bench import add_arguments, run
+from laddertune.bench import add_arguments
+from laddertune.bench.cli import run_bench
 from laddertune.bench.measure import RunSpec, measure
 from laddertune.bench.report import check_targets, markdown_table
 
@@ -23,7 +24,7 @@ def _args(tmp_path, *extra):
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    return run(_args(out)), out
+    return run_bench(_args(out)), out
 
 
 def test_bench_writes_json_table_and_plot(tiny_results):

@@ -151,7 +151,8 @@ def accuracy_suite(methods=ACCURACY_METHODS, seeds=(0, 1, 2), epochs: int = 2,
     Seeds are the outer loop, so an interrupted suite still has every method for some seeds;
     with `out_path` the results so far are rewritten after every run.
     """
-    use_cli = cli_available() if use_cli is None else use_cli
+    if use_cli is None:   # `laddertune train` has no option to cap the training set
+        use_cli = cli_available() and not train_limit
     runs = []
     for seed in seeds:
         for method in methods:

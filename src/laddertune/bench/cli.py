@@ -57,7 +57,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training examples per run (0 = all 1,780)")
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace) -> int:
+    """The ``bench`` subcommand: measure, write results, print the table; exit status 0."""
+    run_bench(args)
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    """Run the asked parts of the bench and write them to the output folder; return results."""
     parts = _split(args.parts) or (["table"] if args.quick else list(PARTS))
     out_dir = Path(args.output or ("runs/bench-quick" if args.quick else "benchmarks/results"))
     results = {}
@@ -146,4 +153,4 @@ def _log(result: dict) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="laddertune bench", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    run(parser.parse_args(argv))
+    raise SystemExit(run(parser.parse_args(argv)))
