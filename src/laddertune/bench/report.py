@@ -185,18 +185,22 @@ def render_markdown(results: dict) -> str:
     parts = [f"# laddertune bench results\n\nMachine: {m['cpu']}, {m['cores']} cores"
              f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}; device `{results['device']}`; "
              f"torch {m['torch']}, transformers {m['transformers']}; {m['date']}.\n",
-             f"Settings: {results['settings']}\n",
+             f"Settings: {_settings(results['settings'])}.\n",
              "## Memory and speed, one training step per method (same batch)\n",
              markdown_table(results["runs"]), ""]
     if results.get("targets"):
         parts += ["## LST against the targets\n", targets_table(results["targets"]), ""]
     if results.get("accuracy"):
         parts += ["## Accuracy: MiniLM on BBC News\n",
-                  f"Settings: {results['accuracy']['settings']}\n",
+                  f"Settings: {_settings(results['accuracy']['settings'])}.\n",
                   accuracy_table(results["accuracy"]), ""]
     if results.get("notes"):
         parts += ["## Notes\n", *[f"- {note}" for note in results["notes"]], ""]
     return "\n".join(parts)
+
+
+def _settings(settings: dict) -> str:
+    return "; ".join(f"{key} {value}" for key, value in settings.items())
 
 
 def _pyplot():
