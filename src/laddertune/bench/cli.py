@@ -84,11 +84,14 @@ def run_bench(args: argparse.Namespace) -> dict:
                                                    else FULL_WORKLOADS)
         results["settings"].update(batch_size=batch_size, steps=steps, seq_len=args.seq_len or 128,
                                    workloads=workloads, optimizer="AdamW, methods.DEFAULT_LR")
-        results["runs"] = [_log(measure_in_subprocess(
-            RunSpec(w, m, batch_size, args.seq_len, steps, **common), args.timeout))
-            for w in workloads for m in _methods(args, w)]
+        results["runs"] = []
+        for workload in workloads:
+            for method in _methods(args, workload):
+                spec = RunSpec(workload, method, batch_size, args.seq_len, steps, **common)
+                results["runs"].append(_log(measure_in_subprocess(spec, args.timeout)))
+                _save_partial(results, out_dir)
     if "scaling" in parts:
-        results["scaling"] = scaling_runs(args, common)
+        results["scaling"] = scaling_runs(args, common, results, out_dir)
     if args.accuracy_json:
         from .accuracy import summarize
         accuracy = json.loads(Path(args.accuracy_json).read_text())
@@ -112,7 +115,7 @@ def run_bench(args: argparse.Namespace) -> dict:
     return results
 
 
-def scaling_runs(args, common) -> dict:
+def scaling_runs(args, common, results: dict, out_dir: Path) -> dict:
     """Memory and step time against batch size and source length (T5-small shape, measured),
     and against model size (T5 small/base/large shapes, device-independent account only)."""
     methods = [m for m in ("full", "lora", "lst") if m in (_split(args.methods) or [m])]
@@ -120,15 +123,25 @@ def scaling_runs(args, common) -> dict:
     batches = (1, 4, 16) if not args.quick else (1, 4)
     lengths = (64, 128, 256) if not args.quick else (64, 128)
     sizes = ("t5-small", "t5-base", "t5-large") if not args.quick else ("t5-small",)
-    return {
-        "batch_size": [_log(measure_in_subprocess(RunSpec("t5-small", m, b, 128, **one),
-                                                  args.timeout)) for b in batches for m in methods],
-        "seq_len": [_log(measure_in_subprocess(RunSpec("t5-small", m, 4, n, **one), args.timeout))
-                    for n in lengths for m in methods],
-        "model_size": [_log(measure_in_subprocess(
-            RunSpec(w, m, 8, 128, train=False, inference=False, checkpoint=False, **common),
-            args.timeout)) for w in sizes for m in methods],
+    account_only = dict(train=False, inference=False, checkpoint=False, **common)
+    plan = {
+        "model_size": [RunSpec(w, m, 8, 128, **account_only) for w in sizes for m in methods],
+        "batch_size": [RunSpec("t5-small", m, b, 128, **one) for b in batches for m in methods],
+        "seq_len": [RunSpec("t5-small", m, 4, n, **one) for n in lengths for m in methods],
     }
+    scaling = results.setdefault("scaling", {})
+    for axis, specs in plan.items():
+        scaling[axis] = []
+        for spec in specs:
+            scaling[axis].append(_log(measure_in_subprocess(spec, args.timeout)))
+            _save_partial(results, out_dir)
+    return scaling
+
+
+def _save_partial(results: dict, out_dir: Path) -> None:
+    """results.json after every run, so an interrupted bench keeps what it measured."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
 
 
 def _methods(args, workload: str) -> list[str]:
