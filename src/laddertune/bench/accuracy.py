@@ -122,7 +122,8 @@ def _stratified_head(texts, labels, limit):
 
 
 def run_one_subprocess(method: str, seed: int, epochs: int, max_length: int,
-                       train_limit: int | None, runs_dir: Path, use_cli: bool) -> dict:
+                       train_limit: int | None, runs_dir: Path, use_cli: bool,
+                       threads: int | None = None) -> dict:
     """One (method, seed) run in a fresh Python process; returns its metrics dict."""
     name = f"bbc-{method}-s{seed}"
     if use_cli:
@@ -138,6 +139,8 @@ def run_one_subprocess(method: str, seed: int, epochs: int, max_length: int,
                "--seed", str(seed), "--epochs", str(epochs), "--max-length", str(max_length)]
     if train_limit:
         command += ["--train-limit", str(train_limit)]
+    if threads:
+        command += ["--threads", str(threads)]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -145,20 +148,24 @@ def run_one_subprocess(method: str, seed: int, epochs: int, max_length: int,
 def accuracy_suite(methods=ACCURACY_METHODS, seeds=(0, 1, 2), epochs: int = 2,
                    max_length: int = 128, train_limit: int | None = None,
                    runs_dir: Path = Path("runs/bench-accuracy"), use_cli: bool | None = None,
-                   out_path: Path | None = None, log=print) -> dict:
+                   out_path: Path | None = None, threads: int | None = None,
+                   log=print) -> dict:
     """Every method x seed; returns {"settings", "runs", "summary": {method: mean/std}}.
 
     Seeds are the outer loop, so an interrupted suite still has every method for some seeds;
-    with `out_path` the results so far are rewritten after every run.
+    with `out_path` the results so far are rewritten after every run, and runs already there
+    (same method, seed and settings) are kept instead of trained again.
     """
     if use_cli is None:   # `laddertune train` has no option to cap the training set
         use_cli = cli_available() and not train_limit
-    runs = []
+    runs = _earlier_runs(out_path, epochs, max_length, train_limit)
     for seed in seeds:
         for method in methods:
+            if any(r["method"] == method and r["seed"] == seed for r in runs):
+                continue
             start = time.perf_counter()
             metrics = run_one_subprocess(method, seed, epochs, max_length, train_limit,
-                                         runs_dir, use_cli)
+                                         runs_dir, use_cli, threads)
             runs.append(metrics)
             log(f"accuracy {method} seed {seed}: {100 * metrics['eval']['accuracy']:.2f}% "
                 f"({time.perf_counter() - start:.0f}s)")
@@ -166,6 +173,16 @@ def accuracy_suite(methods=ACCURACY_METHODS, seeds=(0, 1, 2), epochs: int = 2,
             if out_path is not None:
                 Path(out_path).write_text(json.dumps(result, indent=2))
     return _result(runs, seeds, epochs, max_length, train_limit, use_cli)
+
+
+def _earlier_runs(out_path, epochs, max_length, train_limit) -> list[dict]:
+    if out_path is None or not Path(out_path).exists():
+        return []
+    earlier = json.loads(Path(out_path).read_text())
+    same = {k: earlier["settings"].get(k) for k in ("epochs", "max_length", "train_limit")}
+    if same != {"epochs": epochs, "max_length": max_length, "train_limit": train_limit}:
+        return []
+    return earlier["runs"]
 
 
 def _result(runs, seeds, epochs, max_length, train_limit, use_cli) -> dict:
@@ -202,9 +219,11 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     args = parser.parse_args(argv)
-    import torch
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     metrics = train_one(args.method, args.seed, args.epochs, args.max_length, args.train_limit)
     print(json.dumps(metrics))
 

@@ -103,7 +103,7 @@ def run_bench(args: argparse.Namespace) -> dict:
             seeds=tuple(int(s) for s in _split(args.accuracy_seeds)),
             epochs=args.accuracy_epochs, max_length=args.accuracy_max_length,
             train_limit=args.accuracy_train_limit or None,
-            out_path=out_dir / "accuracy.json")
+            out_path=out_dir / "accuracy.json", threads=args.threads)
     paper = "t5-base" if any(r["workload"] == "t5-base" for r in results["runs"]) else "t5-small"
     results["targets"] = check_targets(results["runs"], results.get("accuracy"), paper)
     write_results(results, out_dir)
