@@ -135,6 +135,13 @@ def scaling_runs(args, common, results: dict, out_dir: Path) -> dict:
         for spec in specs:
             scaling[axis].append(_log(measure_in_subprocess(spec, args.timeout)))
             _save_partial(results, out_dir)
+    # The table's own T5-shaped runs (batch 8, 128 tokens) are model-size points too.
+    measured = {(r["workload"], r["method"]) for r in scaling["model_size"]}
+    scaling["model_size"] += [
+        r for r in results.get("runs", [])
+        if r["workload"].startswith("t5-") and r["method"] in methods and "error" not in r
+        and (r["workload"], r["method"]) not in measured
+        and r["batch_size"] == 8 and r["seq_len"] == 128]
     return scaling
 
 
