@@ -84,7 +84,8 @@ def run_bench(args: argparse.Namespace) -> dict:
                                                    else FULL_WORKLOADS)
         results["settings"].update(batch_size=batch_size, steps=steps, seq_len=args.seq_len or 128,
                                    workloads=workloads, optimizer="AdamW, methods.DEFAULT_LR")
-        results["runs"] = []
+        # --merge keeps the runs of workloads this call does not measure again
+        results["runs"] = [r for r in results["runs"] if r["workload"] not in workloads]
         for workload in workloads:
             for method in _methods(args, workload):
                 spec = RunSpec(workload, method, batch_size, args.seq_len, steps, **common)
