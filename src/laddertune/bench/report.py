@@ -278,19 +278,21 @@ def plot_scaling(scaling: dict, out_dir: Path) -> list[Path]:
             continue
         key = {"batch_size": "batch_size", "seq_len": "seq_len", "model_size": "all_params"}[axis]
         fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(10, 4))
-        for method in METHOD_ORDER:
+        for color, method in enumerate(METHOD_ORDER):
+            color = f"C{color}"
             mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r[key])
             if not mine:
                 continue
             xs = [r[key] / 1e6 if axis == "model_size" else r[key] for r in mine]
-            ax_mem.plot(xs, [r["account"]["total_bytes"] for r in mine], "o-",
+            ax_mem.plot(xs, [r["account"]["total_bytes"] for r in mine], "o-", color=color,
                         label=f"{METHOD_NAMES[method]} (account)")
             measured = [(x, memory_of(r)) for x, r in zip(xs, mine) if memory_of(r) is not None]
             if measured:
-                ax_mem.plot(*zip(*measured), "x--", label=f"{METHOD_NAMES[method]} (measured)")
+                ax_mem.plot(*zip(*measured), "x--", color=color,
+                            label=f"{METHOD_NAMES[method]} (measured)")
             timed = [(x, r["step_seconds"]) for x, r in zip(xs, mine) if "step_seconds" in r]
             if timed:
-                ax_time.plot(*zip(*timed), "o-", label=METHOD_NAMES[method])
+                ax_time.plot(*zip(*timed), "o-", color=color, label=METHOD_NAMES[method])
         label = {"batch_size": "batch size", "seq_len": "source tokens",
                  "model_size": "parameters (millions; T5 small/base/large shapes)"}[axis]
         for ax in (ax_mem, ax_time):
