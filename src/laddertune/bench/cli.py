@@ -1,0 +1,177 @@
+"""`laddertune bench`: every method trained on the same batches, measured side by side.
+
+`add_arguments(parser)` and `run(args)` are what `laddertune.cli` registers as the ``bench``
+subcommand; ``python -m laddertune.bench`` runs the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from .measure import RunSpec, measure_in_subprocess
+from .report import check_targets, machine, markdown_table, targets_table, write_results
+from .workloads import METHODS_BY_KIND, get_workload
+
+FULL_WORKLOADS = ("t5-base", "bert-base", "smollm2-135m")
+QUICK_WORKLOADS = ("t5-small", "bert-base")
+PARTS = ("table", "scaling", "accuracy")
+
+ADAPTERS_NOTE = (
+    "Bottleneck adapters are not benchmarked: the maintained library for them, `adapters` 1.3.0 "
+    "(the latest on PyPI), requires transformers ~=4.57.6 and this project needs transformers "
+    ">=5 (installed: 5.24); `peft` has no bottleneck-adapter method.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="small shapes, one timed step, memory/speed table only (minutes)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
+    parser.add_argument("--parts", default=None,
+                        help=f"comma list of {', '.join(PARTS)} (default: table, or all three "
+                             "without --quick)")
+    parser.add_argument("--workloads", default=None,
+                        help="comma list of model shapes (default: t5-base,bert-base,"
+                             "smollm2-135m; --quick: t5-small,bert-base)")
+    parser.add_argument("--methods", default=None,
+                        help="comma list of full,lora,bitfit,prompt,lst (default: all that apply)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 8 (quick: 4)")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: 128 source tokens")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed training steps after one warm-up (default 3, quick 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
+    parser.add_argument("--output", default=None,
+                        help="results folder (default benchmarks/results; quick: runs/bench-quick)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep parts of an existing results.json that this run does not redo")
+    parser.add_argument("--accuracy-json", default=None,
+                        help="take the accuracy part from this JSON (written by an earlier "
+                             "accuracy run) instead of training again")
+    parser.add_argument("--accuracy-seeds", default="0,1,2")
+    parser.add_argument("--accuracy-epochs", type=int, default=2)
+    parser.add_argument("--accuracy-max-length", type=int, default=64)
+    parser.add_argument("--accuracy-train-limit", type=int, default=640,
+                        help="training examples per run (0 = all 1,780)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The ``bench`` subcommand: measure, write results, print the table; exit status 0."""
+    run_bench(args)
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    """Run the asked parts of the bench and write them to the output folder; return results."""
+    parts = _split(args.parts) or (["table"] if args.quick else list(PARTS))
+    out_dir = Path(args.output or ("runs/bench-quick" if args.quick else "benchmarks/results"))
+    results = {}
+    if args.merge and (out_dir / "results.json").exists():
+        results = json.loads((out_dir / "results.json").read_text())
+    batch_size = args.batch_size or (4 if args.quick else 8)
+    steps = args.steps or (1 if args.quick else 3)
+    results.update(machine=machine(), device=args.device,
+                   notes=[ADAPTERS_NOTE, "T5 and Llama have no bias terms, so BitFit runs on the "
+                          "BERT shape only.",
+                          "Inference time is one teacher-forced forward pass (no generation)."])
+    results.setdefault("settings", {})
+    results.setdefault("runs", [])
+    common = dict(device=args.device, threads=args.threads)
+    if "table" in parts:
+        workloads = _split(args.workloads) or list(QUICK_WORKLOADS if args.quick
+                                                   else FULL_WORKLOADS)
+        results["settings"].update(batch_size=batch_size, steps=steps, seq_len=args.seq_len or 128,
+                                   workloads=workloads, optimizer="AdamW, methods.DEFAULT_LR")
+        # --merge keeps the runs of workloads this call does not measure again
+        results["runs"] = [r for r in results["runs"] if r["workload"] not in workloads]
+        for workload in workloads:
+            for method in _methods(args, workload):
+                spec = RunSpec(workload, method, batch_size, args.seq_len, steps, **common)
+                results["runs"].append(_log(measure_in_subprocess(spec, args.timeout)))
+                _save_partial(results, out_dir)
+    if "scaling" in parts:
+        results["scaling"] = scaling_runs(args, common, results, out_dir)
+    if args.accuracy_json:
+        from .accuracy import summarize
+        accuracy = json.loads(Path(args.accuracy_json).read_text())
+        accuracy["summary"] = summarize(accuracy["runs"])
+        results["accuracy"] = accuracy
+    elif "accuracy" in parts:
+        from .accuracy import accuracy_suite
+        results["accuracy"] = accuracy_suite(
+            seeds=tuple(int(s) for s in _split(args.accuracy_seeds)),
+            epochs=args.accuracy_epochs, max_length=args.accuracy_max_length,
+            train_limit=args.accuracy_train_limit or None,
+            out_path=out_dir / "accuracy.json", threads=args.threads)
+    paper = "t5-base" if any(r["workload"] == "t5-base" for r in results["runs"]) else "t5-small"
+    results["targets"] = check_targets(results["runs"], results.get("accuracy"), paper)
+    write_results(results, out_dir)
+    print(markdown_table(results["runs"]))
+    if results["targets"]:
+        print()
+        print(targets_table(results["targets"]))
+    print(f"\nwrote {out_dir}/results.json, results.md and plots")
+    return results
+
+
+def scaling_runs(args, common, results: dict, out_dir: Path) -> dict:
+    """Memory and step time against batch size and source length (T5-small shape, measured),
+    and against model size (T5 small/base/large shapes, device-independent account only)."""
+    methods = [m for m in ("full", "lora", "lst") if m in (_split(args.methods) or [m])]
+    one = dict(steps=1, inference=False, checkpoint=False, **common)
+    batches = (1, 4, 16) if not args.quick else (1, 4)
+    lengths = (64, 128, 256) if not args.quick else (64, 128)
+    sizes = ("t5-small", "t5-base", "t5-large") if not args.quick else ("t5-small",)
+    account_only = dict(train=False, inference=False, checkpoint=False, **common)
+    plan = {
+        "model_size": [RunSpec(w, m, 8, 128, **account_only) for w in sizes for m in methods],
+        "batch_size": [RunSpec("t5-small", m, b, 128, **one) for b in batches for m in methods],
+        "seq_len": [RunSpec("t5-small", m, 4, n, **one) for n in lengths for m in methods],
+    }
+    scaling = results.setdefault("scaling", {})
+    for axis, specs in plan.items():
+        scaling[axis] = []
+        for spec in specs:
+            scaling[axis].append(_log(measure_in_subprocess(spec, args.timeout)))
+            _save_partial(results, out_dir)
+    # The table's own T5-shaped runs (batch 8, 128 tokens) are model-size points too.
+    measured = {(r["workload"], r["method"]) for r in scaling["model_size"]}
+    scaling["model_size"] += [
+        r for r in results.get("runs", [])
+        if r["workload"].startswith("t5-") and r["method"] in methods and "error" not in r
+        and (r["workload"], r["method"]) not in measured
+        and r["batch_size"] == 8 and r["seq_len"] == 128]
+    return scaling
+
+
+def _save_partial(results: dict, out_dir: Path) -> None:
+    """results.json after every run, so an interrupted bench keeps what it measured."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+
+
+def _methods(args, workload: str) -> list[str]:
+    allowed = METHODS_BY_KIND[get_workload(workload).kind]
+    wanted = _split(args.methods) or list(allowed)
+    return [m for m in wanted if m in allowed]
+
+
+def _split(text: str | None) -> list[str]:
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _log(result: dict) -> dict:
+    status = result.get("error") or (
+        f"step {result.get('step_seconds', float('nan')):.2f}s, "
+        f"account {result.get('account', {}).get('total_bytes', float('nan')):.0f} MiB")
+    print(f"[{time.strftime('%H:%M:%S')}] {result['workload']} {result['method']} "
+          f"b={result['batch_size']} t={result.get('seq_len')}: {status}", flush=True)
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="laddertune bench", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    raise SystemExit(run(parser.parse_args(argv)))

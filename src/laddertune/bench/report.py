@@ -1,0 +1,309 @@
+"""Bench results on disk: one JSON file, a markdown table and PNG plots (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+METHOD_ORDER = ("full", "lora", "bitfit", "prompt", "lst")
+METHOD_NAMES = {"full": "Full FT", "lora": "LoRA", "bitfit": "BitFit", "prompt": "Prompt tuning",
+                "lst": "LST"}
+
+# What the issue asks of LST on the T5-base-shaped step and on BBC News (reported, not asserted).
+TARGETS = {"memory_vs_full": 0.25, "memory_vs_lora": 0.35, "step_vs_full": 0.40,
+           "step_vs_lora": 0.60, "accuracy_gap_points": 1.5}
+
+
+def machine() -> dict:
+    """The machine the numbers come from: CPU model, cores, torch/transformers versions."""
+    import torch
+    import transformers
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(),
+            "date": datetime.date.today().isoformat()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def memory_of(run: dict) -> float | None:
+    """The device's measured training memory of a run: CUDA peak allocated, else CPU peak RSS."""
+    return run.get("cuda_peak_allocated_mb", run.get("cpu_peak_rss_mb"))
+
+
+def _by_method(runs: list[dict], workload: str) -> dict[str, dict]:
+    return {r["method"]: r for r in runs if r["workload"] == workload and "error" not in r}
+
+
+def _ratio(value, reference) -> str:
+    if value is None or not reference:
+        return "–"
+    return f"{value / reference:.2f}×"
+
+
+def markdown_table(runs: list[dict]) -> str:
+    """One row per (workload, method); memory ratios to full FT and to LoRA."""
+    lines = ["| workload | method | trainable params | measured peak MiB (×full, ×LoRA) | "
+             "account MiB (×full, ×LoRA) | saved for backward MiB | step s (×full, ×LoRA) | "
+             "examples/s | inference ms/example | checkpoint MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for workload in dict.fromkeys(r["workload"] for r in runs):
+        mine = _by_method(runs, workload)
+        full, lora = mine.get("full", {}), mine.get("lora", {})
+        for method in METHOD_ORDER:
+            run = mine.get(method)
+            if run is None:
+                continue
+            mem, step = memory_of(run), run.get("step_seconds")
+            account = run.get("account", {}).get("total_bytes")
+            lines.append(
+                f"| {workload} | {METHOD_NAMES[method]} | {run['trainable_params']:,} "
+                f"({run['trainable_percent']:.2f}%) | "
+                f"{_num(mem)} ({_ratio(mem, memory_of(full))}, {_ratio(mem, memory_of(lora))}) | "
+                f"{_num(account)} ({_ratio(account, full.get('account', {}).get('total_bytes'))}, "
+                f"{_ratio(account, lora.get('account', {}).get('total_bytes'))}) | "
+                f"{_num(run.get('account', {}).get('saved_bytes'))} | "
+                f"{_num(step, 3)} ({_ratio(step, full.get('step_seconds'))}, "
+                f"{_ratio(step, lora.get('step_seconds'))}) | "
+                f"{_num(run.get('examples_per_second'), 2)} | "
+                f"{_num(run.get('inference_ms_per_example'), 1)} | "
+                f"{_num(run.get('checkpoint_mb'), 2)} |")
+    for run in runs:
+        if "error" in run:
+            lines.append(f"| {run['workload']} | {METHOD_NAMES.get(run['method'], run['method'])}"
+                         f" | failed: {run['error']} |||||||| ")
+    return "\n".join(lines)
+
+
+def _num(value, digits: int = 0) -> str:
+    return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def accuracy_table(accuracy: dict) -> str:
+    lines = ["| method | trainable params | accuracy % (mean ± std) | macro F1 % | "
+             "peak RSS MiB (×full) | train s |", "|---|---|---|---|---|---|"]
+    summary = accuracy["summary"]
+    full_mem = summary.get("full", {}).get("peak_memory_mb_mean")
+    for method in METHOD_ORDER:
+        row = summary.get(method)
+        if row is None:
+            continue
+        lines.append(
+            f"| {METHOD_NAMES[method]} | {row['trainable_params']:,} | "
+            f"{row['accuracy_mean']:.2f} ± {row['accuracy_std']:.2f} (n={row['n']}) | "
+            f"{row['macro_f1_mean']:.2f} | {row['peak_memory_mb_mean']:.0f} "
+            f"({_ratio(row['peak_memory_mb_mean'], full_mem)}) | "
+            f"{row['train_seconds_mean']:.0f} |")
+    return "\n".join(lines)
+
+
+def check_targets(runs: list[dict], accuracy: dict | None, workload: str = "t5-base") -> list[dict]:
+    """LST against the issue's targets: value, target, met, and the miss when missed."""
+    mine = _by_method(runs, workload)
+    checks = []
+
+    def add(name, value, target, smaller_is_better=True):
+        if value is None:
+            return
+        met = value <= target if smaller_is_better else value >= target
+        checks.append({"target": name, "workload": workload, "value": round(value, 3),
+                       "limit": target, "met": met,
+                       "miss": None if met else round(value - target, 3)})
+
+    lst, full, lora = mine.get("lst"), mine.get("full"), mine.get("lora")
+    if lst and full:
+        for label, key in (("measured", memory_of), ("account", _account_total)):
+            add(f"LST peak memory ({label}) / full FT", _safe_div(key(lst), key(full)),
+                TARGETS["memory_vs_full"])
+        add("LST step time / full FT", _safe_div(lst.get("step_seconds"),
+                                                 full.get("step_seconds")),
+            TARGETS["step_vs_full"])
+    if lst and lora:
+        for label, key in (("measured", memory_of), ("account", _account_total)):
+            add(f"LST peak memory ({label}) / LoRA", _safe_div(key(lst), key(lora)),
+                TARGETS["memory_vs_lora"])
+        add("LST step time / LoRA", _safe_div(lst.get("step_seconds"), lora.get("step_seconds")),
+            TARGETS["step_vs_lora"])
+    summary = (accuracy or {}).get("summary", {})
+    if "lst" in summary and "full" in summary:
+        gap = summary["full"]["accuracy_mean"] - summary["lst"]["accuracy_mean"]
+        checks.append({"target": "BBC News: full FT accuracy minus LST accuracy (points)",
+                       "workload": "minilm-bbc", "value": round(gap, 2),
+                       "limit": TARGETS["accuracy_gap_points"],
+                       "met": gap <= TARGETS["accuracy_gap_points"],
+                       "miss": None if gap <= TARGETS["accuracy_gap_points"]
+                       else round(gap - TARGETS["accuracy_gap_points"], 2)})
+    return checks
+
+
+def _account_total(run):
+    return run.get("account", {}).get("total_bytes")
+
+
+def _safe_div(a, b):
+    return None if a is None or not b else a / b
+
+
+def targets_table(checks: list[dict]) -> str:
+    lines = ["| target | value | limit | met? |", "|---|---|---|---|"]
+    for c in checks:
+        verdict = "yes" if c["met"] else f"**no**, misses by {c['miss']}"
+        lines.append(f"| {c['target']} ({c['workload']}) | {c['value']} | ≤ {c['limit']} | "
+                     f"{verdict} |")
+    return "\n".join(lines)
+
+
+def write_results(results: dict, out_dir: Path) -> list[Path]:
+    """results.json, results.md and the PNGs; returns the paths written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "results.md").write_text(render_markdown(results))
+    written = [out_dir / "results.json", out_dir / "results.md"]
+    written += plot_memory_bars(results["runs"], out_dir)
+    if results.get("accuracy"):
+        written += plot_memory_vs_accuracy(results["accuracy"], out_dir)
+    if results.get("scaling"):
+        written += plot_scaling(results["scaling"], out_dir)
+    return written
+
+
+def render_markdown(results: dict) -> str:
+    m = results["machine"]
+    parts = [f"# laddertune bench results\n\nMachine: {m['cpu']}, {m['cores']} cores"
+             f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}; device `{results['device']}`; "
+             f"torch {m['torch']}, transformers {m['transformers']}; {m['date']}.\n",
+             f"Settings: {_settings(results['settings'])}.\n",
+             "## Memory and speed, one training step per method (same batch)\n",
+             markdown_table(results["runs"]), ""]
+    if results.get("targets"):
+        parts += ["## LST against the targets\n", targets_table(results["targets"]), ""]
+    if results.get("accuracy"):
+        parts += ["## Accuracy: MiniLM on BBC News\n",
+                  f"Settings: {_settings(results['accuracy']['settings'])}.\n",
+                  accuracy_table(results["accuracy"]), ""]
+    if results.get("notes"):
+        parts += ["## Notes\n", *[f"- {note}" for note in results["notes"]], ""]
+    return "\n".join(parts)
+
+
+def _settings(settings: dict) -> str:
+    return "; ".join(f"{key} {value}" for key, value in settings.items())
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_memory_bars(runs: list[dict], out_dir: Path) -> list[Path]:
+    """Per workload: each method's training memory as a fraction of full FT, three ways."""
+    plt = _pyplot()
+    workloads = [w for w in dict.fromkeys(r["workload"] for r in runs)
+                 if "full" in _by_method(runs, w)]
+    if not workloads:
+        return []
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4), squeeze=False)
+    views = (("measured peak", memory_of), ("account total", _account_total),
+             ("saved for backward", lambda r: r.get("account", {}).get("saved_bytes")))
+    for ax, workload in zip(axes[0], workloads):
+        mine = _by_method(runs, workload)
+        methods = [m for m in METHOD_ORDER if m in mine]
+        for v, (label, key) in enumerate(views):
+            ref = key(mine["full"]) or 1.0
+            values = [(key(mine[m]) or 0.0) / ref for m in methods]
+            ax.bar([i + 0.27 * (v - 1) for i in range(len(methods))], values, width=0.27,
+                   label=label)
+        ax.set_xticks(range(len(methods)), [METHOD_NAMES[m] for m in methods], rotation=20)
+        ax.set_title(workload)
+        ax.set_ylabel("training memory / full FT")
+        ax.axhline(1.0, color="grey", lw=0.5)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(out_dir) / "memory_bars.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def plot_memory_vs_accuracy(accuracy: dict, out_dir: Path) -> list[Path]:
+    """The paper's Figure 1 in spirit: accuracy against training memory, bubble = parameters."""
+    plt = _pyplot()
+    summary = accuracy["summary"]
+    if "full" not in summary:
+        return []
+    full_mem = summary["full"]["peak_memory_mb_mean"]
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for method in METHOD_ORDER:
+        row = summary.get(method)
+        if row is None:
+            continue
+        x = 100 * row["peak_memory_mb_mean"] / full_mem
+        size = 30 + 300 * (row["trainable_params"] / summary["full"]["trainable_params"]) ** 0.5
+        ax.errorbar(x, row["accuracy_mean"], yerr=row["accuracy_std"], fmt="none", ecolor="grey")
+        ax.scatter([x], [row["accuracy_mean"]], s=size, alpha=0.7)
+        ax.annotate(METHOD_NAMES[method], (x, row["accuracy_mean"]), textcoords="offset points",
+                    xytext=(6, 6))
+    ax.set_xlabel("peak training memory, % of full fine-tuning (CPU peak RSS)")
+    ax.set_ylabel("BBC News accuracy %")
+    ax.set_title("MiniLM on BBC News: accuracy vs memory")
+    fig.tight_layout()
+    path = Path(out_dir) / "memory_vs_accuracy.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def plot_scaling(scaling: dict, out_dir: Path) -> list[Path]:
+    """Memory and step time against batch size, sequence length and model size."""
+    plt = _pyplot()
+    written = []
+    for axis, runs in scaling.items():
+        runs = [r for r in runs if "error" not in r]
+        if not runs:
+            continue
+        key = {"batch_size": "batch_size", "seq_len": "seq_len", "model_size": "all_params"}[axis]
+        fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(10, 4))
+        for color, method in enumerate(METHOD_ORDER):
+            color = f"C{color}"
+            mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r[key])
+            if not mine:
+                continue
+            xs = [r[key] / 1e6 if axis == "model_size" else r[key] for r in mine]
+            ax_mem.plot(xs, [r["account"]["total_bytes"] for r in mine], "o-", color=color,
+                        label=f"{METHOD_NAMES[method]} (account)")
+            measured = [(x, memory_of(r)) for x, r in zip(xs, mine) if memory_of(r) is not None]
+            if measured:
+                ax_mem.plot(*zip(*measured), "x--", color=color,
+                            label=f"{METHOD_NAMES[method]} (measured)")
+            timed = [(x, r["step_seconds"]) for x, r in zip(xs, mine) if "step_seconds" in r]
+            if timed:
+                ax_time.plot(*zip(*timed), "o-", color=color, label=METHOD_NAMES[method])
+        label = {"batch_size": "batch size", "seq_len": "source tokens",
+                 "model_size": "parameters (millions; T5 small/base/large shapes)"}[axis]
+        for ax in (ax_mem, ax_time):
+            ax.set_xlabel(label)
+            ax.legend(fontsize=7)
+        ax_mem.set_ylabel("training memory MiB")
+        ax_time.set_ylabel("step seconds")
+        fig.suptitle(f"T5 text-to-text: scaling with {label}")
+        fig.tight_layout()
+        path = Path(out_dir) / f"scaling_{axis}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
