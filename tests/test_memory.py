@@ -68,3 +68,14 @@ def test_meter_counts_each_storage_once():
         (x @ weight).sum() + (x @ weight).sum()
     # x is saved twice and counted once; weight is not saved, since x needs no gradient
     assert meter.saved_bytes == x.numel() * 4
+
+
+def test_t5_side_attention_keeps_no_dropout_mask():
+    """T5 has one dropout_rate for hidden states and attention probabilities alike."""
+    from tiny_models import tiny_backbone
+
+    model = get_lst_model(tiny_backbone("t5", task="lm"),
+                          LSTConfig(task_type="SEQ_2_SEQ_LM", reduction_factor=4, dropout=0.1))
+    attention = [m for m in model.side_model.modules() if type(m).__name__ == "T5Attention"]
+    assert attention and all(m.dropout == 0.0 for m in attention)
+    assert model.side_model.config.dropout_rate == 0.1   # hidden-state dropout stays

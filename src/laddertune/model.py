@@ -36,7 +36,14 @@ from .errors import (
     UnsupportedModelError,
 )
 from .lm_loss import frozen_head_logits_and_loss
-from .side import GenericSideStack, Ladder, attach_ladder, drop_unused, generic_heads
+from .side import (
+    GenericSideStack,
+    Ladder,
+    attach_ladder,
+    drop_unused,
+    generic_heads,
+    no_attention_dropout,
+)
 
 # Keyword arguments forward accepts and ignores: transformers.Trainer and pipelines pass them.
 _TOLERATED_KWARGS = {"num_items_in_batch", "return_dict", "output_attentions",
@@ -145,6 +152,7 @@ class LSTModel(nn.Module):
                         "reduction_factor") from None
             else:
                 drop_unused(side_model, self.family.side_unused)
+                no_attention_dropout(side_model)
                 if self.family.kind == bb.ENCODER_DECODER:
                     side_stacks = [side_model.get_encoder(), side_model.get_decoder()]
                     drop_unused(side_model, ("shared",))

@@ -136,6 +136,20 @@ def drop_unused(side_model: nn.Module, paths: tuple[str, ...]) -> None:
         set_path(side_model, path, nn.Identity())
 
 
+def no_attention_dropout(side_model: nn.Module) -> None:
+    """Turn off dropout on attention probabilities in every side attention module.
+
+    With it, fused attention falls back to a kernel that keeps the (t x t) attention matrix and
+    its dropout mask for backward, as large as the backbone's. `reduced_config` zeroes the config
+    fields named for attention; this catches families with one shared rate (T5's dropout_rate).
+    """
+    for module in side_model.modules():
+        if "Attention" in type(module).__name__:
+            for name in ("dropout", "attention_dropout", "dropout_rate", "dropout_prob"):
+                if isinstance(getattr(module, name, None), float):
+                    setattr(module, name, 0.0)
+
+
 class GenericSideBlock(nn.Module):
     """A pre-norm transformer block at side width, for families whose own block can't be built."""
 
