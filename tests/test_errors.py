@@ -256,3 +256,12 @@ def test_weights_that_do_not_match_config(saved):
     with pytest.raises(CheckpointError) as err:
         LSTModel.from_pretrained(tiny_backbone("bert"), saved)
     assert "does not match" in one_line(err)
+
+
+def test_fingerprint_samples_stay_inside_large_matrices():
+    """24,674,304 entries (T5-base's embedding): float32 positions would round past the end."""
+    from laddertune.checkpoint import backbone_fingerprint
+
+    stack = torch.nn.Embedding(32128, 768)
+    fingerprint = backbone_fingerprint(tiny_backbone("bert").config, [stack])
+    assert fingerprint["weight_samples"][-1] == stack.weight.reshape(-1)[-1].item()

@@ -47,8 +47,10 @@ def backbone_fingerprint(config, stacks: list[torch.nn.Module]) -> dict:
             if not param.is_floating_point() or param.dim() < 2:
                 continue  # norms start as ones and biases as zeros: matrices tell checkpoints apart
             flat = param.detach().reshape(-1)
-            abs_means.append(flat.abs().double().mean().item())
-            index = torch.linspace(0, flat.numel() - 1, _SAMPLES).long().to(flat.device)
+            abs_means.append(flat.abs().sum(dtype=torch.float64).item() / flat.numel())
+            # integer arithmetic: float32 linspace rounds past the end of a large matrix
+            index = torch.arange(_SAMPLES, device=flat.device) * (flat.numel() - 1) // (
+                _SAMPLES - 1)
             samples.extend(flat[index].double().cpu().tolist())
     return {"architecture_sha256": hashlib.sha256(text.encode()).hexdigest(),
             "weight_abs_means": abs_means, "weight_samples": samples}
