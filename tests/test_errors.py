@@ -93,7 +93,7 @@ def test_decoder_side_layers_only_for_encoder_decoder():
 
 @pytest.mark.parametrize("field, value", [("task_type", "CLASSIFY"), ("gate", "open"),
                                           ("reduction_factor", True), ("num_labels", 2.5),
-                                          ("prune_samples", 0),
+                                          ("prune_samples", 0), ("pooling", "max"),
                                           ("side_init", "zeros"), ("dropout", 1.5),
                                           ("side_layers", []), ("side_layers", [1, 1])])
 def test_bad_config_values(field, value):

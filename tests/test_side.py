@@ -134,3 +134,19 @@ def test_from_pretrained_is_frozen_unless_trainable(tmp_path):
     assert frozen.kept_layers == [[0, 2]] and frozen.config.side_layers == [0, 2]
     trainable = LSTModel.from_pretrained(backbone, tmp_path, is_trainable=True)
     assert all(p.requires_grad for p in trainable.parameters())
+
+
+def test_pooling_choices():
+    """mean by default for text encoders; first and last read one token; mean skips padding."""
+    from laddertune.model import LSTModel
+
+    model = get_lst_model(tiny_backbone("bert"), LSTConfig(reduction_factor=4))
+    hidden = torch.arange(12.0).reshape(1, 4, 3)
+    mask = torch.tensor([[1, 1, 1, 0]])
+    expected = {"mean": hidden[0, :3].mean(0), "first": hidden[0, 0], "last": hidden[0, 2]}
+    assert model.family.pooling == "mean"
+    for pooling, value in expected.items():
+        model.config.pooling = pooling
+        torch.testing.assert_close(LSTModel._pool(model, hidden, mask)[0], value)
+    vision = get_lst_model(tiny_backbone("vit"), LSTConfig(reduction_factor=4))
+    assert vision.family.pooling == "first"

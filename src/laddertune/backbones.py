@@ -28,7 +28,10 @@ class Family:
     layers: str           # the stack's ModuleList of blocks
     side_input: str       # module whose output is hidden_states[0]; the side net replaces it
     side_unused: tuple[str, ...] = ()  # side submodules never used (poolers), dropped from the side
-    pooling: str = "first"  # SEQ_CLS reads the "first" token (CLS) or the "last" non-padding one
+    # SEQ_CLS reads the "mean" of the non-padding tokens (text encoders: on BBC News with MiniLM
+    # 96.0% against 94.3% for the first token at the same budget), the "first" token (vision
+    # models' CLS) or the "last" non-padding one (decoders)
+    pooling: str = "mean"
 
 
 _BERT_LIKE = Family(ENCODER, "encoder.layer", "embeddings", ("pooler",))
@@ -50,8 +53,9 @@ FAMILIES: dict[str, Family] = {
     "mt5": Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last"),
     "bart": Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last"),
     "mbart": Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last"),
-    "vit": Family(VISION, "layers", "embeddings", ("pooler",)),
-    "clip_vision_model": Family(VISION, "encoder.layers", "embeddings", ("post_layernorm",)),
+    "vit": Family(VISION, "layers", "embeddings", ("pooler",), pooling="first"),
+    "clip_vision_model": Family(VISION, "encoder.layers", "embeddings", ("post_layernorm",),
+                                pooling="first"),
     "clip_text_model": Family(ENCODER, "encoder.layers", "embeddings", pooling="last"),
 }
 
@@ -124,7 +128,7 @@ def detect_family(model) -> Family:
                 f"add a Family entry for model_type {model_type!r} in laddertune/backbones.py")
     if kind is None:
         kind = DECODER if _is_causal(model_type) else ENCODER
-    pooling = "first" if kind in (ENCODER, VISION) else "last"
+    pooling = {ENCODER: "mean", VISION: "first"}.get(kind, "last")
     unused = ("pooler",) if isinstance(getattr(stack, "pooler", None), nn.Module) else ()
     return Family(kind, layers, side_input, unused, pooling)
 

@@ -13,6 +13,7 @@ TASK_TYPES = ("SEQ_CLS", "TOKEN_CLS", "CAUSAL_LM", "SEQ_2_SEQ_LM", "FEATURE_EXTR
 SIDE_INITS = ("random", "magnitude", "fisher")
 GATE_KINDS = ("learnable", "fixed")
 SIDE_BLOCKS = ("auto", "native", "generic")
+POOLINGS = ("auto", "first", "last", "mean")
 CONFIG_NAME = "lst_config.json"
 WEIGHTS_NAME = "lst_model.safetensors"
 
@@ -57,6 +58,9 @@ class LSTConfig:
             Left at its default, a family pruning cannot handle starts random with a warning.
         prune_samples: Examples used to estimate Fisher importance when ``side_init="fisher"``.
         dropout: Dropout inside the side network and before the task head.
+        pooling: ``first``, ``last``, ``mean`` or ``auto`` (the mean of non-padding tokens for
+            text encoders, the first token for vision models, the last non-padding token for
+            decoders): how ``SEQ_CLS`` reads one vector per sequence.
         side_blocks: ``native`` (the backbone's own block class at width d/r, needed for
             pruning initialisation and encoder-decoder models), ``generic`` (plain pre-norm
             transformer blocks) or ``auto`` (native, else generic).
@@ -114,6 +118,13 @@ class LSTConfig:
         default=0.1,
         metadata={"help": "Dropout inside the side network and before the task head."},
     )
+    pooling: str = field(
+        default="auto",
+        metadata={"help": "How SEQ_CLS reads one vector per sequence from the side network: "
+                          "'first' token (CLS), 'last' non-padding token, 'mean' of the "
+                          "non-padding tokens, or 'auto' (mean for text encoders, first for "
+                          "vision models, last for decoders)."},
+    )
     side_blocks: str = field(
         default="auto",
         metadata={"help": "'native' builds side blocks of the backbone's own class at width d/r; "
@@ -144,6 +155,9 @@ class LSTConfig:
         if self.side_blocks not in SIDE_BLOCKS:
             raise LSTConfigError(
                 f"side_blocks={self.side_blocks!r} is unknown; use 'auto', 'native' or 'generic'")
+        if self.pooling not in POOLINGS:
+            raise LSTConfigError(
+                f"pooling={self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}")
         if self.gate_temperature <= 0:
             raise LSTConfigError(f"gate_temperature must be > 0, got {self.gate_temperature}")
         if not 0.0 <= self.dropout < 1.0:

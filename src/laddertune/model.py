@@ -294,7 +294,14 @@ class LSTModel(nn.Module):
         return LSTOutput(loss, logits, up, cache)
 
     def _pool(self, hidden, pad_mask):
-        if self.family.pooling == "first":
+        """One vector per sequence: (b, t, d/r) -> (b, d/r)."""
+        pooling = self.family.pooling if self.config.pooling == "auto" else self.config.pooling
+        if pooling == "mean":
+            if pad_mask is None:
+                return hidden.mean(1)
+            weights = pad_mask.to(hidden.dtype)[..., None]                 # (b, t, 1)
+            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+        if pooling == "first":
             return hidden[:, 0]
         if pad_mask is None:
             return hidden[:, -1]
