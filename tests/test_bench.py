@@ -37,8 +37,8 @@ def test_bench_writes_json_table_and_plot(tiny_results):
         for key in ("trainable_params", "trainable_percent", "cpu_peak_rss_mb", "step_seconds",
                     "examples_per_second", "inference_ms_per_example", "checkpoint_mb"):
             assert key in run_, key
-        assert set(run_["account"]) == {"saved_bytes", "parameter_bytes", "gradient_bytes",
-                                        "optimizer_bytes", "total_bytes"}
+        assert set(run_["account"]) == {"saved_mib", "parameter_mib", "gradient_mib",
+                                        "optimizer_mib", "total_mib"}
     table = (out / "results.md").read_text()
     assert "| tiny-bert | LST |" in table and "| tiny-bert | Full FT |" in table
     assert (out / "memory_bars.png").stat().st_size > 1000
@@ -48,8 +48,8 @@ def test_bench_writes_json_table_and_plot(tiny_results):
 def test_lst_saves_less_for_backward_than_full(tiny_results):
     results, _ = tiny_results
     by = {r["method"]: r for r in results["runs"]}
-    assert by["lst"]["account"]["saved_bytes"] < by["full"]["account"]["saved_bytes"]
-    assert by["lst"]["account"]["total_bytes"] < by["full"]["account"]["total_bytes"]
+    assert by["lst"]["account"]["saved_mib"] < by["full"]["account"]["saved_mib"]
+    assert by["lst"]["account"]["total_mib"] < by["full"]["account"]["total_mib"]
     assert by["lst"]["trainable_params"] < by["full"]["trainable_params"]
     assert by["lst"]["checkpoint_mb"] < by["full"]["checkpoint_mb"]
 
@@ -58,15 +58,15 @@ def test_lst_saves_less_for_backward_text_to_text():
     spec = dict(batch_size=2, threads=1, train=False, inference=False, checkpoint=False)
     full = measure(RunSpec("tiny-t5", "full", **spec))["account"]
     lst = measure(RunSpec("tiny-t5", "lst", **spec))["account"]
-    assert lst["saved_bytes"] < full["saved_bytes"]
-    assert lst["gradient_bytes"] < full["gradient_bytes"]
+    assert lst["saved_mib"] < full["saved_mib"]
+    assert lst["gradient_mib"] < full["gradient_mib"]
 
 
 def test_targets_report_misses_with_their_size():
     runs = [{"workload": "w", "method": "full", "cpu_peak_rss_mb": 100.0, "step_seconds": 1.0,
-             "account": {"total_bytes": 100.0}, "trainable_params": 10, "trainable_percent": 100},
+             "account": {"total_mib": 100.0}, "trainable_params": 10, "trainable_percent": 100},
             {"workload": "w", "method": "lst", "cpu_peak_rss_mb": 50.0, "step_seconds": 0.2,
-             "account": {"total_bytes": 20.0}, "trainable_params": 1, "trainable_percent": 10}]
+             "account": {"total_mib": 20.0}, "trainable_params": 1, "trainable_percent": 10}]
     checks = {c["target"]: c for c in check_targets(runs, None, "w")}
     measured = checks["LST peak memory (measured) / full FT"]
     assert measured["met"] is False and measured["miss"] == pytest.approx(0.25)
@@ -79,5 +79,5 @@ def test_measure_in_process_counts_trainable_parameters():
     result = measure(RunSpec("tiny-bert", "lst", batch_size=2, steps=1, threads=1,
                              inference=False, checkpoint=False))
     assert 0 < result["trainable_percent"] < 100
-    assert result["account"]["gradient_bytes"] == pytest.approx(
+    assert result["account"]["gradient_mib"] == pytest.approx(
         result["trainable_params"] * 4 / 2**20)

@@ -165,7 +165,7 @@ def _split(text: str | None) -> list[str]:
 def _log(result: dict) -> dict:
     status = result.get("error") or (
         f"step {result.get('step_seconds', float('nan')):.2f}s, "
-        f"account {result.get('account', {}).get('total_bytes', float('nan')):.0f} MiB")
+        f"account {result.get('account', {}).get('total_mib', float('nan')):.0f} MiB")
     print(f"[{time.strftime('%H:%M:%S')}] {result['workload']} {result['method']} "
           f"b={result['batch_size']} t={result.get('seq_len')}: {status}", flush=True)
     return result

@@ -66,7 +66,7 @@ def measure(spec: RunSpec) -> dict:
     if spec.account:
         model.train()
         account = training_memory_account(model, lambda: model(**batch).loss)
-        result["account"] = {k: v / 2**20 for k, v in account.items()}   # MiB
+        result["account"] = {k.replace("_bytes", "_mib"): v / 2**20 for k, v in account.items()}
     if spec.inference:
         result["inference_ms_per_example"] = _inference_ms(model, batch, device)
     if spec.checkpoint:

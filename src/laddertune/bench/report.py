@@ -68,14 +68,14 @@ def markdown_table(runs: list[dict]) -> str:
             if run is None:
                 continue
             mem, step = memory_of(run), run.get("step_seconds")
-            account = run.get("account", {}).get("total_bytes")
+            account = run.get("account", {}).get("total_mib")
             lines.append(
                 f"| {workload} | {METHOD_NAMES[method]} | {run['trainable_params']:,} "
                 f"({run['trainable_percent']:.2f}%) | "
                 f"{_num(mem)} ({_ratio(mem, memory_of(full))}, {_ratio(mem, memory_of(lora))}) | "
-                f"{_num(account)} ({_ratio(account, full.get('account', {}).get('total_bytes'))}, "
-                f"{_ratio(account, lora.get('account', {}).get('total_bytes'))}) | "
-                f"{_num(run.get('account', {}).get('saved_bytes'))} | "
+                f"{_num(account)} ({_ratio(account, full.get('account', {}).get('total_mib'))}, "
+                f"{_ratio(account, lora.get('account', {}).get('total_mib'))}) | "
+                f"{_num(run.get('account', {}).get('saved_mib'))} | "
                 f"{_num(step, 3)} ({_ratio(step, full.get('step_seconds'))}, "
                 f"{_ratio(step, lora.get('step_seconds'))}) | "
                 f"{_num(run.get('examples_per_second'), 2)} | "
@@ -159,17 +159,17 @@ def check_targets(runs: list[dict], accuracy: dict | None, workload: str = "t5-b
 
 
 def _account_total(run):
-    return run.get("account", {}).get("total_bytes")
+    return run.get("account", {}).get("total_mib")
 
 
 def _account_at_batch(run, batch: int):
     """The account at another batch size: weights, gradients and optimizer state stay, the
     bytes saved for backward scale with the number of examples (same sequence length)."""
     account = run.get("account") or {}
-    if "saved_bytes" not in account or not run.get("batch_size"):
+    if "saved_mib" not in account or not run.get("batch_size"):
         return None
-    fixed = account["total_bytes"] - account["saved_bytes"]
-    return fixed + account["saved_bytes"] * batch / run["batch_size"]
+    fixed = account["total_mib"] - account["saved_mib"]
+    return fixed + account["saved_mib"] * batch / run["batch_size"]
 
 
 def _safe_div(a, b):
@@ -239,7 +239,7 @@ def plot_memory_bars(runs: list[dict], out_dir: Path) -> list[Path]:
         return []
     fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4), squeeze=False)
     views = (("measured peak", memory_of), ("account total", _account_total),
-             ("saved for backward", lambda r: r.get("account", {}).get("saved_bytes")))
+             ("saved for backward", lambda r: r.get("account", {}).get("saved_mib")))
     for ax, workload in zip(axes[0], workloads):
         mine = _by_method(runs, workload)
         methods = [m for m in METHOD_ORDER if m in mine]
@@ -297,29 +297,34 @@ def plot_scaling(scaling: dict, out_dir: Path) -> list[Path]:
         if not runs:
             continue
         key = {"batch_size": "batch_size", "seq_len": "seq_len", "model_size": "all_params"}[axis]
-        fig, (ax_mem, ax_time) = plt.subplots(1, 2, figsize=(10, 4))
+        has_times = any("step_seconds" in r for r in runs)
+        fig, panels = plt.subplots(1, 2 if has_times else 1, figsize=(10 if has_times else 6, 4),
+                                   squeeze=False)
+        ax_mem, ax_time = panels[0][0], panels[0][1] if has_times else None
         for color, method in enumerate(METHOD_ORDER):
             color = f"C{color}"
             mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r[key])
             if not mine:
                 continue
             xs = [r[key] / 1e6 if axis == "model_size" else r[key] for r in mine]
-            ax_mem.plot(xs, [r["account"]["total_bytes"] for r in mine], "o-", color=color,
+            ax_mem.plot(xs, [r["account"]["total_mib"] for r in mine], "o-", color=color,
                         label=f"{METHOD_NAMES[method]} (account)")
             measured = [(x, memory_of(r)) for x, r in zip(xs, mine) if memory_of(r) is not None]
             if measured:
                 ax_mem.plot(*zip(*measured), "x--", color=color,
                             label=f"{METHOD_NAMES[method]} (measured)")
             timed = [(x, r["step_seconds"]) for x, r in zip(xs, mine) if "step_seconds" in r]
-            if timed:
+            if timed and ax_time is not None:
                 ax_time.plot(*zip(*timed), "o-", color=color, label=METHOD_NAMES[method])
         label = {"batch_size": "batch size", "seq_len": "source tokens",
                  "model_size": "parameters (millions; T5 small/base/large shapes)"}[axis]
         for ax in (ax_mem, ax_time):
-            ax.set_xlabel(label)
-            ax.legend(fontsize=7)
+            if ax is not None:
+                ax.set_xlabel(label)
+                ax.legend(fontsize=7)
         ax_mem.set_ylabel("training memory MiB")
-        ax_time.set_ylabel("step seconds")
+        if ax_time is not None:
+            ax_time.set_ylabel("step seconds")
         fig.suptitle(f"T5 text-to-text: scaling with {label}")
         fig.tight_layout()
         path = Path(out_dir) / f"scaling_{axis}.png"
