@@ -42,7 +42,7 @@ def test_train_writes_a_complete_run_folder(lst_run):
     run = json.loads((lst_run / "run.json").read_text())
     assert run["labels"] == ["money", "sport", "tech"] and run["method"] == "lst"
     for name in ("lst_config.json", "lst_model.safetensors", "report.md", "learning_curve.png",
-                 "checkpoint/state.pt"):
+                 "checkpoint/state.safetensors"):
         assert (lst_run / name).is_file(), name
     assert not (lst_run / "model.safetensors").exists()   # no backbone copy
 

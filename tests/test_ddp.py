@@ -41,5 +41,5 @@ def test_torchrun_two_ranks_end_with_identical_side_weights_and_rank0_writes(tmp
     written = sorted(p.name for p in out.iterdir())
     assert written == ["checkpoint", "learning_curve.png", "lst_config.json",
                        "lst_model.safetensors", "metrics.json", "report.md", "run.json"]
-    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["state.pt",
+    assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["state.safetensors",
                                                                       "trainer_state.json"]

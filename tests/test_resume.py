@@ -71,3 +71,43 @@ def test_resume_after_kill_9_mid_epoch_gives_identical_final_metrics(tmp_path):
     assert set(ref_weights) == set(run_weights)
     for name, value in ref_weights.items():
         torch.testing.assert_close(run_weights[name], value, rtol=0, atol=0)
+
+
+def test_checkpoint_is_safetensors_and_round_trips(tmp_path):
+    """Weights, AdamW moments, schedule and RNG come back; nothing is pickled."""
+    import random
+
+    import pytest
+    import torch
+    from safetensors import safe_open
+    from transformers import get_linear_schedule_with_warmup
+
+    from laddertune.errors import CheckpointError
+    from laddertune.train import STATE_FILE, TrainState, load_checkpoint, save_checkpoint
+
+    def setup():
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 2)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+        return model, optimizer, get_linear_schedule_with_warmup(optimizer, 2, 10)
+
+    model, optimizer, scheduler = setup()
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    save_checkpoint(tmp_path, model, optimizer, scheduler, TrainState(step=1))
+    expected = (torch.rand(1), random.random())
+    with safe_open(str(tmp_path / STATE_FILE), framework="pt") as handle:
+        assert "optimizer.0.exp_avg" in handle.keys()
+
+    fresh, fresh_optimizer, fresh_scheduler = setup()
+    state = load_checkpoint(tmp_path, fresh, fresh_optimizer, fresh_scheduler)
+    assert state.step == 1 and (torch.rand(1), random.random()) == expected
+    torch.testing.assert_close(fresh.weight, model.weight)
+    torch.testing.assert_close(fresh_optimizer.state_dict()["state"][0]["exp_avg"],
+                               optimizer.state_dict()["state"][0]["exp_avg"])
+    assert fresh_scheduler.get_last_lr() == scheduler.get_last_lr()
+
+    (tmp_path / STATE_FILE).write_bytes((tmp_path / STATE_FILE).read_bytes()[:-50])
+    with pytest.raises(CheckpointError):
+        load_checkpoint(tmp_path, *setup())

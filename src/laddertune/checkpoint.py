@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from .errors import BackboneMismatchError, CheckpointError
@@ -87,9 +87,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path,
+                 metadata: dict | None = None) -> None:
+    """Tensors to safetensors, atomically; `metadata` (JSON-able) rides in the file's header."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    atomic_write_bytes(path, save(tensors))
+    header = None if metadata is None else {"laddertune": json.dumps(metadata)}
+    atomic_write_bytes(path, save(tensors, metadata=header))
 
 
 def save_json(data: dict, path: Path) -> None:
@@ -106,11 +109,18 @@ def load_json(path: Path) -> dict:
                               "save the model again or restore the file") from None
 
 
-def load_weights(path: Path) -> dict[str, torch.Tensor]:
+def load_weights(path: Path, with_metadata: bool = False):
+    """The tensors of a safetensors file, and with `with_metadata` also what save_weights put in
+    its header: (tensors, metadata)."""
     if not path.is_file():
         raise CheckpointError(f"{path} is missing; pass the folder written by save_pretrained")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        if not with_metadata:
+            return tensors
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        return tensors, json.loads(header.get("laddertune", "{}"))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is truncated or corrupted ({err}); save the model again "
                               "or restore the file") from None

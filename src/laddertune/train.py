@@ -2,7 +2,7 @@
 
 The loop: AdamW over the method's trainable parameters, a linear schedule with warm-up, a fixed
 data order per (seed, epoch). Every `save_every` steps and at each epoch end it writes
-``checkpoint/state.pt`` atomically (temp file, then rename): trained weights, optimizer,
+``checkpoint/state.safetensors`` atomically (temp file, then rename): trained weights, optimizer,
 scheduler, every RNG state and the step. `--resume` reloads it and skips the batches already
 done, so a resumed CPU run ends with the same weights and metrics as an uninterrupted one.
 
@@ -13,7 +13,7 @@ the same batch order and takes its slice of each batch; only rank 0 writes files
 from __future__ import annotations
 
 import hashlib
-import io
+import json
 import math
 import os
 import random
@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from .checkpoint import (
-    atomic_write_bytes,
     backbone_fingerprint,
     check_fingerprint,
     load_json,
@@ -44,7 +43,7 @@ from .report import classification_metrics, plot_learning_curve, write_report
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoint"
-STATE_FILE = "state.pt"
+STATE_FILE = "state.safetensors"
 FULL_WEIGHTS = "trained_weights.safetensors"  # full fine-tuning and BitFit: the trained tensors
 
 
@@ -244,48 +243,72 @@ def _trained_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": np.random.get_state()}
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Every RNG's state as (tensors, JSON-able rest)."""
+    _, numpy_keys, *numpy_rest = np.random.get_state()
+    version, python_state, gauss = random.getstate()
+    tensors = {"rng.torch": torch.get_rng_state(),
+               "rng.numpy": torch.from_numpy(numpy_keys.astype(np.int64))}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors.update({f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return tensors, {"numpy": numpy_rest, "python": [version, list(python_state), gauss]}
 
 
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def _set_rng_state(tensors: dict[str, torch.Tensor], rest: dict) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    np.random.set_state(("MT19937", tensors["rng.numpy"].numpy().astype(np.uint32),
+                         *rest["numpy"]))
+    version, python_state, gauss = rest["python"]
+    random.setstate((version, tuple(python_state), gauss))
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_checkpoint(directory: Path, model, optimizer, scheduler, state: TrainState) -> None:
-    """Atomically replace checkpoint/state.pt: a kill at any moment leaves the old or the new."""
-    buffer = io.BytesIO()
-    torch.save({"model": _trained_state(model), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-                "state": asdict(state)}, buffer)
-    atomic_write_bytes(directory / STATE_FILE, buffer.getvalue())
+    """Atomically replace checkpoint/state.safetensors: a kill at any moment leaves the old or
+    the new. Tensors (weights, optimizer moments, RNG states) are the file's tensors; the rest
+    (step, schedule, optimizer settings) is JSON in its header. Nothing is pickled."""
+    tensors = {f"model.{name}": t for name, t in _trained_state(model).items()}
+    optimizer_state = optimizer.state_dict()
+    optimizer_rest = {"param_groups": optimizer_state["param_groups"], "state": {}}
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                optimizer_rest["state"].setdefault(str(index), {})[key] = value
+    rng_tensors, rng_rest = _rng_state()
+    tensors.update(rng_tensors)
+    save_weights(tensors, directory / STATE_FILE, metadata={
+        "optimizer": optimizer_rest, "scheduler": scheduler.state_dict(), "rng": rng_rest,
+        "state": asdict(state)})
     save_json({"step": state.step, "epochs_done": state.epochs_done},
               directory / "trainer_state.json")
 
 
 def load_checkpoint(directory: Path, model, optimizer, scheduler) -> TrainState:
     try:
-        payload = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a damaged file
+        tensors, meta = load_weights(directory / STATE_FILE, with_metadata=True)
+        trained = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        optimizer_state = {int(i): dict(v) for i, v in meta["optimizer"]["state"].items()}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, index, name = key.split(".", 2)
+                optimizer_state.setdefault(int(index), {})[name] = value
+    except (CheckpointError, KeyError, ValueError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{directory / STATE_FILE} is damaged ({type(err).__name__}); "
                               "delete it and train again with --overwrite") from None
-    missing = set(_trained_state(model)) - set(payload["model"])
+    missing = set(_trained_state(model)) - set(trained)
     if missing:
         raise CheckpointError(f"{directory / STATE_FILE} was written for another model (lacks "
                               f"{sorted(missing)[0]}); use another --output or --overwrite")
-    model.load_state_dict(payload["model"], strict=False)
-    optimizer.load_state_dict(payload["optimizer"])
-    scheduler.load_state_dict(payload["scheduler"])
-    _set_rng_state(payload["rng"])
-    return TrainState(**payload["state"])
+    model.load_state_dict(trained, strict=False)
+    optimizer.load_state_dict({"state": optimizer_state,
+                               "param_groups": meta["optimizer"]["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    _set_rng_state(tensors, meta["rng"])
+    return TrainState(**meta["state"])
 
 
 def _check_output(out: Path, cfg: TrainConfig) -> bool:
