@@ -69,14 +69,13 @@ def training_memory_account(model: torch.nn.Module, loss_fn, optimizer_states: i
         dict with ``saved_bytes`` (activations kept for backward), ``parameter_bytes``,
         ``gradient_bytes``, ``optimizer_bytes`` and their ``total_bytes``.
     """
-    params = {id(p): p for p in model.parameters()}
-    backbone = getattr(model, "backbone", None)
-    if backbone is not None and "backbone" in model.__dict__:  # an LSTModel's unregistered backbone
-        params.update({id(p): p for p in backbone.parameters()})
-    trainable = [p for p in params.values() if p.requires_grad and _is_trained(p, model)]
-    meter = SavedTensorMeter().exclude_parameters(model)
-    if backbone is not None:
-        meter.exclude_parameters(backbone)
+    # An LSTModel holds its frozen backbone without registering it: the registered parameters
+    # are what trains, the held ones only count as weights.
+    held = [model.__dict__["backbone"]] if "backbone" in model.__dict__ else []
+    registered = {id(p): p for p in model.parameters()}
+    trainable = [p for p in registered.values() if p.requires_grad]
+    params = {**registered, **{id(p): p for m in held for p in m.parameters()}}
+    meter = SavedTensorMeter().exclude_parameters(model, *held)
     with meter:
         loss = loss_fn()
     loss.backward()
@@ -90,12 +89,6 @@ def training_memory_account(model: torch.nn.Module, loss_fn, optimizer_states: i
     model.zero_grad(set_to_none=True)
     return account
 
-
-def _is_trained(param: torch.nn.Parameter, model: torch.nn.Module) -> bool:
-    # An LSTModel trains exactly its registered parameters; other models train requires_grad ones.
-    if "backbone" in model.__dict__:
-        return any(param is p for p in model.parameters())
-    return True
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:

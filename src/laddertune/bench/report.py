@@ -253,11 +253,7 @@ def plot_memory_bars(runs: list[dict], out_dir: Path) -> list[Path]:
         ax.set_ylabel("training memory / full FT")
         ax.axhline(1.0, color="grey", lw=0.5)
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(out_dir) / "memory_bars.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    return [_save_figure(fig, out_dir, "memory_bars.png")]
 
 
 def plot_memory_vs_accuracy(accuracy: dict, out_dir: Path) -> list[Path]:
@@ -281,11 +277,15 @@ def plot_memory_vs_accuracy(accuracy: dict, out_dir: Path) -> list[Path]:
     ax.set_xlabel("peak training memory, % of full fine-tuning (CPU peak RSS)")
     ax.set_ylabel("BBC News accuracy %")
     ax.set_title("MiniLM on BBC News: accuracy vs memory")
+    return [_save_figure(fig, out_dir, "memory_vs_accuracy.png")]
+
+
+def _save_figure(fig, out_dir: Path, name: str) -> Path:
     fig.tight_layout()
-    path = Path(out_dir) / "memory_vs_accuracy.png"
+    path = Path(out_dir) / name
     fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return [path]
+    _pyplot().close(fig)
+    return path
 
 
 def plot_scaling(scaling: dict, out_dir: Path) -> list[Path]:
@@ -326,9 +326,5 @@ def plot_scaling(scaling: dict, out_dir: Path) -> list[Path]:
         if ax_time is not None:
             ax_time.set_ylabel("step seconds")
         fig.suptitle(f"T5 text-to-text: scaling with {label}")
-        fig.tight_layout()
-        path = Path(out_dir) / f"scaling_{axis}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save_figure(fig, out_dir, f"scaling_{axis}.png"))
     return written
