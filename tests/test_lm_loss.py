@@ -3,8 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+from laddertune.app.memory import SavedTensorMeter
 from laddertune.lm_loss import frozen_head_logits_and_loss
-from laddertune.memory import SavedTensorMeter
 
 
 def reference(hidden, weight, bias, labels, shift):

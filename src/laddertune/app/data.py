@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 BBC_NEWS = "bbc-news"
 FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}

@@ -1,13 +1,13 @@
 """Memory, speed and size of one method on one workload, each in a fresh subprocess.
 
 A process's peak resident set (ru_maxrss) only ever grows, so comparing methods by peak RSS needs
-one process per method: `measure_in_subprocess` starts ``python -m laddertune.bench.measure``
+one process per method: `measure_in_subprocess` starts ``python -m laddertune.app.bench.measure``
 with a JSON spec and reads back one JSON line. Three views of memory come back:
 
 - ``cpu_peak_rss_mb``: peak RSS minus RSS after the model was built (CPU runs);
 - ``cuda_peak_allocated_mb`` / ``cuda_peak_reserved_mb``: the allocator's peaks minus the memory
   held after the model was built (CUDA runs);
-- ``account``: the device-independent bytes of `laddertune.memory.training_memory_account`
+- ``account``: the device-independent bytes of `laddertune.app.memory.training_memory_account`
   (saved-for-backward activations, parameters, gradients, AdamW state).
 """
 
@@ -146,7 +146,7 @@ def _checkpoint_mb(model, method: str) -> float:
 
 def measure_in_subprocess(spec: RunSpec, timeout: float | None = None) -> dict:
     """`measure(spec)` in a fresh Python process; a failure comes back as {"error": ...}."""
-    command = [sys.executable, "-m", "laddertune.bench.measure", json.dumps(asdict(spec))]
+    command = [sys.executable, "-m", "laddertune.app.bench.measure", json.dumps(asdict(spec))]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -5,7 +5,7 @@ from tiny_models import tiny_inputs
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from laddertune import LSTConfig, get_lst_model
-from laddertune.memory import SavedTensorMeter, training_memory_account
+from laddertune.app.memory import SavedTensorMeter, training_memory_account
 
 WIDTH, FFN, LENGTH = 128, 512, 32
 

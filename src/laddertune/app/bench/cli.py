@@ -1,7 +1,7 @@
 """`laddertune bench`: every method trained on the same batches, measured side by side.
 
-`add_arguments(parser)` and `run(args)` are what `laddertune.cli` registers as the ``bench``
-subcommand; ``python -m laddertune.bench`` runs the same thing.
+`add_arguments(parser)` and `run(args)` are what `laddertune.app.cli` registers as the ``bench``
+subcommand; ``python -m laddertune.app.bench`` runs the same thing.
 """
 
 from __future__ import annotations

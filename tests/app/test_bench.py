@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from laddertune.bench import add_arguments
-from laddertune.bench.cli import run_bench
-from laddertune.bench.measure import RunSpec, measure
-from laddertune.bench.report import check_targets, markdown_table
+from laddertune.app.bench import add_arguments
+from laddertune.app.bench.cli import run_bench
+from laddertune.app.bench.measure import RunSpec, measure
+from laddertune.app.bench.report import check_targets, markdown_table
 
 
 def _args(tmp_path, *extra):

@@ -8,7 +8,7 @@ import torch
 from tiny_models import save_tiny_text_model, topic_rows, write_csv
 from transformers import AutoTokenizer
 
-from laddertune.data import (
+from laddertune.app.data import (
     BBC_NEWS,
     TextDataset,
     collate,

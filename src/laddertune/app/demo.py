@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import save_json
+from ..checkpoint import save_json
 from .data import BBC_NEWS, collate
 from .memory import training_memory_account
 from .report import comparison_table, plot_memory, write_report
@@ -67,9 +67,9 @@ def run_demo(output: str = "runs/demo", epochs: int | None = None, device: str =
 def compare_methods(config: TrainConfig) -> list[dict]:
     """Per method: the memory account of one step and the mean time of `COMPARE_STEPS` steps,
     all on the first batches of the LST run's first epoch."""
+    from .aliases import load_tokenizer, resolve_model
     from .data import label_names, load_train_eval, tokenize
     from .methods import DEFAULT_LR, count_parameters, trainable_parameters
-    from .pretrained import load_tokenizer, resolve_model
     device = pick_device(config.device)
     train_data, _ = load_train_eval(config.train, None, seed=config.seed)
     names = label_names(train_data.labels)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .config import LSTConfig
-from .errors import LSTConfigError
+from ..config import LSTConfig
+from ..errors import LSTConfigError
 
 METHODS = ("lst", "full", "lora", "bitfit", "prompt")
 
@@ -46,7 +46,7 @@ def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
         LSTConfigError: unknown method.
     """
     if method == "lst":
-        from .model import get_lst_model
+        from ..model import get_lst_model
         config = lst_config or LSTConfig(task_type=task_type, num_labels=num_labels)
         return get_lst_model(task_model, config, init_data=init_data)
     if method == "full":

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import (
+from ..checkpoint import (
     backbone_fingerprint,
     check_fingerprint,
     load_json,
@@ -33,11 +33,11 @@ from .checkpoint import (
     save_json,
     save_weights,
 )
+from ..errors import BackboneMismatchError, CheckpointError, DataError
+from .aliases import ModelSource, load_backbone, load_tokenizer, resolve_model
 from .data import BBC_NEWS, Encoded, collate, label_names, load_train_eval, tokenize
-from .errors import BackboneMismatchError, CheckpointError, DataError
 from .memory import current_rss_mb, peak_memory_mb
 from .methods import DEFAULT_LR, METHODS, build_method, count_parameters, trainable_parameters
-from .pretrained import ModelSource, load_backbone, load_tokenizer, resolve_model
 from .report import classification_metrics, plot_learning_curve, write_report
 
 RUN_FILE = "run.json"
@@ -136,7 +136,7 @@ class Distributed:
 def build_model(source: ModelSource, method: str, num_labels: int, pad_token_id: int,
                 reduction_factor: int = 8):
     """A fresh model for `method` and the fingerprint of its pretrained backbone."""
-    from .config import LSTConfig
+    from ..config import LSTConfig
     backbone = load_backbone(source, num_labels, pad_token_id, bare=method == "lst")
     fingerprint = backbone_signature(backbone)
     lst_config = LSTConfig(task_type="SEQ_CLS", num_labels=num_labels,
@@ -193,7 +193,7 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
             f"{run_dir} was trained on another backbone than the {name!r} loaded now (its weights "
             f"or config differ); pass --model with the model it was trained on")
     if method == "lst":
-        from .model import LSTModel
+        from ..model import LSTModel
         trained = LSTModel.from_pretrained(backbone, run_dir)
     elif method in ("lora", "prompt"):
         from peft import PeftModel

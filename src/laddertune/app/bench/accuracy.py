@@ -40,7 +40,7 @@ def bbc_news(seed: int = 0) -> tuple[list[str], list[int], list[str], list[int],
 
 
 def cli_available() -> bool:
-    return importlib.util.find_spec("laddertune.train") is not None
+    return importlib.util.find_spec("laddertune.app.train") is not None
 
 
 def train_one(method: str, seed: int, epochs: int, max_length: int, train_limit: int | None,
@@ -50,9 +50,9 @@ def train_one(method: str, seed: int, epochs: int, max_length: int, train_limit:
     from sklearn.metrics import accuracy_score, f1_score
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from ..aliases import resolve_model
     from ..memory import current_rss_mb, peak_memory_mb
     from ..methods import DEFAULT_LR, build_method, count_parameters, trainable_parameters
-    from ..pretrained import resolve_model
 
     train_x, train_y, test_x, test_y, classes = bbc_news()
     if train_limit:
@@ -125,14 +125,14 @@ def run_one_subprocess(method: str, seed: int, epochs: int, max_length: int,
     name = f"bbc-{method}-s{seed}"
     if use_cli:
         output = runs_dir / name
-        command = [sys.executable, "-m", "laddertune.cli", "train", "--model", "minilm",
+        command = [sys.executable, "-m", "laddertune.app.cli", "train", "--model", "minilm",
                    "--train", "bbc-news", "--method", method, "--epochs", str(epochs),
                    "--seed", str(seed), "--max-length", str(max_length), "--output", str(output)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         metrics = json.loads((output / "metrics.json").read_text())
         metrics.update(seed=seed, path="laddertune train")
         return metrics
-    command = [sys.executable, "-m", "laddertune.bench.accuracy", "--method", method,
+    command = [sys.executable, "-m", "laddertune.app.bench.accuracy", "--method", method,
                "--seed", str(seed), "--epochs", str(epochs), "--max-length", str(max_length)]
     if train_limit:
         command += ["--train-limit", str(train_limit)]

@@ -24,7 +24,7 @@ def test_torchrun_two_ranks_end_with_identical_side_weights_and_rank0_writes(tmp
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-               "-m", "laddertune.cli", "train", "--model", str(tmp_path / "tiny"),
+               "-m", "laddertune.app.cli", "train", "--model", str(tmp_path / "tiny"),
                "--train", str(tmp_path / "train.csv"), "--output", str(out), "--epochs", "2",
                "--batch-size", "8", "--save-every", "3", "--device", "cpu", "--no-progress"]
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

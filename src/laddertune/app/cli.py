@@ -14,7 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import LSTError
+from ..errors import LSTError
 
 EPILOG = """examples:
   laddertune demo
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Side-Tuning (LST): the pretrained model stays frozen and runs without "
                     "autograd; a small side network learns.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__
+    from .. import __version__
     parser.add_argument("--version", action="version", version=f"laddertune {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_train(commands)
@@ -155,7 +155,7 @@ def _add_demo(commands) -> None:
 
 def _add_bench(commands) -> None:
     p = commands.add_parser("bench", help="memory/speed/accuracy benchmarks of all methods",
-                            description="Benchmarks (laddertune.bench).")
+                            description="Benchmarks (laddertune.app.bench).")
     try:
         from .bench import cli as bench_cli
     except Exception as err:  # noqa: BLE001 - a broken bench must not break train/eval/predict
@@ -165,7 +165,7 @@ def _add_bench(commands) -> None:
         p.set_defaults(func=bench_cli.run)
         return
     if bench_cli is not None:
-        reason = "laddertune.bench.cli has no add_arguments/run"
+        reason = "laddertune.app.bench.cli has no add_arguments/run"
     p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # `make bench`
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     p.set_defaults(func=lambda args: _bench_missing(reason))

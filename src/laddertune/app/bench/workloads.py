@@ -105,7 +105,7 @@ METHODS_BY_KIND = {
 
 
 def get_workload(name: str) -> Workload:
-    from ..errors import LSTConfigError
+    from ...errors import LSTConfigError
     if name not in WORKLOADS:
         raise LSTConfigError(f"workload {name!r} is unknown; use one of {', '.join(WORKLOADS)}")
     return WORKLOADS[name]

@@ -1,6 +1,6 @@
 """Benchmarks: memory, speed, checkpoint size and accuracy of LST against the usual baselines.
 
-Run ``laddertune bench --quick`` (or ``python -m laddertune.bench --quick``); see
+Run ``laddertune bench --quick`` (or ``python -m laddertune.app.bench --quick``); see
 benchmarks/README.md for what each number means.
 """
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from tiny_models import save_tiny_text_model, topic_rows, write_csv
 
-from laddertune.cli import main
+from laddertune.app.cli import main
 
 TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--reduction-factor", "2",
                "--no-progress", "--device", "cpu"]

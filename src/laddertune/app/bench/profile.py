@@ -1,6 +1,6 @@
 """Where an LST training step spends its time: frozen backbone, side network, ladders, optimizer.
 
-``python -m laddertune.bench.profile --workload t5-base`` times, on one batch:
+``python -m laddertune.app.bench.profile --workload t5-base`` times, on one batch:
 
 - the backbone's forward under no_grad (what LST runs first, every step);
 - the whole LST forward (backbone + ladders + side) and its backward (side only);
@@ -18,8 +18,8 @@ import time
 
 import torch
 
+from ...model import frozen
 from ..methods import DEFAULT_LR, build_method, trainable_parameters
-from ..model import frozen
 from .workloads import get_workload
 
 
