@@ -12,16 +12,22 @@ so pass a fresh model to each method.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
+from ..checkpoint import load_weights, save_weights
 from ..config import LSTConfig
-from ..errors import LSTConfigError
+from ..errors import CheckpointError, LSTConfigError
 
 METHODS = ("lst", "full", "lora", "bitfit", "prompt")
 
 # Learning rates from the paper's T5-base GLUE setting (../shared/LST.md): LST 3e-3, full FT,
 # LoRA and BitFit 3e-4, prompt tuning 0.3.
 DEFAULT_LR = {"lst": 3e-3, "full": 3e-4, "lora": 3e-4, "bitfit": 3e-4, "prompt": 0.3}
+
+# Full fine-tuning and BitFit ship the tensors they trained, as safetensors.
+TRAINED_WEIGHTS = "trained_weights.safetensors"
 
 # Task-head module names in transformers' task models; they stay trainable for BitFit.
 _HEAD_NAMES = ("classifier", "score", "pre_classifier", "classification_head", "lm_head")
@@ -86,3 +92,36 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
         return model.get_nb_trainable_parameters()
     unique = {id(p): p for p in model.parameters()}.values()
     return (sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique))
+
+
+def save_trained(model: nn.Module, method: str, directory: Path) -> None:
+    """Write what `method` trained to `directory`: the LST side network, the peft adapter, or
+    the trained tensors (full fine-tuning, BitFit). Never the frozen backbone."""
+    if method in ("lst", "lora", "prompt"):
+        model.save_pretrained(str(directory))
+    else:
+        save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
+                     Path(directory) / TRAINED_WEIGHTS)
+
+
+def load_trained(task_model: nn.Module, method: str, directory: Path) -> nn.Module:
+    """The inverse of `save_trained`: `task_model` (freshly loaded, as `build_method` got it)
+    with what `method` trained loaded from `directory`, in eval mode.
+
+    Raises:
+        CheckpointError: the folder's files are missing, damaged or do not fit `task_model`.
+    """
+    directory = Path(directory)
+    if method == "lst":
+        from ..model import LSTModel
+        return LSTModel.from_pretrained(task_model, directory)
+    if method in ("lora", "prompt"):
+        from peft import PeftModel
+        return PeftModel.from_pretrained(task_model, str(directory)).eval()
+    state = load_weights(directory / TRAINED_WEIGHTS)
+    unknown = set(state) - set(dict(task_model.named_parameters()))
+    if unknown:
+        raise CheckpointError(f"{directory / TRAINED_WEIGHTS} does not fit this model (e.g. "
+                              f"{sorted(unknown)[0]}); train the run again")
+    task_model.load_state_dict(state, strict=False)
+    return task_model.eval()

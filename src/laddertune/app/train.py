@@ -37,14 +37,21 @@ from ..errors import BackboneMismatchError, CheckpointError, DataError
 from .aliases import ModelSource, load_backbone, load_tokenizer, resolve_model
 from .data import BBC_NEWS, Encoded, collate, label_names, load_train_eval, tokenize
 from .memory import current_rss_mb, peak_memory_mb
-from .methods import DEFAULT_LR, METHODS, build_method, count_parameters, trainable_parameters
+from .methods import (
+    DEFAULT_LR,
+    METHODS,
+    build_method,
+    count_parameters,
+    load_trained,
+    save_trained,
+    trainable_parameters,
+)
 from .report import classification_metrics, plot_learning_curve, write_report
 
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.safetensors"
-FULL_WEIGHTS = "trained_weights.safetensors"  # full fine-tuning and BitFit: the trained tensors
 
 
 @dataclass
@@ -159,15 +166,6 @@ def same_backbone(saved: dict, current: dict) -> bool:
     return True
 
 
-def save_trained(model, method: str, directory: Path) -> None:
-    """What `method` trained: LST side network, peft adapter, or the trained tensors."""
-    if method in ("lst", "lora", "prompt"):
-        model.save_pretrained(str(directory))
-    else:
-        save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
-                     directory / FULL_WEIGHTS)
-
-
 def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None):
     """(model, tokenizer, run info) rebuilt from a `laddertune train` output folder.
 
@@ -192,20 +190,7 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
         raise BackboneMismatchError(
             f"{run_dir} was trained on another backbone than the {name!r} loaded now (its weights "
             f"or config differ); pass --model with the model it was trained on")
-    if method == "lst":
-        from ..model import LSTModel
-        trained = LSTModel.from_pretrained(backbone, run_dir)
-    elif method in ("lora", "prompt"):
-        from peft import PeftModel
-        trained = PeftModel.from_pretrained(backbone, str(run_dir))
-    else:
-        state = load_weights(run_dir / FULL_WEIGHTS)
-        unknown = set(state) - set(dict(backbone.named_parameters()))
-        if unknown:
-            raise CheckpointError(f"{run_dir / FULL_WEIGHTS} does not fit {info['model']} "
-                                  f"(e.g. {sorted(unknown)[0]}); train the run again")
-        backbone.load_state_dict(state, strict=False)
-        trained = backbone
+    trained = load_trained(backbone, method, run_dir)
     return trained.to(pick_device(device)).eval(), tokenizer, info
 
 
