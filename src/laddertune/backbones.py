@@ -263,3 +263,16 @@ def lm_head(backbone) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     if config.model_type in ("t5", "mt5") and getattr(config, "tie_word_embeddings", False):
         scale = config.d_model ** -0.5
     return head.weight.detach(), None if bias is None else bias.detach(), scale
+
+
+def max_positions(backbone) -> int | None:
+    """The longest sequence a backbone with learned absolute positions accepts, else None."""
+    for name, module in backbone.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("position_embeddings", "wpe", "embed_positions", "position_embedding") and \
+                isinstance(module, nn.Embedding):
+            offset = getattr(module, "offset", None)
+            if offset is None:
+                offset = 0 if module.padding_idx is None else module.padding_idx + 1
+            return module.num_embeddings - offset
+    return None

@@ -31,3 +31,8 @@ class BackboneMismatchError(CheckpointError):
 
 class DataError(LSTError, ValueError):
     """A data file, column, label set or output folder the CLI cannot use as given."""
+
+
+class LSTWarning(UserWarning):
+    """Base class of laddertune's warnings: something was done, correctly, that the user should
+    know about (texts truncated, a fallback taken). The CLI prints each as one line."""

@@ -37,9 +37,10 @@ def test_torchrun_two_ranks_end_with_identical_side_weights_and_rank0_writes(tmp
     assert rank0 == rank1                                  # both ranks hold the same side weights
     assert metrics["steps"] == 2 * 4                       # 32 rows / batch 8, split over ranks
     assert done.stdout.count("saved ") == 1                # one writer: rank 0
-    assert done.stdout.count("epoch 1: eval accuracy") == 1
+    assert done.stdout.count("epoch 1/2:") == 1
     written = sorted(p.name for p in out.iterdir())
-    assert written == ["checkpoint", "learning_curve.png", "lst_config.json",
-                       "lst_model.safetensors", "metrics.json", "report.md", "run.json"]
+    assert written == ["checkpoint", "confusion_matrix.png", "learning_curve.png",
+                       "lst_config.json", "lst_model.safetensors", "metrics.json", "report.md",
+                       "run.json"]
     assert sorted(p.name for p in (out / "checkpoint").iterdir()) == ["state.safetensors",
                                                                       "trainer_state.json"]

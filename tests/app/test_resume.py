@@ -14,7 +14,7 @@ from tiny_models import save_tiny_text_model, topic_rows, write_csv
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # The real CLI, with every step slowed down so the test can kill it mid-epoch.
-SLOW_CLI = ("import sys, time, laddertune.app.train as t; collate = t.collate; "
+SLOW_CLI = ("import sys, time, laddertune.app.trainer as t; collate = t.collate; "
             "delay = float(sys.argv.pop(1)); "
             "t.collate = lambda *a: (time.sleep(delay), collate(*a))[1]; "
             "from laddertune.app.cli import main; sys.exit(main())")
@@ -82,7 +82,7 @@ def test_checkpoint_is_safetensors_and_round_trips(tmp_path):
     from safetensors import safe_open
     from transformers import get_linear_schedule_with_warmup
 
-    from laddertune.app.train import STATE_FILE, TrainState, load_checkpoint, save_checkpoint
+    from laddertune.app.state import STATE_FILE, TrainState, load_checkpoint, save_checkpoint
     from laddertune.errors import CheckpointError
 
     def setup():

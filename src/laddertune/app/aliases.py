@@ -10,6 +10,7 @@ Nothing here touches the network: loads are ``local_files_only``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -70,7 +71,7 @@ def load_tokenizer(source: ModelSource):
     """The model's tokenizer, with a pad token (a GGUF Llama has none: its EOS pads)."""
     from transformers import AutoTokenizer
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with _quiet():
+    with _quiet(), _unloadable(source, "tokenizer"):
         tokenizer = AutoTokenizer.from_pretrained(source.path, **_offline_kwargs(source))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -85,12 +86,33 @@ def load_backbone(source: ModelSource, num_labels: int, pad_token_id: int, bare:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     auto = AutoModel if bare else AutoModelForSequenceClassification
     extra = {} if bare else {"num_labels": num_labels}
-    with _quiet():
+    with _quiet(), _unloadable(source, "weights"):
         model = auto.from_pretrained(source.path, dtype=torch.float32, **extra,
                                      **_offline_kwargs(source))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+@contextlib.contextmanager
+def _unloadable(source: ModelSource, what: str):
+    """A model folder transformers cannot load (no tokenizer files, no weights, a broken file)
+    is a one-line error about the folder, not a traceback from inside transformers."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise DataError(f"cannot load the {what} of model {source.name!r} from {source.path} "
+                        f"({reason}); pass a complete Hugging Face model folder (config.json, "
+                        "model.safetensors, tokenizer files)") from None
+
+
+def backbone_signature(backbone) -> dict:
+    """The fingerprint of the backbone's base model: the same with or without a task head,
+    so a run's record matches whichever way its method loaded the model."""
+    from ..checkpoint import backbone_fingerprint
+    base = backbone.base_model
+    return backbone_fingerprint(base.config, [base])
 
 
 class _quiet:

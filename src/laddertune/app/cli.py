@@ -8,13 +8,26 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
+import io
 import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
-from ..errors import LSTError
+from ..checkpoint import load_json
+from ..errors import LSTError, LSTWarning
+from .options import (
+    DemoConfig,
+    EvalConfig,
+    PredictConfig,
+    TrainConfig,
+    UsageError,
+    add_arguments,
+    explicit_values,
+)
+from .run_folder import RunFolder
 
 EPILOG = """examples:
   laddertune demo
@@ -35,122 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     parser.add_argument("--version", action="version", version=f"laddertune {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    _add_train(commands)
-    _add_eval(commands)
-    _add_predict(commands)
-    _add_demo(commands)
+    for name, config_class, run, summary in COMMANDS:
+        sub = commands.add_parser(name, help=summary, description=_description(config_class),
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_arguments(sub, config_class)
+        sub.set_defaults(func=run, config_class=config_class)
     _add_bench(commands)
     return parser
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """Shows a flag's default after its help, unless the default is 'off' or unset."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
-            text += " (default: %(default)s)"
-        return text
-
-
-def _add_train(commands) -> None:
-    from .methods import DEFAULT_LR, METHODS
-    lrs = ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items())
-    p = commands.add_parser(
-        "train", help="fine-tune a model on a labelled text file", formatter_class=_Formatter,
-        description="Fine-tune a pretrained model to classify texts. Writes the trained side "
-                    "network (or adapter), run.json, metrics.json, report.md and a learning "
-                    "curve to --output.")
-    p.add_argument("--model", default="minilm", metavar="MODEL",
-                   help="'minilm' (MiniLM-L6, BERT encoder), 'smollm2' (SmolLM2-135M, Llama "
-                        "decoder) or a local Hugging Face model folder")
-    p.add_argument("--train", required=True, metavar="FILE",
-                   help="training data: .csv, .jsonl or .parquet with a text and a label column, "
-                        "or 'bbc-news' (built-in, 5 topics)")
-    p.add_argument("--eval", metavar="FILE",
-                   help="eval data; without it a stratified 20%% of --train is held out")
-    p.add_argument("--text-column", default="text", metavar="NAME", help="column holding the text")
-    p.add_argument("--label-column", default="label", metavar="NAME",
-                   help="column holding the label")
-    p.add_argument("--method", default="lst", choices=METHODS,
-                   help="lst, or a baseline in the same loop: full fine-tuning, lora and "
-                        "prompt (through peft), bitfit")
-    p.add_argument("--epochs", type=int, default=3, metavar="N", help="passes over --train")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="examples per step")
-    p.add_argument("--lr", type=float, default=None, metavar="LR",
-                   help=f"learning rate; default per method: {lrs}")
-    p.add_argument("--max-length", type=int, default=256, metavar="TOKENS",
-                   help="tokens per text; longer texts are truncated and counted in the report")
-    p.add_argument("--seed", type=int, default=0,
-                   help="fixes initialisation, data order and dropout (CPU runs repeat exactly)")
-    p.add_argument("--output", default=None, metavar="DIR",
-                   help="run folder (default runs/<train file name>-<method>)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a run already in --output")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto picks a CUDA GPU when there is one")
-    p.add_argument("--save-every", type=int, default=50, metavar="N",
-                   help="write a checkpoint every N steps (and at every epoch end)")
-    p.add_argument("--reduction-factor", type=int, default=8, metavar="R",
-                   help="LST only: the side network is this many times narrower")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="log to TensorBoard in <output>/tensorboard")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=run_train)
-
-
-def _add_eval(commands) -> None:
-    p = commands.add_parser(
-        "eval", help="score a trained run on a labelled file", formatter_class=_Formatter,
-        description="Print accuracy, macro-F1 and loss of a trained run on labelled data, as "
-                    "JSON. The run folder names its backbone; no --model needed.")
-    _add_checkpoint_args(p)
-    p.set_defaults(func=run_eval)
-
-
-def _add_predict(commands) -> None:
-    p = commands.add_parser(
-        "predict", help="label new texts with a trained run", formatter_class=_Formatter,
-        description="Write one predicted label and its probability per row of --data to a CSV.")
-    _add_checkpoint_args(p)
-    p.add_argument("--output", required=True, metavar="CSV", help="predictions file to write")
-    p.set_defaults(func=run_predict)
-
-
-def _add_checkpoint_args(p) -> None:
-    p.add_argument("--checkpoint", required=True, metavar="DIR",
-                   help="run folder written by `laddertune train`")
-    p.add_argument("--data", required=True, metavar="FILE",
-                   help=".csv, .jsonl or .parquet file, or 'bbc-news' (its test split)")
-    p.add_argument("--text-column", default=None, metavar="NAME",
-                   help="column holding the text (default: the one used in training)")
-    p.add_argument("--label-column", default=None, metavar="NAME",
-                   help="column holding the label (default: the one used in training)")
-    p.add_argument("--model", default=None, metavar="MODEL",
-                   help="backbone to load instead of the one run.json names (e.g. after moving "
-                        "it); it must be the same model")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N",
-                   help="examples per forward pass")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto picks a CUDA GPU when there is one")
-
-
-def _add_demo(commands) -> None:
-    p = commands.add_parser(
-        "demo", help="LST on BBC News with MiniLM, then memory vs full fine-tuning and LoRA",
-        formatter_class=_Formatter,
-        description="Fine-tune MiniLM with LST on BBC News (2,225 articles, 5 topics, fixed "
-                    "80/20 split), print test accuracy and macro-F1, then measure a few steps of "
-                    "full fine-tuning and LoRA on the same batches. Fully offline; writes "
-                    "report.md, metrics.json and two figures to --output.")
-    p.add_argument("--output", default="runs/demo", metavar="DIR")
-    p.add_argument("--epochs", type=int, default=None, metavar="N",
-                   help="passes over the training split (default: 2, tuned for 2 CPU cores)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="auto picks a CUDA GPU when there is one")
-    p.set_defaults(func=run_demo)
+def _description(config_class) -> str:
+    """The first paragraph of the config class's docstring, on one line."""
+    return " ".join((config_class.__doc__ or "").strip().split("\n\n")[0].split())
 
 
 def _add_bench(commands) -> None:
@@ -180,59 +89,79 @@ def _bench_missing(reason: str) -> int:
 # ---- commands -----------------------------------------------------------------------------------
 
 def run_train(args) -> int:
-    from .train import TrainConfig, train
-    output = args.output or f"runs/{Path(args.train).stem}-{args.method}"
-    config = TrainConfig(
-        model=args.model, train=args.train, eval=args.eval, text_column=args.text_column,
-        label_column=args.label_column, method=args.method, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, max_length=args.max_length, seed=args.seed,
-        output=output, resume=args.resume, overwrite=args.overwrite, device=args.device,
-        save_every=args.save_every, reduction_factor=args.reduction_factor,
-        tensorboard=args.tensorboard, progress=not args.no_progress)
-    train(config)
+    from .trainer import train
+    train(train_config(explicit_values(args, TrainConfig)))
     return 0
 
 
-def _load_for_inference(args, need_labels: bool):
+def train_config(explicit: dict) -> TrainConfig:
+    """The TrainConfig of the flags given. With --resume, the flags left out are the run's own,
+    so `laddertune train --output DIR --resume` continues exactly what DIR was training."""
+    if explicit.get("resume"):
+        output = explicit.get("output") or TrainConfig(**{
+            k: v for k, v in explicit.items() if k in ("train", "method")}).output
+        run_file = RunFolder(output).run_file
+        if run_file.is_file():
+            saved = load_json(run_file)
+            names = {f.name for f in dataclasses.fields(TrainConfig)}
+            return TrainConfig(**{**{k: v for k, v in saved.items() if k in names},
+                                  **explicit, "output": output, "overwrite": False})
+    return TrainConfig(**explicit)
+
+
+def _load_for_inference(config: EvalConfig, need_labels: bool):
     from .data import BBC_NEWS, load_bbc_news, load_texts, tokenize
-    from .train import load_run
-    model, tokenizer, info = load_run(args.checkpoint, args.device, args.model)
-    if args.data == BBC_NEWS:
+    from .inference import load_run
+    model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
+    if config.data == BBC_NEWS:
         data = load_bbc_news()[1]
     else:
-        data = load_texts(args.data, args.text_column or info["text_column"],
-                          args.label_column or info["label_column"], need_labels=need_labels)
+        data = load_texts(config.data, config.text_column or info["text_column"],
+                          config.label_column or info["label_column"], need_labels=need_labels,
+                          **({"id_column": config.id_column} if hasattr(config, "id_column")
+                             else {}))
     if not need_labels:
         data.labels = []
     encoded = tokenize(tokenizer, data, info["max_length"], info["labels"])
-    return model, tokenizer, info, encoded
+    return model, tokenizer, info, data, encoded
 
 
 def run_eval(args) -> int:
+    from .inference import predict_probs
     from .report import classification_metrics
-    from .train import pick_device, predict_probs
-    model, tokenizer, info, encoded = _load_for_inference(args, need_labels=True)
-    probs = predict_probs(model, encoded, tokenizer.pad_token_id, args.batch_size,
-                          pick_device(args.device))
-    metrics = classification_metrics(probs, encoded.labels)
+    from .runtime import pick_device
+    config = EvalConfig(**explicit_values(args, EvalConfig))
+    model, tokenizer, info, _, encoded = _load_for_inference(config, need_labels=True)
+    probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
+                          pick_device(config.device))
+    metrics = classification_metrics(probs, encoded.labels, info["labels"])
     metrics["truncated"] = encoded.truncated
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def run_predict(args) -> int:
-    from .train import pick_device, predict_probs
-    model, tokenizer, info, encoded = _load_for_inference(args, need_labels=False)
-    probs = predict_probs(model, encoded, tokenizer.pad_token_id, args.batch_size,
-                          pick_device(args.device))
-    best, index = probs.max(-1)
-    path = Path(args.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["row", "label", "probability"])
-        for row, (i, p) in enumerate(zip(index.tolist(), best.tolist())):
-            writer.writerow([row, info["labels"][i], f"{p:.6f}"])
+    from ..checkpoint import atomic_write_bytes
+    from .inference import predict_probs
+    from .runtime import pick_device
+    config = PredictConfig(**explicit_values(args, PredictConfig))
+    path = Path(config.output)
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a folder; pass a file path such as "
+                         f"{path / 'predictions.csv'}")
+    model, tokenizer, info, data, encoded = _load_for_inference(config, need_labels=False)
+    probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
+                          pick_device(config.device))
+    names = info["labels"]
+    ids = getattr(data, "ids", None)
+    handle = io.StringIO()
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow([config.id_column if ids else "row", "label",
+                     *(f"prob_{name}" for name in names)])
+    for row, p in enumerate(probs.tolist()):
+        best = max(range(len(names)), key=p.__getitem__)
+        writer.writerow([ids[row] if ids else row, names[best], *(f"{v:.6f}" for v in p)])
+    atomic_write_bytes(path, handle.getvalue().encode("utf-8"))
     print(f"wrote {len(encoded)} predictions to {path} ({encoded.truncated} texts truncated to "
           f"{info['max_length']} tokens)")
     return 0
@@ -240,8 +169,28 @@ def run_predict(args) -> int:
 
 def run_demo(args) -> int:
     from .demo import run_demo as demo
-    demo(output=args.output, epochs=args.epochs, device=args.device)
+    demo(DemoConfig(**explicit_values(args, DemoConfig)))
     return 0
+
+
+COMMANDS = (
+    ("train", TrainConfig, run_train, "fine-tune a model on a labelled text file"),
+    ("eval", EvalConfig, run_eval, "score a trained run on a labelled file"),
+    ("predict", PredictConfig, run_predict, "label new texts with a trained run"),
+    ("demo", DemoConfig, run_demo,
+     "LST on BBC News with MiniLM, then memory vs full fine-tuning and LoRA"),
+)
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """laddertune's own warnings print as one line; others keep Python's format."""
+    if issubclass(category, LSTWarning):
+        print(f"warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,15 +198,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Deprecation notices between transformers and peft are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except LSTError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue later with the same command and --resume", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(getattr(err, "hint", "interrupted"), file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = _python_showwarning
 
 
 if __name__ == "__main__":

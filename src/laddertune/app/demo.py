@@ -1,46 +1,45 @@
 """`laddertune demo`: LST on real data with a real pretrained model, then LST beside the baselines.
 
 1. Fine-tune MiniLM-L6 (22.7M parameters, frozen) with LST on BBC News (1,780 train / 445 test
-   articles, 5 topics), offline, on whatever CPU or GPU is there.
-2. Run a few training steps of full fine-tuning, LoRA and LST on the same batches and measure each
-   step's memory (a device-independent account: weights, gradients, AdamW state, activations
-   saved for backward; plus the allocator's peak on a GPU) and time.
-3. Write runs/demo/report.md, metrics.json, learning_curve.png and memory.png.
+   articles, 5 topics), offline, on whatever CPU or GPU is there: `laddertune train`'s own run.
+2. Build full fine-tuning, LoRA and LST through the same training run (`TrainingRun`, without
+   writing a folder) and time a few of its steps on the same batches, with each step's memory
+   (a device-independent account: weights, gradients, AdamW state, activations saved for
+   backward; plus the allocator's peak on a GPU).
+3. Write runs/demo/report.md, metrics.json, learning_curve.png, confusion_matrix.png and
+   memory.png.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import save_json
-from .data import BBC_NEWS, collate
+from .data import BBC_NEWS
 from .memory import training_memory_account
+from .methods import DEFAULT_LR
+from .options import DemoConfig, TrainConfig
 from .report import comparison_table, plot_memory, write_report
-from .train import (
-    TrainConfig,
-    build_model,
-    epoch_batches,
-    pick_device,
-    seed_everything,
-    train,
-)
+from .trainer import TrainingRun, epoch_batches, train, train_step
 
 # Tuned to reach >= 95% test accuracy in a few minutes on 2 CPU cores: the first 128 tokens of an
 # article (headline and lead) name its topic; 2 epochs at LST's default lr 3e-3 suffice.
-DEMO = dict(model="minilm", train=BBC_NEWS, method="lst", epochs=2, batch_size=16, lr=3e-3,
+DEMO = dict(model="minilm", train=BBC_NEWS, method="lst", batch_size=16, lr=3e-3,
             max_length=128, seed=0, save_every=40)
 COMPARE_METHODS = ("lst", "full", "lora")
 COMPARE_STEPS = 3
 
 
-def run_demo(output: str = "runs/demo", epochs: int | None = None, device: str = "auto") -> dict:
+def run_demo(demo: DemoConfig | None = None) -> dict:
+    demo = demo or DemoConfig()
     started = time.perf_counter()
-    out = Path(output)
-    config = TrainConfig(**{**DEMO, "epochs": epochs or DEMO["epochs"]}, output=str(out),
-                         overwrite=True, device=device)
+    out = Path(demo.output)
+    config = TrainConfig(**DEMO, epochs=demo.epochs, output=str(out),
+                         overwrite=(out / "run.json").is_file(), device=demo.device)
     print(f"== 1/2 LST fine-tuning of MiniLM on BBC News (max {config.max_length} tokens, "
           f"{config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g})")
     metrics = train(config)
@@ -51,8 +50,7 @@ def run_demo(output: str = "runs/demo", epochs: int | None = None, device: str =
     print(f"== 2/2 memory and step time: {COMPARE_STEPS} steps each of "
           f"{', '.join(COMPARE_METHODS)} on the same batches")
     comparison = compare_methods(config)
-    table = comparison_table(comparison)
-    print("\n".join(table[2:]))
+    print("\n".join(comparison_table(comparison)[2:]))
 
     metrics["comparison"] = comparison
     metrics["demo_seconds"] = round(time.perf_counter() - started, 1)
@@ -65,48 +63,33 @@ def run_demo(output: str = "runs/demo", epochs: int | None = None, device: str =
 
 
 def compare_methods(config: TrainConfig) -> list[dict]:
-    """Per method: the memory account of one step and the mean time of `COMPARE_STEPS` steps,
-    all on the first batches of the LST run's first epoch."""
-    from .aliases import load_tokenizer, resolve_model
-    from .data import label_names, load_train_eval, tokenize
-    from .methods import DEFAULT_LR, count_parameters, trainable_parameters
-    device = pick_device(config.device)
-    train_data, _ = load_train_eval(config.train, None, seed=config.seed)
-    names = label_names(train_data.labels)
-    source = resolve_model(config.model)
-    tokenizer = load_tokenizer(source)
-    encoded = tokenize(tokenizer, train_data, config.max_length, names)
-    pad = tokenizer.pad_token_id
-    batches = [collate(encoded, idx, pad) for idx in
-               epoch_batches(len(encoded), config.batch_size, config.seed, 0)[:COMPARE_STEPS]]
+    """Per method: the memory account of one step and the mean time of `COMPARE_STEPS` training
+    steps, on the first batches of the LST run's first epoch, through `TrainingRun`."""
     rows = []
     for method in COMPARE_METHODS:
-        seed_everything(config.seed)
-        model, _ = build_model(source, method, len(names), pad, config.reduction_factor)
-        model.to(device).train()
-        first = {k: v.to(device) for k, v in batches[0].items()}
-        account = training_memory_account(model, lambda m=model, b=first: m(**b).loss)
-        optimizer = torch.optim.AdamW(trainable_parameters(model), lr=DEFAULT_LR[method])
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        run = TrainingRun(dataclasses.replace(config, method=method, lr=DEFAULT_LR[method],
+                                              output=None, overwrite=False))
+        run.setup(write=False)
+        batches = [run.batch(indices) for indices in epoch_batches(
+            len(run.train_set), config.batch_size, config.seed, 0)[:COMPARE_STEPS]]
+        account = training_memory_account(run.model, lambda r=run, b=batches[0]: r.model(**b).loss)
+        cuda = run.device.type == "cuda"
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(run.device)
         seconds = []
         for batch in batches:
-            batch = {k: v.to(device) for k, v in batch.items()}
             tick = time.perf_counter()
-            model(**batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            train_step(run.model, batch, run.optimization)
+            if cuda:
+                torch.cuda.synchronize(run.device)
             seconds.append(time.perf_counter() - tick)
-        row = {"method": method, "trainable_params": count_parameters(model)[0],
-               "account": account, "step_seconds": round(sum(seconds) / len(seconds), 4),
+        row = {"method": method, "trainable_params": run.trainable, "account": account,
+               "step_seconds": round(sum(seconds) / len(seconds), 4),
                "peak_memory_mb": round(account["total_bytes"] / 2**20, 1)}
-        if device.type == "cuda":
-            row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        if cuda:
+            row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(run.device) / 2**20, 1)
         print(f"  {method:5s} {row['peak_memory_mb']:8.1f} MiB per step, "
               f"{row['step_seconds']:.3f} s per step")
         rows.append(row)
-        del model, optimizer
+        del run
     return rows
-

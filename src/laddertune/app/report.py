@@ -7,19 +7,52 @@ from pathlib import Path
 import torch
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict:
-    """accuracy, macro-F1 (every class counts equally) and mean cross-entropy of `probs`."""
-    from sklearn.metrics import f1_score
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
+                           names: list[str] | None = None) -> dict:
+    """Accuracy, macro-F1 (every class counts equally), mean cross-entropy, and per class its
+    precision, recall, F1 and support, with the confusion matrix (rows: true, columns: predicted).
+    """
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
     num_labels = probs.shape[-1]
-    predicted = probs.argmax(-1)
+    names = names or [str(i) for i in range(num_labels)]
+    classes = list(range(num_labels))
+    truth, predicted = labels.tolist(), probs.argmax(-1).tolist()
     loss = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-12)).mean()
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=classes, zero_division=0)
     return {
-        "accuracy": round(float((predicted == labels).float().mean()), 6),
-        "macro_f1": round(float(f1_score(labels.tolist(), predicted.tolist(), average="macro",
-                                         labels=list(range(num_labels)), zero_division=0)), 6),
+        "accuracy": round(sum(t == p for t, p in zip(truth, predicted)) / max(len(truth), 1), 6),
+        "macro_f1": round(float(f1_score(truth, predicted, average="macro", labels=classes,
+                                         zero_division=0)), 6),
         "loss": round(float(loss), 6),
-        "examples": len(labels),
+        "examples": len(truth),
+        "per_class": {name: {"precision": round(float(p), 6), "recall": round(float(r), 6),
+                             "f1": round(float(f), 6), "support": int(n)}
+                      for name, p, r, f, n in zip(names, precision, recall, f1, support)},
+        "confusion_matrix": confusion_matrix(truth, predicted, labels=classes).tolist(),
     }
+
+
+def plot_confusion_matrix(scores: dict, path: Path) -> None:
+    """The eval confusion matrix as a picture: counts, true class down, predicted across."""
+    plt = _pyplot()
+    matrix, names = scores["confusion_matrix"], list(scores["per_class"])
+    size = max(3.5, 0.6 * len(names) + 1.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted",
+           ylabel="true", title="Eval confusion matrix")
+    ax.set_xticklabels(names, rotation=45, ha="right")
+    ax.set_yticklabels(names)
+    top = max(max(row) for row in matrix) or 1
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center",
+                    color="white" if count > top / 2 else "black", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def plot_learning_curve(history: dict, path: Path) -> None:
@@ -97,6 +130,12 @@ def write_report(run_dir: Path, metrics: dict, comparison: list[dict] | None = N
     ]
     lines += [f"| {e['epoch']} | {e['accuracy']:.4f} | {e['macro_f1']:.4f} | {e['loss']:.4f} |"
               for e in metrics["history"]["eval"]]
+    if "per_class" in ev:
+        lines += ["", "### Per class", "", "| class | precision | recall | F1 | support |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | "
+                  f"{c['support']} |" for name, c in ev["per_class"].items()]
+        lines += ["", "![confusion matrix](confusion_matrix.png)"]
     lines += ["", "![learning curve](learning_curve.png)", ""]
     if comparison:
         lines += comparison_table(comparison) + ["", "![memory](memory.png)", ""]

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from ..memory import current_rss_mb, peak_memory_mb, training_memory_account
-from ..methods import DEFAULT_LR, build_method, count_parameters, trainable_parameters
+from ..methods import DEFAULT_LR, build_method, count_parameters
+from ..trainer import Optimization, train_step
 from .workloads import get_workload
 
 
@@ -75,7 +76,10 @@ def measure(spec: RunSpec) -> dict:
 
 
 def _train_steps(model, batch, spec: RunSpec, device) -> dict:
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=DEFAULT_LR[spec.method])
+    """Timed steps of the training loop's own `train_step` (forward, backward, clipping, AdamW,
+    schedule), the first one a warm-up that also allocates AdamW's state."""
+    optimization = Optimization(model, DEFAULT_LR[spec.method], total_steps=spec.steps + 1,
+                                warmup_ratio=0.0)
     model.train()
     cuda = device.type == "cuda"
     if cuda:
@@ -86,18 +90,15 @@ def _train_steps(model, batch, spec: RunSpec, device) -> dict:
         base_reserved = torch.cuda.memory_reserved(device)
     rss_built = current_rss_mb()
     times = []
-    for _ in range(spec.steps + 1):          # the first step warms up and allocates AdamW state
+    for _ in range(spec.steps + 1):
         start = time.perf_counter()
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        loss, _ = train_step(model, batch, optimization)
         if cuda:
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - start)
     step = statistics.median(times[1:])
     out = {"step_seconds": step, "examples_per_second": spec.batch_size / step,
-           "step_seconds_all": times, "final_loss": float(loss.detach())}
+           "step_seconds_all": times, "final_loss": loss}
     if cuda:
         out["cuda_peak_allocated_mb"] = (torch.cuda.max_memory_allocated(device)
                                          - base_allocated) / 2**20
@@ -105,7 +106,7 @@ def _train_steps(model, batch, spec: RunSpec, device) -> dict:
                                         - base_reserved) / 2**20
     else:
         out["cpu_peak_rss_mb"] = peak_memory_mb() - rss_built
-    del optimizer
+    del optimization
     return out
 
 

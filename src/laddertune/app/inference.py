@@ -1,0 +1,72 @@
+"""Using a finished run: rebuild its model from the run folder, and predict.
+
+`load_run` checks, before anything is computed, that the folder is a finished run, that its
+model files are the ones training wrote (sha256 recorded in metrics.json), and that the backbone
+loaded now is the one it was trained on (fingerprint in run.json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import check_fingerprint, load_json
+from ..errors import BackboneMismatchError, CheckpointError
+from .aliases import ALIASES, backbone_signature, load_backbone, load_tokenizer, resolve_model
+from .data import Encoded, collate
+from .methods import load_trained
+from .run_folder import RunFolder
+from .runtime import pick_device
+
+
+def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None):
+    """(model, tokenizer, run info) rebuilt from a `laddertune train` output folder.
+
+    Args:
+        run_dir: the run folder.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        model: a backbone to load instead of the one run.json names (it must be the same).
+
+    Raises:
+        CheckpointError: the folder is not a finished run, or a file is missing or damaged.
+        BackboneMismatchError: the backbone loaded is not the one the run was trained on.
+    """
+    folder = RunFolder(run_dir)
+    info = folder.info()
+    if not folder.is_finished():
+        raise CheckpointError(f"{folder.path} is an unfinished run; finish it with `laddertune "
+                              "train ... --resume` first")
+    recorded = load_json(folder.metrics_file).get("model_files_sha256")
+    if recorded:      # runs from before laddertune recorded digests load unchecked
+        folder.check_model_files(recorded)
+    name = model or info["model"]
+    source = resolve_model(name if name in ALIASES or model else info["model_path"])
+    tokenizer = load_tokenizer(source)
+    method, labels = info["method"], info["labels"]
+    backbone = load_backbone(source, len(labels), tokenizer.pad_token_id, bare=method == "lst")
+    try:
+        check_fingerprint(info["backbone_fingerprint"], backbone_signature(backbone), "run")
+    except BackboneMismatchError:
+        raise BackboneMismatchError(
+            f"{folder.path} was trained on another backbone than the {name!r} loaded now (its "
+            "weights or config differ); pass --model with the model it was trained on") from None
+    trained = load_trained(backbone, method, folder.path)
+    return trained.to(pick_device(device)).eval(), tokenizer, info
+
+
+@torch.no_grad()
+def predict_probs(model, encoded: Encoded, pad_token_id: int, batch_size: int,
+                  device: torch.device) -> torch.Tensor:
+    """Class probabilities of every example, in order: (n, num_labels)."""
+    was_training = model.training
+    model.eval()
+    probs = []
+    for start in range(0, len(encoded), batch_size):
+        batch = collate(encoded, range(start, min(start + batch_size, len(encoded))),
+                        pad_token_id)
+        batch.pop("labels", None)
+        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits  # (b, num_labels)
+        probs.append(torch.softmax(logits.float(), -1).cpu())
+    model.train(was_training)
+    return torch.cat(probs)

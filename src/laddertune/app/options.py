@@ -1,0 +1,267 @@
+"""Every command's settings, defined once: a dataclass per command, one field per flag.
+
+The command line is derived from these classes (`add_arguments`), so a flag's name, default,
+help and choices live in one place. Each field's metadata holds:
+
+    help        what the flag does, for a user who has not read the code
+    choices     the allowed values, when there is a closed set
+    metavar     what the value is (FILE, N, ...)
+    resumable   may differ when `--resume` continues a run (it does not change what is trained)
+
+Values are checked in `__post_init__`, so a Python caller gets the same one-line errors as the
+command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from ..errors import LSTError
+from .data import BBC_NEWS
+from .methods import DEFAULT_LR, METHODS
+
+ADAPTER_KINDS = ("houlsby", "pfeiffer")
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_MAX_LENGTH = 256
+SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
+
+
+class UsageError(LSTError, ValueError):
+    """A command-line option or training setting is out of range or contradicts another."""
+
+
+def _flag(help: str, **meta) -> dict:
+    return {"help": help, **meta}
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tune a pretrained model to classify texts: LST by default, or a baseline in the same
+    loop. Writes the trained side network (or adapter), run.json, metrics.json, report.md, a
+    learning curve and a confusion matrix to --output.
+
+    Args: one per field, each explained by its help (``laddertune train --help`` prints them).
+    """
+
+    model: str = field(default="minilm", metadata=_flag(
+        "'minilm' (MiniLM-L6, BERT encoder), 'smollm2' (SmolLM2-135M, Llama decoder), 'mpnet' "
+        "(all-mpnet-base-v2, installed on first use) or a local Hugging Face model folder",
+        metavar="MODEL"))
+    train: str = field(default=BBC_NEWS, metadata=_flag(
+        f"training data: .csv, .tsv, .jsonl or .parquet with a text and a label column, or "
+        f"'{BBC_NEWS}' (built-in, 5 topics)", metavar="FILE"))
+    eval: str | None = field(default=None, metadata=_flag(
+        "eval data; without it a stratified 20%% of --train is held out", metavar="FILE"))
+    text_column: str = field(default="text", metadata=_flag("column holding the text",
+                                                             metavar="NAME"))
+    label_column: str = field(default="label", metadata=_flag("column holding the label",
+                                                               metavar="NAME"))
+    method: str = field(default="lst", metadata=_flag(
+        "lst, or a baseline trained in the same loop: full fine-tuning, lora, prompt and ia3 "
+        "(through peft), bitfit, adapter (bottleneck adapters)", choices=METHODS))
+    epochs: int = field(default=3, metadata=_flag("passes over --train", metavar="N"))
+    batch_size: int = field(default=16, metadata=_flag("examples per optimizer step",
+                                                       metavar="N"))
+    lr: float | None = field(default=None, metadata=_flag(
+        "peak learning rate; default per method: "
+        + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items()), metavar="LR"))
+    weight_decay: float = field(default=0.01, metadata=_flag("AdamW weight decay",
+                                                             metavar="W"))
+    warmup_ratio: float = field(default=0.1, metadata=_flag(
+        "share of all steps spent warming the learning rate up linearly, before it decays "
+        "linearly to 0", metavar="R"))
+    max_grad_norm: float = field(default=1.0, metadata=_flag(
+        "clip the gradient norm to this before each step", metavar="X"))
+    max_length: int | None = field(default=None, metadata=_flag(
+        f"tokens per text; longer texts are truncated and counted in the report (default: "
+        f"{DEFAULT_MAX_LENGTH}, or the model's position limit if lower)", metavar="TOKENS"))
+    seed: int = field(default=0, metadata=_flag(
+        "fixes initialisation, data order and dropout (CPU runs repeat exactly)", metavar="N"))
+    reduction_factor: int = field(default=8, metadata=_flag(
+        "LST only: the side network is this many times narrower than the model", metavar="R"))
+    adapter_kind: str = field(default="houlsby", metadata=_flag(
+        "adapter only: 'houlsby' (after attention and feed-forward) or 'pfeiffer' (after the "
+        "feed-forward)", choices=ADAPTER_KINDS))
+    adapter_reduction_factor: int = field(default=16, metadata=_flag(
+        "adapter only: the bottleneck is this many times narrower than the model", metavar="R"))
+    output: str | None = field(default=None, metadata=_flag(
+        "run folder (default runs/<train file name>-<method>)", metavar="DIR"))
+    resume: bool = field(default=False, metadata=_flag(
+        "continue the run in --output from its last checkpoint; flags you leave out are taken "
+        "from the run", resumable=True))
+    overwrite: bool = field(default=False, metadata=_flag(
+        "replace the run in --output; the old run stays until the new one has finished"))
+    device: str = field(default="auto", metadata=_flag(
+        "auto picks a CUDA GPU when there is one", choices=DEVICES, resumable=True))
+    save_every: int = field(default=50, metadata=_flag(
+        "write a checkpoint every N steps (and at every epoch end)", metavar="N",
+        resumable=True))
+    eval_batch_size: int = field(default=64, metadata=_flag("examples per eval forward pass",
+                                                            metavar="N", resumable=True))
+    tensorboard: bool = field(default=False, metadata=_flag(
+        "log to TensorBoard in <output>/tensorboard", resumable=True))
+    progress: bool = field(default=True, metadata=_flag(
+        "progress bars on a terminal (a line per epoch otherwise)", resumable=True))
+
+    def __post_init__(self):
+        _check_counts(self, "epochs", "batch_size", "save_every", "eval_batch_size",
+                      "reduction_factor", "adapter_reduction_factor")
+        if self.max_length is not None:
+            _check_counts(self, "max_length")
+        _check_choices(self)
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.method]
+        _check_finite(self, "lr", "weight_decay", "warmup_ratio", "max_grad_norm")
+        if self.lr <= 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr:g}")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be >= 0, got {self.weight_decay:g}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio:g}")
+        if self.max_grad_norm <= 0:
+            raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
+        _check_seed(self.seed)
+        if self.resume and self.overwrite:
+            raise UsageError("--resume and --overwrite contradict each other; pass one of them")
+        if self.output is None:
+            stem = self.train.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "run"
+            self.output = f"runs/{stem}-{self.method}"
+
+    def training_settings(self) -> dict:
+        """The fields that decide what is trained: a resumed run must keep every one."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if not f.metadata.get("resumable") and f.name not in ("output", "overwrite")}
+
+
+@dataclass
+class EvalConfig:
+    """Print a finished run's accuracy, macro-F1, loss, per-class scores and confusion matrix on
+    labelled data, as JSON. The run folder names its backbone; no --model needed."""
+
+    checkpoint: str = field(metadata=_flag("run folder written by `laddertune train`",
+                                           metavar="DIR", required=True))
+    data: str = field(metadata=_flag(
+        f".csv, .tsv, .jsonl or .parquet file, or '{BBC_NEWS}' (its held-out split)",
+        metavar="FILE", required=True))
+    text_column: str | None = field(default=None, metadata=_flag(
+        "column holding the text (default: the one used in training)", metavar="NAME"))
+    label_column: str | None = field(default=None, metadata=_flag(
+        "column holding the label (default: the one used in training)", metavar="NAME"))
+    model: str | None = field(default=None, metadata=_flag(
+        "backbone to load instead of the one run.json names (e.g. after moving it); it must "
+        "be the same model", metavar="MODEL"))
+    batch_size: int = field(default=64, metadata=_flag("examples per forward pass",
+                                                       metavar="N"))
+    device: str = field(default="auto", metadata=_flag("auto picks a CUDA GPU when there is one",
+                                                       choices=DEVICES))
+
+    def __post_init__(self):
+        _check_counts(self, "batch_size")
+        _check_choices(self)
+
+
+@dataclass
+class PredictConfig(EvalConfig):
+    """Label every row of a file with a finished run: a CSV with an id (or row) column, the
+    predicted label and one probability column per class."""
+
+    output: str = field(default="predictions.csv", metadata=_flag(
+        "predictions CSV to write: an id (or row) column, the label, one probability per class",
+        metavar="CSV"))
+    id_column: str = field(default="id", metadata=_flag(
+        "column passed through to the predictions when the file has it", metavar="NAME"))
+
+
+@dataclass
+class DemoConfig:
+    """Fine-tune MiniLM with LST on BBC News (2,225 articles, 5 topics, fixed 80/20 split), print
+    test accuracy and macro-F1, then time a few steps of full fine-tuning and LoRA on the same
+    batches and measure their memory. Fully offline; writes report.md, metrics.json and figures
+    to --output."""
+
+    output: str = field(default="runs/demo", metadata=_flag("run folder", metavar="DIR"))
+    epochs: int = field(default=2, metadata=_flag("passes over the training split (2 suffice "
+                                                  "for 97%% on 2 CPU cores)", metavar="N"))
+    device: str = field(default="auto", metadata=_flag("auto picks a CUDA GPU when there is one",
+                                                       choices=DEVICES))
+
+    def __post_init__(self):
+        _check_counts(self, "epochs")
+        _check_choices(self)
+
+
+# ---- checks -------------------------------------------------------------------------------------
+
+def _flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_counts(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise UsageError(f"{_flag_name(name)} must be a whole number >= 1, got {value!r}")
+
+
+def _check_finite(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UsageError(f"{_flag_name(name)} must be a finite number, got {value!r}")
+
+
+def _check_choices(config) -> None:
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise UsageError(f"{_flag_name(f.name)} {getattr(config, f.name)!r} is unknown; use "
+                             f"one of {', '.join(choices)}")
+
+
+def _check_seed(seed) -> None:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT:
+        raise UsageError(f"--seed must be a whole number from 0 to {SEED_LIMIT - 1}, got {seed!r}")
+
+
+# ---- the command line, derived --------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser, config_class) -> None:
+    """One flag per field of `config_class`. Defaults are left out of the parsed namespace
+    (argparse.SUPPRESS), so `explicit_values` can tell what the user typed."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
+    for f in dataclasses.fields(config_class):
+        meta = f.metadata
+        default = defaults[f.name]
+        text = meta["help"]
+        if default not in (None, False, True, dataclasses.MISSING):
+            escaped = str(default).replace("%", "%%")
+            text += f" (default: {escaped})"
+        if default is True:   # on by default: the flag turns it off
+            parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name,
+                                action="store_false", default=argparse.SUPPRESS, help=text)
+        elif default is False:
+            parser.add_argument(_flag_name(f.name), dest=f.name, action="store_true",
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(_flag_name(f.name), dest=f.name, type=_value_type(f),
+                                choices=meta.get("choices"), metavar=meta.get("metavar"),
+                                required=meta.get("required", False),
+                                default=argparse.SUPPRESS, help=text)
+
+
+def _value_type(f: dataclasses.Field):
+    kind = str(f.type)
+    if kind.startswith("int"):
+        return int
+    if kind.startswith("float"):
+        return float
+    return str
+
+
+def explicit_values(args: argparse.Namespace, config_class) -> dict:
+    """The fields the user set on the command line (others are absent from `args`)."""
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {k: v for k, v in vars(args).items() if k in names}

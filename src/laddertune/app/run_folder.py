@@ -1,0 +1,199 @@
+"""A run folder, and the rules that keep one run per folder and nothing half-written in it.
+
+    run.json        what was asked (the TrainConfig), the labels, the backbone's fingerprint
+    checkpoint/     the training state, replaced atomically every --save-every steps
+    metrics.json    written last: its presence marks a finished run; it records the sha256 of
+                    every model file, which loading checks
+    <model files>   what the method trained (side network, adapter or tensors), report.md, PNGs
+
+Rules:
+- A folder holding a run is reused only with ``--resume`` (continue its checkpoint, with the
+  same training settings) or ``--overwrite``.
+- ``--overwrite`` trains in a hidden sibling folder and swaps it in when it has finished, so the
+  old run stays whole until then; an interrupted overwrite leaves the old run as it was.
+- Writes go through temporary files that are renamed into place; temporaries a killed process
+  left behind are removed when the folder is next used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+from ..checkpoint import load_json
+from ..errors import CheckpointError
+from .options import TrainConfig, UsageError
+from .state import STATE_FILE
+
+RUN_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoint"
+# Files of the run itself; every other file at the top of the folder is a model file.
+RUN_OWN_FILES = (RUN_FILE, METRICS_FILE, "report.md")
+RUN_INFO_KEYS = ("model", "model_path", "method", "labels", "max_length", "text_column",
+                 "label_column", "backbone_fingerprint")
+
+
+class RunFolder:
+    """The paths of one run folder and what they say about it."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    def holds_run(self) -> bool:
+        return self.run_file.is_file() or (self.checkpoint_dir / STATE_FILE).is_file()
+
+    def has_checkpoint(self) -> bool:
+        return (self.checkpoint_dir / STATE_FILE).is_file()
+
+    def is_finished(self) -> bool:
+        return self.metrics_file.is_file()
+
+    def info(self) -> dict:
+        """run.json, checked to hold what loading a run needs.
+
+        Raises:
+            CheckpointError: run.json is missing, corrupted or lacks a key.
+        """
+        if not self.run_file.is_file():
+            raise CheckpointError(f"{self.path} holds no {RUN_FILE}; pass the --output folder "
+                                  "of a `laddertune train`")
+        info = load_json(self.run_file)
+        missing = [key for key in RUN_INFO_KEYS if key not in info]
+        if missing:
+            raise CheckpointError(f"{self.run_file} lacks {missing[0]!r} (damaged or edited); "
+                                  "restore it or train the run again")
+        return info
+
+    def model_files(self) -> list[Path]:
+        """The files a method saved: everything at the top level but the run's own files."""
+        return sorted(p for p in self.path.iterdir() if p.is_file()
+                      and p.name not in RUN_OWN_FILES and p.suffix != ".png"
+                      and not p.name.startswith("."))
+
+    def model_file_digests(self) -> dict[str, str]:
+        return {p.name: sha256_of(p) for p in self.model_files()}
+
+    def check_model_files(self, recorded: dict[str, str]) -> None:
+        """Raise CheckpointError unless every model file matches its recorded sha256."""
+        for name, digest in recorded.items():
+            path = self.path / name
+            if not path.is_file():
+                raise CheckpointError(f"{path} is missing; restore it or train the run again")
+            if sha256_of(path) != digest:
+                raise CheckpointError(f"{path} does not match the sha256 recorded in "
+                                      f"{METRICS_FILE} (damaged or replaced); restore it or "
+                                      "train the run again")
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files (``.name.XXXX.tmp``) that a killed writer left behind."""
+        for folder in (self.path, self.checkpoint_dir):
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---- where a training run writes ---------------------------------------------------------------
+
+class Destination:
+    """Where `laddertune train` writes, decided before anything is written.
+
+    `folder` is written to during training; `target` is the folder the user named. They differ
+    for an overwrite, which trains in a hidden sibling and `commit()`s it into place at the end.
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        self.target = RunFolder(cfg.output)
+        path = self.target.path
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--output {path} is a file, not a folder; pass a folder path")
+        _recover_interrupted_swap(path)
+        self.resuming = False
+        self.folder = self.target
+        if self.target.holds_run():
+            if cfg.overwrite:
+                self.folder = RunFolder(_sibling(path, "overwrite"))
+                shutil.rmtree(self.folder.path, ignore_errors=True)   # a killed overwrite's
+            elif cfg.resume:
+                self._check_resumable(cfg)
+                self.resuming = True
+            else:
+                raise UsageError(f"{path} already holds a run; pass --resume to continue it, "
+                                 "--overwrite to replace it, or another --output")
+        elif cfg.resume:
+            raise UsageError(f"nothing to resume in {path} (no checkpoint there); drop --resume "
+                             "to start a new run, or pass the --output of the run to continue")
+
+    def _check_resumable(self, cfg: TrainConfig) -> None:
+        if self.target.is_finished():
+            raise UsageError(f"{self.target.path} holds a finished run: nothing to resume; pass "
+                             "--overwrite to train it again, or another --output")
+        if not self.target.has_checkpoint():
+            raise UsageError(f"{self.target.path} has no checkpoint yet (the run stopped before "
+                             "its first one); start it again with --overwrite")
+        saved = load_json(self.target.run_file)
+        for name, value in cfg.training_settings().items():
+            if value is not None and name in saved and saved[name] != value:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(
+                    f"{flag} {value!r} differs from the run's {saved[name]!r}, and a resumed run "
+                    f"cannot change it; drop {flag} (the run's value is used) or --overwrite")
+
+    def prepare(self) -> None:
+        """Make the folder to write in; clear what a killed process left half-written."""
+        self.folder.path.mkdir(parents=True, exist_ok=True)
+        self.folder.remove_stale_temporaries()
+
+    def commit(self) -> None:
+        """Put a finished overwrite in place of the old run: two renames, old run removed last."""
+        if self.folder is self.target:
+            return
+        old = _sibling(self.target.path, "replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        self.target.path.rename(old)
+        self.folder.path.rename(self.target.path)
+        shutil.rmtree(old, ignore_errors=True)
+        self.folder = self.target
+
+    def abandon(self) -> None:
+        """After an interrupted overwrite: drop the new partial run, keep the old one."""
+        if self.folder is not self.target:
+            shutil.rmtree(self.folder.path, ignore_errors=True)
+
+
+def _sibling(path: Path, tag: str) -> Path:
+    return path.parent / f".{path.name}.{tag}"
+
+
+def _recover_interrupted_swap(path: Path) -> None:
+    """A kill between `commit`'s two renames leaves the finished new run in the 'overwrite'
+    sibling and the old run in 'replaced': finish the swap. After both renames only the old
+    run's removal was pending."""
+    new, old = _sibling(path, "overwrite"), _sibling(path, "replaced")
+    if old.exists() and not path.exists():
+        if RunFolder(new).is_finished():
+            new.rename(path)
+        else:
+            old.rename(path)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,350 @@
+"""The training loop, in three steps: setup -> epochs -> finish. `train`, `demo` and `bench` all
+run it; a benchmark measures what users run, never a private copy.
+
+    setup    decide where to write (nothing written yet), load and check the data, load the
+             model and build the method, refuse a --max-length the model cannot take; then write
+             run.json and, when resuming, restore the checkpoint
+    epoch    the batches of a permutation fixed by (seed, epoch); each step is `train_step`:
+             forward, backward, clip the gradient norm, AdamW, the linear schedule. A
+             checkpoint every --save-every steps and at the epoch end, then an eval
+    finish   save what the method trained, metrics.json (last: it marks the run finished),
+             report.md and figures; an overwrite is swapped into place only now
+
+A resumed CPU run ends with the same weights and metrics as an uninterrupted one: the data
+order depends only on (seed, epoch), the checkpoint holds every RNG, and the batches already
+done are skipped. (accelerate's `skip_first_batches` would need a DataLoader, and its
+`save_state` pickles; a list of batches is sliced instead.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+
+import torch
+
+from ..checkpoint import save_json
+from ..errors import LSTError
+from .aliases import backbone_signature, load_backbone, load_tokenizer, resolve_model
+from .data import Encoded, collate, label_names, load_train_eval, tokenize
+from .inference import predict_probs
+from .memory import current_rss_mb, peak_memory_mb
+from .methods import build_method, count_parameters, save_trained, trainable_parameters
+from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
+from .report import classification_metrics, plot_confusion_matrix, plot_learning_curve, write_report
+from .run_folder import Destination
+from .runtime import EpochProgress, Processes, local_rank, pick_device
+from .state import TrainState, load_checkpoint, save_checkpoint
+
+
+class TrainingDiverged(LSTError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, with what the user can do next."""
+
+    def __init__(self, hint: str):
+        super().__init__(hint)
+        self.hint = hint
+
+
+# ---- one optimizer step, the same for every caller ----------------------------------------------
+
+class Optimization:
+    """AdamW over the method's trainable parameters, a linear warm-up then linear decay to 0,
+    and gradient-norm clipping.
+
+    An LST model names its own parameter groups (`LSTModel.parameter_groups`, e.g. no weight
+    decay on the gates); the baselines decay every trainable parameter alike.
+    """
+
+    def __init__(self, model, lr: float, total_steps: int, warmup_ratio: float = 0.1,
+                 weight_decay: float = 0.01, max_grad_norm: float = 1.0):
+        from transformers import get_linear_schedule_with_warmup
+        self.params = trainable_parameters(model)
+        groups = (model.parameter_groups(weight_decay) if hasattr(model, "parameter_groups")
+                  else [{"params": self.params, "weight_decay": weight_decay}])
+        self.optimizer = torch.optim.AdamW(groups, lr=lr)
+        self.scheduler = get_linear_schedule_with_warmup(
+            self.optimizer, int(warmup_ratio * total_steps), total_steps)
+        self.max_grad_norm = max_grad_norm
+
+    def step(self) -> float:
+        """Clip, step and clear the gradients backward has left; returns the gradient norm."""
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+        if math.isfinite(norm):
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm
+
+
+def train_step(model, batch: dict, optimization: Optimization) -> tuple[float, float]:
+    """Forward, backward and one optimizer step: (loss, gradient norm). A non-finite gradient
+    norm leaves the weights as they were (the caller decides what to do about it)."""
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.item(), optimization.step()
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: a permutation fixed by (seed, epoch), cut into batches."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    order = order.tolist()
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(source, method: str, num_labels: int, pad_token_id: int, cfg: TrainConfig):
+    """A fresh model for `method` on the pretrained backbone at `source`, and the backbone's
+    fingerprint (the same with or without a task head)."""
+    from ..config import LSTConfig
+    backbone = load_backbone(source, num_labels, pad_token_id, bare=method == "lst")
+    fingerprint = backbone_signature(backbone)
+    extra = {}
+    if method == "lst":
+        extra["lst_config"] = LSTConfig(task_type="SEQ_CLS", num_labels=num_labels,
+                                        reduction_factor=cfg.reduction_factor)
+    elif method == "adapter":
+        extra.update(adapter_kind=cfg.adapter_kind,
+                     adapter_reduction_factor=cfg.adapter_reduction_factor)
+    return build_method(method, backbone, "SEQ_CLS", num_labels, **extra), fingerprint
+
+
+def fit_max_length(backbone, max_length: int | None, model_name: str) -> int:
+    """--max-length as given, refused beyond the backbone's learned positions; when not given,
+    `DEFAULT_MAX_LENGTH` or the backbone's limit, whichever is smaller."""
+    from ..backbones import max_positions
+    limit = max_positions(backbone)
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
+    if limit is not None and max_length > limit:
+        raise UsageError(f"--max-length {max_length} exceeds the {limit} positions {model_name} "
+                         f"was trained with; pass --max-length {limit} or less")
+    return max_length
+
+
+# ---- the recipe ---------------------------------------------------------------------------------
+
+class TrainingRun:
+    """One `laddertune train`: `setup()`, then `run_epoch(e)` for each remaining epoch, then
+    `finish()`. `train(cfg)` does all three; the demo and the bench call the steps they need."""
+
+    def __init__(self, cfg: TrainConfig, log=print):
+        self.cfg, self.log = cfg, log
+        self.device = pick_device(cfg.device, local_rank())
+        self.processes = Processes(self.device)
+
+    # ---- setup ----------------------------------------------------------------------------------
+
+    def setup(self, write: bool = True) -> TrainingRun:
+        """Everything before the first step. With `write=False` (demo, bench) no folder is
+        touched: the run only builds its data, model and optimizer."""
+        cfg = self.cfg
+        self.destination = Destination(cfg) if write else None
+        train_data, eval_data = load_train_eval(cfg.train, cfg.eval, cfg.text_column,
+                                                cfg.label_column, cfg.seed)
+        self.labels = label_names(train_data.labels)
+        self.source = resolve_model(cfg.model)
+        self.tokenizer = load_tokenizer(self.source)
+        self.pad = self.tokenizer.pad_token_id
+        seed_everything(cfg.seed)
+        self.model, self.fingerprint = build_model(self.source, cfg.method, len(self.labels),
+                                                   self.pad, cfg)
+        cfg.max_length = fit_max_length(getattr(self.model, "backbone", self.model),
+                                        cfg.max_length, cfg.model)
+        self.train_set = tokenize(self.tokenizer, train_data, cfg.max_length, self.labels)
+        self.eval_set = tokenize(self.tokenizer, eval_data, cfg.max_length, self.labels)
+        self.model.to(self.device).train()
+        self.trainable, self.total = count_parameters(self.model)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        self.optimization = Optimization(
+            self.model, cfg.lr, self.steps_per_epoch * cfg.epochs, cfg.warmup_ratio,
+            cfg.weight_decay, cfg.max_grad_norm)
+        self.state = TrainState()
+        self.stepper = self.processes.wrap(self.model, self.device)
+        self.writer = None
+        if write:
+            self._start_folder()
+        return self
+
+    def _start_folder(self) -> None:
+        cfg, folder = self.cfg, self.destination.folder
+        if self.destination.resuming:
+            self.state = load_checkpoint(folder.checkpoint_dir, self.model,
+                                         self.optimization.optimizer,
+                                         self.optimization.scheduler)
+            self.log(f"resuming {folder.path} at step {self.state.step}/"
+                     f"{self.steps_per_epoch * cfg.epochs}")
+        if self.processes.is_main:
+            self.destination.prepare()
+            save_json({**dataclasses.asdict(cfg), "model_path": self.source.path,
+                       "gguf_file": self.source.gguf_file, "labels": self.labels,
+                       "backbone_fingerprint": self.fingerprint, "task_type": "SEQ_CLS"},
+                      folder.run_file)
+            self.log(f"{cfg.method} on {cfg.model}: {len(self.train_set)} train / "
+                     f"{len(self.eval_set)} eval examples, {len(self.labels)} classes; trainable "
+                     f"params {self.trainable:,} of {self.total:,} "
+                     f"({100 * self.trainable / self.total:.2f}%)")
+            if cfg.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+                self.writer = SummaryWriter(str(folder.path / "tensorboard"))
+        self.processes.barrier()
+
+    # ---- epochs ---------------------------------------------------------------------------------
+
+    def remaining_epochs(self) -> range:
+        return range(self.state.epochs_done, self.cfg.epochs)
+
+    def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
+        """This rank's slice of the batch at `indices`, on the device."""
+        shard = indices[self.processes.rank::self.processes.world_size] or indices
+        return {k: v.to(self.device) for k, v in collate(self.train_set, shard, self.pad).items()}
+
+    def run_epoch(self, epoch: int) -> dict:
+        """Train one epoch (the rest of it, when resuming), checkpoint, evaluate."""
+        cfg, state = self.cfg, self.state
+        # training time carries over a resume: the clock starts where the checkpoint left it
+        clock = time.perf_counter() - state.train_seconds
+        batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch)
+        done = state.step - epoch * self.steps_per_epoch
+        if done == 0:
+            state.epoch_started = state.train_seconds
+        progress = EpochProgress(batches, done, epoch, cfg.epochs,
+                                 cfg.progress and self.processes.is_main)
+        for indices in progress:
+            loss, norm = train_step(self.stepper, self.batch(indices), self.optimization)
+            state.step += 1
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                self._diverged(loss, norm, epoch)
+            state.history["train_loss"].append((state.step, round(loss, 6)))
+            progress.update(len(indices), loss, self._memory_mb())
+            if self.writer:
+                self.writer.add_scalar("train/loss", loss, state.step)
+                self.writer.add_scalar("train/lr", self.optimization.scheduler.get_last_lr()[0],
+                                       state.step)
+            if state.step % cfg.save_every == 0 and state.step % self.steps_per_epoch != 0:
+                state.train_seconds = time.perf_counter() - clock
+                self._checkpoint()
+        progress.close()
+        scores = self.evaluate()
+        state.history["eval"].append({"epoch": epoch + 1, "step": state.step, **scores})
+        state.train_seconds = time.perf_counter() - clock
+        state.epoch_seconds.append(round(state.train_seconds - state.epoch_started, 3))
+        state.epochs_done = epoch + 1
+        self._checkpoint()
+        if self.processes.is_main:
+            self.log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {progress.mean_loss():.4f}, "
+                     f"{progress.rate():.1f} examples/s, eval accuracy {scores['accuracy']:.4f}, "
+                     f"macro-F1 {scores['macro_f1']:.4f}, loss {scores['loss']:.4f}")
+            if self.writer:
+                for key in ("accuracy", "macro_f1", "loss"):
+                    self.writer.add_scalar(f"eval/{key}", scores[key], state.step)
+        return scores
+
+    def _checkpoint(self) -> None:
+        if self.destination is not None and self.processes.is_main:
+            save_checkpoint(self.destination.folder.checkpoint_dir, self.model,
+                            self.optimization.optimizer, self.optimization.scheduler, self.state)
+
+    def _diverged(self, loss: float, norm: float, epoch: int) -> None:
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
+        where = ""
+        if self.destination is not None and self.destination.folder.has_checkpoint():
+            where = (f"; the last good checkpoint is in "
+                     f"{self.destination.folder.checkpoint_dir}")
+        raise TrainingDiverged(
+            f"training diverged at step {self.state.step} (epoch {epoch + 1}): the {what}; lower "
+            f"--lr (now {self.cfg.lr:g}) or check the data; no model was saved{where}")
+
+    def _memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2**20
+        return current_rss_mb()
+
+    def evaluate(self, encoded: Encoded | None = None) -> dict:
+        encoded = encoded or self.eval_set
+        probs = predict_probs(self.model, encoded, self.pad, self.cfg.eval_batch_size,
+                              self.device)
+        return classification_metrics(probs, encoded.labels, self.labels)
+
+    # ---- finish ---------------------------------------------------------------------------------
+
+    def finish(self) -> dict:
+        """Save the trained model, metrics, report and figures; returns the metrics."""
+        cfg, state = self.cfg, self.state
+        weights_sha = hashlib.sha256(b"".join(
+            p.detach().cpu().contiguous().numpy().tobytes()
+            for p in trainable_parameters(self.model))).hexdigest()
+        metrics = {
+            "eval": state.history["eval"][-1] if state.history["eval"] else {},
+            "train_seconds": round(state.train_seconds, 2),
+            "epoch_seconds": state.epoch_seconds,
+            "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            "trainable_params": self.trainable,
+            "all_params": self.total,
+            "method": cfg.method,
+            "model": cfg.model,
+            "labels": self.labels,
+            "train_data": cfg.train,
+            "train_examples": len(self.train_set),
+            "epochs": cfg.epochs,
+            "steps": state.step,
+            "batch_size": cfg.batch_size,
+            "lr": cfg.lr,
+            "seed": cfg.seed,
+            "device": str(self.device),
+            "truncated": {"train": self.train_set.truncated, "eval": self.eval_set.truncated,
+                          "max_length": cfg.max_length},
+            "world_size": self.processes.world_size,
+            "weights_sha256_per_rank": self.processes.gather(weights_sha),
+            "history": state.history,
+        }
+        if self.destination is not None and self.processes.is_main:
+            folder = self.destination.folder
+            save_trained(self.model, cfg.method, folder.path)
+            metrics["model_files_sha256"] = folder.model_file_digests()
+            plot_learning_curve(state.history, folder.path / "learning_curve.png")
+            plot_confusion_matrix(metrics["eval"], folder.path / "confusion_matrix.png")
+            write_report(folder.path, metrics)
+            save_json(metrics, folder.metrics_file)       # last: it marks the run finished
+            self.destination.commit()
+            self.log(f"saved {self.destination.target.path} (eval accuracy "
+                     f"{metrics['eval']['accuracy']:.4f}, macro-F1 "
+                     f"{metrics['eval']['macro_f1']:.4f}, {metrics['train_seconds']:.0f} s)")
+        if self.writer:
+            self.writer.close()
+        self.processes.barrier()
+        return metrics
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Train `cfg.method` on `cfg.train`, write the run folder, return its metrics."""
+    run = TrainingRun(cfg, log)
+    run.setup()
+    try:
+        for epoch in run.remaining_epochs():
+            run.run_epoch(epoch)
+        return run.finish()
+    except KeyboardInterrupt:
+        if run.destination.folder is not run.destination.target:
+            run.destination.abandon()
+            raise RunInterrupted(f"interrupted; {cfg.output} still holds the old run, unchanged "
+                                 "(run the --overwrite again to replace it)") from None
+        raise RunInterrupted(f"interrupted; continue later with the same command and --resume "
+                             f"(the last checkpoint is in {run.destination.folder.checkpoint_dir})"
+                             ) from None
+    except TrainingDiverged:
+        run.destination.abandon()
+        raise
