@@ -131,10 +131,12 @@ class Destination:
         _recover_interrupted_swap(path)
         self.resuming = False
         self.folder = self.target
+        self.fresh = not path.exists()   # made by this run: removable if the run fails
         if self.target.holds_run():
             if cfg.overwrite:
                 self.folder = RunFolder(_sibling(path, "overwrite"))
                 shutil.rmtree(self.folder.path, ignore_errors=True)   # a killed overwrite's
+                self.fresh = True
             elif cfg.resume:
                 self._check_resumable(cfg)
                 self.resuming = True
@@ -176,10 +178,18 @@ class Destination:
         shutil.rmtree(old, ignore_errors=True)
         self.folder = self.target
 
+    @property
+    def is_overwrite(self) -> bool:
+        return self.folder is not self.target
+
     def abandon(self) -> None:
-        """After an interrupted overwrite: drop the new partial run, keep the old one."""
-        if self.folder is not self.target:
+        """After a failed run: remove what it wrote when it made the folder (an overwrite's
+        sibling, or a new --output); a folder that held a run before keeps it."""
+        if self.fresh:
             shutil.rmtree(self.folder.path, ignore_errors=True)
+        elif not self.resuming:   # an existing folder of other files: remove only ours
+            self.folder.run_file.unlink(missing_ok=True)
+            shutil.rmtree(self.folder.checkpoint_dir, ignore_errors=True)
 
 
 def _sibling(path: Path, tag: str) -> Path:

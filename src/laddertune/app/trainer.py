@@ -260,13 +260,9 @@ class TrainingRun:
 
     def _diverged(self, loss: float, norm: float, epoch: int) -> None:
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
-        where = ""
-        if self.destination is not None and self.destination.folder.has_checkpoint():
-            where = (f"; the last good checkpoint is in "
-                     f"{self.destination.folder.checkpoint_dir}")
         raise TrainingDiverged(
             f"training diverged at step {self.state.step} (epoch {epoch + 1}): the {what}; lower "
-            f"--lr (now {self.cfg.lr:g}) or check the data; no model was saved{where}")
+            f"--lr (now {self.cfg.lr:g}) or check the data; no model was saved")
 
     def _memory_mb(self) -> float:
         if self.device.type == "cuda":
@@ -338,7 +334,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
             run.run_epoch(epoch)
         return run.finish()
     except KeyboardInterrupt:
-        if run.destination.folder is not run.destination.target:
+        if run.destination.is_overwrite:
             run.destination.abandon()
             raise RunInterrupted(f"interrupted; {cfg.output} still holds the old run, unchanged "
                                  "(run the --overwrite again to replace it)") from None

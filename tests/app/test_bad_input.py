@@ -1,0 +1,271 @@
+"""What a new user gets wrong, end to end through the CLI: each ends with exit status 2 and one
+line naming the fix, or a correct result; never a traceback, never something silently wrong, and
+nothing already written is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from tiny_models import save_tiny_text_model, topic_rows, write_csv
+
+from laddertune.app import trainer
+from laddertune.app.cli import main
+
+FLAGS = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-2", "--reduction-factor", "2",
+         "--device", "cpu", "--no-progress", "--save-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    save_tiny_text_model(root / "tiny")
+    write_csv(root / "train.csv", topic_rows(48, seed=0))
+    write_csv(root / "eval.csv", topic_rows(24, seed=1))
+    return root
+
+
+def train(files, output, *extra):
+    return main(["train", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
+                 "--eval", str(files / "eval.csv"), "--output", str(output), *FLAGS, *extra])
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert "Traceback" not in "\n".join(err)
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def finished(files):
+    out = files / "finished"
+    assert train(files, out) == 0
+    return out
+
+
+def snapshot(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ---- flags out of range: refused before anything is written -------------------------------------
+
+@pytest.mark.parametrize("extra, words", [
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--seed", "-1"], "--seed must be a whole number from 0"),
+    (["--epochs", "0"], "--epochs must be a whole number >= 1"),
+    (["--warmup-ratio", "1.5"], "--warmup-ratio must be in [0, 1)"),
+    (["--max-length", "1024"], "exceeds the 64 positions"),
+    (["--resume", "--overwrite"], "contradict each other"),
+])
+def test_bad_training_flags_write_nothing(files, tmp_path, capsys, extra, words):
+    out = tmp_path / "run"
+    assert train(files, out, *extra) == 2
+    assert words in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_output_that_is_a_file_is_refused(files, tmp_path, capsys):
+    target = tmp_path / "taken.txt"
+    target.write_text("keep me")
+    assert train(files, target) == 2
+    assert "is a file, not a folder" in one_line_error(capsys)
+    assert target.read_text() == "keep me"
+
+
+def test_model_folder_with_only_a_config_is_refused(files, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((files / "tiny" / "config.json").read_text())
+    code = main(["train", "--model", str(bare), "--train", str(files / "train.csv"),
+                 "--output", str(tmp_path / "run"), *FLAGS])
+    assert code == 2
+    line = one_line_error(capsys)
+    assert str(bare) in line and "complete Hugging Face model folder" in line
+
+
+# ---- a run folder in use -------------------------------------------------------------------------
+
+def test_a_folder_holding_a_run_is_never_mixed_with_another(files, finished, capsys):
+    before = snapshot(finished)
+    assert train(files, finished, "--lr", "3e-3") == 2
+    assert "already holds a run" in one_line_error(capsys)
+    assert snapshot(finished) == before
+
+
+def test_interrupted_overwrite_leaves_the_old_run_whole(files, finished, monkeypatch, capsys):
+    before = snapshot(finished)
+    real_step, calls = trainer.train_step, []
+
+    def interrupted_step(*args):
+        calls.append(1)
+        if len(calls) == 3:   # after the first checkpoint of the new run
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    assert train(files, finished, "--overwrite", "--seed", "7") == 130
+    assert "still holds the old run, unchanged" in capsys.readouterr().err
+    assert snapshot(finished) == before
+    assert [p.name for p in finished.parent.iterdir() if p.name.startswith(".")] == []
+    monkeypatch.undo()
+    assert main(["eval", "--checkpoint", str(finished), "--data", str(files / "eval.csv")]) == 0
+
+
+def test_finished_overwrite_replaces_the_whole_run(files, tmp_path):
+    out = tmp_path / "run"
+    assert train(files, out) == 0
+    (out / "stray.txt").write_text("from the old run")
+    assert train(files, out, "--overwrite", "--seed", "3") == 0
+    assert not (out / "stray.txt").exists()
+    assert json.loads((out / "run.json").read_text())["seed"] == 3
+    assert json.loads((out / "metrics.json").read_text())["seed"] == 3
+
+
+def test_kill_between_the_two_renames_of_an_overwrite_is_completed(files, tmp_path):
+    from laddertune.app.run_folder import _recover_interrupted_swap
+    out = tmp_path / "run"
+    assert train(files, out) == 0
+    new = tmp_path / ".run.overwrite"
+    assert train(files, new) == 0              # a finished new run, as commit() leaves it
+    out.rename(tmp_path / ".run.replaced")     # the first rename happened, then the kill
+    _recover_interrupted_swap(out)
+    assert (out / "metrics.json").is_file() and not new.exists()
+    assert not (tmp_path / ".run.replaced").exists()
+
+
+# ---- resume ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def unfinished(files, tmp_path, monkeypatch):
+    """A run stopped by Ctrl-C after its checkpoint at step 4 (of 6 steps in 1 epoch)."""
+    out = tmp_path / "unfinished"
+    real_step, calls = trainer.train_step, []
+
+    def interrupted_step(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    assert train(files, out, "--epochs", "2", "--lr", "5e-3") == 130
+    monkeypatch.undo()
+    assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
+    return out
+
+
+@pytest.mark.parametrize("extra, flag", [(["--lr", "1e-3"], "--lr"),
+                                         (["--reduction-factor", "4"], "--reduction-factor"),
+                                         (["--epochs", "3"], "--epochs")])
+def test_resume_refuses_a_flag_it_cannot_honour(files, unfinished, capsys, extra, flag):
+    before = snapshot(unfinished)
+    assert train(files, unfinished, "--epochs", "2", "--lr", "5e-3", *extra, "--resume") == 2
+    line = one_line_error(capsys)
+    assert line.startswith(f"error: {flag} ") and "cannot change it" in line
+    assert snapshot(unfinished) == before
+
+
+def test_resume_takes_the_flags_left_out_from_the_run(unfinished, capsys):
+    stale = unfinished / "checkpoint" / ".state.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a file from a killed writer")
+    assert main(["train", "--output", str(unfinished), "--resume", "--no-progress"]) == 0
+    metrics = json.loads((unfinished / "metrics.json").read_text())
+    assert metrics["lr"] == 5e-3 and metrics["epochs"] == 2 and metrics["steps"] == 12
+    assert not stale.exists()
+    assert list(unfinished.rglob("*.tmp")) == []
+
+
+def test_resume_with_nothing_to_resume_is_refused(files, tmp_path, capsys):
+    assert train(files, tmp_path / "nothing", "--resume") == 2
+    assert "nothing to resume" in one_line_error(capsys)
+    assert not (tmp_path / "nothing").exists()
+
+
+# ---- non-finite training ----------------------------------------------------------------------
+
+def test_a_diverging_run_stops_with_its_step_and_writes_no_model(files, tmp_path, capsys):
+    out = tmp_path / "nan"
+    code = main(["train", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
+                 "--output", str(out), "--method", "full", "--lr", "1e12", "--epochs", "1",
+                 "--batch-size", "8", "--device", "cpu", "--no-progress"])
+    assert code == 2
+    line = one_line_error(capsys)
+    assert "diverged at step" in line and "lower --lr (now 1e+12)" in line
+    assert not out.exists()
+
+
+def test_metrics_json_is_strict_json(tmp_path):
+    from laddertune.checkpoint import save_json
+    save_json({"loss": float("nan"), "nested": [float("inf"), 1.0]}, tmp_path / "m.json")
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"loss": None, "nested": [None, 1.0]}
+
+
+# ---- loading a run ---------------------------------------------------------------------------
+
+def test_a_damaged_weights_file_is_caught_by_its_sha256(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(files, out) == 0
+    weights = out / "lst_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 16] = bytes(16)       # the header still parses: only the digest can tell
+    weights.write_bytes(bytes(data))
+    assert main(["eval", "--checkpoint", str(out), "--data", str(files / "eval.csv")]) == 2
+    line = one_line_error(capsys)
+    assert "lst_model.safetensors" in line and "sha256" in line
+
+
+def test_run_json_without_labels_is_refused(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train(files, out) == 0
+    info = json.loads((out / "run.json").read_text())
+    del info["labels"]
+    (out / "run.json").write_text(json.dumps(info))
+    assert main(["eval", "--checkpoint", str(out), "--data", str(files / "eval.csv")]) == 2
+    assert "lacks 'labels'" in one_line_error(capsys)
+
+
+def test_eval_batch_size_zero_is_refused(files, finished, capsys):
+    assert main(["eval", "--checkpoint", str(finished), "--data", str(files / "eval.csv"),
+                 "--batch-size", "0"]) == 2
+    assert "--batch-size must be a whole number >= 1" in one_line_error(capsys)
+
+
+def test_predict_output_that_is_a_folder_is_refused(files, finished, tmp_path, capsys):
+    assert main(["predict", "--checkpoint", str(finished), "--data", str(files / "eval.csv"),
+                 "--output", str(tmp_path)]) == 2
+    assert "is a folder; pass a file path" in one_line_error(capsys)
+
+
+# ---- what is left on disk --------------------------------------------------------------------
+
+def test_run_files_are_written_0644(finished):
+    old = os.umask(0o022)
+    os.umask(old)
+    assert old == 0o022, "this test assumes the usual umask"
+    for path in finished.rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from laddertune import checkpoint
+
+    def ctrl_c(fd):
+        raise KeyboardInterrupt
+
+    (tmp_path / "file.bin").write_bytes(b"old")
+    monkeypatch.setattr(checkpoint.os, "fsync", ctrl_c)   # Ctrl-C in the middle of the write
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.atomic_write_bytes(tmp_path / "file.bin", b"new")
+    assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
+    assert (tmp_path / "file.bin").read_bytes() == b"old"
