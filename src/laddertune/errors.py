@@ -31,3 +31,7 @@ class BackboneMismatchError(CheckpointError):
 
 class DataError(LSTError, ValueError):
     """A data file, column, label set or output folder the CLI cannot use as given."""
+
+
+class DataWarning(UserWarning):
+    """A data file the CLI can use, though not quite as given (empty texts dropped, say)."""
