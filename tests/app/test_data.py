@@ -1,6 +1,7 @@
 """Data loading: every file format, what bad files say, the BBC News split, label maps, ids,
 truncation counts."""
 
+import datetime
 import json
 import re
 import warnings
@@ -148,7 +149,7 @@ _TWO_DUPLICATE_TEXTS = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["x"
     ("bytes.parquet", pa.table({"text": [b"ok", b"\xff\xfe"], "label": ["a", "b"]}),
      "row 2: column 'text' holds bytes that are not UTF-8 text; store it as strings"),
     ("listed.jsonl", _jsonl({"text": "a", "label": "x"}, {"text": "b", "label": ["business"]}),
-     "line 2: column 'label' holds a list (['business']), not a single value; give each row one "
+     "line 2: column 'label' holds a list (['business']), not a text or number; give each row one "
      "class name (multi-label data is not supported)"),
     ("blank.csv", "text,label\n,a\n  ,b\n", "every text in column 'text' is empty; pass "
                                            "--text-column NAME (it has: text, label)"),
@@ -163,16 +164,21 @@ _TWO_DUPLICATE_TEXTS = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["x"
     ("ragged.tsv", "text\tlabel\nhi\ta\nhi\tthere\tb\n", "line 3 has 3 fields but the header has "
                                                         "2 (text, label); quote texts that "
                                                         "contain tabs"),
-    ("unclosed.csv", 'text,label\n"hello,a\nbye,b\n', "line 2 has 1 fields but the header has 2 "
-                                                     "(text, label); a quote opened on line 2 "
-                                                     "is never closed"),
+    ("unclosed.csv", 'text,label\nhi,a\n"hello,a\nbye,b\n', "line 3: a quote opened in this row "
+                                                           "is never closed"),
+    ("quotes.csv", 'text,label\n"a 5" screen",tech\n', "line 2: a quote inside a quoted text ends "
+                                                       'it early; double the quotes inside ("")'),
+    ("twice.json", '[{"text": "a", "text": "b", "label": "x"}]', ": key 'text' appears twice in "
+                                                                 "one object"),
+    ("dates.parquet", pa.table({"text": ["a"], "label": [datetime.date(2024, 1, 31)]}),
+     "row 1: column 'label' holds a date (datetime.date(2024, 1, 31)), not a text or number"),
     ("dict.jsonl", _jsonl({"text": {"title": "t"}, "label": "x"}),
-     "line 1: column 'text' holds a dict (struct) ({'title': 't'}), not a single value; join it "
+     "line 1: column 'text' holds a dict (struct) ({'title': 't'}), not a text or number; join it "
      "into one string per row"),
     ("struct.parquet", pa.table({"text": ["a", "b"], "label": [{"k": 1}, {"k": 2}]}),
      "row 1: column 'label' holds a dict (struct)"),
     ("listtext.parquet", pa.table({"text": [["a", "b"]], "label": ["x"]}),
-     "row 1: column 'text' holds a list (['a', 'b']), not a single value"),
+     "row 1: column 'text' holds a list (['a', 'b']), not a text or number"),
     ("score.jsonl", _jsonl({"text": "a", "label": 1}, {"text": "b", "label": 0.75}),
      "line 2: label 0.75 in column 'label' has a fractional part, like a regression target; "
      "laddertune classifies: bin the values into classes"),
@@ -196,6 +202,8 @@ _TWO_DUPLICATE_TEXTS = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["x"
                                                          "re-save it as UTF-8"),
     ("semicolons.csv", "text;label\nhi;a\n", "has no column 'text' (it has: text;label); pass "
                                             "--text-column NAME; the file seems separated by ';'"),
+    ("capitals.jsonl", _jsonl({"Text": "a", "Label": "x"}), "has no column 'text' (it has: Text, "
+                                                            "Label); pass --text-column 'Text'"),
     ("fake.parquet", b"not parquet at all", "cannot read"),
     ("empty.json", "[]", "has no rows; add examples"),
     ("empty.parquet", pa.table({"text": pa.array([], pa.string()),

@@ -37,8 +37,8 @@ import torch
 from ..errors import DataError, DataWarning
 
 BBC_NEWS = "bbc-news"
-FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-_SUFFIXES = ".csv, .tsv, .jsonl, .json or .parquet"
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+_ANY_FILE = ".csv, .tsv, .jsonl, .json or .parquet"
 
 
 @dataclass
@@ -96,11 +96,11 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
 def _check_file(source: str) -> Path:
     path = Path(source)
     if path.is_dir():
-        raise DataError(f"{source} is a folder; pass one {_SUFFIXES} file or '{BBC_NEWS}'")
+        raise DataError(f"{source} is a folder; pass one {_ANY_FILE} file or '{BBC_NEWS}'")
     if not path.is_file():
-        raise DataError(f"{source} does not exist; pass a {_SUFFIXES} file or '{BBC_NEWS}'")
-    if path.suffix.lower() not in FORMATS:
-        raise DataError(f"{source}: unknown file type {path.suffix!r}; use {_SUFFIXES}")
+        raise DataError(f"{source} does not exist; pass a {_ANY_FILE} file or '{BBC_NEWS}'")
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"{source}: unknown file type {path.suffix!r}; use {_ANY_FILE}")
     if path.stat().st_size == 0:
         raise DataError(f"{source} is empty; it needs a header and at least one row per class")
     return path
@@ -116,9 +116,6 @@ class _Table:
     values: Callable[[str], list]       # a column's values, one Python value per row
     unit: str                           # "line" (CSV, JSONL), "record" (JSON array), "row"
     numbers: Sequence[int]              # per row: its line, record or row number, from 1
-
-    def __len__(self) -> int:
-        return len(self.numbers)
 
     def where(self, i: int) -> str:
         return f"{self.unit} {self.numbers[i]}"
@@ -159,11 +156,9 @@ def _read_csv(path: Path, text: str, delimiter: str) -> _Table:
     separator = "tabs" if delimiter == "\t" else "commas"
     for line, fields in zip(lines[1:], records[1:]):
         if len(fields) != len(header):
-            unclosed = any("\n" in field for field in fields)
-            fix = (f"a quote opened on line {line} is never closed" if unclosed
-                   else f"quote texts that contain {separator}")
             raise DataError(f"{path} line {line} has {len(fields)} fields but the header has "
-                            f"{len(header)} ({_listing(header)}); {fix}")
+                            f"{len(header)} ({_listing(header)}); quote texts that contain "
+                            f"{separator}")
 
     def values(column: str) -> list[str]:
         index = header.index(column)
@@ -173,7 +168,8 @@ def _read_csv(path: Path, text: str, delimiter: str) -> _Table:
 
 def _csv_records(path: Path, text: str, delimiter: str) -> tuple[list[int], list[list[str]]]:
     """The non-blank records of a CSV file and the line each starts on."""
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a stray quote in a quoted text is an error, not a silently mangled text
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     lines, records, start = [], [], 1
     old_limit = csv.field_size_limit(2**31 - 1)   # a long document is one field; default: 128 KiB
     try:
@@ -183,11 +179,20 @@ def _csv_records(path: Path, text: str, delimiter: str) -> tuple[list[int], list
                 records.append(fields)
             start = reader.line_num + 1
     except csv.Error as err:
-        raise DataError(f"cannot read {path} line {reader.line_num} as CSV ({err}); check its "
-                        "quoting") from None
+        raise _csv_error(path, err, start) from None
     finally:
         csv.field_size_limit(old_limit)
     return lines, records
+
+
+def _csv_error(path: Path, err: csv.Error, line: int) -> DataError:
+    if "unexpected end of data" in str(err):
+        return DataError(f"{path} line {line}: a quote opened in this row is never closed; close "
+                         'it, and double any quote inside a quoted text ("")')
+    if "expected after" in str(err):
+        return DataError(f"{path} line {line}: a quote inside a quoted text ends it early; double "
+                         'the quotes inside ("")')
+    return DataError(f"cannot read {path} line {line} as CSV ({err}); check its quoting")
 
 
 def _read_jsonl(path: Path, text: str) -> _Table:
@@ -201,7 +206,7 @@ def _read_jsonl(path: Path, text: str) -> _Table:
             raise DataError(f"{path} line {line} is not valid JSON ({err.msg} at column "
                             f"{err.colno}); fix or remove the line") from None
         except _RepeatedKey as err:
-            raise _repeated_key_error(path, f"line {line}", err) from None
+            raise _repeated_key_error(path, err, line) from None
         rows.append(_json_record(record, path, f"line {line}"))
         lines.append(line)
     return _json_table(path, rows, "line", lines)
@@ -216,7 +221,7 @@ def _read_json(path: Path, text: str) -> _Table:
         raise DataError(f"{path} line {err.lineno} is not valid JSON ({err.msg} at column "
                         f"{err.colno}); fix it") from None
     except _RepeatedKey as err:
-        raise _repeated_key_error(path, "a record", err) from None
+        raise _repeated_key_error(path, err) from None
     if not isinstance(records, list):
         raise DataError(f"{path} holds {_kind(records)}; a .json file must be an array of records "
                         '[{"text": ..., "label": ...}, ...], or use .jsonl with one per line')
@@ -235,8 +240,9 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
     return dict(pairs)
 
 
-def _repeated_key_error(path: Path, where: str, err: _RepeatedKey) -> DataError:
-    return DataError(f"{path} {where}: key {err.args[0]!r} appears twice in one object, so it is "
+def _repeated_key_error(path: Path, err: _RepeatedKey, line: int | None = None) -> DataError:
+    at = f" line {line}" if line else ""
+    return DataError(f"{path}{at}: key {err.args[0]!r} appears twice in one object, so it is "
                      "unclear which to read; remove one")
 
 
@@ -286,8 +292,10 @@ def _check_columns(table: _Table, needed: dict[str, str], optional: list[str]) -
             raise DataError(f"{table.path} has no column {column!r}; its first line ({first}) "
                             "looks like data: add a header line naming the columns "
                             f"({', '.join(needed)}), or pass {flag} NAME")
+        alike = [name for name in table.columns if name.strip().casefold() == column.casefold()]
         raise DataError(f"{table.path} has no column {column!r} (it has: "
-                        f"{_listing(table.columns)}); pass {flag} NAME{_separator_hint(table)}")
+                        f"{_listing(table.columns)}); pass {flag} "
+                        f"{repr(alike[0]) if alike else 'NAME'}{_separator_hint(table)}")
 
 
 def _header_looks_like_data(table: _Table) -> bool:
@@ -336,7 +344,7 @@ def _scalars(table: _Table, column: str, fix: str) -> list:
             continue
         where = f"{table.path} {table.where(i)}: column {column!r} holds"
         if not isinstance(value, bytes):
-            raise DataError(f"{where} {_kind(value)} ({_preview(value)}), not a single value; "
+            raise DataError(f"{where} {_kind(value)} ({_preview(value)}), not a text or number; "
                             f"{fix}")
         try:
             values[i] = value.decode("utf-8")
