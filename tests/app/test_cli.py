@@ -42,9 +42,35 @@ def test_train_writes_a_complete_run_folder(lst_run):
     run = json.loads((lst_run / "run.json").read_text())
     assert run["labels"] == ["money", "sport", "tech"] and run["method"] == "lst"
     for name in ("lst_config.json", "lst_model.safetensors", "report.md", "learning_curve.png",
-                 "checkpoint/state.safetensors"):
+                 "confusion_matrix.png", "checkpoint/state.safetensors"):
         assert (lst_run / name).is_file(), name
     assert not (lst_run / "model.safetensors").exists()   # no backbone copy
+    assert len(metrics["epoch_seconds"]) == 2 and all(s > 0 for s in metrics["epoch_seconds"])
+    assert set(metrics["model_files_sha256"]) == {"lst_config.json", "lst_model.safetensors"}
+
+
+def test_report_has_per_class_scores_and_a_confusion_matrix(lst_run):
+    scores = json.loads((lst_run / "metrics.json").read_text())["eval"]
+    matrix = scores["confusion_matrix"]
+    assert len(matrix) == 3 and sum(map(sum, matrix)) == scores["examples"] == 24
+    assert sum(matrix[i][i] for i in range(3)) == round(scores["accuracy"] * 24)
+    for name, row in zip(["money", "sport", "tech"], matrix):
+        assert scores["per_class"][name]["support"] == sum(row)
+    report = (lst_run / "report.md").read_text()
+    assert "| class | precision | recall | F1 | support |" in report
+    assert "| sport |" in report and "![confusion matrix](confusion_matrix.png)" in report
+
+
+def test_progress_off_a_terminal_is_a_line_per_epoch(workdir, capsys):
+    code = main(["train", "--model", str(workdir / "tiny"), "--train", str(workdir / "train.csv"),
+                 "--output", str(workdir / "quiet"), "--epochs", "2", "--batch-size", "8",
+                 "--reduction-factor", "2", "--device", "cpu"])     # progress on, but no tty
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "it/s" not in captured.err
+    epoch_lines = [line for line in captured.out.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epoch_lines] == ["epoch 1/2", "epoch 2/2"]
+    assert all("examples/s" in line and "eval accuracy" in line for line in epoch_lines)
 
 
 def test_eval_reproduces_the_training_metrics_without_model_flag(lst_run, workdir, capsys):
@@ -57,7 +83,7 @@ def test_eval_reproduces_the_training_metrics_without_model_flag(lst_run, workdi
     assert printed["loss"] == pytest.approx(trained["loss"], abs=1e-5)
 
 
-def test_predict_writes_one_label_and_probability_per_row(lst_run, workdir):
+def test_predict_writes_a_label_and_every_class_probability_per_row(lst_run, workdir):
     rows = [{"text": r["text"]} for r in topic_rows(7, seed=5)]      # no label column
     write_csv(workdir / "new.csv", rows)
     out = workdir / "preds.csv"
@@ -65,9 +91,23 @@ def test_predict_writes_one_label_and_probability_per_row(lst_run, workdir):
                  "--output", str(out)]) == 0
     with open(out) as handle:
         preds = list(csv.DictReader(handle))
-    assert len(preds) == 7
-    assert {p["label"] for p in preds} <= {"money", "sport", "tech"}
-    assert all(1 / 3 <= float(p["probability"]) <= 1 for p in preds)
+    assert [p["row"] for p in preds] == [str(i) for i in range(7)]
+    assert list(preds[0]) == ["row", "label", "prob_money", "prob_sport", "prob_tech"]
+    for p in preds:
+        probs = {name: float(p[f"prob_{name}"]) for name in ("money", "sport", "tech")}
+        assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p["label"] == max(probs, key=probs.get)
+
+
+def test_predict_passes_an_id_column_through(lst_run, workdir):
+    rows = [{"id": f"doc-{i}", "text": r["text"]} for i, r in enumerate(topic_rows(5, seed=6))]
+    write_csv(workdir / "with_ids.csv", rows)
+    out = workdir / "id_preds.csv"
+    assert main(["predict", "--checkpoint", str(lst_run), "--data",
+                 str(workdir / "with_ids.csv"), "--output", str(out)]) == 0
+    with open(out) as handle:
+        preds = list(csv.DictReader(handle))
+    assert [p["id"] for p in preds] == [f"doc-{i}" for i in range(5)]
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "bitfit", "prompt"])

@@ -110,18 +110,22 @@ def train_config(explicit: dict) -> TrainConfig:
 
 
 def _load_for_inference(config: EvalConfig, need_labels: bool):
-    from .data import BBC_NEWS, load_bbc_news, load_texts, tokenize
+    """The run's model and tokenizer, and the data file read and checked first (a bad file is
+    reported before any model loads)."""
+    from .data import BBC_NEWS, check_known_labels, load_bbc_news, load_texts, tokenize
     from .inference import load_run
-    model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
+    info = RunFolder(config.checkpoint).info()
     if config.data == BBC_NEWS:
         data = load_bbc_news()[1]
     else:
         data = load_texts(config.data, config.text_column or info["text_column"],
                           config.label_column or info["label_column"], need_labels=need_labels,
-                          **({"id_column": config.id_column} if hasattr(config, "id_column")
-                             else {}))
-    if not need_labels:
+                          id_column=getattr(config, "id_column", None))
+    if need_labels:
+        check_known_labels(data.labels, info["labels"], data.source)
+    else:
         data.labels = []
+    model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
     encoded = tokenize(tokenizer, data, info["max_length"], info["labels"])
     return model, tokenizer, info, data, encoded
 
@@ -153,7 +157,7 @@ def run_predict(args) -> int:
     probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
                           pick_device(config.device))
     names = info["labels"]
-    ids = getattr(data, "ids", None)
+    ids = data.ids
     handle = io.StringIO()
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow([config.id_column if ids else "row", "label",
