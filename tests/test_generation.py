@@ -204,6 +204,7 @@ def test_beams_score_at_least_greedy_and_scores_are_true_log_probs(early_eos):
         assert (beams[:, 1:] == eos).any()
 
 
+@pytest.mark.slow
 def test_trained_tiny_t5_learns_to_reverse_and_generates_it():
     """Reverse 3-token sequences: only the side network learns; greedy output is exact."""
     torch.manual_seed(0)

@@ -27,6 +27,7 @@ def tiny_results(tmp_path_factory):
     return run_bench(_args(out)), out
 
 
+@pytest.mark.slow
 def test_bench_writes_json_table_and_plot(tiny_results):
     results, out = tiny_results
     saved = json.loads((out / "results.json").read_text())
@@ -45,6 +46,7 @@ def test_bench_writes_json_table_and_plot(tiny_results):
     assert saved["machine"]["cores"] >= 1 and "cpu" in saved["machine"]
 
 
+@pytest.mark.slow
 def test_lst_saves_less_for_backward_than_full(tiny_results):
     results, _ = tiny_results
     by = {r["method"]: r for r in results["runs"]}

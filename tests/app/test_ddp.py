@@ -1,3 +1,4 @@
+
 """torchrun --nproc_per_node 2 runs `laddertune train` with DDP on CPU (gloo)."""
 
 import json
@@ -7,9 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from tiny_models import save_tiny_text_model, topic_rows, write_csv
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def _free_port() -> int:
@@ -18,6 +20,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_end_with_identical_side_weights_and_rank0_writes(tmp_path):
     save_tiny_text_model(tmp_path / "tiny")
     write_csv(tmp_path / "train.csv", topic_rows(40))

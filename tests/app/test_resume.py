@@ -8,11 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tiny_models import save_tiny_text_model, topic_rows, write_csv
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 # The real CLI, with every step slowed down so the test can kill it mid-epoch.
 SLOW_CLI = ("import sys, time, laddertune.app.trainer as t; collate = t.collate; "
             "delay = float(sys.argv.pop(1)); "
@@ -32,6 +33,7 @@ def _env():
     return {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_mid_epoch_gives_identical_final_metrics(tmp_path):
     save_tiny_text_model(tmp_path / "tiny")
     write_csv(tmp_path / "train.csv", topic_rows(40))     # 32 train rows: 4 steps per epoch
