@@ -112,11 +112,11 @@ def train_config(explicit: dict) -> TrainConfig:
 def _load_for_inference(config: EvalConfig, need_labels: bool):
     """The run's model and tokenizer, and the data file read and checked first (a bad file is
     reported before any model loads)."""
-    from .data import BBC_NEWS, check_known_labels, load_bbc_news, load_texts, tokenize
+    from .data import BUILTIN, check_known_labels, load_builtin, load_texts, tokenize
     from .inference import load_run
     info = RunFolder(config.checkpoint).info()
-    if config.data == BBC_NEWS:
-        data = load_bbc_news()[1]
+    if config.data in BUILTIN:
+        data = load_builtin(config.data)[1]
     else:
         data = load_texts(config.data, config.text_column or info["text_column"],
                           config.label_column or info["label_column"], need_labels=need_labels,

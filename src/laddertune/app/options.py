@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import LSTError
-from .data import BBC_NEWS
+from .data import BBC_NEWS, TWEET_SENTIMENT
 from .methods import DEFAULT_LR, METHODS
 
 ADAPTER_KINDS = ("houlsby", "pfeiffer")
@@ -51,8 +51,9 @@ class TrainConfig:
         "(all-mpnet-base-v2, installed on first use) or a local Hugging Face model folder",
         metavar="MODEL"))
     train: str = field(default=BBC_NEWS, metadata=_flag(
-        f"training data: .csv, .tsv, .jsonl or .parquet with a text and a label column, or "
-        f"'{BBC_NEWS}' (built-in, 5 topics)", metavar="FILE"))
+        f"training data: .csv, .tsv, .jsonl, .json or .parquet with a text and a label column, "
+        f"or a built-in set: '{BBC_NEWS}' (2,225 articles, 5 topics) or '{TWEET_SENTIMENT}' "
+        f"(31k tweets, negative/neutral/positive)", metavar="FILE"))
     eval: str | None = field(default=None, metadata=_flag(
         "eval data; without it a stratified 20%% of --train is held out", metavar="FILE"))
     text_column: str = field(default="text", metadata=_flag("column holding the text",
@@ -144,7 +145,8 @@ class EvalConfig:
     checkpoint: str = field(metadata=_flag("run folder written by `laddertune train`",
                                            metavar="DIR", required=True))
     data: str = field(metadata=_flag(
-        f".csv, .tsv, .jsonl or .parquet file, or '{BBC_NEWS}' (its held-out split)",
+        f".csv, .tsv, .jsonl, .json or .parquet file, or a built-in set ('{BBC_NEWS}', "
+        f"'{TWEET_SENTIMENT}': its held-out split)",
         metavar="FILE", required=True))
     text_column: str | None = field(default=None, metadata=_flag(
         "column holding the text (default: the one used in training)", metavar="NAME"))
