@@ -1,4 +1,4 @@
-"""Baselines built by `build_method`: bottleneck adapters (Houlsby, Pfeiffer).
+"""Baselines built by `build_method`: bottleneck adapters (Houlsby, Pfeiffer) and IA3.
 
 The invariants PEFT's tests hold for every method, on tiny models of several families: the
 model starts as the pretrained one, only the method's parameters change in training, and
@@ -31,6 +31,7 @@ from laddertune.app.methods import (
     DEFAULT_LR,
     METHODS,
     build_method,
+    ia3_config,
     load_trained,
     save_trained,
 )
@@ -95,9 +96,9 @@ def _adapters(model) -> list[BottleneckAdapter]:
 
 
 def test_methods_and_default_learning_rates_cover_the_new_baselines():
-    assert "adapter" in METHODS
+    assert {"adapter", "ia3"} <= set(METHODS)
     assert set(DEFAULT_LR) == set(METHODS)
-    assert DEFAULT_LR["adapter"] == 3e-4
+    assert DEFAULT_LR["adapter"] == 3e-4 and DEFAULT_LR["ia3"] == 3e-3
 
 
 # ---- bottleneck adapters ------------------------------------------------------------------------
@@ -296,6 +297,45 @@ dist.destroy_process_group()
 '''
 
 
+# ---- IA3 (peft) ---------------------------------------------------------------------------------
+
+def test_ia3_uses_peft_defaults_where_peft_lists_the_family_and_the_structure_elsewhere():
+    assert ia3_config(_task_model("bert")).target_modules is None   # peft fills its defaults
+    mpnet = ia3_config(_task_model("mpnet"))
+    assert sorted(mpnet.target_modules)[:2] == ["mpnet.encoder.layer.0.attention.attn.o",
+                                                "mpnet.encoder.layer.0.output.dense"]
+    assert mpnet.target_modules == mpnet.feedforward_modules and len(mpnet.target_modules) == 8
+    assert ia3_config(_task_model("t5")).modules_to_save == ["classification_head"]
+
+
+@pytest.mark.parametrize("family", ["bert", "llama", "t5", "mpnet"])
+def test_ia3_starts_as_the_pretrained_model_and_trains_only_its_vectors_and_head(family):
+    pretrained = _logits(_task_model(family), family)
+    model = build_method("ia3", _task_model(family))
+    torch.testing.assert_close(_logits(model, family), pretrained, rtol=0, atol=0)
+    changed = _changed_parameters(model, family)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert changed == trainable
+    assert any("ia3_l" in n for n in changed)
+    assert all("ia3_l" in n or "modules_to_save" in n for n in changed)
+
+
+@pytest.mark.parametrize("family", ["bert", "t5", "mpnet"])
+def test_ia3_save_load_gives_identical_logits(tmp_path, family):
+    model = build_method("ia3", _task_model(family))
+    _train(model, family, steps=3)
+    trained = _logits(model, family)
+    save_trained(model, "ia3", tmp_path)
+    loaded = load_trained(_task_model(family), "ia3", tmp_path)
+    torch.testing.assert_close(_logits(loaded, family), trained, rtol=0, atol=0)
+
+
+def test_loading_an_ia3_folder_as_lora_names_the_fix(tmp_path):
+    save_trained(build_method("ia3", _task_model("bert")), "ia3", tmp_path)
+    with pytest.raises(CheckpointError, match="holds a peft IA3 adapter, not lora"):
+        load_trained(_task_model("bert"), "lora", tmp_path)
+
+
 # ---- the other baselines' bookkeeping -----------------------------------------------------------
 
 @pytest.mark.parametrize("family, head", [("t5", {"classification_head"}),
@@ -313,7 +353,7 @@ def test_bitfit_keeps_a_pretrained_lm_head_frozen():
     assert not model.lm_head.weight.requires_grad
 
 
-def test_loading_a_peft_folder_with_the_wrong_method_names_the_fix(tmp_path):
+def test_loading_a_lora_folder_as_prompt_tuning_names_the_fix(tmp_path):
     save_trained(build_method("lora", _task_model("bert"), lora_rank=2), "lora", tmp_path)
     with pytest.raises(CheckpointError, match="holds a peft LORA adapter, not prompt"):
         load_trained(_task_model("bert"), "prompt", tmp_path)

@@ -5,7 +5,7 @@
 the same inputs (input_ids, attention_mask, labels) and returns ``.loss`` and ``.logits``, so the
 CLI and the benchmarks train them all in one loop on the same batches.
 
-Baselines go through the real `peft` library (LoRA, prompt tuning); BitFit trains biases and
+Baselines go through the real `peft` library (LoRA, prompt tuning, IA3); BitFit trains biases and
 the task head only; bottleneck adapters (Houlsby, Pfeiffer) are our own (`adapters.py`: PEFT has
 none). Full fine-tuning, BitFit and adapters change the model they are given (`requires_grad`,
 adapter modules), so pass a fresh model to each method.
@@ -23,23 +23,26 @@ from ..errors import CheckpointError, LSTConfigError
 from .adapters import (
     AdapterConfig,
     add_adapters,
+    find_adapter_sites,
     load_adapters,
     save_adapters,
     task_head_params,
 )
 
-METHODS = ("lst", "full", "lora", "bitfit", "prompt", "adapter")
+METHODS = ("lst", "full", "lora", "bitfit", "prompt", "adapter", "ia3")
 
 # Learning rates from the paper's T5-base GLUE setting (../shared/LST.md): LST 3e-3, full FT,
-# LoRA, BitFit and Adapters 3e-4, prompt tuning 0.3.
+# LoRA, BitFit and Adapters 3e-4, prompt tuning 0.3. IA3 is not in the LST paper: 3e-3 is what
+# its authors trained (IA)3 with (T-Few, Liu et al. 2022, arXiv 2205.05638: Adafactor, lr 3e-3
+# in configs/ia3.json of their code, r-three/t-few).
 DEFAULT_LR = {"lst": 3e-3, "full": 3e-4, "lora": 3e-4, "bitfit": 3e-4, "prompt": 0.3,
-              "adapter": 3e-4}
+              "adapter": 3e-4, "ia3": 3e-3}
 
 # Full fine-tuning and BitFit ship the tensors they trained, as safetensors.
 TRAINED_WEIGHTS = "trained_weights.safetensors"
 
 # peft's name for each peft method, as its adapter_config.json records it.
-_PEFT_TYPES = {"lora": "LORA", "prompt": "PROMPT_TUNING"}
+_PEFT_TYPES = {"lora": "LORA", "prompt": "PROMPT_TUNING", "ia3": "IA3"}
 _PEFT_CONFIG = "adapter_config.json"
 
 # Task types whose head is the pretrained LM head (often tied to the embeddings): kept frozen.
@@ -53,7 +56,7 @@ def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
     """A model that trains `task_model` by `method`.
 
     Args:
-        method: one of ``lst``, ``full``, ``lora``, ``bitfit``, ``prompt``, ``adapter``.
+        method: one of ``lst``, ``full``, ``lora``, ``bitfit``, ``prompt``, ``adapter``, ``ia3``.
         task_model: a freshly loaded Hugging Face task model.
         task_type: PEFT's task name (``SEQ_CLS``, ``CAUSAL_LM``, ``SEQ_2_SEQ_LM``, ...).
         num_labels: classes for classification tasks.
@@ -67,7 +70,7 @@ def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
 
     Raises:
         LSTConfigError: unknown method or adapter settings out of range.
-        UnsupportedModelError: adapters cannot find this model's transformer blocks.
+        UnsupportedModelError: adapters or IA3 cannot find this model's transformer blocks.
     """
     if method == "lst":
         from ..model import get_lst_model
@@ -99,7 +102,32 @@ def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
         config = AdapterConfig(kind=adapter_kind, reduction_factor=adapter_reduction_factor,
                                train_task_head=task_type not in _LM_TASKS)
         return add_adapters(task_model, config)
+    if method == "ia3":
+        from peft import get_peft_model
+        return get_peft_model(task_model, ia3_config(task_model, task_type))
     raise LSTConfigError(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
+
+
+def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS"):
+    """peft's IA3Config for `task_model`.
+
+    (IA)3 learns a vector that rescales the keys, the values and the feed-forward's inner
+    activation. Where peft lists the family, its own choice of modules is used. Elsewhere
+    (MPNet, DistilBERT, Electra, ...) the modules are read off the structure, the ones
+    bottleneck adapters follow: scaling the input of an attention output projection is scaling
+    the values channel by channel (attention only mixes positions), and scaling the input of the
+    feed-forward's output projection is the paper's feed-forward vector; keys get no vector.
+    A new task head is trained whole (peft's modules_to_save).
+    """
+    from peft import IA3Config
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+    heads = sorted({name.split(".")[0] for name in task_head_params(task_model)})
+    modules_to_save = heads if task_type not in _LM_TASKS and heads else None
+    if task_model.config.model_type in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
+        return IA3Config(task_type=task_type, modules_to_save=modules_to_save)
+    projections = [site.path for site in find_adapter_sites(task_model, "houlsby")]
+    return IA3Config(task_type=task_type, target_modules=projections,
+                     feedforward_modules=projections, modules_to_save=modules_to_save)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
