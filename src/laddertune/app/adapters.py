@@ -10,6 +10,9 @@ projection and so before its residual add (and, in post-LN models like BERT, its
   the feed-forward, so an encoder layer gets two.
 - Pfeiffer: one after the feed-forward only.
 
+In BERT-like blocks the adapter runs before the sublayer's dropout (AdapterHub's runs after it),
+so in training dropout also falls on the adapter's output; in eval the two are the same.
+
 Trained: the adapters, every layer norm (as Houlsby does) and a new task head; everything else
 is frozen. `trainable_parameter_names` says which, `set_trainable_params` applies it.
 
@@ -257,8 +260,8 @@ def load_adapters(task_model: nn.Module, directory: Path) -> nn.Module:
             f"{len(saved.get('sites', []))} adapter sites, not this {task_model.config.model_type} "
             f"with {len(sites)}; load it with the model it was trained on "
             f"({saved.get('base_model_name_or_path') or 'see ' + ADAPTER_CONFIG})")
-    add_adapters(task_model, config)
     state = load_weights(directory / ADAPTER_WEIGHTS)
+    add_adapters(task_model, config)
     expected = {n: p for n, p in task_model.named_parameters()
                 if n in trainable_parameter_names(task_model)}
     if set(state) != set(expected) or any(state[n].shape != p.shape for n, p in expected.items()):
