@@ -243,6 +243,7 @@ def test_loading_adapters_into_another_model_names_the_fix(tmp_path):
         load_trained(_task_model("bert"), "adapter", tmp_path)
 
 
+@pytest.mark.slow
 def test_adapters_under_ddp_without_find_unused_parameters(tmp_path):
     """Two gloo ranks train Houlsby adapters with DDP's default (find_unused_parameters=False)
     on different batches and end with the same, changed, adapter weights."""

@@ -20,10 +20,10 @@ import math
 from dataclasses import dataclass, field
 
 from ..errors import LSTError
+from .adapters import ADAPTER_KINDS
 from .data import BBC_NEWS, TWEET_SENTIMENT
 from .methods import DEFAULT_LR, METHODS
 
-ADAPTER_KINDS = ("houlsby", "pfeiffer")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_MAX_LENGTH = 256
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
@@ -62,7 +62,8 @@ class TrainConfig:
                                                                metavar="NAME"))
     method: str = field(default="lst", metadata=_flag(
         "lst, or a baseline trained in the same loop: full fine-tuning, lora, prompt and ia3 "
-        "(through peft), bitfit, adapter (bottleneck adapters)", choices=METHODS))
+        "(through peft), bitfit, adapter (bottleneck adapters, Houlsby or Pfeiffer)",
+        choices=METHODS))
     epochs: int = field(default=3, metadata=_flag("passes over --train", metavar="N"))
     batch_size: int = field(default=16, metadata=_flag("examples per optimizer step",
                                                        metavar="N"))
