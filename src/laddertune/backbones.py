@@ -1,6 +1,8 @@
 """How to read each Hugging Face model family: where its layers and input embeddings live.
 
-A family is one small `Family` entry. Paths are relative to the *stack*: the base model for
+A family is one small `Family` entry holding everything family-specific: its kind, its paths,
+its pruning plan, its position limit, its LM-head scale, whether it is two towers. No other
+module tests a `model_type`. Paths are relative to the *stack*: the base model for
 encoders, decoders and vision towers, or each of `get_encoder()` / `get_decoder()` for
 encoder-decoder models. The same paths hold in the backbone and in the side network, because the
 side network is the backbone's own model class built at width d/r.
@@ -12,6 +14,8 @@ blocks, the `embeddings` module (or the input embeddings) and the kind of model 
 from __future__ import annotations
 
 import copy
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +25,71 @@ from .errors import LSTConfigError, UnsupportedModelError
 
 ENCODER, DECODER, ENCODER_DECODER, VISION = "encoder", "decoder", "encoder-decoder", "vision"
 
+
+# ---- how a block is pruned (see laddertune.prune) ------------------------------------------------
+
+@dataclass(frozen=True)
+class Attention:
+    """Paths (inside a block) of one attention module's four linears."""
+
+    q: str
+    k: str
+    v: str
+    o: str
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one stack's blocks are pruned. Paths are relative to the stack or the block."""
+
+    embedding: str                       # stack path of the token embedding (ranks hidden dims)
+    attentions: tuple[Attention, ...]    # self-attention, then cross-attention in decoders
+    ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
+    ffn_out: str                         # the linear back to the model width
+    rotary: bool = False                 # rotary embedding: q, k keep fixed pairs
+    conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
+
+    def fused_qkv(self, attention: Attention) -> bool:
+        return attention.q == attention.k == attention.v
+
+
+_BERT_PLAN = BlockPlan(
+    "embeddings.word_embeddings",
+    (Attention("attention.self.query", "attention.self.key", "attention.self.value",
+               "attention.output.dense"),),
+    ("intermediate.dense",), "output.dense")
+_LLAMA_PLAN = BlockPlan(
+    "embed_tokens",
+    (Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),),
+    ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", rotary=True)
+_BART_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                       "self_attn.out_proj")
+_BART_CROSS = Attention("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj",
+                        "encoder_attn.out_proj")
+_BART_PLANS = (BlockPlan("embed_tokens", (_BART_SELF,), ("fc1",), "fc2"),
+               BlockPlan("embed_tokens", (_BART_SELF, _BART_CROSS), ("fc1",), "fc2"))
+_T5_SELF = Attention("layer.0.SelfAttention.q", "layer.0.SelfAttention.k",
+                     "layer.0.SelfAttention.v", "layer.0.SelfAttention.o")
+_T5_CROSS = Attention("layer.1.EncDecAttention.q", "layer.1.EncDecAttention.k",
+                      "layer.1.EncDecAttention.v", "layer.1.EncDecAttention.o")
+
+
+def _t5_plans(config) -> tuple[BlockPlan, BlockPlan]:
+    """T5 v1.1 and mT5 gate their feed-forward: wi_0 (gate) and wi_1 (up) both make it."""
+    wi = ("wi_0", "wi_1") if config.is_gated_act else ("wi",)
+    return (BlockPlan("embed_tokens", (_T5_SELF,),
+                      tuple(f"layer.1.DenseReluDense.{name}" for name in wi),
+                      "layer.1.DenseReluDense.wo"),
+            BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS),
+                      tuple(f"layer.2.DenseReluDense.{name}" for name in wi),
+                      "layer.2.DenseReluDense.wo"))
+
+
+_OPT_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                      "self_attn.out_proj")
+
+
+# ---- the families -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Family:
@@ -32,31 +101,63 @@ class Family:
     # 96.0% against 94.3% for the first token at the same budget), the "first" token (vision
     # models' CLS) or the "last" non-padding one (decoders)
     pooling: str = "mean"
+    # pruning plan per stack ([encoder, decoder] for encoder-decoder models), or a function of
+    # the config giving it (T5's feed-forward is gated in v1.1); None: pruning starts random
+    prune_plans: tuple[BlockPlan, ...] | Callable[..., tuple[BlockPlan, ...]] | None = None
+    # config key of the number of learned absolute positions, the longest input accepted;
+    # None: read off the position-embedding module (see `max_positions`)
+    max_positions_key: str | None = None
+    relative_positions: bool = False   # rotary or relative positions only: no length limit
+    scales_tied_head: bool = False     # T5: output times d_model^-0.5 before a tied LM head
+    # a model of two towers (CLIP): the side network tunes one, so these classes are asked for
+    towers: tuple[str, ...] = ()
 
 
-_BERT_LIKE = Family(ENCODER, "encoder.layer", "embeddings", ("pooler",))
-_LLAMA_LIKE = Family(DECODER, "layers", "embed_tokens", pooling="last")
+_BERT_LIKE = Family(ENCODER, "encoder.layer", "embeddings", ("pooler",), prune_plans=(_BERT_PLAN,),
+                    max_positions_key="max_position_embeddings")
+_LLAMA_LIKE = Family(DECODER, "layers", "embed_tokens", pooling="last",
+                     prune_plans=(_LLAMA_PLAN,), relative_positions=True)
+_T5_LIKE = Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last", prune_plans=_t5_plans,
+                  relative_positions=True, scales_tied_head=True)
+_BART_LIKE = Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last",
+                    prune_plans=_BART_PLANS, max_positions_key="max_position_embeddings")
 
 FAMILIES: dict[str, Family] = {
     "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
+    # RoBERTa counts positions from its padding id + 1: read off the position embedding
+    "roberta": dataclasses.replace(_BERT_LIKE, max_positions_key=None),
+    # ELECTRA's plan ranks hidden dims by its embedding, so only when embedding_size == hidden
     "electra": _BERT_LIKE,
-    "deberta-v2": _BERT_LIKE,
-    "distilbert": Family(ENCODER, "transformer.layer", "embeddings"),
-    "gpt2": Family(DECODER, "h", "wte", pooling="last"),
+    # DeBERTa-v2 has absolute positions only with position_biased_input: read off the structure
+    "deberta-v2": Family(ENCODER, "encoder.layer", "embeddings", ("pooler",)),
+    "distilbert": Family(ENCODER, "transformer.layer", "embeddings", prune_plans=(BlockPlan(
+        "embeddings.word_embeddings",
+        (Attention("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),),
+        ("ffn.lin1",), "ffn.lin2"),), max_positions_key="max_position_embeddings"),
+    # GPT-2: Conv1D weights are stored (in, out), and q, k, v are one fused c_attn of 3d outputs
+    "gpt2": Family(DECODER, "h", "wte", pooling="last", prune_plans=(BlockPlan(
+        "wte", (Attention("attn.c_attn", "attn.c_attn", "attn.c_attn", "attn.c_proj"),),
+        ("mlp.c_fc",), "mlp.c_proj", conv1d=True),), max_positions_key="n_positions"),
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
-    "opt": Family(DECODER, "decoder.layers", "decoder.embed_tokens", pooling="last"),
-    "gpt_neox": Family(DECODER, "layers", "embed_in", pooling="last"),
-    "t5": Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last"),
-    "mt5": Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last"),
-    "bart": Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last"),
-    "mbart": Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last"),
+    # OPT's plan ranks hidden dims by its embedding, so only when word_embed_proj_dim == hidden
+    "opt": Family(DECODER, "decoder.layers", "decoder.embed_tokens", pooling="last",
+                  prune_plans=(BlockPlan("decoder.embed_tokens", (_OPT_SELF,), ("fc1",), "fc2"),),
+                  max_positions_key="max_position_embeddings"),
+    "gpt_neox": Family(DECODER, "layers", "embed_in", pooling="last", relative_positions=True),
+    "t5": _T5_LIKE,
+    "mt5": _T5_LIKE,
+    "bart": _BART_LIKE,
+    "mbart": _BART_LIKE,
     "vit": Family(VISION, "layers", "embeddings", ("pooler",), pooling="first"),
     "clip_vision_model": Family(VISION, "encoder.layers", "embeddings", ("post_layernorm",),
                                 pooling="first"),
-    "clip_text_model": Family(ENCODER, "encoder.layers", "embeddings", pooling="last"),
+    "clip_text_model": Family(ENCODER, "encoder.layers", "embeddings", pooling="last",
+                              prune_plans=(BlockPlan("embeddings.token_embedding", (_OPT_SELF,),
+                                                     ("mlp.fc1",), "mlp.fc2"),),
+                              max_positions_key="max_position_embeddings"),
+    "clip": Family(ENCODER, "", "", towers=("CLIPVisionModel", "CLIPTextModel")),
 }
 
 # Config fields that hold a width the side network divides by r.
@@ -103,8 +204,14 @@ def _heads(config) -> int | None:
 def detect_family(model) -> Family:
     """The `Family` of a model: a listed entry, else one read off the model's structure."""
     model_type = getattr(model.config, "model_type", None)
-    if model_type in FAMILIES:
-        return FAMILIES[model_type]
+    family = FAMILIES.get(model_type)
+    if family is not None and family.towers:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} holds {len(family.towers)} towers; pass one of "
+            f"{' or '.join(family.towers)} (e.g. {family.towers[0]}.from_pretrained(path)) "
+            "to tune it")
+    if family is not None:
+        return family
     if getattr(model.config, "is_encoder_decoder", False):
         stack = model.get_encoder()
         kind = ENCODER_DECODER
@@ -241,7 +348,7 @@ def side_model_class(backbone):
         return type(backbone.base_model)
 
 
-def lm_head(backbone) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+def lm_head(backbone, family: Family) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """The backbone's frozen LM head as (weight, bias, input scale), all detached.
 
     T5 with tied embeddings scales the decoder output by d_model^-0.5 before its head; BART adds
@@ -260,6 +367,48 @@ def lm_head(backbone) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     if final_bias is not None:
         bias = final_bias.reshape(-1) if bias is None else bias + final_bias.reshape(-1)
     scale = 1.0
-    if config.model_type in ("t5", "mt5") and getattr(config, "tie_word_embeddings", False):
-        scale = config.d_model ** -0.5
+    if family.scales_tied_head and getattr(config, "tie_word_embeddings", False):
+        scale = model_width(config) ** -0.5
     return head.weight.detach(), None if bias is None else bias.detach(), scale
+
+
+def prune_plans(backbone, family: Family) -> tuple[BlockPlan, ...]:
+    """The family's pruning plan for this backbone, one per stack.
+
+    Raises:
+        UnsupportedModelError: the family has no plan.
+    """
+    plans = family.prune_plans
+    if plans is None:
+        raise UnsupportedModelError(
+            f"no pruning plan for model_type {backbone.config.model_type!r}")
+    return plans(backbone.config) if callable(plans) else plans
+
+
+def max_positions(backbone) -> int | None:
+    """The longest token sequence the backbone accepts, or None when nothing limits it.
+
+    Learned absolute positions limit it: the family's `max_positions_key` in the config, else the
+    position-embedding module's size less its offset (RoBERTa and MPNet count from their padding
+    id + 1, OPT and BART from 2). Rotary and relative positions (Llama, T5) do not limit it, nor
+    do images.
+    """
+    family = detect_family(backbone)
+    if family.kind == VISION or family.relative_positions:
+        return None
+    if family.max_positions_key is not None:
+        return getattr(backbone.config, family.max_positions_key)
+    stack = backbone_stacks(backbone, family)[0]
+    for name, module in stack.named_modules():
+        in_blocks = name.startswith(family.layers + ".")
+        if isinstance(module, nn.Embedding) and _names_positions(name) and not in_blocks:
+            padding = module.padding_idx
+            offset = getattr(module, "offset", 0) + (0 if padding is None else padding + 1)
+            return module.num_embeddings - offset
+    return None
+
+
+def _names_positions(name: str) -> bool:
+    """A learned absolute position table, by name (relative tables are not limits)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return ("position" in leaf or leaf == "wpe") and "rel" not in leaf

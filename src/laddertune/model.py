@@ -288,7 +288,7 @@ class LSTModel(nn.Module):
             return LSTOutput(self._classification_loss(logits, labels), logits, up, cache)
         if task == "FEATURE_EXTRACTION":
             return LSTOutput(None, None, up, cache)
-        weight, bias, scale = bb.lm_head(self.backbone)
+        weight, bias, scale = bb.lm_head(self.backbone, self.family)
         if labels is not None:
             labels = self._check_label_shape(labels, up.shape[:-1], "token")
             self._check_label_range(labels, weight.shape[0])
@@ -495,10 +495,6 @@ def _check_is_transformer(model) -> None:
         raise UnsupportedModelError(
             f"{type(model).__name__} is not a Hugging Face PreTrainedModel; load the backbone "
             "with transformers (AutoModel / AutoModelFor...) and pass that")
-    if type(model).__name__ == "CLIPModel":
-        raise UnsupportedModelError(
-            "CLIPModel holds two towers; pass CLIPVisionModel or CLIPTextModel (e.g. "
-            "CLIPVisionModel.from_pretrained(path)) to tune one of them")
 
 
 def _side_dtype(backbone) -> torch.dtype:

@@ -60,113 +60,19 @@ from .errors import LSTConfigError, MissingInputError, UnsupportedModelError
 logger = logging.getLogger(__name__)
 
 
-# ---- which module is which, per family ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Attention:
-    """Paths (inside a block) of one attention module's four linears."""
-
-    q: str
-    k: str
-    v: str
-    o: str
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """How one stack's blocks are pruned. Paths are relative to the stack or the block."""
-
-    embedding: str                       # stack path of the token embedding (ranks hidden dims)
-    attentions: tuple[Attention, ...]    # self-attention, then cross-attention in decoders
-    ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
-    ffn_out: str                         # the linear back to the model width
-    rotary: bool = False                 # rotary embedding: q, k keep fixed pairs
-    conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
-
-    def fused_qkv(self, attention: Attention) -> bool:
-        return attention.q == attention.k == attention.v
-
-
-_BERT = BlockPlan(
-    "embeddings.word_embeddings",
-    (Attention("attention.self.query", "attention.self.key", "attention.self.value",
-               "attention.output.dense"),),
-    ("intermediate.dense",), "output.dense")
-_LLAMA = BlockPlan(
-    "embed_tokens",
-    (Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),),
-    ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", rotary=True)
-_T5_SELF = Attention("layer.0.SelfAttention.q", "layer.0.SelfAttention.k",
-                     "layer.0.SelfAttention.v", "layer.0.SelfAttention.o")
-_T5_CROSS = Attention("layer.1.EncDecAttention.q", "layer.1.EncDecAttention.k",
-                      "layer.1.EncDecAttention.v", "layer.1.EncDecAttention.o")
-_T5_ENCODER = BlockPlan("embed_tokens", (_T5_SELF,), ("layer.1.DenseReluDense.wi",),
-                        "layer.1.DenseReluDense.wo")
-_T5_DECODER = BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS), ("layer.2.DenseReluDense.wi",),
-                        "layer.2.DenseReluDense.wo")
-# T5 v1.1 / mT5 use a gated feed-forward: wi_0 (gate) and wi_1 (up)
-_T5_GATED_ENCODER = BlockPlan("embed_tokens", (_T5_SELF,),
-                              ("layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"),
-                              "layer.1.DenseReluDense.wo")
-_T5_GATED_DECODER = BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS),
-                              ("layer.2.DenseReluDense.wi_0", "layer.2.DenseReluDense.wi_1"),
-                              "layer.2.DenseReluDense.wo")
-_BART_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                       "self_attn.out_proj")
-_BART_CROSS = Attention("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj",
-                        "encoder_attn.out_proj")
-_BART_ENCODER = BlockPlan("embed_tokens", (_BART_SELF,), ("fc1",), "fc2")
-_BART_DECODER = BlockPlan("embed_tokens", (_BART_SELF, _BART_CROSS), ("fc1",), "fc2")
-
-_OPT_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                      "self_attn.out_proj")
-_OPT = BlockPlan("decoder.embed_tokens", (_OPT_SELF,), ("fc1",), "fc2")
-_DISTILBERT = BlockPlan(
-    "embeddings.word_embeddings",
-    (Attention("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),),
-    ("ffn.lin1",), "ffn.lin2")
-_CLIP_TEXT = BlockPlan("embeddings.token_embedding", (_OPT_SELF,), ("mlp.fc1",), "mlp.fc2")
-# GPT-2: Conv1D weights are stored (in, out), and q, k, v are one fused c_attn of 3d outputs
-_GPT2 = BlockPlan("wte", (Attention("attn.c_attn", "attn.c_attn", "attn.c_attn", "attn.c_proj"),),
-                  ("mlp.c_fc",), "mlp.c_proj", conv1d=True)
-
-# model_type -> one plan per stack ([encoder, decoder] for encoder-decoder models)
-PLANS: dict[str, tuple[BlockPlan, ...]] = {
-    "bert": (_BERT,),
-    "roberta": (_BERT,),
-    "electra": (_BERT,),  # only when embedding_size == hidden_size (else no hidden ranking)
-    "llama": (_LLAMA,),
-    "qwen2": (_LLAMA,),
-    "mistral": (_LLAMA,),
-    "t5": (_T5_ENCODER, _T5_DECODER),
-    "bart": (_BART_ENCODER, _BART_DECODER),
-    "mbart": (_BART_ENCODER, _BART_DECODER),
-    "opt": (_OPT,),  # only when word_embed_proj_dim == hidden_size
-    "distilbert": (_DISTILBERT,),
-    "clip_text_model": (_CLIP_TEXT,),
-    "gpt2": (_GPT2,),
-}
-
-
-def plans_for(model) -> tuple[BlockPlan, ...]:
+def plans_for(model) -> tuple[bb.BlockPlan, ...]:
     """The pruning plan of an LSTModel's backbone, one per stack.
 
     Raises:
         UnsupportedModelError: the family has no plan, or its side blocks are not native.
     """
-    config = model.backbone.config
-    model_type = config.model_type
     if any(p.is_meta for p in model.backbone.parameters()):
         raise UnsupportedModelError("the backbone's weights are on the meta device (not loaded)")
     if model.side_blocks != "native":
         raise UnsupportedModelError(
-            f"generic side blocks have no backbone twin to prune from ({model_type})")
-    if model_type in ("t5", "mt5"):
-        gated = getattr(config, "is_gated_act", False) or model_type == "mt5"
-        return (_T5_GATED_ENCODER, _T5_GATED_DECODER) if gated else (_T5_ENCODER, _T5_DECODER)
-    if model_type not in PLANS:
-        raise UnsupportedModelError(f"no pruning plan for model_type {model_type!r}")
-    return PLANS[model_type]
+            f"generic side blocks have no backbone twin to prune from "
+            f"({model.backbone.config.model_type})")
+    return bb.prune_plans(model.backbone, model.family)
 
 
 # ---- importance ---------------------------------------------------------------------------------
@@ -301,7 +207,7 @@ def _task_loss(model, example: dict) -> torch.Tensor:
             inputs["decoder_attention_mask"] = inputs.get("attention_mask")
     hidden = backbone.base_model(**inputs, return_dict=True).last_hidden_state  # (1, t, d)
     if task in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):  # bare model: its tied input embedding is the head
-        _, _, scale = bb.lm_head(backbone)
+        _, _, scale = bb.lm_head(backbone, model.family)
         logits = F.linear(hidden * scale, backbone.get_input_embeddings().weight)  # (1, t, vocab)
         if task == "CAUSAL_LM":
             logits, labels = logits[:, :-1], labels[:, 1:]
@@ -446,7 +352,7 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
     return indices
 
 
-def _out_features(block: nn.Module, path: str, plan: BlockPlan) -> int:
+def _out_features(block: nn.Module, path: str, plan: bb.BlockPlan) -> int:
     return bb.get_path(block, path).weight.shape[1 if plan.conv1d else 0]
 
 
