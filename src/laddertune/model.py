@@ -263,15 +263,14 @@ class LSTModel(nn.Module):
         with frozen(self.backbone):
             out = stack(**inputs, **(backbone_extra or {}), **cache_kwargs,
                         output_hidden_states=True, return_dict=True)
-        ladder.backbone_hiddens = out.hidden_states        # L+1 tensors of (b, t, d)
-        try:
-            if self.side_blocks == "generic":   # no cache: generation recomputes
-                return side_stack(**inputs), None, out.last_hidden_state
-            if cache_kwargs:
-                cache_kwargs["cache"] = side_cache
+        states = out.hidden_states                                  # L+1 tensors of (b, t, d)
+        if self.side_blocks == "generic":   # no cache: generation recomputes
+            side_hidden = side_stack(states, inputs.get("attention_mask"))
+            return side_hidden, None, out.last_hidden_state
+        if cache_kwargs:
+            cache_kwargs["cache"] = side_cache
+        with ladder.reading(states):
             side_out = side_stack(**inputs, **(side_extra or {}), **cache_kwargs, return_dict=True)
-        finally:
-            ladder.backbone_hiddens = None
         new_cache = (out.cache, side_out.cache) if use_cache else None
         return side_out.last_hidden_state, new_cache, out.last_hidden_state
 

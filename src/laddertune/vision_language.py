@@ -131,12 +131,9 @@ class LSTVisionLanguageModel(nn.Module):
             out = encoder(inputs_embeds=embeds.detach().to(text.dtype), attention_mask=mask,
                           output_hidden_states=True, return_dict=True)
         # hidden_states[0] is embeds itself: give the ladder the copy that keeps its gradient
-        ladder.backbone_hiddens = (embeds, *out.hidden_states[1:])
-        try:
-            side = side_encoder(inputs_embeds=ladder.first(), attention_mask=mask,
+        with ladder.reading((embeds, *out.hidden_states[1:])):
+            side = side_encoder(inputs_embeds=ladder.first(embeds), attention_mask=mask,
                                 return_dict=True)                            # (b, p + t, d/r)
-        finally:
-            ladder.backbone_hiddens = None
         return out.last_hidden_state, side.last_hidden_state
 
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens: int = 20,
