@@ -292,3 +292,40 @@ def test_t5_base_shape_trains_the_papers_share_of_parameters():
     share = 100 * trainable / (total - trainable)   # of the backbone, as the paper counts
     assert abs(share - 1.74) < 0.2
     assert len(model.side_stacks[1].block) == 9
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+def test_default_side_init_falls_back_when_rotary_heads_cannot_be_pruned(model_type, caplog):
+    """Head size 8 and r = 8 leave side heads of one dim: no rotary pair to keep."""
+    backbone = tiny_backbone(model_type)
+    with caplog.at_level(logging.WARNING, logger="laddertune"):
+        model = get_lst_model(backbone, LSTConfig(reduction_factor=8))
+    assert model.prune_indices is None
+    warnings = [r for r in caplog.records if "start random" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    assert torch.isfinite(model(**tiny_inputs(model_type)).logits).all()
+    for side_init in ("magnitude", "fisher"):
+        with pytest.raises(LSTConfigError, match="side_init='random'") as err:
+            get_lst_model(backbone, LSTConfig(reduction_factor=8, side_init=side_init),
+                          init_data=[{**tiny_inputs(model_type), "labels": torch.ones(4).long()}])
+        assert "\n" not in str(err.value) and "reduction_factor" in str(err.value)
+
+
+def test_a_failed_pruning_leaves_the_side_network_as_built(monkeypatch):
+    """Values are computed before any is copied: a late failure leaves no half-pruned side."""
+    from laddertune import prune
+    from laddertune.errors import UnsupportedModelError
+
+    backbone = tiny_backbone("bert")
+    torch.manual_seed(0)
+    random_side = get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="random"))
+
+    def fail(model, indices):
+        raise UnsupportedModelError("a side parameter has no backbone twin")
+
+    monkeypatch.setattr(prune, "pruned_values", fail)
+    torch.manual_seed(0)
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=R))
+    for (name, value), expected in zip(model.state_dict().items(),
+                                       random_side.state_dict().values()):
+        assert torch.equal(value, expected), name

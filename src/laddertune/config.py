@@ -55,7 +55,8 @@ class LSTConfig:
         side_init: How side blocks start: ``magnitude`` (the default: backbone blocks pruned to
             width d/r, ranked by weight magnitude), ``fisher`` (ranked by the summed squared
             gradients of the task loss on ``init_data``, as the paper does) or ``random``.
-            Left at its default, a family pruning cannot handle starts random with a warning.
+            Left at its default, a backbone pruning cannot handle (no plan for its blocks, generic
+            side blocks, side heads too small to keep rotary pairs) starts random with a warning.
         prune_samples: Examples used to estimate Fisher importance when ``side_init="fisher"``.
         dropout: Dropout inside the side network and before the task head.
         pooling: ``first``, ``last``, ``mean`` or ``auto`` (the mean of non-padding tokens for
@@ -107,8 +108,9 @@ class LSTConfig:
         metadata={"help": "How side blocks start: 'magnitude' (default; backbone blocks pruned "
                           "to width d/r keeping the largest weights), 'fisher' (pruned by "
                           "gradient importance on init_data, as the paper does; needs data) or "
-                          "'random'. The default falls back to random, with a warning, for "
-                          "families pruning does not support."},
+                          "'random'. The default falls back to random, with a one-line warning, "
+                          "where pruning cannot build the side blocks; a value you set raises "
+                          "there instead."},
     )
     prune_samples: int = field(
         default=1024,

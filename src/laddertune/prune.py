@@ -72,7 +72,12 @@ def plans_for(model) -> tuple[bb.BlockPlan, ...]:
         raise UnsupportedModelError(
             f"generic side blocks have no backbone twin to prune from "
             f"({model.backbone.config.model_type})")
-    return bb.prune_plans(model.backbone, model.family)
+    plans = bb.prune_plans(model.backbone, model.family)
+    for stack_index, plan in enumerate(plans):
+        if plan.rotary:   # the side head size must pair with the backbone's frequencies
+            head_dim = _head_dim(model.backbone.config, model.width, stack_index)
+            rotary_dims(head_dim, head_dim // model.config.reduction_factor)
+    return plans
 
 
 # ---- importance ---------------------------------------------------------------------------------
@@ -291,8 +296,8 @@ def rotary_dims(head_dim: int, keep: int) -> torch.Tensor:
     """
     if keep % 2 or head_dim % keep:
         raise UnsupportedModelError(
-            f"rotary heads of size {head_dim} cannot be pruned to {keep} dims (need an even "
-            "divisor of the head size); use another reduction_factor or side_init='random'")
+            f"rotary heads of size {head_dim} cannot be pruned to {keep} dims: that needs an "
+            "even divisor of the head size, which another reduction_factor may give")
     r = head_dim // keep
     first = torch.arange(keep // 2) * r                          # (keep/2,) first-half dims
     return torch.cat([first, first + head_dim // 2])             # (keep,)
@@ -370,10 +375,15 @@ def _head_dim(config, width: int, stack_index: int) -> int:
 # ---- copying the pruned weights -----------------------------------------------------------------
 
 @torch.no_grad()
-def copy_pruned(model, indices: PruneIndices) -> None:
-    """Overwrite every side block and side stack parameter with its pruned backbone twin."""
+def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Every side block and side stack parameter with the pruned backbone twin it starts from.
+
+    Raises:
+        UnsupportedModelError: a side parameter is not a cut of a backbone twin.
+    """
     plans = plans_for(model)
     hidden = indices.hidden
+    values = []
     for s, (stack, side_stack, plan) in enumerate(zip(model.stacks, model.side_stacks, plans)):
         blocks = bb.get_path(stack, model.family.layers)
         side_blocks = bb.get_path(side_stack, model.family.layers)
@@ -410,7 +420,7 @@ def copy_pruned(model, indices: PruneIndices) -> None:
                         value = _take(twin, rows, 0)
                 else:
                     value = _prune_by_width(twin, side_param.shape, hidden, model.width, name)
-                side_param.copy_(value)
+                values.append((side_param, value))
         # stack-level side parameters: final norms, BART's position table and embedding norm
         twins = dict(stack.named_parameters())
         for name, side_param in side_stack.named_parameters():
@@ -418,8 +428,9 @@ def copy_pruned(model, indices: PruneIndices) -> None:
                 continue
             if name not in twins:
                 raise UnsupportedModelError(f"side parameter {name} has no backbone twin")
-            side_param.copy_(_prune_by_width(twins[name], side_param.shape, hidden, model.width,
-                                             name))
+            values.append((side_param, _prune_by_width(twins[name], side_param.shape, hidden,
+                                                       model.width, name)))
+    return values
 
 
 def _take(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -447,8 +458,10 @@ def _prune_by_width(twin: torch.Tensor, side_shape: torch.Size, hidden: torch.Te
 def init_side_from_backbone(model, init_data=None) -> PruneIndices | None:
     """Initialise `model`'s side blocks by pruning its backbone (`config.side_init`).
 
-    With the default side_init (magnitude, not chosen by the user), a family pruning cannot
+    With the default side_init (magnitude, not chosen by the user), a backbone pruning cannot
     handle keeps its random side blocks and logs a warning; a side_init the user chose raises.
+    Every pruned value is computed before the first is copied, so a failure leaves the side
+    network as it was built.
 
     Raises:
         LSTConfigError: side_init was set explicitly for a backbone pruning cannot handle.
@@ -457,6 +470,12 @@ def init_side_from_backbone(model, init_data=None) -> PruneIndices | None:
     config = model.config
     try:
         weights = ranked_weights(model)
+        if config.side_init == "fisher":
+            importance = fisher_importance(model, init_data, config.prune_samples, weights)
+        else:
+            importance = magnitude_importance(weights)
+        indices = choose_indices(model, importance)
+        values = pruned_values(model, indices)
     except UnsupportedModelError as err:
         if getattr(config.side_init, "is_default", False):
             logger.warning("laddertune: side blocks of %s start random: cannot prune (%s)",
@@ -465,11 +484,8 @@ def init_side_from_backbone(model, init_data=None) -> PruneIndices | None:
         raise LSTConfigError(
             f"side_init={str(config.side_init)!r} cannot prune this backbone ({err}); "
             "use side_init='random'") from None
-    if config.side_init == "fisher":
-        importance = fisher_importance(model, init_data, config.prune_samples, weights)
-    else:
-        importance = magnitude_importance(weights)
-    indices = choose_indices(model, importance)
-    copy_pruned(model, indices)
+    with torch.no_grad():
+        for side_param, value in values:
+            side_param.copy_(value)
     model.prune_indices = indices
     return indices
