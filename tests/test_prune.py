@@ -47,8 +47,32 @@ _BART_DEC = {**_BART_ENC, "encoder_attn.q_proj": ("q1", "hidden"),
              "encoder_attn.out_proj": ("hidden", "o1")}
 _GPT2 = {"attn.c_attn": ("qkv0", "hidden"), "attn.c_proj": ("hidden", "o0"),
          "mlp.c_fc": ("ffn", "hidden"), "mlp.c_proj": ("hidden", "ffn")}
+_MPNET = {"attention.attn.q": ("q0", "hidden"), "attention.attn.k": ("k0", "hidden"),
+          "attention.attn.v": ("v0", "hidden"), "attention.attn.o": ("hidden", "o0"),
+          "intermediate.dense": ("ffn", "hidden"), "output.dense": ("hidden", "ffn")}
+# DeBERTa's relative-position projections meet q and k: they keep the q/k rows
+_DEBERTA = {"attention.self.query_proj": ("q0", "hidden"),
+            "attention.self.key_proj": ("k0", "hidden"),
+            "attention.self.value_proj": ("v0", "hidden"),
+            "attention.self.pos_key_proj": ("q0", "hidden"),
+            "attention.self.pos_query_proj": ("q0", "hidden"),
+            "attention.output.dense": ("hidden", "o0"),
+            "intermediate.dense": ("ffn", "hidden"), "output.dense": ("hidden", "ffn")}
+_VIT = {"attention.q_proj": ("q0", "hidden"), "attention.k_proj": ("k0", "hidden"),
+        "attention.v_proj": ("v0", "hidden"), "attention.o_proj": ("hidden", "o0"),
+        "mlp.fc1": ("ffn", "hidden"), "mlp.fc2": ("hidden", "ffn")}
+_CLIP = {"self_attn.q_proj": ("q0", "hidden"), "self_attn.k_proj": ("k0", "hidden"),
+         "self_attn.v_proj": ("v0", "hidden"), "self_attn.out_proj": ("hidden", "o0"),
+         "mlp.fc1": ("ffn", "hidden"), "mlp.fc2": ("hidden", "ffn")}
+# GPT-NeoX fuses q, k, v per head: rows [q_h | k_h | v_h] for every head h
+_NEOX = {"attention.query_key_value": ("qkv_per_head0", "hidden"),
+         "attention.dense": ("hidden", "o0"),
+         "mlp.dense_h_to_4h": ("ffn", "hidden"), "mlp.dense_4h_to_h": ("hidden", "ffn")}
 LINEARS = {"bert": [_BERT], "llama": [_LLAMA], "t5": [_T5_ENC, _T5_DEC],
-           "bart": [_BART_ENC, _BART_DEC], "gpt2": [_GPT2]}
+           "bart": [_BART_ENC, _BART_DEC], "gpt2": [_GPT2], "mpnet": [_MPNET],
+           "deberta-v2": [_DEBERTA], "vit": [_VIT], "clip_vision_model": [_CLIP],
+           "gpt_neox": [_NEOX], "gemma": [_LLAMA]}
+HEAD_DIM = 8   # every tiny model: width 32, heads of 8
 
 
 def _index(kind, indices, stack, layer, width):
@@ -57,19 +81,28 @@ def _index(kind, indices, stack, layer, width):
     if kind == "ffn":
         return indices.ffn[stack, layer]
     head = indices.heads[stack, layer, int(kind[-1])]
+    if kind.startswith("qkv_per_head"):
+        rows = []
+        for h in range(width // HEAD_DIM):
+            start = 3 * HEAD_DIM * h
+            for part, kept in enumerate((head.q, head.k, head.v)):
+                dims = kept.view(width // HEAD_DIM, -1)[h] - HEAD_DIM * h   # dims inside head h
+                rows.append(start + part * HEAD_DIM + dims)
+        return torch.cat(rows)
     if kind.startswith("qkv"):   # GPT-2's fused c_attn: q, k, v stacked along the outputs
         return torch.cat([head.q, head.k + width, head.v + 2 * width])
     return getattr(head, kind[0])
 
 
-def _hidden_cut(tensor, indices, width):
-    for dim, size in enumerate(tensor.shape):
-        if size == width:
+def _hidden_cut(tensor, side_shape, indices):
+    """Cut every dim that shrank with the hidden index (norms, position tables)."""
+    for dim, (size, side_size) in enumerate(zip(tensor.shape, side_shape)):
+        if size != side_size:
             tensor = tensor.index_select(dim, indices.hidden)
     return tensor
 
 
-@pytest.mark.parametrize("model_type", ["bert", "llama", "t5", "bart", "gpt2"])
+@pytest.mark.parametrize("model_type", sorted(LINEARS))
 def test_every_side_weight_is_the_backbone_submatrix_at_the_chosen_indices(model_type):
     backbone = tiny_backbone(model_type)
     config = LSTConfig(task_type="FEATURE_EXTRACTION", reduction_factor=R, side_init="magnitude",
@@ -100,13 +133,13 @@ def test_every_side_weight_is_the_backbone_submatrix_at_the_chosen_indices(model
                 elif "relative_attention_bias" in name:   # T5: copied whole from block 0
                     expected = dict(blocks[0].named_parameters())[name]
                 else:                                     # norms
-                    expected = _hidden_cut(twins[name], indices, width)
+                    expected = _hidden_cut(twins[name], side_param.shape, indices)
                 assert torch.equal(side_param, expected), name
                 checked += 1
         for name, side_param in side_stack.named_parameters():   # final norms, positions
             if not name.startswith(layers_path + "."):
                 twin = dict(stack.named_parameters())[name]
-                assert torch.equal(side_param, _hidden_cut(twin, indices, width)), name
+                assert torch.equal(side_param, _hidden_cut(twin, side_param.shape, indices)), name
                 checked += 1
     assert checked == sum(1 for _ in model.side_model.parameters())
 
@@ -264,7 +297,7 @@ def test_fisher_without_init_data_raises():
 
 
 def test_default_falls_back_to_random_on_unsupported_families_but_explicit_raises(caplog):
-    backbone = tiny_backbone("vit")
+    backbone = tiny_backbone("electra")   # embeddings of 16 dims cannot rank 32 hidden dims
     with caplog.at_level(logging.WARNING, logger="laddertune"):
         model = get_lst_model(backbone, LSTConfig(reduction_factor=R))
     assert model.config.side_init == "magnitude"
@@ -329,3 +362,58 @@ def test_a_failed_pruning_leaves_the_side_network_as_built(monkeypatch):
     for (name, value), expected in zip(model.state_dict().items(),
                                        random_side.state_dict().values()):
         assert torch.equal(value, expected), name
+
+
+def test_gpt_neox_side_heads_keep_fused_rows_and_partial_rotary_frequencies():
+    """GPT-NeoX, half of each head rotating, r = 2: side heads of 4 dims, 2 of them rotating.
+
+    The side query_key_value keeps, per head, its q, k and v rows; the side rotary embedding on
+    them equals the backbone's on the full head, cut to the kept dims (rotating pair 0 at the
+    same frequency, then dims that do not rotate).
+    """
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb as neox_rope
+
+    torch.manual_seed(0)
+    backbone = tiny_backbone("gpt_neox", rotary_pct=0.5)
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=2, side_init="magnitude",
+                                              side_layers=[2]))
+    attention = backbone.layers[2].attention
+    side_attention = model.side_model.layers[0].attention
+    head = model.prune_indices.heads[0, 2, 0]
+    dims = head.q.view(4, 4) - 8 * torch.arange(4)[:, None]              # (heads, 4) in a head
+    assert torch.equal(dims[:, :2], torch.tensor([[0, 2]] * 4))          # rotating pair 0
+    assert (dims[:, 2:] >= 4).all()                                      # dims that do not rotate
+    x = torch.randn(1, 5, 32)
+    positions = torch.tensor([[0, 1, 7, 30, 63]])
+
+    def split(qkv, head_size):                     # (1, t, h * 3 * dh) -> 3 x (1, h, t, dh)
+        return qkv.view(1, 5, 4, 3 * head_size).transpose(1, 2).chunk(3, dim=-1)
+
+    q, k, _ = split(attention.query_key_value(x), 8)
+    full_q, full_k = neox_rope(q, k, *backbone.rotary_emb(x, positions))
+    fused = attention.query_key_value
+    rows = _index("qkv_per_head0", model.prune_indices, 0, 2, 32)
+    assert torch.equal(side_attention.query_key_value.bias, fused.bias[rows])
+    side_q, side_k, _ = split(F.linear(x, fused.weight[rows], fused.bias[rows]), 4)
+    got_q, got_k = neox_rope(side_q, side_k, *model.side_model.rotary_emb(x, positions))
+    for h in range(4):
+        torch.testing.assert_close(got_q[:, h], full_q[:, h][..., dims[h]])
+        torch.testing.assert_close(got_k[:, h], full_k[:, h][..., dims[h]])
+
+
+def test_vision_hidden_dims_are_ranked_by_the_patch_projection():
+    backbone = tiny_backbone("vit")
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="magnitude"))
+    projection = backbone.embeddings.patch_embeddings.projection.weight   # (d, 3, 4, 4)
+    expected = torch.topk(projection.abs().sum((1, 2, 3)), 32 // R).indices.sort().values
+    assert torch.equal(model.prune_indices.hidden, expected)
+
+
+def test_unlisted_families_prune_from_their_structure():
+    """MPNet (encoder, relative bias) and Gemma (rotary, grouped-query) have no entry."""
+    from laddertune.backbones import FAMILIES
+
+    for model_type in ("mpnet", "gemma"):
+        assert model_type not in FAMILIES
+        model = get_lst_model(tiny_backbone(model_type), LSTConfig(reduction_factor=R))
+        assert model.prune_indices is not None, model_type

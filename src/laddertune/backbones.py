@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+import re
+import sys
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .errors import LSTConfigError, UnsupportedModelError
 
@@ -28,65 +30,31 @@ ENCODER, DECODER, ENCODER_DECODER, VISION = "encoder", "decoder", "encoder-decod
 
 # ---- how a block is pruned (see laddertune.prune) ------------------------------------------------
 
+STACKED, PER_HEAD = "stacked", "per_head"   # layouts of a fused q/k/v linear
+
+
 @dataclass(frozen=True)
 class Attention:
-    """Paths (inside a block) of one attention module's four linears."""
+    """Paths (inside a block) of one attention module's linears."""
 
     q: str
     k: str
     v: str
     o: str
+    fused: str | None = None       # q, k, v are one linear: STACKED [q | k | v] or PER_HEAD
+    position: tuple[str, ...] = ()  # relative-position projections to q/k rows (DeBERTa)
 
 
 @dataclass(frozen=True)
 class BlockPlan:
     """How one stack's blocks are pruned. Paths are relative to the stack or the block."""
 
-    embedding: str                       # stack path of the token embedding (ranks hidden dims)
+    embedding: str                       # stack path of the module whose weight ranks hidden dims
     attentions: tuple[Attention, ...]    # self-attention, then cross-attention in decoders
     ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
     ffn_out: str                         # the linear back to the model width
     rotary: bool = False                 # rotary embedding: q, k keep fixed pairs
     conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
-
-    def fused_qkv(self, attention: Attention) -> bool:
-        return attention.q == attention.k == attention.v
-
-
-_BERT_PLAN = BlockPlan(
-    "embeddings.word_embeddings",
-    (Attention("attention.self.query", "attention.self.key", "attention.self.value",
-               "attention.output.dense"),),
-    ("intermediate.dense",), "output.dense")
-_LLAMA_PLAN = BlockPlan(
-    "embed_tokens",
-    (Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),),
-    ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", rotary=True)
-_BART_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                       "self_attn.out_proj")
-_BART_CROSS = Attention("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj",
-                        "encoder_attn.out_proj")
-_BART_PLANS = (BlockPlan("embed_tokens", (_BART_SELF,), ("fc1",), "fc2"),
-               BlockPlan("embed_tokens", (_BART_SELF, _BART_CROSS), ("fc1",), "fc2"))
-_T5_SELF = Attention("layer.0.SelfAttention.q", "layer.0.SelfAttention.k",
-                     "layer.0.SelfAttention.v", "layer.0.SelfAttention.o")
-_T5_CROSS = Attention("layer.1.EncDecAttention.q", "layer.1.EncDecAttention.k",
-                      "layer.1.EncDecAttention.v", "layer.1.EncDecAttention.o")
-
-
-def _t5_plans(config) -> tuple[BlockPlan, BlockPlan]:
-    """T5 v1.1 and mT5 gate their feed-forward: wi_0 (gate) and wi_1 (up) both make it."""
-    wi = ("wi_0", "wi_1") if config.is_gated_act else ("wi",)
-    return (BlockPlan("embed_tokens", (_T5_SELF,),
-                      tuple(f"layer.1.DenseReluDense.{name}" for name in wi),
-                      "layer.1.DenseReluDense.wo"),
-            BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS),
-                      tuple(f"layer.2.DenseReluDense.{name}" for name in wi),
-                      "layer.2.DenseReluDense.wo"))
-
-
-_OPT_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                      "self_attn.out_proj")
 
 
 # ---- the families -------------------------------------------------------------------------------
@@ -101,9 +69,9 @@ class Family:
     # 96.0% against 94.3% for the first token at the same budget), the "first" token (vision
     # models' CLS) or the "last" non-padding one (decoders)
     pooling: str = "mean"
-    # pruning plan per stack ([encoder, decoder] for encoder-decoder models), or a function of
-    # the config giving it (T5's feed-forward is gated in v1.1); None: pruning starts random
-    prune_plans: tuple[BlockPlan, ...] | Callable[..., tuple[BlockPlan, ...]] | None = None
+    # layout of a fused q/k/v linear, which shapes cannot tell: GPT-2's c_attn is STACKED
+    # [q | k | v], GPT-NeoX's query_key_value PER_HEAD [q_h | k_h | v_h] for each head h
+    fused_qkv: str | None = None
     # config key of the number of learned absolute positions, the longest input accepted;
     # None: read off the position-embedding module (see `max_positions`)
     max_positions_key: str | None = None
@@ -113,39 +81,32 @@ class Family:
     towers: tuple[str, ...] = ()
 
 
-_BERT_LIKE = Family(ENCODER, "encoder.layer", "embeddings", ("pooler",), prune_plans=(_BERT_PLAN,),
+_BERT_LIKE = Family(ENCODER, "encoder.layer", "embeddings", ("pooler",),
                     max_positions_key="max_position_embeddings")
-_LLAMA_LIKE = Family(DECODER, "layers", "embed_tokens", pooling="last",
-                     prune_plans=(_LLAMA_PLAN,), relative_positions=True)
-_T5_LIKE = Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last", prune_plans=_t5_plans,
+_LLAMA_LIKE = Family(DECODER, "layers", "embed_tokens", pooling="last", relative_positions=True)
+_T5_LIKE = Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last",
                   relative_positions=True, scales_tied_head=True)
 _BART_LIKE = Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last",
-                    prune_plans=_BART_PLANS, max_positions_key="max_position_embeddings")
+                    max_positions_key="max_position_embeddings")
 
 FAMILIES: dict[str, Family] = {
     "bert": _BERT_LIKE,
     # RoBERTa counts positions from its padding id + 1: read off the position embedding
     "roberta": dataclasses.replace(_BERT_LIKE, max_positions_key=None),
-    # ELECTRA's plan ranks hidden dims by its embedding, so only when embedding_size == hidden
     "electra": _BERT_LIKE,
     # DeBERTa-v2 has absolute positions only with position_biased_input: read off the structure
     "deberta-v2": Family(ENCODER, "encoder.layer", "embeddings", ("pooler",)),
-    "distilbert": Family(ENCODER, "transformer.layer", "embeddings", prune_plans=(BlockPlan(
-        "embeddings.word_embeddings",
-        (Attention("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),),
-        ("ffn.lin1",), "ffn.lin2"),), max_positions_key="max_position_embeddings"),
-    # GPT-2: Conv1D weights are stored (in, out), and q, k, v are one fused c_attn of 3d outputs
-    "gpt2": Family(DECODER, "h", "wte", pooling="last", prune_plans=(BlockPlan(
-        "wte", (Attention("attn.c_attn", "attn.c_attn", "attn.c_attn", "attn.c_proj"),),
-        ("mlp.c_fc",), "mlp.c_proj", conv1d=True),), max_positions_key="n_positions"),
+    "distilbert": Family(ENCODER, "transformer.layer", "embeddings",
+                         max_positions_key="max_position_embeddings"),
+    "gpt2": Family(DECODER, "h", "wte", pooling="last", max_positions_key="n_positions",
+                   fused_qkv=STACKED),
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
-    # OPT's plan ranks hidden dims by its embedding, so only when word_embed_proj_dim == hidden
     "opt": Family(DECODER, "decoder.layers", "decoder.embed_tokens", pooling="last",
-                  prune_plans=(BlockPlan("decoder.embed_tokens", (_OPT_SELF,), ("fc1",), "fc2"),),
                   max_positions_key="max_position_embeddings"),
-    "gpt_neox": Family(DECODER, "layers", "embed_in", pooling="last", relative_positions=True),
+    "gpt_neox": Family(DECODER, "layers", "embed_in", pooling="last", relative_positions=True,
+                       fused_qkv=PER_HEAD),
     "t5": _T5_LIKE,
     "mt5": _T5_LIKE,
     "bart": _BART_LIKE,
@@ -154,8 +115,6 @@ FAMILIES: dict[str, Family] = {
     "clip_vision_model": Family(VISION, "encoder.layers", "embeddings", ("post_layernorm",),
                                 pooling="first"),
     "clip_text_model": Family(ENCODER, "encoder.layers", "embeddings", pooling="last",
-                              prune_plans=(BlockPlan("embeddings.token_embedding", (_OPT_SELF,),
-                                                     ("mlp.fc1",), "mlp.fc2"),),
                               max_positions_key="max_position_embeddings"),
     "clip": Family(ENCODER, "", "", towers=("CLIPVisionModel", "CLIPTextModel")),
 }
@@ -373,16 +332,138 @@ def lm_head(backbone, family: Family) -> tuple[torch.Tensor, torch.Tensor | None
 
 
 def prune_plans(backbone, family: Family) -> tuple[BlockPlan, ...]:
-    """The family's pruning plan for this backbone, one per stack.
+    """How pruning reads each stack's blocks ([encoder, decoder] for encoder-decoder models),
+    derived from the module structure (see `block_plan`).
 
     Raises:
-        UnsupportedModelError: the family has no plan.
+        UnsupportedModelError: the structure does not tell which linear is which.
     """
-    plans = family.prune_plans
-    if plans is None:
+    width = model_width(backbone.config)
+    return tuple(block_plan(stack, family, width) for stack in backbone_stacks(backbone, family))
+
+
+def block_plan(stack: nn.Module, family: Family, width: int) -> BlockPlan:
+    """Which linear of a block is which, read off the module structure.
+
+    Attention modules are the outermost modules of a block whose class is named "...Attention":
+    their last linear is the output projection o (every family registers it last); the others
+    are q, k, v by their names (query/q, key/k, value/v), or one fused q/k/v linear laid out as
+    the family entry says. Relative-position projections named pos_... (DeBERTa) follow q and k.
+    The other linears are the feed-forward: those reading the model width make the intermediate
+    (two when gated), the one writing it goes back. Rotary embeddings are a "...Rotary..."
+    module of the stack. The token embedding (for images the patch projection's out-channels)
+    ranks the hidden dims.
+
+    Raises:
+        UnsupportedModelError: a linear has no role, or a role has no linear.
+    """
+    block = get_path(stack, family.layers)[0]
+    linears = {name: module for name, module in block.named_modules() if _is_linear(module)}
+    if not linears:
+        raise UnsupportedModelError(f"{type(block).__name__} has no linear layers to prune")
+    conv1d = {isinstance(module, Conv1D) for module in linears.values()}
+    if len(conv1d) > 1:
+        raise UnsupportedModelError(f"{type(block).__name__} mixes Linear and Conv1D layers")
+    attention_paths = _attention_modules(block)
+    if not attention_paths:
+        raise UnsupportedModelError(f"{type(block).__name__} has no module named ...Attention")
+    attentions = []
+    for path in attention_paths:
+        inside = {name: m for name, m in linears.items() if name.startswith(path + ".")}
+        attentions.append(_attention_roles(inside, family, width, type(block).__name__))
+    feed_forward = {name: m for name, m in linears.items()
+                    if not any(name.startswith(path + ".") for path in attention_paths)}
+    ffn_in = tuple(name for name, m in feed_forward.items() if _in_out(m)[0] == width)
+    ffn_out = [name for name, m in feed_forward.items() if _in_out(m)[1] == width]
+    hidden_sizes = {_in_out(feed_forward[name])[1] for name in ffn_in}
+    if (len(ffn_out) != 1 or len(ffn_in) not in (1, 2) or len(feed_forward) != len(ffn_in) + 1
+            or hidden_sizes != {_in_out(feed_forward[ffn_out[0]])[0]}):
         raise UnsupportedModelError(
-            f"no pruning plan for model_type {backbone.config.model_type!r}")
-    return plans(backbone.config) if callable(plans) else plans
+            f"cannot tell the feed-forward of {type(block).__name__} from its linears "
+            f"{sorted(feed_forward)}")
+    return BlockPlan(_ranking_embedding(stack), tuple(attentions), ffn_in, ffn_out[0],
+                     rotary=_has_rotary(stack, block), conv1d=conv1d == {True})
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def _in_out(linear: nn.Module) -> tuple[int, int]:
+    """(in, out) features of an nn.Linear, or of transformers' Conv1D (weight stored (in, out))."""
+    rows, cols = linear.weight.shape
+    return (cols, rows) if isinstance(linear, nn.Linear) else (rows, cols)
+
+
+def _attention_modules(block: nn.Module) -> list[str]:
+    """Paths of the outermost "...Attention" modules holding linears, in registration order."""
+    paths = []
+    for name, module in block.named_modules():
+        if (name and "Attention" in type(module).__name__
+                and not any(name.startswith(path + ".") for path in paths)
+                and any(_is_linear(m) for m in module.modules())):
+            paths.append(name)
+    return paths
+
+
+_ROLE_WORDS = {"q": {"q", "query"}, "k": {"k", "key"}, "v": {"v", "value"}}
+
+
+def _attention_roles(linears: dict[str, nn.Module], family: Family, width: int,
+                     block_name: str) -> Attention:
+    *inputs, o = linears
+    if _in_out(linears[o])[1] != width:
+        raise UnsupportedModelError(
+            f"the last linear {o} of an attention in {block_name} does not write the model width")
+    if len(inputs) == 1:
+        if family.fused_qkv is None:
+            raise UnsupportedModelError(
+                f"{inputs[0]} fuses q, k and v in a layout the shapes do not tell; set fused_qkv "
+                "in the family's entry in laddertune/backbones.py")
+        return Attention(inputs[0], inputs[0], inputs[0], o, fused=family.fused_qkv)
+    roles: dict[str, str] = {}
+    position = []
+    for name in inputs:
+        words = set(re.split(r"[._]", name.rsplit(".", 1)[-1].lower()))
+        matched = [role for role, names in _ROLE_WORDS.items() if words & names]
+        if len(matched) != 1 or (matched[0] in roles and "pos" not in words):
+            raise UnsupportedModelError(
+                f"cannot tell whether {name} in {block_name} is q, k or v from its name")
+        if "pos" in words:
+            position.append(name)
+        else:
+            roles[matched[0]] = name
+    if set(roles) != set(_ROLE_WORDS):
+        raise UnsupportedModelError(f"an attention in {block_name} lacks one of q, k, v")
+    return Attention(roles["q"], roles["k"], roles["v"], o, position=tuple(position))
+
+
+def _ranking_embedding(stack: nn.Module) -> str:
+    """Stack path of the token embedding, or of an image model's patch projection."""
+    embedding = stack.get_input_embeddings() if hasattr(stack, "get_input_embeddings") else None
+    if embedding is not None and not isinstance(embedding, nn.Embedding):
+        embedding = next((m for m in embedding.modules() if isinstance(m, nn.Conv2d)), None)
+    path = next((name for name, m in stack.named_modules() if m is embedding and name), None)
+    if path is None:
+        raise UnsupportedModelError(
+            f"{type(stack).__name__} has no token embedding or patch projection to rank the "
+            "hidden dims by")
+    return path
+
+
+def _has_rotary(stack: nn.Module, block: nn.Module) -> bool:
+    """Whether the stack rotates q and k, in transformers' rotate_half pairing (dims i, i + d/2).
+
+    Raises:
+        UnsupportedModelError: a rotary embedding of another pairing (GPT-J's adjacent pairs).
+    """
+    if not any("Rotary" in type(m).__name__ for m in stack.modules()):
+        return False
+    modeling = sys.modules[type(block).__module__]
+    if not hasattr(modeling, "rotate_half"):
+        raise UnsupportedModelError(
+            f"{type(block).__name__} rotates q and k by a pairing other than rotate_half")
+    return True
 
 
 def max_positions(backbone) -> int | None:
