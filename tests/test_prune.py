@@ -287,8 +287,14 @@ def test_fisher_for_classification_uses_labels_and_prune_samples():
     zeros, ones = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
     assert importance(zeros).sum() > 0
     assert not torch.equal(importance(zeros), importance(ones))
+    # with prune_samples=2 the labels of the two examples left out of the sample do not count
+    from laddertune.prune import sample_examples
+    numbered = [{**inputs, "labels": torch.arange(4)}]
+    sampled = [int(e["labels"]) for e in sample_examples(numbered, 2, model.config.prune_seed)]
+    left_out = torch.tensor([i not in sampled for i in range(4)])
     torch.testing.assert_close(importance(zeros, samples=2),
-                               importance(torch.tensor([0, 0, 1, 1]), samples=2))
+                               importance(left_out.long(), samples=2))
+    assert not torch.allclose(importance(zeros), importance(left_out.long()))
 
 
 def test_fisher_without_init_data_raises():
@@ -417,3 +423,39 @@ def test_unlisted_families_prune_from_their_structure():
         assert model_type not in FAMILIES
         model = get_lst_model(tiny_backbone(model_type), LSTConfig(reduction_factor=R))
         assert model.prune_indices is not None, model_type
+
+
+def test_fisher_examples_are_a_seeded_uniform_sample_of_all_of_init_data():
+    """The reference shuffles its loader: the sample reaches past the first prune_samples."""
+    from laddertune.prune import sample_examples
+
+    data = [{"input_ids": torch.arange(10)[:, None] + 3, "labels": torch.arange(10)}]
+
+    def drawn(seed):
+        return sorted(int(e["labels"]) for e in sample_examples(data, 3, seed))
+
+    assert drawn(0) == drawn(0) and len(set(drawn(0))) == 3
+    counts = torch.zeros(10)
+    for seed in range(300):
+        counts[drawn(seed)] += 1
+    assert counts.min() > 50 and counts.max() < 130          # 90 each if uniform
+    everything = sample_examples(data, 20, 0)                # fewer than asked: all, shuffled
+    assert sorted(int(e["labels"]) for e in everything) == list(range(10))
+    assert [int(e["labels"]) for e in everything] != list(range(10))
+
+
+def test_fisher_uses_the_sampled_examples_and_prune_seed():
+    from laddertune.prune import sample_examples
+
+    backbone = tiny_backbone("bert")
+    embedding = backbone.embeddings.word_embeddings.weight
+    inputs = tiny_inputs("bert", batch=8)
+    data = [{**inputs, "labels": torch.tensor([0, 1] * 4)}]
+
+    def importance(seed, examples=data, samples=2):
+        model = get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="random",
+                                                  prune_seed=seed))
+        return fisher_importance(model, examples, samples)[embedding]
+
+    torch.testing.assert_close(importance(0), importance(0, sample_examples(data, 2, 0)))
+    assert not torch.allclose(importance(0), importance(1))

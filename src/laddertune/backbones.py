@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -79,13 +80,34 @@ class Family:
     scales_tied_head: bool = False     # T5: output times d_model^-0.5 before a tied LM head
     # a model of two towers (CLIP): the side network tunes one, so these classes are asked for
     towers: tuple[str, ...] = ()
+    # the side layers the reference code kept for this checkpoint, in every stack (a function of
+    # the config giving None for checkpoints it never ran: those use default_side_layers)
+    reference_side_layers: Callable[..., list[int] | None] | None = None
+
+
+# The reference code picks the side layers per checkpoint: one script each,
+# seq2seq/scripts/ladder_side_tuning_{base,large,3b}.sh, the same list for encoder and decoder.
+# Checkpoints are told apart by shape, (layers, d_model, d_ff, heads), as a name may be a folder.
+_T5_REFERENCE_SIDE_LAYERS = {
+    (12, 768, 3072, 12): [1, 2, 3, 5, 6, 7, 9, 10, 11],   # t5-base: drop 0, 4, 8
+    (24, 1024, 4096, 16): list(range(1, 24, 2)),          # t5-large: the odd layers, 12 of 24
+    (24, 1024, 16384, 32): [23],                          # t5-3b: the last layer only
+}
+
+
+def _t5_reference_side_layers(config) -> list[int] | None:
+    shape = (config.num_layers, config.d_model, config.d_ff, config.num_heads)
+    if config.num_decoder_layers != config.num_layers:
+        return None
+    return _T5_REFERENCE_SIDE_LAYERS.get(shape)
 
 
 _BERT_LIKE = Family(ENCODER, "encoder.layer", "embeddings", ("pooler",),
                     max_positions_key="max_position_embeddings")
 _LLAMA_LIKE = Family(DECODER, "layers", "embed_tokens", pooling="last", relative_positions=True)
 _T5_LIKE = Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last",
-                  relative_positions=True, scales_tied_head=True)
+                  relative_positions=True, scales_tied_head=True,
+                  reference_side_layers=_t5_reference_side_layers)
 _BART_LIKE = Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last",
                     max_positions_key="max_position_embeddings")
 
@@ -229,7 +251,7 @@ def num_layers(stack: nn.Module, family: Family) -> int:
 
 
 def reduced_config(config, reduction_factor: int, encoder_layers: list[int],
-                   decoder_layers: list[int] | None, dropout: float):
+                   decoder_layers: list[int] | None, dropout: float, attention_dropout: float):
     """A copy of the backbone config at width d/r with one block per kept backbone layer.
 
     Heads keep their number (as in the paper) and shrink in size; the vocabulary shrinks to two
@@ -273,9 +295,9 @@ def reduced_config(config, reduction_factor: int, encoder_layers: list[int],
         side.layer_types = [config.layer_types[i] for i in encoder_layers]
     for name, value in vars(config).items():
         if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
-            # No dropout on attention probabilities: fused attention kernels then keep no
-            # (t x t) matrix for backward, which would be as large as the backbone's.
-            setattr(side, name, 0.0 if "att" in name else dropout)
+            # attention probabilities get their own rate: at 0 fused attention kernels keep no
+            # (t x t) matrix for backward, which would be as large as the backbone's
+            setattr(side, name, attention_dropout if "att" in name else dropout)
     side.vocab_size = 2  # never used for lookups; the ladder's first projection replaces it
     if isinstance(getattr(side, "pad_token_id", None), int) and side.pad_token_id >= 2:
         side.pad_token_id = None

@@ -18,12 +18,12 @@ twin, a set of indices, chained so the side network is a consistent narrow copy 
             head, its query heads' scores summed, and each query head (and its W_o columns)
             uses its key/value head's dims.
             Rotary families (Llama, Qwen2, Mistral, Gemma) fix q and k: the side rotary
-            embedding is rebuilt for head size d_s = d_head/r, so side pair i (dims i,
-            i + d_s/2, rotate_half convention) rotates at theta^(-2i/d_s) = theta^(-2ir/d_head), the frequency of
-            backbone pair i*r and no other. q and k keep dims {i*r} then {i*r + d_head/2},
-            i = 0..d_s/2 - 1, so every side pair is a backbone pair at its own frequency and the
-            pruned q.k is exactly the backbone's sum over those pairs. v (and W_o's columns)
-            keep the d_s dims of largest v row importance per key/value head.
+            embedding is rebuilt for head size d_s = d_head/r, so side pair i (dims i, i + d_s/2,
+            rotate_half convention) rotates at theta^(-2i/d_s) = theta^(-2ir/d_head), the
+            frequency of backbone pair i*r and no other. q and k keep dims {i*r} then
+            {i*r + d_head/2}, i = 0..d_s/2 - 1, so every side pair is a backbone pair at its own
+            frequency and the pruned q.k is exactly the backbone's sum over those pairs. v (and
+            W_o's columns) keep the d_s dims of largest v row importance per key/value head.
             Exact for the default, linear and llama3 rope types, whose frequencies depend on
             the base frequency only (yarn, dynamic and longrope also depend on the head size).
             Where only the first rot dims of a head rotate (GPT-NeoX: a quarter), the side
@@ -52,7 +52,6 @@ Ladders, gates, the up-projection and the task head are untouched (they start fr
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -131,7 +130,9 @@ def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
                       weights: dict[nn.Parameter, int] | None = None
                       ) -> dict[nn.Parameter, torch.Tensor]:
     """Scores from the empirical Fisher: sum over `num_samples` examples (batch 1) of (dL/dW)^2,
-    L1-summed per entry of each weight's scored axis as it accumulates.
+    L1-summed per entry of each weight's scored axis as it accumulates. The examples are a
+    random sample of `init_data` (`sample_examples`, seeded by `config.prune_seed`), as the
+    reference code takes them from a shuffled loader.
 
     The backbone runs in eval mode (no dropout) with autograd. Gradients come from
     `torch.autograd.grad`, so no `.grad` field is written and the weights are never touched; the
@@ -172,7 +173,7 @@ def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
         for p in params:
             p.requires_grad_(True)
         with torch.enable_grad():
-            for example in itertools.islice(_single_examples(init_data), num_samples):
+            for example in sample_examples(init_data, num_samples, model.config.prune_seed):
                 loss = _task_loss(model, example)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for p, grad in zip(params, grads):
@@ -194,6 +195,25 @@ def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
                  "decoder_input_ids", "decoder_attention_mask")
+
+
+def sample_examples(init_data: Iterable[dict], num_samples: int, seed: int) -> list[dict]:
+    """`num_samples` batch-1 examples drawn uniformly, without replacement, from all of
+    `init_data`, in random order; all of them, shuffled, if there are fewer.
+
+    Reservoir sampling: `init_data` is read once to the end and only the sample is held.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sample = []
+    for seen, example in enumerate(_single_examples(init_data)):
+        slot = seen if seen < num_samples else int(torch.randint(seen + 1, (), generator=generator))
+        if slot < num_samples:
+            example = {k: v.clone() for k, v in example.items()}   # not a view of its batch
+            if slot == len(sample):
+                sample.append(example)
+            else:
+                sample[slot] = example
+    return [sample[i] for i in torch.randperm(len(sample), generator=generator)]
 
 
 def _single_examples(init_data: Iterable[dict]):

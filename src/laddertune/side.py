@@ -10,8 +10,9 @@ For one backbone stack with kept layers l_1 < ... < l_n, hidden width d and side
     h = final_norm(h)
     y = up(h)                                         # (b, t, d/r) -> (b, t, d), to the task head
 
-x_l is transformers' `hidden_states[l + 1]`. For a stack's last layer most families report it
-after their final norm, so a ladder from the last layer reads the normalised stream.
+x_l is transformers' `hidden_states[l + 1]`, except for a stack's last layer: there most families
+report the output of their final norm, and with `ladder_last_layer="raw"` (the default, as the
+reference code does) x_L is the last block's own output instead (`LSTModel.run_backbone`).
 
 The ladder gets the backbone's states for one call by argument (`GenericSideStack`) or, where the
 call goes through a Hugging Face model forward that cannot carry them, from a context:
@@ -165,26 +166,27 @@ def drop_unused(side_model: nn.Module, paths: tuple[str, ...]) -> None:
         set_path(side_model, path, nn.Identity())
 
 
-def no_attention_dropout(side_model: nn.Module) -> None:
-    """Turn off dropout on attention probabilities in every side attention module.
+def set_attention_dropout(side_model: nn.Module, rate: float) -> None:
+    """Set the dropout on attention probabilities of every side attention module to `rate`.
 
-    With it, fused attention falls back to a kernel that keeps the (t x t) attention matrix and
-    its dropout mask for backward, as large as the backbone's. `reduced_config` zeroes the config
+    Above 0, fused attention falls back to a kernel that keeps the (t x t) attention matrix and
+    its dropout mask for backward, as large as the backbone's. `reduced_config` sets the config
     fields named for attention; this catches families with one shared rate (T5's dropout_rate).
     """
     for module in side_model.modules():
         if "Attention" in type(module).__name__:
             for name in ("dropout", "attention_dropout", "dropout_rate", "dropout_prob"):
                 if isinstance(getattr(module, name, None), float):
-                    setattr(module, name, 0.0)
+                    setattr(module, name, rate)
 
 
 class GenericSideBlock(nn.Module):
     """A pre-norm transformer block at side width, for families whose own block can't be built."""
 
-    def __init__(self, width: int, heads: int, dropout: float, causal: bool):
+    def __init__(self, width: int, heads: int, dropout: float, attention_dropout: float,
+                 causal: bool):
         super().__init__()
-        self.heads, self.causal = heads, causal
+        self.heads, self.causal, self.attention_dropout = heads, causal, attention_dropout
         self.ln_1 = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -207,20 +209,21 @@ class GenericSideBlock(nn.Module):
             if self.causal:
                 mask = mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             mask = mask | torch.eye(t, dtype=torch.bool, device=x.device)  # no empty rows (NaN)
-        # no attention dropout, as in the native side blocks (see backbones.reduced_config)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=self.causal and mask is None)  # (b, h, t, c/h)
+            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=self.causal and mask is None)                    # (b, h, t, c/h)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
 class GenericSideStack(nn.Module):
     """The ladder loop written out, with `GenericSideBlock`s. No key/value cache."""
 
-    def __init__(self, ladder: Ladder, side_width: int, heads: int, dropout: float, kind: str):
+    def __init__(self, ladder: Ladder, side_width: int, heads: int, dropout: float,
+                 attention_dropout: float, kind: str):
         super().__init__()
         self.ladder = [ladder]  # in a list: the LSTModel registers the ladder, not this stack
         self.blocks = nn.ModuleList(
-            GenericSideBlock(side_width, heads, dropout, causal=kind == DECODER)
+            GenericSideBlock(side_width, heads, dropout, attention_dropout, causal=kind == DECODER)
             for _ in ladder.kept_layers)
         self.final_norm = nn.LayerNorm(side_width)
 
