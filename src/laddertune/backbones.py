@@ -138,6 +138,7 @@ FAMILIES: dict[str, Family] = {
                                 pooling="first"),
     "clip_text_model": Family(ENCODER, "encoder.layers", "embeddings", pooling="last",
                               max_positions_key="max_position_embeddings"),
+    # two towers: nothing to read here, detect_family asks for one of them instead
     "clip": Family(ENCODER, "", "", towers=("CLIPVisionModel", "CLIPTextModel")),
 }
 

@@ -58,7 +58,7 @@ class LSTConfig:
         side_init: How side blocks start: ``magnitude`` (the default: backbone blocks pruned to
             width d/r, ranked by weight magnitude), ``fisher`` (ranked by the summed squared
             gradients of the task loss on ``init_data``, as the paper does) or ``random``.
-            Left at its default, a backbone pruning cannot handle (no plan for its blocks, generic
+            Left at its default, a backbone pruning cannot handle (blocks it cannot read, generic
             side blocks, side heads too small to keep rotary pairs) starts random with a warning.
         prune_samples: Examples used to estimate Fisher importance when ``side_init="fisher"``:
             a uniform random sample of ``init_data`` (which is read once to the end), as the

@@ -281,8 +281,8 @@ class LSTModel(nn.Module):
         the embeddings then every layer's output, L+1 tensors of (b, t, d).
 
         The backbone runs in eval mode unless `backbone_dropout` is on and the model trains. With
-        `ladder_last_layer="raw"` the last state is the last block's own output, before the
-        stack's final norm, where transformers' `hidden_states[-1]` comes after it.
+        `ladder_last_layer="raw"` the last state is the last block's own output, taken before
+        the stack's final norm (most families' `hidden_states[-1]` is taken after it).
         """
         stack = self.stacks[index]
         last = bb.num_layers(stack, self.family) - 1
