@@ -91,3 +91,37 @@ def test_side_init_switch():
     assert torch.equal(side_weight("magnitude", 0), side_weight("magnitude", 1))  # no randomness
     assert not torch.equal(side_weight("random", 0), side_weight("random", 1))
     assert not torch.equal(side_weight("random", 0), side_weight("magnitude", 0))
+
+
+def _meta_t5(**shape):
+    from transformers import T5Config, T5ForConditionalGeneration
+    with torch.device("meta"):   # the checkpoint's shape, no memory used
+        return T5ForConditionalGeneration(T5Config(vocab_size=32128, **shape))
+
+
+@pytest.mark.parametrize(("shape", "expected"), [
+    (dict(d_model=768, d_ff=3072, d_kv=64, num_layers=12, num_heads=12),       # t5-base
+     [1, 2, 3, 5, 6, 7, 9, 10, 11]),
+    (dict(d_model=1024, d_ff=4096, d_kv=64, num_layers=24, num_heads=16),      # t5-large
+     list(range(1, 24, 2))),
+    (dict(d_model=1024, d_ff=16384, d_kv=128, num_layers=24, num_heads=32),    # t5-3b
+     [23]),
+    (dict(d_model=512, d_ff=2048, d_kv=64, num_layers=6, num_heads=8),         # t5-small: none
+     [1, 2, 3, 5]),
+])
+def test_default_layers_are_the_reference_codes_per_t5_checkpoint(shape, expected):
+    """The reference scripts pick the layers per checkpoint, the same for both stacks."""
+    model = get_lst_model(_meta_t5(**shape), LSTConfig(
+        task_type="SEQ_2_SEQ_LM", reduction_factor=8, side_init="random"))
+    assert model.kept_layers == [expected, expected]
+    assert len(model.side_stacks[1].block) == len(expected)
+
+
+def test_other_backbones_of_24_layers_drop_every_fourth():
+    from transformers import BertConfig, BertModel
+    with torch.device("meta"):
+        backbone = BertModel(BertConfig(hidden_size=1024, num_hidden_layers=24,
+                                        num_attention_heads=16, intermediate_size=4096))
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=8, side_init="random"))
+    assert model.kept_layers == [default_side_layers(24)]
+    assert 0 not in model.kept_layers[0] and 4 not in model.kept_layers[0]

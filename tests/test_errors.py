@@ -95,7 +95,11 @@ def test_decoder_side_layers_only_for_encoder_decoder():
                                           ("reduction_factor", True), ("num_labels", 2.5),
                                           ("prune_samples", 0), ("pooling", "max"),
                                           ("side_init", "zeros"), ("dropout", 1.5),
-                                          ("side_layers", []), ("side_layers", [1, 1])])
+                                          ("side_layers", []), ("side_layers", [1, 1]),
+                                          ("side_attention_dropout", -0.1),
+                                          ("ladder_last_layer", "final"),
+                                          ("backbone_dropout", "yes"), ("prune_seed", -1),
+                                          ("gate_weight_decay", 1)])
 def test_bad_config_values(field, value):
     with pytest.raises(LSTConfigError) as err:
         LSTConfig(**{field: value})

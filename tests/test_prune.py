@@ -47,8 +47,32 @@ _BART_DEC = {**_BART_ENC, "encoder_attn.q_proj": ("q1", "hidden"),
              "encoder_attn.out_proj": ("hidden", "o1")}
 _GPT2 = {"attn.c_attn": ("qkv0", "hidden"), "attn.c_proj": ("hidden", "o0"),
          "mlp.c_fc": ("ffn", "hidden"), "mlp.c_proj": ("hidden", "ffn")}
+_MPNET = {"attention.attn.q": ("q0", "hidden"), "attention.attn.k": ("k0", "hidden"),
+          "attention.attn.v": ("v0", "hidden"), "attention.attn.o": ("hidden", "o0"),
+          "intermediate.dense": ("ffn", "hidden"), "output.dense": ("hidden", "ffn")}
+# DeBERTa's relative-position projections meet q and k: they keep the q/k rows
+_DEBERTA = {"attention.self.query_proj": ("q0", "hidden"),
+            "attention.self.key_proj": ("k0", "hidden"),
+            "attention.self.value_proj": ("v0", "hidden"),
+            "attention.self.pos_key_proj": ("q0", "hidden"),
+            "attention.self.pos_query_proj": ("q0", "hidden"),
+            "attention.output.dense": ("hidden", "o0"),
+            "intermediate.dense": ("ffn", "hidden"), "output.dense": ("hidden", "ffn")}
+_VIT = {"attention.q_proj": ("q0", "hidden"), "attention.k_proj": ("k0", "hidden"),
+        "attention.v_proj": ("v0", "hidden"), "attention.o_proj": ("hidden", "o0"),
+        "mlp.fc1": ("ffn", "hidden"), "mlp.fc2": ("hidden", "ffn")}
+_CLIP = {"self_attn.q_proj": ("q0", "hidden"), "self_attn.k_proj": ("k0", "hidden"),
+         "self_attn.v_proj": ("v0", "hidden"), "self_attn.out_proj": ("hidden", "o0"),
+         "mlp.fc1": ("ffn", "hidden"), "mlp.fc2": ("hidden", "ffn")}
+# GPT-NeoX fuses q, k, v per head: rows [q_h | k_h | v_h] for every head h
+_NEOX = {"attention.query_key_value": ("qkv_per_head0", "hidden"),
+         "attention.dense": ("hidden", "o0"),
+         "mlp.dense_h_to_4h": ("ffn", "hidden"), "mlp.dense_4h_to_h": ("hidden", "ffn")}
 LINEARS = {"bert": [_BERT], "llama": [_LLAMA], "t5": [_T5_ENC, _T5_DEC],
-           "bart": [_BART_ENC, _BART_DEC], "gpt2": [_GPT2]}
+           "bart": [_BART_ENC, _BART_DEC], "gpt2": [_GPT2], "mpnet": [_MPNET],
+           "deberta-v2": [_DEBERTA], "vit": [_VIT], "clip_vision_model": [_CLIP],
+           "gpt_neox": [_NEOX], "gemma": [_LLAMA]}
+HEAD_DIM = 8   # every tiny model: width 32, heads of 8
 
 
 def _index(kind, indices, stack, layer, width):
@@ -57,19 +81,28 @@ def _index(kind, indices, stack, layer, width):
     if kind == "ffn":
         return indices.ffn[stack, layer]
     head = indices.heads[stack, layer, int(kind[-1])]
+    if kind.startswith("qkv_per_head"):
+        rows = []
+        for h in range(width // HEAD_DIM):
+            start = 3 * HEAD_DIM * h
+            for part, kept in enumerate((head.q, head.k, head.v)):
+                dims = kept.view(width // HEAD_DIM, -1)[h] - HEAD_DIM * h   # dims inside head h
+                rows.append(start + part * HEAD_DIM + dims)
+        return torch.cat(rows)
     if kind.startswith("qkv"):   # GPT-2's fused c_attn: q, k, v stacked along the outputs
         return torch.cat([head.q, head.k + width, head.v + 2 * width])
     return getattr(head, kind[0])
 
 
-def _hidden_cut(tensor, indices, width):
-    for dim, size in enumerate(tensor.shape):
-        if size == width:
+def _hidden_cut(tensor, side_shape, indices):
+    """Cut every dim that shrank with the hidden index (norms, position tables)."""
+    for dim, (size, side_size) in enumerate(zip(tensor.shape, side_shape)):
+        if size != side_size:
             tensor = tensor.index_select(dim, indices.hidden)
     return tensor
 
 
-@pytest.mark.parametrize("model_type", ["bert", "llama", "t5", "bart", "gpt2"])
+@pytest.mark.parametrize("model_type", sorted(LINEARS))
 def test_every_side_weight_is_the_backbone_submatrix_at_the_chosen_indices(model_type):
     backbone = tiny_backbone(model_type)
     config = LSTConfig(task_type="FEATURE_EXTRACTION", reduction_factor=R, side_init="magnitude",
@@ -100,13 +133,13 @@ def test_every_side_weight_is_the_backbone_submatrix_at_the_chosen_indices(model
                 elif "relative_attention_bias" in name:   # T5: copied whole from block 0
                     expected = dict(blocks[0].named_parameters())[name]
                 else:                                     # norms
-                    expected = _hidden_cut(twins[name], indices, width)
+                    expected = _hidden_cut(twins[name], side_param.shape, indices)
                 assert torch.equal(side_param, expected), name
                 checked += 1
         for name, side_param in side_stack.named_parameters():   # final norms, positions
             if not name.startswith(layers_path + "."):
                 twin = dict(stack.named_parameters())[name]
-                assert torch.equal(side_param, _hidden_cut(twin, indices, width)), name
+                assert torch.equal(side_param, _hidden_cut(twin, side_param.shape, indices)), name
                 checked += 1
     assert checked == sum(1 for _ in model.side_model.parameters())
 
@@ -254,8 +287,14 @@ def test_fisher_for_classification_uses_labels_and_prune_samples():
     zeros, ones = torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long)
     assert importance(zeros).sum() > 0
     assert not torch.equal(importance(zeros), importance(ones))
+    # with prune_samples=2 the labels of the two examples left out of the sample do not count
+    from laddertune.prune import sample_examples
+    numbered = [{**inputs, "labels": torch.arange(4)}]
+    sampled = [int(e["labels"]) for e in sample_examples(numbered, 2, model.config.prune_seed)]
+    left_out = torch.tensor([i not in sampled for i in range(4)])
     torch.testing.assert_close(importance(zeros, samples=2),
-                               importance(torch.tensor([0, 0, 1, 1]), samples=2))
+                               importance(left_out.long(), samples=2))
+    assert not torch.allclose(importance(zeros), importance(left_out.long()))
 
 
 def test_fisher_without_init_data_raises():
@@ -264,7 +303,7 @@ def test_fisher_without_init_data_raises():
 
 
 def test_default_falls_back_to_random_on_unsupported_families_but_explicit_raises(caplog):
-    backbone = tiny_backbone("vit")
+    backbone = tiny_backbone("electra")   # embeddings of 16 dims cannot rank 32 hidden dims
     with caplog.at_level(logging.WARNING, logger="laddertune"):
         model = get_lst_model(backbone, LSTConfig(reduction_factor=R))
     assert model.config.side_init == "magnitude"
@@ -292,3 +331,131 @@ def test_t5_base_shape_trains_the_papers_share_of_parameters():
     share = 100 * trainable / (total - trainable)   # of the backbone, as the paper counts
     assert abs(share - 1.74) < 0.2
     assert len(model.side_stacks[1].block) == 9
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "mistral"])
+def test_default_side_init_falls_back_when_rotary_heads_cannot_be_pruned(model_type, caplog):
+    """Head size 8 and r = 8 leave side heads of one dim: no rotary pair to keep."""
+    backbone = tiny_backbone(model_type)
+    with caplog.at_level(logging.WARNING, logger="laddertune"):
+        model = get_lst_model(backbone, LSTConfig(reduction_factor=8))
+    assert model.prune_indices is None
+    warnings = [r for r in caplog.records if "start random" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
+    assert torch.isfinite(model(**tiny_inputs(model_type)).logits).all()
+    for side_init in ("magnitude", "fisher"):
+        with pytest.raises(LSTConfigError, match="side_init='random'") as err:
+            get_lst_model(backbone, LSTConfig(reduction_factor=8, side_init=side_init),
+                          init_data=[{**tiny_inputs(model_type), "labels": torch.ones(4).long()}])
+        assert "\n" not in str(err.value) and "reduction_factor" in str(err.value)
+
+
+def test_a_failed_pruning_leaves_the_side_network_as_built(monkeypatch):
+    """Values are computed before any is copied: a late failure leaves no half-pruned side."""
+    from laddertune import prune
+    from laddertune.errors import UnsupportedModelError
+
+    backbone = tiny_backbone("bert")
+    torch.manual_seed(0)
+    random_side = get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="random"))
+
+    def fail(model, indices):
+        raise UnsupportedModelError("a side parameter has no backbone twin")
+
+    monkeypatch.setattr(prune, "pruned_values", fail)
+    torch.manual_seed(0)
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=R))
+    for (name, value), expected in zip(model.state_dict().items(),
+                                       random_side.state_dict().values()):
+        assert torch.equal(value, expected), name
+
+
+def test_gpt_neox_side_heads_keep_fused_rows_and_partial_rotary_frequencies():
+    """GPT-NeoX, half of each head rotating, r = 2: side heads of 4 dims, 2 of them rotating.
+
+    The side query_key_value keeps, per head, its q, k and v rows; the side rotary embedding on
+    them equals the backbone's on the full head, cut to the kept dims (rotating pair 0 at the
+    same frequency, then dims that do not rotate).
+    """
+    from transformers.models.gpt_neox.modeling_gpt_neox import apply_rotary_pos_emb as neox_rope
+
+    torch.manual_seed(0)
+    backbone = tiny_backbone("gpt_neox", rotary_pct=0.5)
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=2, side_init="magnitude",
+                                              side_layers=[2]))
+    attention = backbone.layers[2].attention
+    side_attention = model.side_model.layers[0].attention
+    head = model.prune_indices.heads[0, 2, 0]
+    dims = head.q.view(4, 4) - 8 * torch.arange(4)[:, None]              # (heads, 4) in a head
+    assert torch.equal(dims[:, :2], torch.tensor([[0, 2]] * 4))          # rotating pair 0
+    assert (dims[:, 2:] >= 4).all()                                      # dims that do not rotate
+    x = torch.randn(1, 5, 32)
+    positions = torch.tensor([[0, 1, 7, 30, 63]])
+
+    def split(qkv, head_size):                     # (1, t, h * 3 * dh) -> 3 x (1, h, t, dh)
+        return qkv.view(1, 5, 4, 3 * head_size).transpose(1, 2).chunk(3, dim=-1)
+
+    q, k, _ = split(attention.query_key_value(x), 8)
+    full_q, full_k = neox_rope(q, k, *backbone.rotary_emb(x, positions))
+    fused = attention.query_key_value
+    rows = _index("qkv_per_head0", model.prune_indices, 0, 2, 32)
+    assert torch.equal(side_attention.query_key_value.bias, fused.bias[rows])
+    side_q, side_k, _ = split(F.linear(x, fused.weight[rows], fused.bias[rows]), 4)
+    got_q, got_k = neox_rope(side_q, side_k, *model.side_model.rotary_emb(x, positions))
+    for h in range(4):
+        torch.testing.assert_close(got_q[:, h], full_q[:, h][..., dims[h]])
+        torch.testing.assert_close(got_k[:, h], full_k[:, h][..., dims[h]])
+
+
+def test_vision_hidden_dims_are_ranked_by_the_patch_projection():
+    backbone = tiny_backbone("vit")
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="magnitude"))
+    projection = backbone.embeddings.patch_embeddings.projection.weight   # (d, 3, 4, 4)
+    expected = torch.topk(projection.abs().sum((1, 2, 3)), 32 // R).indices.sort().values
+    assert torch.equal(model.prune_indices.hidden, expected)
+
+
+def test_unlisted_families_prune_from_their_structure():
+    """MPNet (encoder, relative bias) and Gemma (rotary, grouped-query) have no entry."""
+    from laddertune.backbones import FAMILIES
+
+    for model_type in ("mpnet", "gemma"):
+        assert model_type not in FAMILIES
+        model = get_lst_model(tiny_backbone(model_type), LSTConfig(reduction_factor=R))
+        assert model.prune_indices is not None, model_type
+
+
+def test_fisher_examples_are_a_seeded_uniform_sample_of_all_of_init_data():
+    """The reference shuffles its loader: the sample reaches past the first prune_samples."""
+    from laddertune.prune import sample_examples
+
+    data = [{"input_ids": torch.arange(10)[:, None] + 3, "labels": torch.arange(10)}]
+
+    def drawn(seed):
+        return sorted(int(e["labels"]) for e in sample_examples(data, 3, seed))
+
+    assert drawn(0) == drawn(0) and len(set(drawn(0))) == 3
+    counts = torch.zeros(10)
+    for seed in range(300):
+        counts[drawn(seed)] += 1
+    assert counts.min() > 50 and counts.max() < 130          # 90 each if uniform
+    everything = sample_examples(data, 20, 0)                # fewer than asked: all, shuffled
+    assert sorted(int(e["labels"]) for e in everything) == list(range(10))
+    assert [int(e["labels"]) for e in everything] != list(range(10))
+
+
+def test_fisher_uses_the_sampled_examples_and_prune_seed():
+    from laddertune.prune import sample_examples
+
+    backbone = tiny_backbone("bert")
+    embedding = backbone.embeddings.word_embeddings.weight
+    inputs = tiny_inputs("bert", batch=8)
+    data = [{**inputs, "labels": torch.tensor([0, 1] * 4)}]
+
+    def importance(seed, examples=data, samples=2):
+        model = get_lst_model(backbone, LSTConfig(reduction_factor=R, side_init="random",
+                                                  prune_seed=seed))
+        return fisher_importance(model, examples, samples)[embedding]
+
+    torch.testing.assert_close(importance(0), importance(0, sample_examples(data, 2, 0)))
+    assert not torch.allclose(importance(0), importance(1))

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from tiny_models import tiny_backbone, tiny_inputs
 
@@ -19,14 +20,28 @@ def test_gate_mixing_by_hand():
             proj.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 2.0]]))
             proj.bias.copy_(torch.tensor([0.5, -0.5]))
     hidden = [torch.full((1, 1, 4), float(i)) for i in range(4)]  # embeddings + 3 layer outputs
-    ladder.backbone_hiddens = tuple(hidden)
     side = torch.tensor([[[10.0, 20.0]]])
     # side block 1 reads backbone layer 2, i.e. hidden_states[3] = 3.0 everywhere
     mu = 1 / (1 + math.exp(-0.2 / 0.1))
     expected = mu * side + (1 - mu) * torch.tensor([[[3.0 + 0.5, 6.0 - 0.5]]])
-    torch.testing.assert_close(ladder.mix(1, side), expected)
+    torch.testing.assert_close(ladder.mix(1, side, hidden), expected)
     torch.testing.assert_close(ladder.gates(), torch.tensor([0.5, mu]))
-    torch.testing.assert_close(ladder.first(), torch.tensor([[[0.5, -0.5]]]))  # embeddings = 0
+    torch.testing.assert_close(ladder.first(hidden[0]), torch.tensor([[[0.5, -0.5]]]))  # e = 0
+
+
+def test_backbone_states_reach_the_ladder_only_inside_reading():
+    """The states are passed for one call and never set on the ladder."""
+    ladder = Ladder(width=4, side_width=2, kept_layers=[0], temperature=0.1, alpha_init=0.0,
+                    learnable_gates=True)
+    attributes = dict(vars(ladder))
+    outer, inner = (torch.zeros(1, 1, 4),) * 2, (torch.ones(1, 1, 4),) * 2
+    with ladder.reading(outer):
+        with ladder.reading(inner):
+            assert ladder.read()[0] is inner[0]
+            assert vars(ladder) == attributes
+        assert ladder.read()[0] is outer[0]
+    with pytest.raises(RuntimeError):
+        ladder.read()
 
 
 def test_projection_shapes_and_initialisation():

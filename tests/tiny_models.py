@@ -48,10 +48,16 @@ VISION_FAMILIES = {
                               num_attention_heads=4, image_size=IMAGE, patch_size=4),
 }
 ALL_FAMILIES = {**TEXT_FAMILIES, **DECODER_FAMILIES, **SEQ2SEQ_FAMILIES, **VISION_FAMILIES}
+# families without an entry in laddertune.backbones.FAMILIES: read off their structure
+UNLISTED_FAMILIES = {
+    "mpnet": dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64),
+    "gemma": dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=8, intermediate_size=64),
+}
 
 
 def tiny_config(model_type: str, **extra):
-    overrides = dict(ALL_FAMILIES[model_type])
+    overrides = dict({**ALL_FAMILIES, **UNLISTED_FAMILIES}[model_type])
     if model_type not in VISION_FAMILIES:
         overrides["vocab_size"] = VOCAB
     overrides.update(extra)
@@ -62,7 +68,7 @@ def tiny_backbone(model_type: str, seed: int = 0, task: str = "bare", **extra):
     """A tiny random backbone: bare (AutoModel) or with its LM head ("lm")."""
     torch.manual_seed(seed)
     config = tiny_config(model_type, **extra)
-    if task == "lm" and model_type in DECODER_FAMILIES:
+    if task == "lm" and (model_type in DECODER_FAMILIES or model_type == "gemma"):
         return AutoModelForCausalLM.from_config(config).eval()
     if task == "lm" and model_type in SEQ2SEQ_FAMILIES:
         return AutoModelForSeq2SeqLM.from_config(config).eval()

@@ -1,6 +1,8 @@
 """How to read each Hugging Face model family: where its layers and input embeddings live.
 
-A family is one small `Family` entry. Paths are relative to the *stack*: the base model for
+A family is one small `Family` entry holding everything family-specific: its kind, its paths,
+its pruning plan, its position limit, its LM-head scale, whether it is two towers. No other
+module tests a `model_type`. Paths are relative to the *stack*: the base model for
 encoders, decoders and vision towers, or each of `get_encoder()` / `get_decoder()` for
 encoder-decoder models. The same paths hold in the backbone and in the side network, because the
 side network is the backbone's own model class built at width d/r.
@@ -12,15 +14,51 @@ blocks, the `embeddings` module (or the input embeddings) and the kind of model 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .errors import LSTConfigError, UnsupportedModelError
 
 ENCODER, DECODER, ENCODER_DECODER, VISION = "encoder", "decoder", "encoder-decoder", "vision"
 
+
+# ---- how a block is pruned (see laddertune.prune) ------------------------------------------------
+
+STACKED, PER_HEAD = "stacked", "per_head"   # layouts of a fused q/k/v linear
+
+
+@dataclass(frozen=True)
+class Attention:
+    """Paths (inside a block) of one attention module's linears."""
+
+    q: str
+    k: str
+    v: str
+    o: str
+    fused: str | None = None       # q, k, v are one linear: STACKED [q | k | v] or PER_HEAD
+    position: tuple[str, ...] = ()  # relative-position projections to q/k rows (DeBERTa)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How one stack's blocks are pruned. Paths are relative to the stack or the block."""
+
+    embedding: str                       # stack path of the module whose weight ranks hidden dims
+    attentions: tuple[Attention, ...]    # self-attention, then cross-attention in decoders
+    ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
+    ffn_out: str                         # the linear back to the model width
+    rotary: bool = False                 # rotary embedding: q, k keep fixed pairs
+    conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
+
+
+# ---- the families -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Family:
@@ -32,31 +70,76 @@ class Family:
     # 96.0% against 94.3% for the first token at the same budget), the "first" token (vision
     # models' CLS) or the "last" non-padding one (decoders)
     pooling: str = "mean"
+    # layout of a fused q/k/v linear, which shapes cannot tell: GPT-2's c_attn is STACKED
+    # [q | k | v], GPT-NeoX's query_key_value PER_HEAD [q_h | k_h | v_h] for each head h
+    fused_qkv: str | None = None
+    # config key of the number of learned absolute positions, the longest input accepted;
+    # None: read off the position-embedding module (see `max_positions`)
+    max_positions_key: str | None = None
+    relative_positions: bool = False   # rotary or relative positions only: no length limit
+    scales_tied_head: bool = False     # T5: output times d_model^-0.5 before a tied LM head
+    # a model of two towers (CLIP): the side network tunes one, so these classes are asked for
+    towers: tuple[str, ...] = ()
+    # the side layers the reference code kept for this checkpoint, in every stack (a function of
+    # the config giving None for checkpoints it never ran: those use default_side_layers)
+    reference_side_layers: Callable[..., list[int] | None] | None = None
 
 
-_BERT_LIKE = Family(ENCODER, "encoder.layer", "embeddings", ("pooler",))
-_LLAMA_LIKE = Family(DECODER, "layers", "embed_tokens", pooling="last")
+# The reference code picks the side layers per checkpoint: one script each,
+# seq2seq/scripts/ladder_side_tuning_{base,large,3b}.sh, the same list for encoder and decoder.
+# Checkpoints are told apart by shape, (layers, d_model, d_ff, heads), as a name may be a folder.
+_T5_REFERENCE_SIDE_LAYERS = {
+    (12, 768, 3072, 12): [1, 2, 3, 5, 6, 7, 9, 10, 11],   # t5-base: drop 0, 4, 8
+    (24, 1024, 4096, 16): list(range(1, 24, 2)),          # t5-large: the odd layers, 12 of 24
+    (24, 1024, 16384, 32): [23],                          # t5-3b: the last layer only
+}
+
+
+def _t5_reference_side_layers(config) -> list[int] | None:
+    shape = (config.num_layers, config.d_model, config.d_ff, config.num_heads)
+    if config.num_decoder_layers != config.num_layers:
+        return None
+    return _T5_REFERENCE_SIDE_LAYERS.get(shape)
+
+
+_BERT_LIKE = Family(ENCODER, "encoder.layer", "embeddings", ("pooler",),
+                    max_positions_key="max_position_embeddings")
+_LLAMA_LIKE = Family(DECODER, "layers", "embed_tokens", pooling="last", relative_positions=True)
+_T5_LIKE = Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last",
+                  relative_positions=True, scales_tied_head=True,
+                  reference_side_layers=_t5_reference_side_layers)
+_BART_LIKE = Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last",
+                    max_positions_key="max_position_embeddings")
 
 FAMILIES: dict[str, Family] = {
     "bert": _BERT_LIKE,
-    "roberta": _BERT_LIKE,
+    # RoBERTa counts positions from its padding id + 1: read off the position embedding
+    "roberta": dataclasses.replace(_BERT_LIKE, max_positions_key=None),
     "electra": _BERT_LIKE,
-    "deberta-v2": _BERT_LIKE,
-    "distilbert": Family(ENCODER, "transformer.layer", "embeddings"),
-    "gpt2": Family(DECODER, "h", "wte", pooling="last"),
+    # DeBERTa-v2 has absolute positions only with position_biased_input: read off the structure
+    "deberta-v2": Family(ENCODER, "encoder.layer", "embeddings", ("pooler",)),
+    "distilbert": Family(ENCODER, "transformer.layer", "embeddings",
+                         max_positions_key="max_position_embeddings"),
+    "gpt2": Family(DECODER, "h", "wte", pooling="last", max_positions_key="n_positions",
+                   fused_qkv=STACKED),
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
-    "opt": Family(DECODER, "decoder.layers", "decoder.embed_tokens", pooling="last"),
-    "gpt_neox": Family(DECODER, "layers", "embed_in", pooling="last"),
-    "t5": Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last"),
-    "mt5": Family(ENCODER_DECODER, "block", "embed_tokens", pooling="last"),
-    "bart": Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last"),
-    "mbart": Family(ENCODER_DECODER, "layers", "embed_tokens", pooling="last"),
+    "opt": Family(DECODER, "decoder.layers", "decoder.embed_tokens", pooling="last",
+                  max_positions_key="max_position_embeddings"),
+    "gpt_neox": Family(DECODER, "layers", "embed_in", pooling="last", relative_positions=True,
+                       fused_qkv=PER_HEAD),
+    "t5": _T5_LIKE,
+    "mt5": _T5_LIKE,
+    "bart": _BART_LIKE,
+    "mbart": _BART_LIKE,
     "vit": Family(VISION, "layers", "embeddings", ("pooler",), pooling="first"),
     "clip_vision_model": Family(VISION, "encoder.layers", "embeddings", ("post_layernorm",),
                                 pooling="first"),
-    "clip_text_model": Family(ENCODER, "encoder.layers", "embeddings", pooling="last"),
+    "clip_text_model": Family(ENCODER, "encoder.layers", "embeddings", pooling="last",
+                              max_positions_key="max_position_embeddings"),
+    # two towers: nothing to read here, detect_family asks for one of them instead
+    "clip": Family(ENCODER, "", "", towers=("CLIPVisionModel", "CLIPTextModel")),
 }
 
 # Config fields that hold a width the side network divides by r.
@@ -103,8 +186,14 @@ def _heads(config) -> int | None:
 def detect_family(model) -> Family:
     """The `Family` of a model: a listed entry, else one read off the model's structure."""
     model_type = getattr(model.config, "model_type", None)
-    if model_type in FAMILIES:
-        return FAMILIES[model_type]
+    family = FAMILIES.get(model_type)
+    if family is not None and family.towers:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} holds {len(family.towers)} towers; pass one of "
+            f"{' or '.join(family.towers)} (e.g. {family.towers[0]}.from_pretrained(path)) "
+            "to tune it")
+    if family is not None:
+        return family
     if getattr(model.config, "is_encoder_decoder", False):
         stack = model.get_encoder()
         kind = ENCODER_DECODER
@@ -163,7 +252,7 @@ def num_layers(stack: nn.Module, family: Family) -> int:
 
 
 def reduced_config(config, reduction_factor: int, encoder_layers: list[int],
-                   decoder_layers: list[int] | None, dropout: float):
+                   decoder_layers: list[int] | None, dropout: float, attention_dropout: float):
     """A copy of the backbone config at width d/r with one block per kept backbone layer.
 
     Heads keep their number (as in the paper) and shrink in size; the vocabulary shrinks to two
@@ -207,9 +296,9 @@ def reduced_config(config, reduction_factor: int, encoder_layers: list[int],
         side.layer_types = [config.layer_types[i] for i in encoder_layers]
     for name, value in vars(config).items():
         if ("dropout" in name or "pdrop" in name) and isinstance(value, float):
-            # No dropout on attention probabilities: fused attention kernels then keep no
-            # (t x t) matrix for backward, which would be as large as the backbone's.
-            setattr(side, name, 0.0 if "att" in name else dropout)
+            # attention probabilities get their own rate: at 0 fused attention kernels keep no
+            # (t x t) matrix for backward, which would be as large as the backbone's
+            setattr(side, name, attention_dropout if "att" in name else dropout)
     side.vocab_size = 2  # never used for lookups; the ladder's first projection replaces it
     if isinstance(getattr(side, "pad_token_id", None), int) and side.pad_token_id >= 2:
         side.pad_token_id = None
@@ -241,7 +330,7 @@ def side_model_class(backbone):
         return type(backbone.base_model)
 
 
-def lm_head(backbone) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+def lm_head(backbone, family: Family) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """The backbone's frozen LM head as (weight, bias, input scale), all detached.
 
     T5 with tied embeddings scales the decoder output by d_model^-0.5 before its head; BART adds
@@ -260,19 +349,170 @@ def lm_head(backbone) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     if final_bias is not None:
         bias = final_bias.reshape(-1) if bias is None else bias + final_bias.reshape(-1)
     scale = 1.0
-    if config.model_type in ("t5", "mt5") and getattr(config, "tie_word_embeddings", False):
-        scale = config.d_model ** -0.5
+    if family.scales_tied_head and getattr(config, "tie_word_embeddings", False):
+        scale = model_width(config) ** -0.5
     return head.weight.detach(), None if bias is None else bias.detach(), scale
 
 
+def prune_plans(backbone, family: Family) -> tuple[BlockPlan, ...]:
+    """How pruning reads each stack's blocks ([encoder, decoder] for encoder-decoder models),
+    derived from the module structure (see `block_plan`).
+
+    Raises:
+        UnsupportedModelError: the structure does not tell which linear is which.
+    """
+    width = model_width(backbone.config)
+    return tuple(block_plan(stack, family, width) for stack in backbone_stacks(backbone, family))
+
+
+def block_plan(stack: nn.Module, family: Family, width: int) -> BlockPlan:
+    """Which linear of a block is which, read off the module structure.
+
+    Attention modules are the outermost modules of a block whose class is named "...Attention":
+    their last linear is the output projection o (every family registers it last); the others
+    are q, k, v by their names (query/q, key/k, value/v), or one fused q/k/v linear laid out as
+    the family entry says. Relative-position projections named pos_... (DeBERTa) follow q and k.
+    The other linears are the feed-forward: those reading the model width make the intermediate
+    (two when gated), the one writing it goes back. Rotary embeddings are a "...Rotary..."
+    module of the stack. The token embedding (for images the patch projection's out-channels)
+    ranks the hidden dims.
+
+    Raises:
+        UnsupportedModelError: a linear has no role, or a role has no linear.
+    """
+    block = get_path(stack, family.layers)[0]
+    linears = {name: module for name, module in block.named_modules() if _is_linear(module)}
+    if not linears:
+        raise UnsupportedModelError(f"{type(block).__name__} has no linear layers to prune")
+    conv1d = {isinstance(module, Conv1D) for module in linears.values()}
+    if len(conv1d) > 1:
+        raise UnsupportedModelError(f"{type(block).__name__} mixes Linear and Conv1D layers")
+    attention_paths = _attention_modules(block)
+    if not attention_paths:
+        raise UnsupportedModelError(f"{type(block).__name__} has no module named ...Attention")
+    attentions = []
+    for path in attention_paths:
+        inside = {name: m for name, m in linears.items() if name.startswith(path + ".")}
+        attentions.append(_attention_roles(inside, family, width, type(block).__name__))
+    feed_forward = {name: m for name, m in linears.items()
+                    if not any(name.startswith(path + ".") for path in attention_paths)}
+    ffn_in = tuple(name for name, m in feed_forward.items() if _in_out(m)[0] == width)
+    ffn_out = [name for name, m in feed_forward.items() if _in_out(m)[1] == width]
+    hidden_sizes = {_in_out(feed_forward[name])[1] for name in ffn_in}
+    if (len(ffn_out) != 1 or len(ffn_in) not in (1, 2) or len(feed_forward) != len(ffn_in) + 1
+            or hidden_sizes != {_in_out(feed_forward[ffn_out[0]])[0]}):
+        raise UnsupportedModelError(
+            f"cannot tell the feed-forward of {type(block).__name__} from its linears "
+            f"{sorted(feed_forward)}")
+    return BlockPlan(_ranking_embedding(stack), tuple(attentions), ffn_in, ffn_out[0],
+                     rotary=_has_rotary(stack, block), conv1d=conv1d == {True})
+
+
+def _is_linear(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def _in_out(linear: nn.Module) -> tuple[int, int]:
+    """(in, out) features of an nn.Linear, or of transformers' Conv1D (weight stored (in, out))."""
+    rows, cols = linear.weight.shape
+    return (cols, rows) if isinstance(linear, nn.Linear) else (rows, cols)
+
+
+def _attention_modules(block: nn.Module) -> list[str]:
+    """Paths of the outermost "...Attention" modules holding linears, in registration order."""
+    paths = []
+    for name, module in block.named_modules():
+        if (name and "Attention" in type(module).__name__
+                and not any(name.startswith(path + ".") for path in paths)
+                and any(_is_linear(m) for m in module.modules())):
+            paths.append(name)
+    return paths
+
+
+_ROLE_WORDS = {"q": {"q", "query"}, "k": {"k", "key"}, "v": {"v", "value"}}
+
+
+def _attention_roles(linears: dict[str, nn.Module], family: Family, width: int,
+                     block_name: str) -> Attention:
+    *inputs, o = linears
+    if _in_out(linears[o])[1] != width:
+        raise UnsupportedModelError(
+            f"the last linear {o} of an attention in {block_name} does not write the model width")
+    if len(inputs) == 1:
+        if family.fused_qkv is None:
+            raise UnsupportedModelError(
+                f"{inputs[0]} fuses q, k and v in a layout the shapes do not tell; set fused_qkv "
+                "in the family's entry in laddertune/backbones.py")
+        return Attention(inputs[0], inputs[0], inputs[0], o, fused=family.fused_qkv)
+    roles: dict[str, str] = {}
+    position = []
+    for name in inputs:
+        words = set(re.split(r"[._]", name.rsplit(".", 1)[-1].lower()))
+        matched = [role for role, names in _ROLE_WORDS.items() if words & names]
+        if len(matched) != 1 or (matched[0] in roles and "pos" not in words):
+            raise UnsupportedModelError(
+                f"cannot tell whether {name} in {block_name} is q, k or v from its name")
+        if "pos" in words:
+            position.append(name)
+        else:
+            roles[matched[0]] = name
+    if set(roles) != set(_ROLE_WORDS):
+        raise UnsupportedModelError(f"an attention in {block_name} lacks one of q, k, v")
+    return Attention(roles["q"], roles["k"], roles["v"], o, position=tuple(position))
+
+
+def _ranking_embedding(stack: nn.Module) -> str:
+    """Stack path of the token embedding, or of an image model's patch projection."""
+    embedding = stack.get_input_embeddings() if hasattr(stack, "get_input_embeddings") else None
+    if embedding is not None and not isinstance(embedding, nn.Embedding):
+        embedding = next((m for m in embedding.modules() if isinstance(m, nn.Conv2d)), None)
+    path = next((name for name, m in stack.named_modules() if m is embedding and name), None)
+    if path is None:
+        raise UnsupportedModelError(
+            f"{type(stack).__name__} has no token embedding or patch projection to rank the "
+            "hidden dims by")
+    return path
+
+
+def _has_rotary(stack: nn.Module, block: nn.Module) -> bool:
+    """Whether the stack rotates q and k, in transformers' rotate_half pairing (dims i, i + d/2).
+
+    Raises:
+        UnsupportedModelError: a rotary embedding of another pairing (GPT-J's adjacent pairs).
+    """
+    if not any("Rotary" in type(m).__name__ for m in stack.modules()):
+        return False
+    modeling = sys.modules[type(block).__module__]
+    if not hasattr(modeling, "rotate_half"):
+        raise UnsupportedModelError(
+            f"{type(block).__name__} rotates q and k by a pairing other than rotate_half")
+    return True
+
+
 def max_positions(backbone) -> int | None:
-    """The longest sequence a backbone with learned absolute positions accepts, else None."""
-    for name, module in backbone.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf in ("position_embeddings", "wpe", "embed_positions", "position_embedding") and \
-                isinstance(module, nn.Embedding):
-            offset = getattr(module, "offset", None)
-            if offset is None:
-                offset = 0 if module.padding_idx is None else module.padding_idx + 1
+    """The longest token sequence the backbone accepts, or None when nothing limits it.
+
+    Learned absolute positions limit it: the family's `max_positions_key` in the config, else the
+    position-embedding module's size less its offset (RoBERTa and MPNet count from their padding
+    id + 1, OPT and BART from 2). Rotary and relative positions (Llama, T5) do not limit it, nor
+    do images.
+    """
+    family = detect_family(backbone)
+    if family.kind == VISION or family.relative_positions:
+        return None
+    if family.max_positions_key is not None:
+        return getattr(backbone.config, family.max_positions_key)
+    stack = backbone_stacks(backbone, family)[0]
+    for name, module in stack.named_modules():
+        in_blocks = name.startswith(family.layers + ".")
+        if isinstance(module, nn.Embedding) and _names_positions(name) and not in_blocks:
+            padding = module.padding_idx
+            offset = getattr(module, "offset", 0) + (0 if padding is None else padding + 1)
             return module.num_embeddings - offset
     return None
+
+
+def _names_positions(name: str) -> bool:
+    """A learned absolute position table, by name (relative tables are not limits)."""
+    leaf = name.rsplit(".", 1)[-1]
+    return ("position" in leaf or leaf == "wpe") and "rel" not in leaf

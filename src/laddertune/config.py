@@ -14,6 +14,7 @@ SIDE_INITS = ("random", "magnitude", "fisher")
 GATE_KINDS = ("learnable", "fixed")
 SIDE_BLOCKS = ("auto", "native", "generic")
 POOLINGS = ("auto", "first", "last", "mean")
+LAST_LAYER_READINGS = ("raw", "normed")
 CONFIG_NAME = "lst_config.json"
 WEIGHTS_NAME = "lst_model.safetensors"
 
@@ -44,9 +45,11 @@ class LSTConfig:
         reduction_factor: r. The side network is r times narrower than the backbone. Larger r
             saves memory and parameters, smaller r gives the side network more capacity.
         side_layers: Backbone layers (0-based) that feed a ladder and get a side block. ``None``
-            uses the paper's layer dropping: drop every fourth layer starting at layer 0.
+            uses the reference code's choice for the T5 checkpoints it ran (t5-base drops 0, 4,
+            8; t5-large keeps the odd layers; t5-3b keeps layer 23 only), told by their shape,
+            and for every other backbone the paper's rule: drop every fourth layer from 0.
         decoder_side_layers: The same for the decoder stack of an encoder-decoder backbone.
-            ``None`` applies the paper's rule to the decoder.
+            ``None`` applies the same choice to the decoder.
         gate_temperature: T in the gate mu = sigmoid(alpha / T). Smaller T makes the gates move
             faster as alpha changes.
         gate_alpha_init: Initial alpha. 0 gives mu = 0.5: an even mix of side stream and ladder.
@@ -55,9 +58,27 @@ class LSTConfig:
         side_init: How side blocks start: ``magnitude`` (the default: backbone blocks pruned to
             width d/r, ranked by weight magnitude), ``fisher`` (ranked by the summed squared
             gradients of the task loss on ``init_data``, as the paper does) or ``random``.
-            Left at its default, a family pruning cannot handle starts random with a warning.
-        prune_samples: Examples used to estimate Fisher importance when ``side_init="fisher"``.
+            Left at its default, a backbone pruning cannot handle (blocks it cannot read, generic
+            side blocks, side heads too small to keep rotary pairs) starts random with a warning.
+        prune_samples: Examples used to estimate Fisher importance when ``side_init="fisher"``:
+            a uniform random sample of ``init_data`` (which is read once to the end), as the
+            reference code draws them from a shuffled loader.
+        prune_seed: Seed of that sample.
         dropout: Dropout inside the side network and before the task head.
+        side_attention_dropout: Dropout on the side blocks' attention probabilities. 0 keeps
+            fused attention kernels, which store no (t x t) attention matrix for backward; the
+            reference code uses T5's 0.1.
+        backbone_dropout: Run the backbone in train mode while the model trains, as the
+            reference code does: the ladders read dropout-noised states. Still no autograd
+            through the backbone. False runs it in eval mode: the ladders read clean states.
+        ladder_last_layer: What the ladder from a stack's last layer reads. ``raw``: the last
+            block's own output, as the reference code does. ``normed``: transformers'
+            ``hidden_states[-1]``, which for GPT-2, GPT-NeoX, Llama, Qwen2, Mistral, OPT, T5
+            and mBART is the output of the stack's final norm (for the others it is the raw
+            output too). Folders saved before this switch existed load as ``normed``.
+        gate_weight_decay: Whether `LSTModel.parameter_groups` puts the gate alphas in the
+            weight-decay group. False (as for biases and norms): decay would pull every gate to
+            its start value mu = 0.5.
         pooling: ``first``, ``last``, ``mean`` or ``auto`` (the mean of non-padding tokens for
             text encoders, the first token for vision models, the last non-padding token for
             decoders): how ``SEQ_CLS`` reads one vector per sequence.
@@ -82,8 +103,9 @@ class LSTConfig:
     )
     side_layers: list[int] | None = field(
         default=None,
-        metadata={"help": "Backbone layers that feed the side network. None = drop every "
-                          "fourth layer starting at 0, as the paper does."},
+        metadata={"help": "Backbone layers that feed the side network. None = the paper's "
+                          "choice: its code's layers for t5-base/large/3b, else drop every "
+                          "fourth layer starting at 0."},
     )
     decoder_side_layers: list[int] | None = field(
         default=None,
@@ -107,16 +129,46 @@ class LSTConfig:
         metadata={"help": "How side blocks start: 'magnitude' (default; backbone blocks pruned "
                           "to width d/r keeping the largest weights), 'fisher' (pruned by "
                           "gradient importance on init_data, as the paper does; needs data) or "
-                          "'random'. The default falls back to random, with a warning, for "
-                          "families pruning does not support."},
+                          "'random'. The default falls back to random, with a one-line warning, "
+                          "where pruning cannot build the side blocks; a value you set raises "
+                          "there instead."},
     )
     prune_samples: int = field(
         default=1024,
-        metadata={"help": "Examples used for Fisher importance (side_init='fisher')."},
+        metadata={"help": "Examples used for Fisher importance (side_init='fisher'), drawn at "
+                          "random from all of init_data, which is read once to the end."},
+    )
+    prune_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the random sample of init_data for Fisher importance."},
     )
     dropout: float = field(
         default=0.1,
         metadata={"help": "Dropout inside the side network and before the task head."},
+    )
+    side_attention_dropout: float = field(
+        default=0.0,
+        metadata={"help": "Dropout on the side network's attention probabilities. 0 (default) "
+                          "lets fused attention skip storing attention maps for backward; the "
+                          "paper's code uses 0.1."},
+    )
+    backbone_dropout: bool = field(
+        default=False,
+        metadata={"help": "Run the frozen backbone with its dropout on while training, as the "
+                          "paper's code does (noisier ladder inputs, still no backbone "
+                          "gradients). Off: the backbone runs in eval mode."},
+    )
+    ladder_last_layer: str = field(
+        default="raw",
+        metadata={"help": "What the ladder from a stack's last layer reads: 'raw' (default) the "
+                          "last block's output, as the paper's code does, or 'normed' the "
+                          "output after the stack's final norm where transformers reports "
+                          "that (hidden_states[-1])."},
+    )
+    gate_weight_decay: bool = field(
+        default=False,
+        metadata={"help": "Apply weight decay to the gate alphas in parameter_groups. Off "
+                          "(default): decay would pull every gate back to mu = 0.5."},
     )
     pooling: str = field(
         default="auto",
@@ -147,6 +199,11 @@ class LSTConfig:
         if not _is_count(self.prune_samples, 1):
             raise LSTConfigError(
                 f"prune_samples must be a whole number >= 1, got {self.prune_samples!r}")
+        if not _is_count(self.prune_seed, 0):
+            raise LSTConfigError(f"prune_seed must be a whole number >= 0, got {self.prune_seed!r}")
+        for name in ("backbone_dropout", "gate_weight_decay"):
+            if not isinstance(getattr(self, name), bool):
+                raise LSTConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.gate not in GATE_KINDS:
             raise LSTConfigError(f"gate={self.gate!r} is unknown; use 'learnable' or 'fixed'")
         if self.side_init not in SIDE_INITS:
@@ -160,8 +217,12 @@ class LSTConfig:
                 f"pooling={self.pooling!r} is unknown; use one of {', '.join(POOLINGS)}")
         if self.gate_temperature <= 0:
             raise LSTConfigError(f"gate_temperature must be > 0, got {self.gate_temperature}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise LSTConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "side_attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise LSTConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.ladder_last_layer not in LAST_LAYER_READINGS:
+            raise LSTConfigError(f"ladder_last_layer={self.ladder_last_layer!r} is unknown; use "
+                                 "'raw' or 'normed'")
         for name in ("side_layers", "decoder_side_layers"):
             layers = getattr(self, name)
             if layers is not None:
@@ -171,6 +232,34 @@ class LSTConfig:
                 if len(set(layers)) != len(layers):
                     raise LSTConfigError(f"{name} lists a layer twice: {layers}")
                 setattr(self, name, sorted(layers))
+
+    @classmethod
+    def paper(cls, **overrides) -> LSTConfig:
+        """The reference code's choices (ylsung/Ladder-Side-Tuning, T5 on GLUE); any field can
+        be overridden, e.g. ``LSTConfig.paper(task_type="SEQ_2_SEQ_LM")`` for its text-to-text
+        set-up.
+
+        What it sets, and why:
+            reduction_factor=8: the GLUE scripts' r (the paper uses 4 for vision-and-language).
+            side_init="fisher", prune_samples=1024: side blocks pruned by the empirical Fisher
+                of 1,024 examples of a shuffled loader (its fisher-v2 initialisation); pass
+                init_data.
+            ladder_last_layer="raw": its ladders read each block's own output; the stack's
+                final norm comes after the loop.
+            backbone_dropout=True: its backbone runs in train mode, dropout on.
+            side_attention_dropout=0.1, dropout=0.1: its side blocks are T5 blocks with all of
+                T5's dropout (rate 0.1), attention probabilities included.
+            gate="learnable", gate_temperature=0.1, gate_alpha_init=0.0: its learnable gates,
+                mu = sigmoid(alpha / 0.1) starting at 0.5.
+            gate_weight_decay=False: it trains with weight decay 0, so its gates never decay;
+                with parameter_groups no gate decays here whatever decay the rest gets.
+            side_layers=None: its layers per checkpoint (see ``side_layers``).
+        """
+        choices = dict(reduction_factor=8, side_init="fisher", prune_samples=1024,
+                       ladder_last_layer="raw", backbone_dropout=True,
+                       side_attention_dropout=0.1, dropout=0.1, gate="learnable",
+                       gate_temperature=0.1, gate_alpha_init=0.0, gate_weight_decay=False)
+        return cls(**{**choices, **overrides})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from .backbones import max_positions
 from .errors import InputError, MissingInputError, UnsupportedModelError
 
 GENERATIVE_TASKS = ("SEQ_2_SEQ_LM", "CAUSAL_LM")
@@ -75,7 +76,7 @@ def generate(model, input_ids: torch.Tensor | None = None,
                          "be >= 1")
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    limit = _max_positions(model.backbone.config)
+    limit = max_positions(model.backbone)
     if task == "CAUSAL_LM" and limit and input_ids.shape[1] + max_new_tokens > limit:
         raise InputError(
             f"a prompt of {input_ids.shape[1]} tokens plus max_new_tokens={max_new_tokens} "
@@ -245,9 +246,3 @@ def _backbone_token(backbone, name: str):
 def _device(module) -> torch.device:
     return next(module.parameters()).device
 
-
-def _max_positions(config) -> int | None:
-    """Learned absolute positions cap a decoder's length; rotary or relative ones do not."""
-    if getattr(config, "model_type", None) in ("gpt2", "opt"):
-        return getattr(config, "n_positions", None) or config.max_position_embeddings
-    return None

@@ -43,7 +43,7 @@ from .side import (
     attach_ladder,
     drop_unused,
     generic_heads,
-    no_attention_dropout,
+    set_attention_dropout,
 )
 
 # Keyword arguments forward accepts and ignores: transformers.Trainer and pipelines pass them.
@@ -129,7 +129,11 @@ class LSTModel(nn.Module):
 
     def _kept_layers(self, requested, stack, name) -> list[int]:
         depth = bb.num_layers(stack, self.family)
-        kept = default_side_layers(depth) if requested is None else list(requested)
+        if requested is None:
+            reference = self.family.reference_side_layers
+            kept = (reference and reference(self.backbone.config)) or default_side_layers(depth)
+        else:
+            kept = list(requested)
         bad = [i for i in kept if not 0 <= i < depth]
         if bad:
             raise LSTConfigError(
@@ -140,7 +144,8 @@ class LSTModel(nn.Module):
         """The side model of the backbone's own class at width d/r, else generic blocks."""
         reduced = bb.reduced_config(
             backbone.config, config.reduction_factor, self.kept_layers[0],
-            self.kept_layers[1] if len(self.kept_layers) > 1 else None, config.dropout)
+            self.kept_layers[1] if len(self.kept_layers) > 1 else None, config.dropout,
+            config.side_attention_dropout)
         if config.side_blocks in ("auto", "native"):
             try:
                 with _quiet_transformers():
@@ -153,7 +158,7 @@ class LSTModel(nn.Module):
                         "reduction_factor") from None
             else:
                 drop_unused(side_model, self.family.side_unused)
-                no_attention_dropout(side_model)
+                set_attention_dropout(side_model, config.side_attention_dropout)
                 if self.family.kind == bb.ENCODER_DECODER:
                     side_stacks = [side_model.get_encoder(), side_model.get_decoder()]
                     drop_unused(side_model, ("shared",))
@@ -164,7 +169,7 @@ class LSTModel(nn.Module):
                 return side_model, side_stacks, "native"
         heads = generic_heads(self.side_width, bb._heads(backbone.config))
         side_model = GenericSideStack(self.ladders[0], self.side_width, heads, config.dropout,
-                                      self.family.kind)
+                                      config.side_attention_dropout, self.family.kind)
         return side_model, [side_model], "generic"
 
     # ---- forward ------------------------------------------------------------------------------
@@ -255,25 +260,42 @@ class LSTModel(nn.Module):
 
         Returns (side output (b, t, d/r), (backbone cache, side cache) or None, backbone output).
         """
-        stack, side_stack, ladder = self.stacks[index], self.side_stacks[index], self.ladders[index]
+        side_stack, ladder = self.side_stacks[index], self.ladders[index]
         backbone_cache, side_cache = caches
         cache_kwargs = {}
         if self.family.kind in (bb.DECODER,) or index == 1:
             cache_kwargs = {"use_cache": use_cache, "cache": backbone_cache}
-        with frozen(self.backbone):
-            out = stack(**inputs, **(backbone_extra or {}), **cache_kwargs,
-                        output_hidden_states=True, return_dict=True)
-        ladder.backbone_hiddens = out.hidden_states        # L+1 tensors of (b, t, d)
-        try:
-            if self.side_blocks == "generic":   # no cache: generation recomputes
-                return side_stack(**inputs), None, out.last_hidden_state
-            if cache_kwargs:
-                cache_kwargs["cache"] = side_cache
+        out, states = self.run_backbone(index, **inputs, **(backbone_extra or {}), **cache_kwargs)
+        if self.side_blocks == "generic":   # no cache: generation recomputes
+            side_hidden = side_stack(states, inputs.get("attention_mask"))
+            return side_hidden, None, out.last_hidden_state
+        if cache_kwargs:
+            cache_kwargs["cache"] = side_cache
+        with ladder.reading(states):
             side_out = side_stack(**inputs, **(side_extra or {}), **cache_kwargs, return_dict=True)
-        finally:
-            ladder.backbone_hiddens = None
         new_cache = (out.cache, side_out.cache) if use_cache else None
         return side_out.last_hidden_state, new_cache, out.last_hidden_state
+
+    def run_backbone(self, index: int, **inputs) -> tuple[ModelOutput, tuple[torch.Tensor, ...]]:
+        """Backbone stack `index` without autograd: its output and the states its ladder reads,
+        the embeddings then every layer's output, L+1 tensors of (b, t, d).
+
+        The backbone runs in eval mode unless `backbone_dropout` is on and the model trains. With
+        `ladder_last_layer="raw"` the last state is the last block's own output, taken before
+        the stack's final norm (most families' `hidden_states[-1]` is taken after it).
+        """
+        stack = self.stacks[index]
+        last = bb.num_layers(stack, self.family) - 1
+        read_raw = self.config.ladder_last_layer == "raw" and last in self.kept_layers[index]
+        last_block = bb.get_path(stack, self.family.layers)[last]
+        recording = block_outputs(last_block) if read_raw else contextlib.nullcontext()
+        dropout = self.config.backbone_dropout and self.training
+        with frozen(self.backbone, dropout=dropout), recording as raw:
+            out = stack(**inputs, output_hidden_states=True, return_dict=True)
+        states = out.hidden_states
+        if read_raw:
+            states = (*states[:-1], raw[-1])
+        return out, states
 
     def _task_output(self, side_hidden, pad_mask, labels, cache) -> LSTOutput:
         task = self.config.task_type
@@ -288,7 +310,7 @@ class LSTModel(nn.Module):
             return LSTOutput(self._classification_loss(logits, labels), logits, up, cache)
         if task == "FEATURE_EXTRACTION":
             return LSTOutput(None, None, up, cache)
-        weight, bias, scale = bb.lm_head(self.backbone)
+        weight, bias, scale = bb.lm_head(self.backbone, self.family)
         if labels is not None:
             labels = self._check_label_shape(labels, up.shape[:-1], "token")
             self._check_label_range(labels, weight.shape[0])
@@ -369,6 +391,22 @@ class LSTModel(nn.Module):
         """Every parameter LST trains, by name: side blocks, ladders, gates, up-projection, head."""
         return dict(self.named_parameters())
 
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: `weight_decay` for weight matrices, none for biases, norm
+        weights and (unless `config.gate_weight_decay`) the gate alphas, as HF Trainer and
+        nanoGPT do. Use as ``torch.optim.AdamW(model.parameter_groups(0.01), lr=3e-3)``.
+
+        Parameters with requires_grad off are left out.
+        """
+        gates = {id(ladder.gate_alphas) for ladder in self.ladders}
+
+        def decays(param: nn.Parameter) -> bool:
+            if id(param) in gates:
+                return self.config.gate_weight_decay
+            return param.dim() >= 2             # matrices; biases and norm weights are vectors
+
+        return decay_groups(self.parameters(), weight_decay, decays)
+
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
         side = sum(p.numel() for p in self.parameters())
@@ -437,6 +475,7 @@ class LSTModel(nn.Module):
                 f"{backbone.config.model_type}; pass the backbone it was trained on")
         resolved = meta.get("resolved_side_layers") or [None, None]
         config = LSTConfig.from_dict({
+            "ladder_last_layer": "normed",   # folders saved before the switch existed
             **meta, "side_init": "random", "side_blocks": meta.get("side_blocks_built", "auto"),
             "side_layers": resolved[0],
             "decoder_side_layers": resolved[1] if len(resolved) > 1 else None})
@@ -460,22 +499,49 @@ class LSTModel(nn.Module):
         return model
 
 
+def decay_groups(parameters, weight_decay: float, decays) -> list[dict]:
+    """Two AdamW groups of the trainable `parameters`: those `decays` picks, and the rest."""
+    trainable = [p for p in parameters if p.requires_grad]
+    return [{"params": [p for p in trainable if decays(p)], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if not decays(p)], "weight_decay": 0.0}]
+
+
 def get_lst_model(backbone, config: LSTConfig, init_data=None) -> LSTModel:
     """Wrap `backbone` with a ladder side network; the backbone is left untouched."""
     return LSTModel(backbone, config, init_data=init_data)
 
 
 @contextlib.contextmanager
-def frozen(backbone: nn.Module):
-    """Run the backbone in eval mode (no dropout) without autograd, then restore its modes."""
+def frozen(backbone: nn.Module, dropout: bool = False):
+    """Run the backbone without autograd, in eval mode (or train mode: `dropout`), then restore
+    its modes."""
     modes = [(module, module.training) for module in backbone.modules()]
-    backbone.eval()
+    backbone.train(dropout)
     try:
         with torch.no_grad():
             yield
     finally:
         for module, mode in modes:
             module.training = mode
+
+
+@contextlib.contextmanager
+def block_outputs(block: nn.Module):
+    """Collect the hidden-state output of `block` on every call inside the `with` block.
+
+    A forward hook on the user's backbone, removed on the way out: the only touch laddertune
+    makes to it, and it changes no value.
+    """
+    outputs = []
+
+    def record(module, args, output):
+        outputs.append(output[0] if isinstance(output, tuple) else output)
+
+    handle = block.register_forward_hook(record)
+    try:
+        yield outputs
+    finally:
+        handle.remove()
 
 
 @contextlib.contextmanager
@@ -495,10 +561,6 @@ def _check_is_transformer(model) -> None:
         raise UnsupportedModelError(
             f"{type(model).__name__} is not a Hugging Face PreTrainedModel; load the backbone "
             "with transformers (AutoModel / AutoModelFor...) and pass that")
-    if type(model).__name__ == "CLIPModel":
-        raise UnsupportedModelError(
-            "CLIPModel holds two towers; pass CLIPVisionModel or CLIPTextModel (e.g. "
-            "CLIPVisionModel.from_pretrained(path)) to tune one of them")
 
 
 def _side_dtype(backbone) -> torch.dtype:

@@ -1,11 +1,13 @@
 """Side-network initialisation by structural pruning of the backbone, as the LST paper does.
 
 The side blocks are the backbone's own block class at width d/r, so every side parameter has a
-backbone twin of the same name. Pruning keeps, for each dimension of each twin, a set of indices,
-chained so the side network is a consistent narrow copy of the backbone:
+backbone twin of the same name. Which linear of a block is q, k, v, o or the feed-forward is read
+off the module structure (`backbones.block_plan`). Pruning keeps, for each dimension of each
+twin, a set of indices, chained so the side network is a consistent narrow copy of the backbone:
 
     hidden  d/r of the d model dims, ranked by the column L1 importance of the token embedding
-            ("the embedding chooses the kept hidden dimensions"). One index for the whole model:
+            ("the embedding chooses the kept hidden dimensions"; for images the out-channels of
+            the patch projection). One index for the whole model:
             every block's input and output dims, its norms, the stacks' final norms and position
             tables, and (encoder-decoder models share one embedding) cross-attention inputs.
     heads   per attention module: every head is kept, d_head/r dims inside each, chosen for two
@@ -15,22 +17,28 @@ chained so the side network is a consistent narrow copy of the backbone:
             row L1 importances. With grouped-query attention the dims are chosen per key/value
             head, its query heads' scores summed, and each query head (and its W_o columns)
             uses its key/value head's dims.
-            Rotary families (Llama, Qwen2, Mistral) fix q and k: the side rotary embedding is
-            rebuilt for head size d_s = d_head/r, so side pair i (dims i, i + d_s/2, rotate_half
-            convention) rotates at theta^(-2i/d_s) = theta^(-2ir/d_head), the frequency of
-            backbone pair i*r and no other. q and k keep dims {i*r} then {i*r + d_head/2},
-            i = 0..d_s/2 - 1, so every side pair is a backbone pair at its own frequency and the
-            pruned q.k is exactly the backbone's sum over those pairs. v (and W_o's columns)
-            keep the d_s dims of largest v row importance per key/value head.
+            Rotary families (Llama, Qwen2, Mistral, Gemma) fix q and k: the side rotary
+            embedding is rebuilt for head size d_s = d_head/r, so side pair i (dims i, i + d_s/2,
+            rotate_half convention) rotates at theta^(-2i/d_s) = theta^(-2ir/d_head), the
+            frequency of backbone pair i*r and no other. q and k keep dims {i*r} then
+            {i*r + d_head/2}, i = 0..d_s/2 - 1, so every side pair is a backbone pair at its own
+            frequency and the pruned q.k is exactly the backbone's sum over those pairs. v (and
+            W_o's columns) keep the d_s dims of largest v row importance per key/value head.
             Exact for the default, linear and llama3 rope types, whose frequencies depend on
             the base frequency only (yarn, dynamic and longrope also depend on the head size).
+            Where only the first rot dims of a head rotate (GPT-NeoX: a quarter), the side
+            head's first int(d_s * rot/d_head) dims keep pairs the same way, at stride
+            rot / that, and the rest are the backbone's non-rotating dims of largest q_j * k_j.
+            A fused q/k/v linear keeps the same rows in its layout: [q | k | v] (GPT-2) or
+            [q_h | k_h | v_h] for each head h (GPT-NeoX). DeBERTa's relative-position
+            projections, which meet q and k, keep their rows.
     ffn     d_ff/r intermediate units, ranked by the row L1 importance of the input linear
             (the product of the two for gated feed-forwards).
 
     side W_q = W_q[q, hidden]    side W_k = W_k[k, hidden]    side W_v = W_v[v, hidden]
     side W_o = W_o[hidden, o]    side W_in = W_in[ffn, hidden]    side W_out = W_out[hidden, ffn]
     side norm = norm[hidden]           biases follow their weight's rows
-    T5's relative position bias (buckets x heads) is copied whole.
+    T5's and MPNet's relative position biases (buckets x heads) are copied whole.
 
 Importance of a weight W, elementwise:
     magnitude   |W|. Needs no data.
@@ -44,7 +52,6 @@ Ladders, gates, the up-projection and the task head are untouched (they start fr
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -60,128 +67,44 @@ from .errors import LSTConfigError, MissingInputError, UnsupportedModelError
 logger = logging.getLogger(__name__)
 
 
-# ---- which module is which, per family ----------------------------------------------------------
-
-@dataclass(frozen=True)
-class Attention:
-    """Paths (inside a block) of one attention module's four linears."""
-
-    q: str
-    k: str
-    v: str
-    o: str
-
-
-@dataclass(frozen=True)
-class BlockPlan:
-    """How one stack's blocks are pruned. Paths are relative to the stack or the block."""
-
-    embedding: str                       # stack path of the token embedding (ranks hidden dims)
-    attentions: tuple[Attention, ...]    # self-attention, then cross-attention in decoders
-    ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
-    ffn_out: str                         # the linear back to the model width
-    rotary: bool = False                 # rotary embedding: q, k keep fixed pairs
-    conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
-
-    def fused_qkv(self, attention: Attention) -> bool:
-        return attention.q == attention.k == attention.v
-
-
-_BERT = BlockPlan(
-    "embeddings.word_embeddings",
-    (Attention("attention.self.query", "attention.self.key", "attention.self.value",
-               "attention.output.dense"),),
-    ("intermediate.dense",), "output.dense")
-_LLAMA = BlockPlan(
-    "embed_tokens",
-    (Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"),),
-    ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj", rotary=True)
-_T5_SELF = Attention("layer.0.SelfAttention.q", "layer.0.SelfAttention.k",
-                     "layer.0.SelfAttention.v", "layer.0.SelfAttention.o")
-_T5_CROSS = Attention("layer.1.EncDecAttention.q", "layer.1.EncDecAttention.k",
-                      "layer.1.EncDecAttention.v", "layer.1.EncDecAttention.o")
-_T5_ENCODER = BlockPlan("embed_tokens", (_T5_SELF,), ("layer.1.DenseReluDense.wi",),
-                        "layer.1.DenseReluDense.wo")
-_T5_DECODER = BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS), ("layer.2.DenseReluDense.wi",),
-                        "layer.2.DenseReluDense.wo")
-# T5 v1.1 / mT5 use a gated feed-forward: wi_0 (gate) and wi_1 (up)
-_T5_GATED_ENCODER = BlockPlan("embed_tokens", (_T5_SELF,),
-                              ("layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1"),
-                              "layer.1.DenseReluDense.wo")
-_T5_GATED_DECODER = BlockPlan("embed_tokens", (_T5_SELF, _T5_CROSS),
-                              ("layer.2.DenseReluDense.wi_0", "layer.2.DenseReluDense.wi_1"),
-                              "layer.2.DenseReluDense.wo")
-_BART_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                       "self_attn.out_proj")
-_BART_CROSS = Attention("encoder_attn.q_proj", "encoder_attn.k_proj", "encoder_attn.v_proj",
-                        "encoder_attn.out_proj")
-_BART_ENCODER = BlockPlan("embed_tokens", (_BART_SELF,), ("fc1",), "fc2")
-_BART_DECODER = BlockPlan("embed_tokens", (_BART_SELF, _BART_CROSS), ("fc1",), "fc2")
-
-_OPT_SELF = Attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                      "self_attn.out_proj")
-_OPT = BlockPlan("decoder.embed_tokens", (_OPT_SELF,), ("fc1",), "fc2")
-_DISTILBERT = BlockPlan(
-    "embeddings.word_embeddings",
-    (Attention("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),),
-    ("ffn.lin1",), "ffn.lin2")
-_CLIP_TEXT = BlockPlan("embeddings.token_embedding", (_OPT_SELF,), ("mlp.fc1",), "mlp.fc2")
-# GPT-2: Conv1D weights are stored (in, out), and q, k, v are one fused c_attn of 3d outputs
-_GPT2 = BlockPlan("wte", (Attention("attn.c_attn", "attn.c_attn", "attn.c_attn", "attn.c_proj"),),
-                  ("mlp.c_fc",), "mlp.c_proj", conv1d=True)
-
-# model_type -> one plan per stack ([encoder, decoder] for encoder-decoder models)
-PLANS: dict[str, tuple[BlockPlan, ...]] = {
-    "bert": (_BERT,),
-    "roberta": (_BERT,),
-    "electra": (_BERT,),  # only when embedding_size == hidden_size (else no hidden ranking)
-    "llama": (_LLAMA,),
-    "qwen2": (_LLAMA,),
-    "mistral": (_LLAMA,),
-    "t5": (_T5_ENCODER, _T5_DECODER),
-    "bart": (_BART_ENCODER, _BART_DECODER),
-    "mbart": (_BART_ENCODER, _BART_DECODER),
-    "opt": (_OPT,),  # only when word_embed_proj_dim == hidden_size
-    "distilbert": (_DISTILBERT,),
-    "clip_text_model": (_CLIP_TEXT,),
-    "gpt2": (_GPT2,),
-}
-
-
-def plans_for(model) -> tuple[BlockPlan, ...]:
-    """The pruning plan of an LSTModel's backbone, one per stack.
+def plans_for(model) -> tuple[bb.BlockPlan, ...]:
+    """The pruning plan of an LSTModel's backbone, one per stack (`backbones.prune_plans`).
 
     Raises:
-        UnsupportedModelError: the family has no plan, or its side blocks are not native.
+        UnsupportedModelError: the structure cannot be read, the side blocks are not native, or
+            the side heads cannot keep the backbone's rotary frequencies.
     """
-    config = model.backbone.config
-    model_type = config.model_type
     if any(p.is_meta for p in model.backbone.parameters()):
         raise UnsupportedModelError("the backbone's weights are on the meta device (not loaded)")
     if model.side_blocks != "native":
         raise UnsupportedModelError(
-            f"generic side blocks have no backbone twin to prune from ({model_type})")
-    if model_type in ("t5", "mt5"):
-        gated = getattr(config, "is_gated_act", False) or model_type == "mt5"
-        return (_T5_GATED_ENCODER, _T5_GATED_DECODER) if gated else (_T5_ENCODER, _T5_DECODER)
-    if model_type not in PLANS:
-        raise UnsupportedModelError(f"no pruning plan for model_type {model_type!r}")
-    return PLANS[model_type]
+            f"generic side blocks have no backbone twin to prune from "
+            f"({model.backbone.config.model_type})")
+    plans = bb.prune_plans(model.backbone, model.family)
+    config = model.backbone.config
+    for stack_index, plan in enumerate(plans):
+        if plan.rotary:   # the side head size must pair with the backbone's frequencies
+            head_dim = _head_dim(config, model.width, stack_index)
+            keep = head_dim // model.config.reduction_factor
+            rotary_dims(head_dim, keep, rotary_fraction(config))
+    return plans
 
 
 # ---- importance ---------------------------------------------------------------------------------
 
 def ranked_weights(model) -> dict[nn.Parameter, int]:
-    """The backbone weights whose scores choose indices, each with the dim its L1 norm sums:
-    the token embedding (over the vocabulary, giving one score per model dim) and the attention
-    and feed-forward linears of every kept layer (over inputs, one score per output row)."""
+    """The backbone weights whose scores choose indices, each with the axis it scores (its L1
+    norm sums the other axes): the token embedding's model dims (or an image model's patch
+    projection's out-channels) and the output rows of the attention and feed-forward linears of
+    every kept layer."""
     plans = plans_for(model)
-    embedding = bb.get_path(model.stacks[0], plans[0].embedding).weight    # (vocab, d)
-    if embedding.shape[1] != model.width:
+    embedding = bb.get_path(model.stacks[0], plans[0].embedding)
+    axis = 1 if isinstance(embedding, nn.Embedding) else 0   # (vocab, d) or (d, c, p, p)
+    if embedding.weight.shape[axis] != model.width:
         raise UnsupportedModelError(
-            f"the token embedding is {embedding.shape[1]} wide, not the model width {model.width}, "
-            "so it cannot rank the hidden dims")
-    weights = {embedding: 0}
+            f"the input embedding is {embedding.weight.shape[axis]} wide, not the model width "
+            f"{model.width}, so it cannot rank the hidden dims")
+    weights = {embedding.weight: axis}
     for stack, kept, plan in zip(model.stacks, model.kept_layers, plans):
         blocks = bb.get_path(stack, model.family.layers)
         for layer in kept:
@@ -189,20 +112,27 @@ def ranked_weights(model) -> dict[nn.Parameter, int]:
             for attention in plan.attentions:
                 paths += [attention.q, attention.k, attention.v]
             for path in paths:
-                weights[bb.get_path(blocks[layer], path).weight] = 0 if plan.conv1d else 1
+                weights[bb.get_path(blocks[layer], path).weight] = 1 if plan.conv1d else 0
     return weights
 
 
+def _other_axes(tensor: torch.Tensor, axis: int) -> list[int]:
+    return [dim for dim in range(tensor.dim()) if dim != axis]
+
+
 def magnitude_importance(weights: dict[nn.Parameter, int]) -> dict[nn.Parameter, torch.Tensor]:
-    """Scores from |W|: the L1 norm of each row (embedding: column), keyed by the parameter."""
-    return {p: p.detach().abs().sum(dim, dtype=torch.float64) for p, dim in weights.items()}
+    """Scores from |W|: the L1 norm of each entry of the scored axis, keyed by the parameter."""
+    return {p: p.detach().abs().sum(_other_axes(p, axis), dtype=torch.float64)
+            for p, axis in weights.items()}
 
 
 def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
                       weights: dict[nn.Parameter, int] | None = None
                       ) -> dict[nn.Parameter, torch.Tensor]:
     """Scores from the empirical Fisher: sum over `num_samples` examples (batch 1) of (dL/dW)^2,
-    L1-summed per row (embedding: per column) as it accumulates.
+    L1-summed per entry of each weight's scored axis as it accumulates. The examples are a
+    random sample of `init_data` (`sample_examples`, seeded by `config.prune_seed`), as the
+    reference code takes them from a shuffled loader.
 
     The backbone runs in eval mode (no dropout) with autograd. Gradients come from
     `torch.autograd.grad`, so no `.grad` field is written and the weights are never touched; the
@@ -233,8 +163,8 @@ def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
     backbone = model.backbone
     weights = ranked_weights(model) if weights is None else weights
     params = list(weights)
-    importance = {p: torch.zeros(p.shape[1 - dim], dtype=torch.float64, device=p.device)
-                  for p, dim in weights.items()}   # 2-D weights: one score per kept-side dim
+    importance = {p: torch.zeros(p.shape[axis], dtype=torch.float64, device=p.device)
+                  for p, axis in weights.items()}   # one score per entry of the scored axis
     flags = [p.requires_grad for p in params]
     modes = [(module, module.training) for module in backbone.modules()]
     backbone.eval()
@@ -243,13 +173,14 @@ def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
         for p in params:
             p.requires_grad_(True)
         with torch.enable_grad():
-            for example in itertools.islice(_single_examples(init_data), num_samples):
+            for example in sample_examples(init_data, num_samples, model.config.prune_seed):
                 loss = _task_loss(model, example)
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for p, grad in zip(params, grads):
                     if grad is not None:
                         squared = grad.detach().float().pow(2)   # float: bf16 squares underflow
-                        importance[p] += squared.sum(weights[p], dtype=torch.float64)
+                        importance[p] += squared.sum(_other_axes(squared, weights[p]),
+                                                     dtype=torch.float64)
                 seen += 1
     finally:
         for p, flag in zip(params, flags):
@@ -264,6 +195,25 @@ def fisher_importance(model, init_data: Iterable[dict], num_samples: int,
 
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "pixel_values",
                  "decoder_input_ids", "decoder_attention_mask")
+
+
+def sample_examples(init_data: Iterable[dict], num_samples: int, seed: int) -> list[dict]:
+    """`num_samples` batch-1 examples drawn uniformly, without replacement, from all of
+    `init_data`, in random order; all of them, shuffled, if there are fewer.
+
+    Reservoir sampling: `init_data` is read once to the end and only the sample is held.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sample = []
+    for seen, example in enumerate(_single_examples(init_data)):
+        slot = seen if seen < num_samples else int(torch.randint(seen + 1, (), generator=generator))
+        if slot < num_samples:
+            example = {k: v.clone() for k, v in example.items()}   # not a view of its batch
+            if slot == len(sample):
+                sample.append(example)
+            else:
+                sample[slot] = example
+    return [sample[i] for i in torch.randperm(len(sample), generator=generator)]
 
 
 def _single_examples(init_data: Iterable[dict]):
@@ -301,7 +251,7 @@ def _task_loss(model, example: dict) -> torch.Tensor:
             inputs["decoder_attention_mask"] = inputs.get("attention_mask")
     hidden = backbone.base_model(**inputs, return_dict=True).last_hidden_state  # (1, t, d)
     if task in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):  # bare model: its tied input embedding is the head
-        _, _, scale = bb.lm_head(backbone)
+        _, _, scale = bb.lm_head(backbone, model.family)
         logits = F.linear(hidden * scale, backbone.get_input_embeddings().weight)  # (1, t, vocab)
         if task == "CAUSAL_LM":
             logits, labels = logits[:, :-1], labels[:, 1:]
@@ -354,20 +304,25 @@ class HeadIndex(NamedTuple):
 
 
 def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
-               keep_per_head: int, rotary: bool) -> HeadIndex:
+               keep_per_head: int, rotary: float | None = None) -> HeadIndex:
     """The kept dims of every head, from row scores of shape (heads * head_dim,) for q and
-    (kv_heads * head_dim,) for k and v. See the module doc for the rule.
+    (kv_heads * head_dim,) for k and v. `rotary` is the fraction of head dims that rotate (None
+    without rotary embeddings). See the module doc for the rule.
 
     Raises:
-        UnsupportedModelError: rotary, and the side head size is odd or does not divide d_head.
+        UnsupportedModelError: rotary, and the side head cannot keep the backbone's frequencies.
     """
     heads, kv_heads = q.shape[0] // head_dim, k.shape[0] // head_dim
     groups = heads // kv_heads                                  # query heads per key/value head
-    if rotary:
-        qk_dims = rotary_dims(head_dim, keep_per_head).expand(kv_heads, -1)
+    q_score = q.view(kv_heads, groups, head_dim).sum(1)          # (kv_heads, head_dim)
+    if rotary is not None:
+        rotating = rotary_dims(head_dim, keep_per_head, rotary).expand(kv_heads, -1)
+        first_still = int(head_dim * rotary)        # dims from here on do not rotate
+        still_score = (q_score * k.view(kv_heads, head_dim))[:, first_still:]
+        still = _top_per_head(still_score, keep_per_head - rotating.shape[1]) + first_still
+        qk_dims = torch.cat([rotating, still], dim=1)           # (kv_heads, keep_per_head)
         v_dims = _top_per_head(v.view(kv_heads, head_dim), keep_per_head)
     else:
-        q_score = q.view(kv_heads, groups, head_dim).sum(1)      # (kv_heads, head_dim)
         score = q_score * k.view(kv_heads, head_dim) * v.view(kv_heads, head_dim)
         qk_dims = v_dims = _top_per_head(score, keep_per_head)  # (kv_heads, keep_per_head)
     return HeadIndex(q=_flat_rows(qk_dims.repeat_interleave(groups, dim=0), head_dim),
@@ -376,20 +331,45 @@ def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
                      o=_flat_rows(v_dims.repeat_interleave(groups, dim=0), head_dim))
 
 
-def rotary_dims(head_dim: int, keep: int) -> torch.Tensor:
-    """The head dims whose rotary frequencies the side head reproduces: side pair i (dims i and
-    i + keep/2) is backbone pair i*r (dims i*r and i*r + head_dim/2), r = head_dim / keep.
+def rotary_dims(head_dim: int, keep: int, fraction: float = 1.0) -> torch.Tensor:
+    """The rotating head dims a side head of `keep` dims keeps, shape (keep_rot,).
+
+    The first rot = int(head_dim * fraction) dims of a backbone head rotate (rotate_half pairs
+    dims j and j + rot/2 at theta^(-2j/rot)); the first keep_rot = int(keep * fraction) of a side
+    head do. Side pair i rotates at theta^(-2i/keep_rot), the frequency of backbone pair i*m,
+    m = rot / keep_rot, and of no other: so side dims i and i + keep_rot/2 are backbone dims i*m
+    and i*m + rot/2. The rest of the side head is filled with dims that do not rotate.
 
     Raises:
-        UnsupportedModelError: keep is odd or does not divide head_dim.
+        UnsupportedModelError: keep_rot is odd or does not divide rot, or the backbone head has
+            fewer dims that do not rotate than the side head needs.
     """
-    if keep % 2 or head_dim % keep:
+    rot, keep_rot = int(head_dim * fraction), int(keep * fraction)
+    if keep_rot % 2 or (keep_rot and rot % keep_rot) or keep - keep_rot > head_dim - rot:
         raise UnsupportedModelError(
-            f"rotary heads of size {head_dim} cannot be pruned to {keep} dims (need an even "
-            "divisor of the head size); use another reduction_factor or side_init='random'")
-    r = head_dim // keep
-    first = torch.arange(keep // 2) * r                          # (keep/2,) first-half dims
-    return torch.cat([first, first + head_dim // 2])             # (keep,)
+            f"rotary heads of size {head_dim} cannot be pruned to {keep} dims: that needs an "
+            "even divisor of the head size, which another reduction_factor may give")
+    first = torch.arange(keep_rot // 2) * (rot // keep_rot if keep_rot else 0)  # first-half dims
+    return torch.cat([first, first + rot // 2])                   # (keep_rot,)
+
+
+def rotary_fraction(config) -> float:
+    """The fraction of each head's dims that rotate (GPT-NeoX rotates a quarter by default).
+
+    Raises:
+        UnsupportedModelError: a rope type whose frequencies depend on the head size.
+    """
+    rope = getattr(config, "rope_parameters", None) or {}
+    rope_type = rope.get("rope_type", "default")
+    if rope_type not in _HEAD_SIZE_FREE_ROPE:
+        raise UnsupportedModelError(
+            f"rope_type {rope_type!r} sets frequencies by the head size, so a narrower side head "
+            "cannot keep them")
+    return float(rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
+
+
+# rope types whose frequencies depend on the base frequency only, not on the head size
+_HEAD_SIZE_FREE_ROPE = ("default", "linear", "llama3")
 
 
 def _top_per_head(score: torch.Tensor, keep: int) -> torch.Tensor:
@@ -425,6 +405,7 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
         blocks = bb.get_path(stack, model.family.layers)
         side_blocks = bb.get_path(side_stack, model.family.layers)
         head_dim = _head_dim(config, model.width, s)
+        rotary = rotary_fraction(config) if plan.rotary else None
         for k, layer in enumerate(model.kept_layers[s]):
             block, side_block = blocks[layer], side_blocks[k]
 
@@ -433,20 +414,31 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
 
             for a, attention in enumerate(plan.attentions):
                 side_q_rows = _out_features(side_block, attention.q, plan)
-                if plan.fused_qkv(attention):  # (3d,): q, k and v stacked
-                    q, kk, v = score(attention.q).chunk(3)
+                q, kk, v = _qkv_scores(score(attention.q), score(attention.k),
+                                       score(attention.v), attention, head_dim)
+                if attention.fused:
                     side_q_rows //= 3
-                else:
-                    q, kk, v = score(attention.q), score(attention.k), score(attention.v)
                 heads = q.shape[0] // head_dim
                 indices.heads[s, layer, a] = head_index(q, kk, v, head_dim,
-                                                        side_q_rows // heads, plan.rotary)
+                                                        side_q_rows // heads, rotary)
             keep = _out_features(side_block, plan.ffn_in[0], plan)
             indices.ffn[s, layer] = ffn_index([score(path) for path in plan.ffn_in], keep)
     return indices
 
 
-def _out_features(block: nn.Module, path: str, plan: BlockPlan) -> int:
+def _qkv_scores(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: bb.Attention,
+                head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row scores of q, k and v, each (heads * head_dim,); a fused linear's q, k, v are all its
+    scores (3 * heads * head_dim,), split as its layout stacks them."""
+    if attention.fused == bb.STACKED:                       # [q | k | v]
+        return q.chunk(3)
+    if attention.fused == bb.PER_HEAD:                      # [q_h | k_h | v_h] for every head h
+        per_head = q.view(-1, 3, head_dim)                  # (heads, 3, head_dim)
+        return tuple(per_head[:, part].flatten() for part in range(3))
+    return q, k, v
+
+
+def _out_features(block: nn.Module, path: str, plan: bb.BlockPlan) -> int:
     return bb.get_path(block, path).weight.shape[1 if plan.conv1d else 0]
 
 
@@ -464,26 +456,37 @@ def _head_dim(config, width: int, stack_index: int) -> int:
 # ---- copying the pruned weights -----------------------------------------------------------------
 
 @torch.no_grad()
-def copy_pruned(model, indices: PruneIndices) -> None:
-    """Overwrite every side block and side stack parameter with its pruned backbone twin."""
+def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """Every side block and side stack parameter with the pruned backbone twin it starts from.
+
+    Raises:
+        UnsupportedModelError: a side parameter is not a cut of a backbone twin.
+    """
     plans = plans_for(model)
     hidden = indices.hidden
+    values = []
     for s, (stack, side_stack, plan) in enumerate(zip(model.stacks, model.side_stacks, plans)):
         blocks = bb.get_path(stack, model.family.layers)
         side_blocks = bb.get_path(side_stack, model.family.layers)
+        head_dim = _head_dim(model.backbone.config, model.width, s)
         for k, layer in enumerate(model.kept_layers[s]):
             # (rows, columns) of every linear whose dims are not just the hidden index
             linears = {}
             for a, attention in enumerate(plan.attentions):
                 head = indices.heads[s, layer, a]
-                if plan.fused_qkv(attention):
+                if attention.fused == bb.STACKED:
                     d_attn = _out_features(blocks[layer], attention.q, plan) // 3
-                    fused = torch.cat([head.q, head.k + d_attn, head.v + 2 * d_attn])
-                    linears[attention.q] = (fused, hidden)
+                    linears[attention.q] = (torch.cat([head.q, head.k + d_attn,
+                                                       head.v + 2 * d_attn]), hidden)
+                elif attention.fused == bb.PER_HEAD:
+                    heads = _out_features(blocks[layer], attention.q, plan) // (3 * head_dim)
+                    linears[attention.q] = (_per_head_rows(head, head_dim, heads), hidden)
                 else:
                     linears[attention.q] = (head.q, hidden)
                     linears[attention.k] = (head.k, hidden)
                     linears[attention.v] = (head.v, hidden)
+                for path in attention.position:   # DeBERTa: position rows meet q and k rows,
+                    linears[path] = (head.q, hidden)   # one shared index without rotary
                 linears[attention.o] = (hidden, head.o)
             for path in plan.ffn_in:
                 linears[path] = (indices.ffn[s, layer], hidden)
@@ -504,7 +507,7 @@ def copy_pruned(model, indices: PruneIndices) -> None:
                         value = _take(twin, rows, 0)
                 else:
                     value = _prune_by_width(twin, side_param.shape, hidden, model.width, name)
-                side_param.copy_(value)
+                values.append((side_param, value))
         # stack-level side parameters: final norms, BART's position table and embedding norm
         twins = dict(stack.named_parameters())
         for name, side_param in side_stack.named_parameters():
@@ -512,8 +515,16 @@ def copy_pruned(model, indices: PruneIndices) -> None:
                 continue
             if name not in twins:
                 raise UnsupportedModelError(f"side parameter {name} has no backbone twin")
-            side_param.copy_(_prune_by_width(twins[name], side_param.shape, hidden, model.width,
-                                             name))
+            values.append((side_param, _prune_by_width(twins[name], side_param.shape, hidden,
+                                                       model.width, name)))
+    return values
+
+
+def _per_head_rows(head: HeadIndex, head_dim: int, heads: int) -> torch.Tensor:
+    """Kept rows of a fused linear laid out [q_h | k_h | v_h] for every head h (GPT-NeoX)."""
+    dims = [index.view(heads, -1) % head_dim for index in (head.q, head.k, head.v)]
+    start = torch.arange(heads)[:, None] * 3 * head_dim                    # (heads, 1)
+    return torch.cat([start + part * head_dim + d for part, d in enumerate(dims)], 1).flatten()
 
 
 def _take(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
@@ -541,8 +552,10 @@ def _prune_by_width(twin: torch.Tensor, side_shape: torch.Size, hidden: torch.Te
 def init_side_from_backbone(model, init_data=None) -> PruneIndices | None:
     """Initialise `model`'s side blocks by pruning its backbone (`config.side_init`).
 
-    With the default side_init (magnitude, not chosen by the user), a family pruning cannot
+    With the default side_init (magnitude, not chosen by the user), a backbone pruning cannot
     handle keeps its random side blocks and logs a warning; a side_init the user chose raises.
+    Every pruned value is computed before the first is copied, so a failure leaves the side
+    network as it was built.
 
     Raises:
         LSTConfigError: side_init was set explicitly for a backbone pruning cannot handle.
@@ -551,6 +564,12 @@ def init_side_from_backbone(model, init_data=None) -> PruneIndices | None:
     config = model.config
     try:
         weights = ranked_weights(model)
+        if config.side_init == "fisher":
+            importance = fisher_importance(model, init_data, config.prune_samples, weights)
+        else:
+            importance = magnitude_importance(weights)
+        indices = choose_indices(model, importance)
+        values = pruned_values(model, indices)
     except UnsupportedModelError as err:
         if getattr(config.side_init, "is_default", False):
             logger.warning("laddertune: side blocks of %s start random: cannot prune (%s)",
@@ -559,11 +578,8 @@ def init_side_from_backbone(model, init_data=None) -> PruneIndices | None:
         raise LSTConfigError(
             f"side_init={str(config.side_init)!r} cannot prune this backbone ({err}); "
             "use side_init='random'") from None
-    if config.side_init == "fisher":
-        importance = fisher_importance(model, init_data, config.prune_samples, weights)
-    else:
-        importance = magnitude_importance(weights)
-    indices = choose_indices(model, importance)
-    copy_pruned(model, indices)
+    with torch.no_grad():
+        for side_param, value in values:
+            side_param.copy_(value)
     model.prune_indices = indices
     return indices

@@ -10,8 +10,13 @@ For one backbone stack with kept layers l_1 < ... < l_n, hidden width d and side
     h = final_norm(h)
     y = up(h)                                         # (b, t, d/r) -> (b, t, d), to the task head
 
-x_l is transformers' `hidden_states[l + 1]`. For a stack's last layer most families report it
-after their final norm, so a ladder from the last layer reads the normalised stream.
+x_l is transformers' `hidden_states[l + 1]`, except for a stack's last layer: there most families
+report the output of their final norm, and with `ladder_last_layer="raw"` (the default, as the
+reference code does) x_L is the last block's own output instead (`LSTModel.run_backbone`).
+
+The ladder gets the backbone's states for one call by argument (`GenericSideStack`) or, where the
+call goes through a Hugging Face model forward that cannot carry them, from a context:
+`with ladder.reading(hidden_states): side_stack(...)`. Nothing is set on a module for the call.
 
 The side blocks are the backbone's own block class, built from a copy of its config at width d/r
 (`backbones.reduced_config`), inside a whole side model of the backbone's class. That model keeps
@@ -28,13 +33,20 @@ When a family's model class cannot be built at width d/r (or `side_blocks="gener
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Sequence
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .backbones import DECODER, Family, get_path, set_path
+
+# (ladder, backbone states) of every `Ladder.reading` under way, innermost last. A context
+# variable: each thread (and asyncio task) sees its own calls, and no module holds the states.
+_READINGS: ContextVar[tuple] = ContextVar("laddertune_ladder_readings", default=())
 
 
 class Ladder(nn.Module):
@@ -64,24 +76,40 @@ class Ladder(nn.Module):
             self.gate_alphas = nn.Parameter(alphas)
         else:
             self.register_buffer("gate_alphas", alphas)
-        self.backbone_hiddens: tuple[torch.Tensor, ...] | None = None  # set for one forward
 
     def gates(self) -> torch.Tensor:
         """mu_k = sigmoid(alpha_k / T) for every side block, shape (n,)."""
         return torch.sigmoid(self.gate_alphas / self.temperature)
 
-    def first(self) -> torch.Tensor:
+    def first(self, embeddings: torch.Tensor) -> torch.Tensor:
         """h_0 = down_0(embeddings): (b, t, d) -> (b, t, d/r)."""
-        embeddings = self.backbone_hiddens[0]
         return self.down[0](embeddings.to(self.down[0].weight.dtype))
 
-    def mix(self, k: int, side_hidden: torch.Tensor) -> torch.Tensor:
+    def mix(self, k: int, side_hidden: torch.Tensor, hidden_states: Sequence[torch.Tensor]
+            ) -> torch.Tensor:
         """Gate the ladder from backbone layer kept_layers[k] into the side stream."""
         # hidden_states[l + 1] is the output of backbone layer l
-        backbone_out = self.backbone_hiddens[self.kept_layers[k] + 1]    # (b, t, d)
+        backbone_out = hidden_states[self.kept_layers[k] + 1]             # (b, t, d)
         ladder = self.down[k + 1](backbone_out.to(self.down[k + 1].weight.dtype))  # (b, t, d/r)
         mu = self.gates()[k]
         return mu * side_hidden + (1 - mu) * ladder
+
+    @contextlib.contextmanager
+    def reading(self, hidden_states: Sequence[torch.Tensor]):
+        """Hand the backbone's states (embeddings, then every layer's output) to this ladder's
+        side stack while it runs inside the `with` block."""
+        token = _READINGS.set((*_READINGS.get(), (self, tuple(hidden_states))))
+        try:
+            yield
+        finally:
+            _READINGS.reset(token)
+
+    def read(self) -> tuple[torch.Tensor, ...]:
+        """The states of the innermost `reading` of this ladder."""
+        for ladder, hidden_states in reversed(_READINGS.get()):
+            if ladder is self:
+                return hidden_states
+        raise RuntimeError("a side stack ran outside ladder.reading(hidden_states)")  # internal
 
 
 class SideInput(nn.Module):
@@ -97,7 +125,8 @@ class SideInput(nn.Module):
         self._held = (ladder, replaced)  # a tuple: neither is registered as a submodule
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self._held[0].first()
+        ladder = self._held[0]
+        return ladder.first(ladder.read()[0])
 
     def __getattr__(self, name):
         try:
@@ -121,9 +150,10 @@ def attach_ladder(side_stack: nn.Module, family: Family, ladder: Ladder) -> None
 
 def _mix_hook(ladder: Ladder, k: int, block: nn.Module, args: tuple, kwargs: dict):
     """Before side block k: h <- mu_k * h + (1 - mu_k) * down_k(x_{l_k})."""
+    states = ladder.read()
     if args:  # blocks take hidden_states first, by position or by name
-        return (ladder.mix(k, args[0]), *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": ladder.mix(k, kwargs["hidden_states"])}
+        return (ladder.mix(k, args[0], states), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": ladder.mix(k, kwargs["hidden_states"], states)}
 
 
 def drop_unused(side_model: nn.Module, paths: tuple[str, ...]) -> None:
@@ -136,26 +166,27 @@ def drop_unused(side_model: nn.Module, paths: tuple[str, ...]) -> None:
         set_path(side_model, path, nn.Identity())
 
 
-def no_attention_dropout(side_model: nn.Module) -> None:
-    """Turn off dropout on attention probabilities in every side attention module.
+def set_attention_dropout(side_model: nn.Module, rate: float) -> None:
+    """Set the dropout on attention probabilities of every side attention module to `rate`.
 
-    With it, fused attention falls back to a kernel that keeps the (t x t) attention matrix and
-    its dropout mask for backward, as large as the backbone's. `reduced_config` zeroes the config
+    Above 0, fused attention falls back to a kernel that keeps the (t x t) attention matrix and
+    its dropout mask for backward, as large as the backbone's. `reduced_config` sets the config
     fields named for attention; this catches families with one shared rate (T5's dropout_rate).
     """
     for module in side_model.modules():
         if "Attention" in type(module).__name__:
             for name in ("dropout", "attention_dropout", "dropout_rate", "dropout_prob"):
                 if isinstance(getattr(module, name, None), float):
-                    setattr(module, name, 0.0)
+                    setattr(module, name, rate)
 
 
 class GenericSideBlock(nn.Module):
     """A pre-norm transformer block at side width, for families whose own block can't be built."""
 
-    def __init__(self, width: int, heads: int, dropout: float, causal: bool):
+    def __init__(self, width: int, heads: int, dropout: float, attention_dropout: float,
+                 causal: bool):
         super().__init__()
-        self.heads, self.causal = heads, causal
+        self.heads, self.causal, self.attention_dropout = heads, causal, attention_dropout
         self.ln_1 = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
@@ -178,29 +209,32 @@ class GenericSideBlock(nn.Module):
             if self.causal:
                 mask = mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
             mask = mask | torch.eye(t, dtype=torch.bool, device=x.device)  # no empty rows (NaN)
-        # no attention dropout, as in the native side blocks (see backbones.reduced_config)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=self.causal and mask is None)  # (b, h, t, c/h)
+            q, k, v, attn_mask=mask, dropout_p=self.attention_dropout if self.training else 0.0,
+            is_causal=self.causal and mask is None)                    # (b, h, t, c/h)
         return self.proj(y.transpose(1, 2).reshape(b, t, c))
 
 
 class GenericSideStack(nn.Module):
     """The ladder loop written out, with `GenericSideBlock`s. No key/value cache."""
 
-    def __init__(self, ladder: Ladder, side_width: int, heads: int, dropout: float, kind: str):
+    def __init__(self, ladder: Ladder, side_width: int, heads: int, dropout: float,
+                 attention_dropout: float, kind: str):
         super().__init__()
         self.ladder = [ladder]  # in a list: the LSTModel registers the ladder, not this stack
         self.blocks = nn.ModuleList(
-            GenericSideBlock(side_width, heads, dropout, causal=kind == DECODER)
+            GenericSideBlock(side_width, heads, dropout, attention_dropout, causal=kind == DECODER)
             for _ in ladder.kept_layers)
         self.final_norm = nn.LayerNorm(side_width)
 
-    def forward(self, attention_mask: torch.Tensor | None = None, **_) -> torch.Tensor:
+    def forward(self, hidden_states: Sequence[torch.Tensor],
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The side output (b, t, d/r) from the backbone's states: embeddings, layer outputs."""
         ladder = self.ladder[0]
-        h = ladder.first()                         # (b, t, d/r)
+        h = ladder.first(hidden_states[0])             # (b, t, d/r)
         for k, block in enumerate(self.blocks):
-            h = ladder.mix(k, h)                   # gated ladder from backbone layer l_k
-            h = block(h, attention_mask)           # (b, t, d/r)
+            h = ladder.mix(k, h, hidden_states)        # gated ladder from backbone layer l_k
+            h = block(h, attention_mask)               # (b, t, d/r)
         return self.final_norm(h)
 
 

@@ -18,8 +18,9 @@ gradients the usual way. We keep it that way and give the projection its own gra
 through the side network: the side encoder's first ladder, down_0, reads the embeddings e. The
 backbone's hidden_states[0] *is* e (T5 applies dropout only, and the backbone runs in eval mode),
 so we hand the ladder the same values with their autograd history kept. The forward pass is
-exactly what the backbone computes; only the backward differs: the loss reaches the projection
-through down_0 and the side network, never through backbone activations. The projection thus
+exactly what the backbone computes (with `backbone_dropout` the backbone drops some of e, the
+ladder none); only the backward differs: the loss reaches the projection through down_0 and the
+side network, never through backbone activations. The projection thus
 trains to be useful to the side network; the backbone sees its current output but is not
 steered by gradients through its own layers. The alternative, back-propagating through the
 frozen T5 encoder, would save every encoder activation for backward, the cost LST exists to
@@ -40,7 +41,7 @@ from torch import nn
 from .checkpoint import load_json, load_weights, save_json, save_weights
 from .config import LSTConfig
 from .errors import BackboneMismatchError, CheckpointError, MissingInputError, UnsupportedModelError
-from .model import LSTModel, frozen
+from .model import LSTModel, decay_groups, frozen
 
 PROJECTION_NAME = "visual_projection.safetensors"
 VISION_CONFIG_NAME = "vision_tower.json"
@@ -121,22 +122,19 @@ class LSTVisionLanguageModel(nn.Module):
     def encode(self, input_ids, attention_mask, pixel_values):
         """Backbone and side encoders over [visual tokens; text]: ((b, s, d), (b, s, d/r))."""
         lst = self.lst
-        encoder, side_encoder, ladder = lst.stacks[0], lst.side_stacks[0], lst.ladders[0]
+        side_encoder, ladder = lst.side_stacks[0], lst.ladders[0]
         visual = self.visual_tokens(pixel_values)                            # (b, p, d)
         with frozen(self.backbone):
             text = self.backbone.get_input_embeddings()(input_ids)           # (b, t, d)
         embeds = torch.cat([visual, text.to(visual.dtype)], dim=1)           # (b, p + t, d)
         mask = _with_visual_tokens(attention_mask, visual.shape[1])
-        with frozen(self.backbone):
-            out = encoder(inputs_embeds=embeds.detach().to(text.dtype), attention_mask=mask,
-                          output_hidden_states=True, return_dict=True)
-        # hidden_states[0] is embeds itself: give the ladder the copy that keeps its gradient
-        ladder.backbone_hiddens = (embeds, *out.hidden_states[1:])
-        try:
-            side = side_encoder(inputs_embeds=ladder.first(), attention_mask=mask,
+        out, states = lst.run_backbone(0, inputs_embeds=embeds.detach().to(text.dtype),
+                                       attention_mask=mask)
+        # hidden_states[0] is embeds (after T5's dropout, with backbone_dropout): give the ladder
+        # the copy that keeps its gradient
+        with ladder.reading((embeds, *states[1:])):
+            side = side_encoder(inputs_embeds=ladder.first(embeds), attention_mask=mask,
                                 return_dict=True)                            # (b, p + t, d/r)
-        finally:
-            ladder.backbone_hiddens = None
         return out.last_hidden_state, side.last_hidden_state
 
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens: int = 20,
@@ -147,6 +145,14 @@ class LSTVisionLanguageModel(nn.Module):
                         num_beams=num_beams, pixel_values=pixel_values, **kwargs)
 
     # ---- parameters and saving ----------------------------------------------------------------
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups as `LSTModel.parameter_groups`; the projection's weight decays."""
+        decaying, still = self.lst.parameter_groups(weight_decay)
+        projection = decay_groups(self.visual_projection.parameters(), weight_decay,
+                                  lambda param: param.dim() >= 2)
+        return [{**decaying, "params": decaying["params"] + projection[0]["params"]},
+                {**still, "params": still["params"] + projection[1]["params"]}]
 
     def get_nb_trainable_parameters(self) -> tuple[int, int]:
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
