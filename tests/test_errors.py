@@ -154,6 +154,14 @@ def test_corrupted_config(saved):
     assert "corrupted" in one_line(err)
 
 
+def test_config_that_save_pretrained_did_not_write(saved):
+    (saved / CONFIG_NAME).write_text("{}")
+    with pytest.raises(CheckpointError) as err:
+        LSTModel.from_pretrained(tiny_backbone("bert"), saved)
+    message = one_line(err)
+    assert "lacks 'task_type'" in message and "architecture" not in message
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(CheckpointError) as err:
         LSTModel.from_pretrained(tiny_backbone("bert"), tmp_path / "nowhere")

@@ -468,6 +468,11 @@ class LSTModel(nn.Module):
             raise CheckpointError(f"{directory} is not a folder; pass the folder written by "
                                   "save_pretrained")
         meta = load_json(directory / CONFIG_NAME)
+        missing = [key for key in _SAVED_KEYS if key not in meta]
+        if missing:
+            raise CheckpointError(
+                f"{directory / CONFIG_NAME} lacks {missing[0]!r}, so it was not written by "
+                "save_pretrained or was edited; restore it or save the model again")
         _check_is_transformer(backbone)
         if meta.get("model_type") not in (None, backbone.config.model_type):
             raise BackboneMismatchError(
@@ -504,6 +509,11 @@ def decay_groups(parameters, weight_decay: float, decays) -> list[dict]:
     trainable = [p for p in parameters if p.requires_grad]
     return [{"params": [p for p in trainable if decays(p)], "weight_decay": weight_decay},
             {"params": [p for p in trainable if not decays(p)], "weight_decay": 0.0}]
+
+
+# What every lst_config.json written by save_pretrained holds, and loading needs.
+_SAVED_KEYS = ("task_type", "reduction_factor", "model_type", "backbone_fingerprint",
+               "resolved_side_layers")
 
 
 def get_lst_model(backbone, config: LSTConfig, init_data=None) -> LSTModel:
