@@ -147,6 +147,16 @@ def test_truncated_weights(saved):
     assert "truncated" in one_line(err)
 
 
+def test_weights_damaged_in_the_middle_fail_their_sha256(saved):
+    weights = saved / WEIGHTS_NAME
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF          # still a readable safetensors file, wrong values
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as err:
+        LSTModel.from_pretrained(tiny_backbone("bert"), saved)
+    assert "sha256" in one_line(err)
+
+
 def test_corrupted_config(saved):
     (saved / CONFIG_NAME).write_text("{not json")
     with pytest.raises(CheckpointError) as err:

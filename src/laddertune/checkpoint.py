@@ -96,11 +96,30 @@ def _umask() -> int:
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path,
-                 metadata: dict | None = None) -> None:
-    """Tensors to safetensors, atomically; `metadata` (JSON-able) rides in the file's header."""
+                 metadata: dict | None = None) -> str:
+    """Tensors to safetensors, atomically; `metadata` (JSON-able) rides in the file's header.
+    Returns the file's sha256, for a loader to check."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     header = None if metadata is None else {"laddertune": json.dumps(metadata)}
-    atomic_write_bytes(path, save(tensors, metadata=header))
+    data = save(tensors, metadata=header)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    """Raise CheckpointError unless the file at `path` has the sha256 `expected`."""
+    if sha256_file(path) != expected:
+        raise CheckpointError(f"{path} does not match the sha256 recorded when it was saved "
+                              "(truncated, damaged or replaced); restore it or save the model "
+                              "again")
 
 
 def save_json(data: dict, path: Path) -> None:

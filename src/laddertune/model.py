@@ -22,6 +22,7 @@ from . import backbones as bb
 from .checkpoint import (
     backbone_fingerprint,
     check_fingerprint,
+    check_sha256,
     load_json,
     load_weights,
     save_json,
@@ -445,7 +446,7 @@ class LSTModel(nn.Module):
             "side_blocks_built": self.side_blocks,
             "laddertune_version": __version__,
         }
-        save_weights(self.state_dict(), directory / WEIGHTS_NAME)
+        meta["weights_sha256"] = save_weights(self.state_dict(), directory / WEIGHTS_NAME)
         save_json(meta, directory / CONFIG_NAME)
 
     @classmethod
@@ -486,6 +487,8 @@ class LSTModel(nn.Module):
             "decoder_side_layers": resolved[1] if len(resolved) > 1 else None})
         model = cls(backbone, config)
         check_fingerprint(meta.get("backbone_fingerprint", {}), model.fingerprint(), str(directory))
+        if "weights_sha256" in meta and (directory / WEIGHTS_NAME).is_file():
+            check_sha256(directory / WEIGHTS_NAME, meta["weights_sha256"])
         state = load_weights(directory / WEIGHTS_NAME)
         expected = model.state_dict()
         missing = sorted(set(expected) - set(state))

@@ -17,11 +17,10 @@ Rules:
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
-from ..checkpoint import load_json
+from ..checkpoint import load_json, sha256_file
 from ..errors import CheckpointError
 from .options import TrainConfig, UsageError
 from .state import STATE_FILE
@@ -85,7 +84,7 @@ class RunFolder:
                       and not p.name.startswith("."))
 
     def model_file_digests(self) -> dict[str, str]:
-        return {p.name: sha256_of(p) for p in self.model_files()}
+        return {p.name: sha256_file(p) for p in self.model_files()}
 
     def check_model_files(self, recorded: dict[str, str]) -> None:
         """Raise CheckpointError unless every model file matches its recorded sha256."""
@@ -93,7 +92,7 @@ class RunFolder:
             path = self.path / name
             if not path.is_file():
                 raise CheckpointError(f"{path} is missing; restore it or train the run again")
-            if sha256_of(path) != digest:
+            if sha256_file(path) != digest:
                 raise CheckpointError(f"{path} does not match the sha256 recorded in "
                                       f"{METRICS_FILE} (damaged or replaced); restore it or "
                                       "train the run again")
@@ -104,14 +103,6 @@ class RunFolder:
             if folder.is_dir():
                 for tmp in folder.glob(".*.tmp"):
                     tmp.unlink(missing_ok=True)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---- where a training run writes ---------------------------------------------------------------
