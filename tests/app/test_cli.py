@@ -198,3 +198,25 @@ def test_help_reads_well(command, words, capsys):
     text = capsys.readouterr().out
     for word in words:
         assert word in text, word
+
+
+def test_lst_flags_reach_the_side_network_and_presets_apply(workdir):
+    out = workdir / "paper"
+    assert main(["train", "--model", str(workdir / "tiny"), "--train", str(workdir / "train.csv"),
+                 "--output", str(out), "--epochs", "1", "--batch-size", "16",
+                 "--reduction-factor", "2", "--no-progress", "--device", "cpu",
+                 "--lst-preset", "paper", "--lst-prune-samples", "8",
+                 "--lst-side-layers", "1,3", "--lst-gate-temperature", "0.5"]) == 0
+    saved = json.loads((out / "lst_config.json").read_text())
+    assert saved["side_init"] == "fisher" and saved["backbone_dropout"] is True   # the preset
+    assert saved["prune_samples"] == 8 and saved["gate_temperature"] == 0.5      # the flags
+    assert saved["side_layers"] == [1, 3]
+    assert json.loads((out / "run.json").read_text())["lst"] == {
+        "prune_samples": 8, "side_layers": [1, 3], "gate_temperature": 0.5}
+
+
+def test_a_bad_lst_value_is_one_line_before_anything_loads(workdir, capsys):
+    assert main(["train", "--model", str(workdir / "tiny"), "--train", str(workdir / "train.csv"),
+                 "--output", str(workdir / "never"), "--lst-ladder-last-layer", "sideways"]) == 2
+    assert "ladder_last_layer='sideways' is unknown" in capsys.readouterr().err
+    assert not (workdir / "never").exists()

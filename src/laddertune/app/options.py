@@ -19,12 +19,16 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from ..config import LSTConfig
 from ..errors import LSTError
 from .adapters import ADAPTER_KINDS
 from .data import BBC_NEWS, TWEET_SENTIMENT
 from .methods import DEFAULT_LR, METHODS
 
 DEVICES = ("auto", "cpu", "cuda")
+LST_PRESETS = ("default", "paper")
+# LSTConfig fields the training run sets itself, so they get no --lst-* flag
+LST_SET_BY_RUN = ("task_type", "num_labels", "reduction_factor", "decoder_side_layers")
 DEFAULT_MAX_LENGTH = 256
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 
@@ -84,6 +88,12 @@ class TrainConfig:
         "fixes initialisation, data order and dropout (CPU runs repeat exactly)", metavar="N"))
     reduction_factor: int = field(default=8, metadata=_flag(
         "LST only: the side network is this many times narrower than the model", metavar="R"))
+    lst_preset: str = field(default="default", metadata=_flag(
+        "LST only: 'default' (laddertune's defaults) or 'paper' (the reference code's choices: "
+        "Fisher pruning, backbone dropout, attention dropout; see LSTConfig.paper); --lst-* "
+        "flags override either", choices=LST_PRESETS))
+    lst: dict = field(default_factory=dict, metadata=_flag(
+        "LST settings, one --lst-NAME flag per LSTConfig field", nested=True))
     adapter_kind: str = field(default="houlsby", metadata=_flag(
         "adapter only: 'houlsby' (after attention and feed-forward) or 'pfeiffer' (after the "
         "feed-forward)", choices=ADAPTER_KINDS))
@@ -126,11 +136,19 @@ class TrainConfig:
         if self.max_grad_norm <= 0:
             raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
         _check_seed(self.seed)
+        self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pass one of them")
         if self.output is None:
             stem = self.train.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "run"
             self.output = f"runs/{stem}-{self.method}"
+
+    def lst_config(self, num_labels: int) -> LSTConfig:
+        """The LSTConfig of a sequence classifier of `num_labels` classes: the preset, then the
+        --lst-* flags, then --reduction-factor."""
+        build = LSTConfig.paper if self.lst_preset == "paper" else LSTConfig
+        return build(**{**self.lst, "task_type": "SEQ_CLS", "num_labels": num_labels,
+                        "reduction_factor": self.reduction_factor})
 
     def training_settings(self) -> dict:
         """The fields that decide what is trained: a resumed run must keep every one."""
@@ -237,6 +255,9 @@ def add_arguments(parser: argparse.ArgumentParser, config_class) -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(config_class)}
     for f in dataclasses.fields(config_class):
         meta = f.metadata
+        if meta.get("nested"):
+            _add_lst_arguments(parser)
+            continue
         default = defaults[f.name]
         text = meta["help"]
         if default not in (None, False, True, dataclasses.MISSING):
@@ -255,6 +276,50 @@ def add_arguments(parser: argparse.ArgumentParser, config_class) -> None:
                                 default=argparse.SUPPRESS, help=text)
 
 
+def _add_lst_arguments(parser: argparse.ArgumentParser) -> None:
+    """--lst-NAME VALUE for each LSTConfig field the run does not set itself, with its help."""
+    group = parser.add_argument_group(
+        "LST settings", "each overrides one LSTConfig field (see its help); unset ones keep the "
+        "--lst-preset's value")
+    for f in dataclasses.fields(LSTConfig):
+        if f.name in LST_SET_BY_RUN:
+            continue
+        group.add_argument(f"--lst-{f.name.replace('_', '-')}", dest=f"lst.{f.name}",
+                           type=_lst_value_type(f), default=argparse.SUPPRESS,
+                           metavar=_lst_metavar(f), help=f.metadata["help"].replace("%", "%%"))
+
+
+def _lst_value_type(f: dataclasses.Field):
+    kind = str(f.type)
+    if kind.startswith("list"):
+        return _layer_list
+    if kind == "bool":
+        return _boolean
+    return _value_type(f)
+
+
+def _lst_metavar(f: dataclasses.Field) -> str:
+    kind = str(f.type)
+    return {"bool": "true|false", "int": "N", "float": "X"}.get(
+        kind, "I,J,..." if kind.startswith("list") else "VALUE")
+
+
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of layer "
+                                         "numbers, e.g. 1,2,3") from None
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
 def _value_type(f: dataclasses.Field):
     kind = str(f.type)
     if kind.startswith("int"):
@@ -265,6 +330,11 @@ def _value_type(f: dataclasses.Field):
 
 
 def explicit_values(args: argparse.Namespace, config_class) -> dict:
-    """The fields the user set on the command line (others are absent from `args`)."""
+    """The fields the user set on the command line (others are absent from `args`); the
+    --lst-* flags are gathered into the `lst` dict."""
     names = {f.name for f in dataclasses.fields(config_class)}
-    return {k: v for k, v in vars(args).items() if k in names}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    lst = {k[len("lst."):]: v for k, v in vars(args).items() if k.startswith("lst.")}
+    if lst and "lst" in names:
+        values["lst"] = lst
+    return values

@@ -106,20 +106,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(source, method: str, num_labels: int, pad_token_id: int, cfg: TrainConfig):
-    """A fresh model for `method` on the pretrained backbone at `source`, and the backbone's
-    fingerprint (the same with or without a task head)."""
-    from ..config import LSTConfig
-    backbone = load_backbone(source, num_labels, pad_token_id, bare=method == "lst")
-    fingerprint = backbone_signature(backbone)
+def build_model(backbone, cfg: TrainConfig, num_labels: int, init_data: Encoded | None = None):
+    """The model `cfg.method` trains on `backbone` (freshly loaded; the method may own it).
+    `init_data`, the training set, is what LST's Fisher pruning ranks weights on."""
     extra = {}
-    if method == "lst":
-        extra["lst_config"] = LSTConfig(task_type="SEQ_CLS", num_labels=num_labels,
-                                        reduction_factor=cfg.reduction_factor)
-    elif method == "adapter":
+    if cfg.method == "lst":
+        extra["lst_config"] = cfg.lst_config(num_labels)
+        if extra["lst_config"].side_init == "fisher" and init_data is not None:
+            extra["init_data"] = single_examples(init_data)
+    elif cfg.method == "adapter":
         extra.update(adapter_kind=cfg.adapter_kind,
                      adapter_reduction_factor=cfg.adapter_reduction_factor)
-    return build_method(method, backbone, "SEQ_CLS", num_labels, **extra), fingerprint
+    return build_method(cfg.method, backbone, "SEQ_CLS", num_labels, **extra)
+
+
+def single_examples(encoded: Encoded):
+    """Each example as a batch of one, with its label, in order."""
+    for i in range(len(encoded)):
+        yield collate(encoded, [i], pad_token_id=0)   # one row: nothing to pad
 
 
 def fit_max_length(backbone, max_length: int | None, model_name: str) -> int:
@@ -160,12 +164,13 @@ class TrainingRun:
         self.tokenizer = load_tokenizer(self.source)
         self.pad = self.tokenizer.pad_token_id
         seed_everything(cfg.seed)
-        self.model, self.fingerprint = build_model(self.source, cfg.method, len(self.labels),
-                                                   self.pad, cfg)
-        cfg.max_length = fit_max_length(getattr(self.model, "backbone", self.model),
-                                        cfg.max_length, cfg.model)
+        backbone = load_backbone(self.source, len(self.labels), self.pad,
+                                 bare=cfg.method == "lst")
+        self.fingerprint = backbone_signature(backbone)
+        cfg.max_length = fit_max_length(backbone, cfg.max_length, cfg.model)
         self.train_set = tokenize(self.tokenizer, train_data, cfg.max_length, self.labels)
         self.eval_set = tokenize(self.tokenizer, eval_data, cfg.max_length, self.labels)
+        self.model = build_model(backbone, cfg, len(self.labels), self.train_set)
         self.model.to(self.device).train()
         self.trainable, self.total = count_parameters(self.model)
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
