@@ -69,7 +69,7 @@ def test_targets_report_misses_with_their_size():
              "account": {"total_mib": 100.0}, "trainable_params": 10, "trainable_percent": 100},
             {"workload": "w", "method": "lst", "cpu_peak_rss_mb": 50.0, "step_seconds": 0.2,
              "account": {"total_mib": 20.0}, "trainable_params": 1, "trainable_percent": 10}]
-    checks = {c["target"]: c for c in check_targets(runs, None, "w")}
+    checks = {c["target"]: c for c in check_targets(runs, "w")}
     measured = checks["LST peak memory (measured) / full FT"]
     assert measured["met"] is False and measured["miss"] == pytest.approx(0.25)
     assert checks["LST peak memory (account) / full FT"]["met"] is True

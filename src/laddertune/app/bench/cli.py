@@ -17,7 +17,7 @@ from .workloads import METHODS_BY_KIND, get_workload
 
 FULL_WORKLOADS = ("t5-base", "bert-base", "smollm2-135m")
 QUICK_WORKLOADS = ("t5-small", "bert-base")
-PARTS = ("table", "scaling", "accuracy")
+PARTS = ("table", "scaling")
 
 ADAPTERS_NOTE = (
     "Bottleneck adapters are not benchmarked: the maintained library for them, `adapters` 1.3.0 "
@@ -30,8 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="small shapes, one timed step, memory/speed table only (minutes)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--parts", default=None,
-                        help=f"comma list of {', '.join(PARTS)} (default: table, or all three "
-                             "without --quick)")
+                        help=f"comma list of {', '.join(PARTS)} (default: table, or both "
+                             "without --quick); accuracy is `python -m "
+                             "laddertune.app.bench.suite`")
     parser.add_argument("--workloads", default=None,
                         help="comma list of model shapes (default: t5-base,bert-base,"
                              "smollm2-135m; --quick: t5-small,bert-base)")
@@ -47,14 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="results folder (default benchmarks/results; quick: runs/bench-quick)")
     parser.add_argument("--merge", action="store_true",
                         help="keep parts of an existing results.json that this run does not redo")
-    parser.add_argument("--accuracy-json", default=None,
-                        help="take the accuracy part from this JSON (written by an earlier "
-                             "accuracy run) instead of training again")
-    parser.add_argument("--accuracy-seeds", default="0,1,2")
-    parser.add_argument("--accuracy-epochs", type=int, default=2)
-    parser.add_argument("--accuracy-max-length", type=int, default=64)
-    parser.add_argument("--accuracy-train-limit", type=int, default=640,
-                        help="training examples per run (0 = all 1,780)")
+
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,20 +87,9 @@ def run_bench(args: argparse.Namespace) -> dict:
                 _save_partial(results, out_dir)
     if "scaling" in parts:
         results["scaling"] = scaling_runs(args, common, results, out_dir)
-    if args.accuracy_json:
-        from .accuracy import summarize
-        accuracy = json.loads(Path(args.accuracy_json).read_text())
-        accuracy["summary"] = summarize(accuracy["runs"])
-        results["accuracy"] = accuracy
-    elif "accuracy" in parts:
-        from .accuracy import accuracy_suite
-        results["accuracy"] = accuracy_suite(
-            seeds=tuple(int(s) for s in _split(args.accuracy_seeds)),
-            epochs=args.accuracy_epochs, max_length=args.accuracy_max_length,
-            train_limit=args.accuracy_train_limit or None,
-            out_path=out_dir / "accuracy.json", threads=args.threads)
     paper = "t5-base" if any(r["workload"] == "t5-base" for r in results["runs"]) else "t5-small"
-    results["targets"] = check_targets(results["runs"], results.get("accuracy"), paper)
+    results.pop("accuracy", None)   # the accuracy suite has its own results (bench/suite.py)
+    results["targets"] = check_targets(results["runs"], paper)
     write_results(results, out_dir)
     print(markdown_table(results["runs"]))
     if results["targets"]:

