@@ -8,7 +8,6 @@ from tiny_models import (
     ALL_FAMILIES,
     DECODER_FAMILIES,
     SEQ2SEQ_FAMILIES,
-    TEXT_FAMILIES,
     VISION_FAMILIES,
     tiny_backbone,
     tiny_inputs,
@@ -155,7 +154,3 @@ def test_unlisted_family_works_without_entry():
     out.loss.backward()
     assert model.side_blocks == "native"
     assert all(p.grad is not None for p in model.parameters())
-
-
-def test_text_families_listed():
-    assert {"bert", "roberta", "distilbert", "deberta-v2", "electra"} <= set(TEXT_FAMILIES)

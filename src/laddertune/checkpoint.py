@@ -78,7 +78,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o666 & ~_umask())   # mkstemp makes 0600; a saved model is for sharing
+        os.fchmod(fd, shared_file_mode())   # mkstemp makes 0600; a saved model is for sharing
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -89,10 +89,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
+def shared_file_mode() -> int:
+    """The mode a plain `open` gives a new file: 0666 less the umask (0644 under umask 022)."""
     mask = os.umask(0)   # reading the umask means setting it; put it straight back
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path,

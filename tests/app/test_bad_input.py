@@ -248,11 +248,15 @@ def test_predict_output_that_is_a_folder_is_refused(files, finished, tmp_path, c
 
 # ---- what is left on disk --------------------------------------------------------------------
 
-def test_run_files_are_written_0644(finished):
+@pytest.mark.parametrize("method", ["lst", "lora", "adapter", "full"])
+def test_run_files_are_written_0644(files, tmp_path, method):
     old = os.umask(0o022)
-    os.umask(old)
-    assert old == 0o022, "this test assumes the usual umask"
-    for path in finished.rglob("*"):
+    try:
+        out = tmp_path / method
+        assert train(files, out, "--method", method) == 0
+    finally:
+        os.umask(old)
+    for path in out.rglob("*"):
         if path.is_file():
             assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
@@ -269,3 +273,113 @@ def test_an_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
         checkpoint.atomic_write_bytes(tmp_path / "file.bin", b"new")
     assert [p.name for p in tmp_path.iterdir()] == ["file.bin"]
     assert (tmp_path / "file.bin").read_bytes() == b"old"
+
+
+# ---- found by review ---------------------------------------------------------------------------
+
+def test_resume_from_another_folder_reads_the_same_files(files, tmp_path, monkeypatch):
+    monkeypatch.chdir(files)
+    real_step, calls = trainer.train_step, []
+
+    def interrupted_step(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    out = tmp_path / "moved"
+    assert main(["train", "--model", "tiny", "--train", "train.csv", "--output", str(out),
+                 *FLAGS, "--epochs", "2"]) == 130
+    monkeypatch.undo()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)                  # relative paths would now miss the files
+    assert main(["train", "--output", str(out), "--resume"]) == 0
+    assert json.loads((out / "run.json").read_text())["model"] == str(files / "tiny")
+
+
+def test_resume_on_another_backbone_is_refused(files, unfinished, tmp_path, capsys):
+    other = tmp_path / "other-tiny"
+    save_tiny_text_model(other, seed=1)            # same architecture, other weights
+    assert main(["train", "--output", str(unfinished), "--resume", "--model", str(other)]) == 2
+    assert "--model" in one_line_error(capsys)
+
+
+def test_resume_when_the_training_file_changed_is_refused(files, unfinished, tmp_path, capsys):
+    changed = tmp_path / "train.csv"
+    write_csv(changed, topic_rows(48, seed=9))
+    assert main(["train", "--output", str(unfinished), "--resume", "--train", str(changed)]) == 2
+    assert "--train" in one_line_error(capsys)
+
+
+def test_resume_and_overwrite_together_are_refused_on_an_existing_run(files, finished, capsys):
+    before = snapshot(finished)
+    assert train(files, finished, "--resume", "--overwrite") == 2
+    assert "contradict each other" in one_line_error(capsys)
+    assert snapshot(finished) == before
+
+
+def test_resume_compares_the_effective_lst_settings(files, tmp_path, monkeypatch, capsys):
+    real_step, calls = trainer.train_step, []
+
+    def interrupted_step(*args):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    out = tmp_path / "lst"
+    assert train(files, out, "--epochs", "2", "--lst-gate-temperature", "0.5") == 130
+    monkeypatch.undo()
+    assert main(["train", "--output", str(out), "--resume", "--lst-gate-temperature", "0.2"]) == 2
+    assert one_line_error(capsys).startswith("error: --lst-gate-temperature 0.2 differs")
+    # the default value, named explicitly, changes nothing: accepted
+    assert main(["train", "--output", str(out), "--resume", "--lst-dropout", "0.1"]) == 0
+
+
+def test_a_folder_of_other_files_is_not_trained_into(files, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    assert train(files, tmp_path) == 2
+    assert "folder of other files" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_second_train_on_a_folder_in_use_is_refused(files, tmp_path, capsys):
+    import fcntl
+    out = tmp_path / "busy"
+    with open(tmp_path / ".busy.lock", "a") as held:      # what a running `train` holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert train(files, out) == 2
+    assert "another `laddertune train` is writing to" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_a_max_length_with_no_room_for_text_is_refused(files, tmp_path, capsys):
+    assert train(files, tmp_path / "short", "--max-length", "2") == 2
+    assert "leaves no room for text" in one_line_error(capsys)
+
+
+def test_ctrl_c_before_the_first_checkpoint_keeps_nothing(files, tmp_path, monkeypatch, capsys):
+    def interrupted_step(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    out = tmp_path / "early"
+    assert train(files, out) == 130
+    assert "nothing was kept; run the same command again" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_run_json_with_edited_labels_is_refused(files, finished, tmp_path, capsys):
+    import shutil
+    copy = tmp_path / "copy"
+    shutil.copytree(finished, copy)
+    info = json.loads((copy / "run.json").read_text())
+    info["labels"] = ["a"]
+    (copy / "run.json").write_text(json.dumps(info))
+    assert main(["predict", "--checkpoint", str(copy), "--data", str(files / "eval.csv"),
+                 "--output", str(tmp_path / "p.csv")]) == 2
+    assert "lists labels ['a']" in one_line_error(capsys)
+    assert not (tmp_path / "p.csv").exists()

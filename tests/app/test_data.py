@@ -14,7 +14,6 @@ from tiny_models import save_tiny_text_model, topic_rows, write_csv
 from transformers import AutoTokenizer
 
 from laddertune.app.data import (
-    BBC_NEWS,
     TextDataset,
     collate,
     encode_labels,
@@ -112,10 +111,6 @@ def test_truncation_is_counted_and_batches_are_right_padded(tmp_path):
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert batch["input_ids"][0, 3] == tokenizer.pad_token_id
     torch.testing.assert_close(batch["labels"], torch.tensor([0, 0]))
-
-
-def test_bbc_news_name_is_reserved():
-    assert load_train_eval(BBC_NEWS)[1].source.startswith(BBC_NEWS)
 
 
 # ---- what a real file throws at the loader ------------------------------------------------------

@@ -16,7 +16,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..checkpoint import load_json
 from ..errors import LSTError, LSTWarning
 from .options import (
     DemoConfig,
@@ -63,27 +62,11 @@ def _description(config_class) -> str:
 
 
 def _add_bench(commands) -> None:
-    p = commands.add_parser("bench", help="memory/speed/accuracy benchmarks of all methods",
-                            description="Benchmarks (laddertune.app.bench).")
-    try:
-        from .bench import cli as bench_cli
-    except Exception as err:  # noqa: BLE001 - a broken bench must not break train/eval/predict
-        bench_cli, reason = None, f"{type(err).__name__}: {err}"
-    if bench_cli is not None and hasattr(bench_cli, "add_arguments") and hasattr(bench_cli, "run"):
-        bench_cli.add_arguments(p)
-        p.set_defaults(func=bench_cli.run)
-        return
-    if bench_cli is not None:
-        reason = "laddertune.app.bench.cli has no add_arguments/run"
-    p.add_argument("--quick", action="store_true", help=argparse.SUPPRESS)  # `make bench`
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    p.set_defaults(func=lambda args: _bench_missing(reason))
-
-
-def _bench_missing(reason: str) -> int:
-    first_line = (reason.splitlines() or [""])[0][:120]
-    raise LSTError(f"`laddertune bench` is not available in this install ({first_line}); "
-                   "update laddertune or run `make bench` from a full checkout")
+    from .bench import cli as bench_cli
+    p = commands.add_parser("bench", help="memory and speed benchmarks of every method",
+                            description=bench_cli.__doc__.strip().splitlines()[0])
+    bench_cli.add_arguments(p)
+    p.set_defaults(func=bench_cli.run)
 
 
 # ---- commands -----------------------------------------------------------------------------------
@@ -100,12 +83,14 @@ def train_config(explicit: dict) -> TrainConfig:
     if explicit.get("resume"):
         output = explicit.get("output") or TrainConfig(**{
             k: v for k, v in explicit.items() if k in ("train", "method")}).output
-        run_file = RunFolder(output).run_file
-        if run_file.is_file():
-            saved = load_json(run_file)
+        folder = RunFolder(output)
+        if folder.run_file.is_file():
+            saved = folder.info()
             names = {f.name for f in dataclasses.fields(TrainConfig)}
-            return TrainConfig(**{**{k: v for k, v in saved.items() if k in names},
-                                  **explicit, "output": output, "overwrite": False})
+            config = {k: v for k, v in saved.items() if k in names}
+            config["lst"] = {**config.get("lst", {}), **explicit.get("lst", {})}
+            return TrainConfig(**{**config, "overwrite": False, **explicit,
+                                  "lst": config["lst"], "output": output})
     return TrainConfig(**explicit)
 
 
@@ -153,11 +138,20 @@ def run_predict(args) -> int:
     if path.is_dir():
         raise UsageError(f"--output {path} is a folder; pass a file path such as "
                          f"{path / 'predictions.csv'}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UsageError(f"--output {path}: {path.parent} is a file, not a folder; pass a path "
+                         "in a folder")
+    if Path(config.data).exists() and path.resolve() == Path(config.data).resolve():
+        raise UsageError(f"--output {path} is the --data file; predictions would overwrite "
+                         "it, so pass another path")
     model, tokenizer, info, data, encoded = _load_for_inference(config, need_labels=False)
     probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
                           pick_device(config.device))
     names = info["labels"]
     ids = data.ids
+    if ids is None and "id_column" in explicit_values(args, PredictConfig):
+        warnings.warn(f"{config.data} has no column {config.id_column!r}; predictions are "
+                      "numbered by row instead", LSTWarning, stacklevel=1)
     handle = io.StringIO()
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow([config.id_column if ids else "row", "label",
@@ -212,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:
         print(getattr(err, "hint", "interrupted"), file=sys.stderr)
         return 130
+    except BrokenPipeError:   # `laddertune eval ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     finally:
         warnings.showwarning = _python_showwarning
 

@@ -16,7 +16,7 @@ from ..errors import BackboneMismatchError, CheckpointError
 from .aliases import ALIASES, backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate
 from .methods import load_trained
-from .run_folder import RunFolder
+from .run_folder import RunFolder, recover
 from .runtime import pick_device
 
 
@@ -32,14 +32,22 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
         CheckpointError: the folder is not a finished run, or a file is missing or damaged.
         BackboneMismatchError: the backbone loaded is not the one the run was trained on.
     """
+    recover(run_dir)
     folder = RunFolder(run_dir)
     info = folder.info()
     if not folder.is_finished():
         raise CheckpointError(f"{folder.path} is an unfinished run; finish it with `laddertune "
                               "train ... --resume` first")
-    recorded = load_json(folder.metrics_file).get("model_files_sha256")
+    metrics = load_json(folder.metrics_file)
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{folder.metrics_file} is not a JSON object (damaged or edited); "
+                              "restore it or train the run again")
+    recorded = metrics.get("model_files_sha256")
     if recorded:      # runs from before laddertune recorded digests load unchecked
         folder.check_model_files(recorded)
+    if metrics.get("labels") not in (None, info["labels"]):
+        raise CheckpointError(f"{folder.run_file} lists labels {info['labels']} but the run was "
+                              f"trained on {metrics['labels']} (edited?); restore run.json")
     name = model or info["model"]
     source = resolve_model(name if name in ALIASES or model else info["model_path"])
     tokenizer = load_tokenizer(source)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import load_json, load_weights, save_weights
+from ..checkpoint import load_json, load_weights, save_weights, shared_file_mode
 from ..config import LSTConfig
 from ..errors import CheckpointError, LSTConfigError
 from .adapters import (
@@ -143,17 +143,25 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     return (sum(p.numel() for p in unique if p.requires_grad), sum(p.numel() for p in unique))
 
 
-def save_trained(model: nn.Module, method: str, directory: Path) -> None:
+def save_trained(model: nn.Module, method: str, directory: Path) -> list[Path]:
     """Write what `method` trained to `directory`: the LST side network, the peft adapter, the
     bottleneck adapters (`adapters.ADAPTER_WEIGHTS` + `ADAPTER_CONFIG`), or the trained tensors
-    (full fine-tuning, BitFit). Never the frozen backbone."""
+    (full fine-tuning, BitFit). Never the frozen backbone. Returns the files written, each
+    readable by others (peft writes 0600 files)."""
+    directory = Path(directory)
+    before = {p: p.stat().st_mtime_ns for p in directory.iterdir() if p.is_file()}
     if method == "lst" or method in _PEFT_TYPES:
         model.save_pretrained(str(directory))
     elif method == "adapter":
         save_adapters(model, directory)
     else:
         save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
-                     Path(directory) / TRAINED_WEIGHTS)
+                     directory / TRAINED_WEIGHTS)
+    written = sorted(p for p in directory.iterdir()
+                     if p.is_file() and before.get(p) != p.stat().st_mtime_ns)
+    for path in written:
+        path.chmod(shared_file_mode())
+    return written
 
 
 def load_trained(task_model: nn.Module, method: str, directory: Path) -> nn.Module:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config import LSTConfig
-from ..errors import LSTError
+from ..errors import LSTError, LSTWarning
 from .adapters import ADAPTER_KINDS
 from .data import BBC_NEWS, TWEET_SENTIMENT
 from .methods import DEFAULT_LR, METHODS
@@ -57,9 +59,9 @@ class TrainConfig:
     train: str = field(default=BBC_NEWS, metadata=_flag(
         f"training data: .csv, .tsv, .jsonl, .json or .parquet with a text and a label column, "
         f"or a built-in set: '{BBC_NEWS}' (2,225 articles, 5 topics) or '{TWEET_SENTIMENT}' "
-        f"(31k tweets, negative/neutral/positive)", metavar="FILE"))
+        f"(35,696 tweets, negative/neutral/positive)", metavar="FILE"))
     eval: str | None = field(default=None, metadata=_flag(
-        "eval data; without it a stratified 20%% of --train is held out", metavar="FILE"))
+        "eval data; without it a stratified 20% of --train is held out", metavar="FILE"))
     text_column: str = field(default="text", metadata=_flag("column holding the text",
                                                              metavar="NAME"))
     label_column: str = field(default="label", metadata=_flag("column holding the label",
@@ -137,11 +139,31 @@ class TrainConfig:
             raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
         _check_seed(self.seed)
         self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
+        self._warn_unused()
         if self.resume and self.overwrite:
             raise UsageError("--resume and --overwrite contradict each other; pass one of them")
         if self.output is None:
             stem = self.train.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "run"
             self.output = f"runs/{stem}-{self.method}"
+        # paths as absolute ones: a run resumed from another folder reads the same files
+        self.train, self.eval, self.model = (_absolute(p) for p in (self.train, self.eval,
+                                                                     self.model))
+
+    def _warn_unused(self) -> None:
+        """Settings of another method than the one trained do nothing: say so once."""
+        unused = []
+        if self.method != "lst":
+            unused += [name for name, changed in (
+                ("--reduction-factor", self.reduction_factor != 8),
+                ("--lst-preset", self.lst_preset != "default"), ("--lst-*", bool(self.lst)))
+                if changed]
+        if self.method != "adapter":
+            unused += [name for name, changed in (
+                ("--adapter-kind", self.adapter_kind != "houlsby"),
+                ("--adapter-reduction-factor", self.adapter_reduction_factor != 16)) if changed]
+        if unused:
+            warnings.warn(f"{', '.join(unused)} set, but --method {self.method} does not use "
+                          "them", LSTWarning, stacklevel=3)
 
     def lst_config(self, num_labels: int) -> LSTConfig:
         """The LSTConfig of a sequence classifier of `num_labels` classes: the preset, then the
@@ -151,9 +173,11 @@ class TrainConfig:
                         "reduction_factor": self.reduction_factor})
 
     def training_settings(self) -> dict:
-        """The fields that decide what is trained: a resumed run must keep every one."""
+        """The fields that decide what is trained: a resumed run must keep every one. (The LST
+        settings are compared as the LSTConfig they make, `lst_config`.)"""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if not f.metadata.get("resumable") and f.name not in ("output", "overwrite")}
+                if not f.metadata.get("resumable")
+                and f.name not in ("output", "overwrite", "lst", "lst_preset")}
 
 
 @dataclass
@@ -205,13 +229,20 @@ class DemoConfig:
 
     output: str = field(default="runs/demo", metadata=_flag("run folder", metavar="DIR"))
     epochs: int = field(default=2, metadata=_flag("passes over the training split (2 suffice "
-                                                  "for 97%% on 2 CPU cores)", metavar="N"))
+                                                  "for 97% on 2 CPU cores)", metavar="N"))
     device: str = field(default="auto", metadata=_flag("auto picks a CUDA GPU when there is one",
                                                        choices=DEVICES))
 
     def __post_init__(self):
         _check_counts(self, "epochs")
         _check_choices(self)
+
+
+def _absolute(value: str | None) -> str | None:
+    """An existing local path made absolute; a built-in name, an alias or None as given."""
+    if value is None or not Path(value).expanduser().exists():
+        return value
+    return str(Path(value).expanduser().resolve())
 
 
 # ---- checks -------------------------------------------------------------------------------------
@@ -261,8 +292,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_class) -> None:
         default = defaults[f.name]
         text = meta["help"]
         if default not in (None, False, True, dataclasses.MISSING):
-            escaped = str(default).replace("%", "%%")
-            text += f" (default: {escaped})"
+            text += f" (default: {default})"
+        text = text.replace("%", "%%")   # argparse formats help with %
         if default is True:   # on by default: the flag turns it off
             parser.add_argument(f"--no-{f.name.replace('_', '-')}", dest=f.name,
                                 action="store_false", default=argparse.SUPPRESS, help=text)

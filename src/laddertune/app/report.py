@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint import atomic_write_bytes
+
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
                            names: list[str] | None = None) -> dict:
@@ -140,7 +142,7 @@ def write_report(run_dir: Path, metrics: dict, comparison: list[dict] | None = N
     if comparison:
         lines += comparison_table(comparison) + ["", "![memory](memory.png)", ""]
     path = run_dir / "report.md"
-    path.write_text("\n".join(lines))
+    atomic_write_bytes(path, "\n".join(lines).encode())
     return path
 
 

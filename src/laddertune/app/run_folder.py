@@ -17,7 +17,10 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 from ..checkpoint import load_json, sha256_file
@@ -28,8 +31,6 @@ from .state import STATE_FILE
 RUN_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoint"
-# Files of the run itself; every other file at the top of the folder is a model file.
-RUN_OWN_FILES = (RUN_FILE, METRICS_FILE, "report.md")
 RUN_INFO_KEYS = ("model", "model_path", "method", "labels", "max_length", "text_column",
                  "label_column", "backbone_fingerprint")
 
@@ -71,20 +72,14 @@ class RunFolder:
             raise CheckpointError(f"{self.path} holds no {RUN_FILE}; pass the --output folder "
                                   "of a `laddertune train`")
         info = load_json(self.run_file)
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{self.run_file} is not a JSON object (damaged or edited); "
+                                  "restore it or train the run again")
         missing = [key for key in RUN_INFO_KEYS if key not in info]
         if missing:
             raise CheckpointError(f"{self.run_file} lacks {missing[0]!r} (damaged or edited); "
                                   "restore it or train the run again")
         return info
-
-    def model_files(self) -> list[Path]:
-        """The files a method saved: everything at the top level but the run's own files."""
-        return sorted(p for p in self.path.iterdir() if p.is_file()
-                      and p.name not in RUN_OWN_FILES and p.suffix != ".png"
-                      and not p.name.startswith("."))
-
-    def model_file_digests(self) -> dict[str, str]:
-        return {p.name: sha256_file(p) for p in self.model_files()}
 
     def check_model_files(self, recorded: dict[str, str]) -> None:
         """Raise CheckpointError unless every model file matches its recorded sha256."""
@@ -112,21 +107,29 @@ class Destination:
 
     `folder` is written to during training; `target` is the folder the user named. They differ
     for an overwrite, which trains in a hidden sibling and `commit()`s it into place at the end.
+    A lock file beside the target keeps a second `train` out of it until `close()`. Only the
+    main rank (`is_main`) touches the file system.
     """
 
-    def __init__(self, cfg: TrainConfig):
-        self.target = RunFolder(cfg.output)
+    def __init__(self, cfg: TrainConfig, is_main: bool = True):
+        if not str(cfg.output).strip():
+            raise UsageError("--output is empty; pass the folder the run should be written to")
+        self.target = RunFolder(Path(cfg.output).expanduser().resolve())
         path = self.target.path
         if path.exists() and not path.is_dir():
             raise UsageError(f"--output {path} is a file, not a folder; pass a folder path")
-        _recover_interrupted_swap(path)
+        self.is_main, self._lock = is_main, None
+        if is_main:
+            self._lock = _lock(path)
+            _recover_interrupted_swap(path)
         self.resuming = False
         self.folder = self.target
         self.fresh = not path.exists()   # made by this run: removable if the run fails
         if self.target.holds_run():
             if cfg.overwrite:
                 self.folder = RunFolder(_sibling(path, "overwrite"))
-                shutil.rmtree(self.folder.path, ignore_errors=True)   # a killed overwrite's
+                if is_main:
+                    shutil.rmtree(self.folder.path, ignore_errors=True)   # a killed overwrite's
                 self.fresh = True
             elif cfg.resume:
                 self._check_resumable(cfg)
@@ -137,6 +140,9 @@ class Destination:
         elif cfg.resume:
             raise UsageError(f"nothing to resume in {path} (no checkpoint there); drop --resume "
                              "to start a new run, or pass the --output of the run to continue")
+        elif path.is_dir() and any(path.iterdir()):
+            raise UsageError(f"--output {path} is a folder of other files, not a run; pass a new "
+                             "or empty folder")
 
     def _check_resumable(self, cfg: TrainConfig) -> None:
         if self.target.is_finished():
@@ -145,13 +151,27 @@ class Destination:
         if not self.target.has_checkpoint():
             raise UsageError(f"{self.target.path} has no checkpoint yet (the run stopped before "
                              "its first one); start it again with --overwrite")
-        saved = load_json(self.target.run_file)
+        saved = self.target.info()
         for name, value in cfg.training_settings().items():
             if value is not None and name in saved and saved[name] != value:
                 flag = "--" + name.replace("_", "-")
                 raise UsageError(
                     f"{flag} {value!r} differs from the run's {saved[name]!r}, and a resumed run "
                     f"cannot change it; drop {flag} (the run's value is used) or --overwrite")
+        if "lst_settings" in saved and cfg.method == "lst":
+            effective = cfg.lst_config(len(saved["labels"])).to_dict()
+            for name, value in effective.items():
+                if saved["lst_settings"].get(name, value) != value:
+                    flag = "--lst-" + name.replace("_", "-")
+                    raise UsageError(
+                        f"{flag} {value!r} differs from the run's {saved['lst_settings'][name]!r}"
+                        f", and a resumed run cannot change it; drop {flag} or --overwrite")
+        changed = [split for split, digest in saved.get("data_sha256", {}).items()
+                   if digest != data_digests(cfg).get(split)]
+        if changed:
+            raise UsageError(f"the --{changed[0]} data changed since {self.target.path} started "
+                             "(its sha256 differs), so the run cannot continue on it; restore "
+                             "the file or --overwrite")
 
     def prepare(self) -> None:
         """Make the folder to write in; clear what a killed process left half-written."""
@@ -159,15 +179,17 @@ class Destination:
         self.folder.remove_stale_temporaries()
 
     def commit(self) -> None:
-        """Put a finished overwrite in place of the old run: two renames, old run removed last."""
+        """Put a finished overwrite in place of the old run: two renames, old run removed last.
+        Ctrl-C waits until both renames are done, so the target always holds a whole run."""
         if self.folder is self.target:
             return
         old = _sibling(self.target.path, "replaced")
         shutil.rmtree(old, ignore_errors=True)
-        self.target.path.rename(old)
-        self.folder.path.rename(self.target.path)
+        with _no_interrupt():
+            self.target.path.rename(old)
+            self.folder.path.rename(self.target.path)
+            self.folder = self.target
         shutil.rmtree(old, ignore_errors=True)
-        self.folder = self.target
 
     @property
     def is_overwrite(self) -> bool:
@@ -176,15 +198,72 @@ class Destination:
     def abandon(self) -> None:
         """After a failed run: remove what it wrote when it made the folder (an overwrite's
         sibling, or a new --output); a folder that held a run before keeps it."""
+        if not self.is_main:
+            return
         if self.fresh:
             shutil.rmtree(self.folder.path, ignore_errors=True)
-        elif not self.resuming:   # an existing folder of other files: remove only ours
+        elif not self.resuming:
             self.folder.run_file.unlink(missing_ok=True)
             shutil.rmtree(self.folder.checkpoint_dir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Let another `train` use the folder; the lock file goes too."""
+        if self._lock is not None:
+            Path(self._lock.name).unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
+
+
+def data_digests(cfg: TrainConfig) -> dict[str, str]:
+    """sha256 of the --train and --eval files (a built-in set's name stands for itself)."""
+    from .data import BUILTIN
+    digests = {}
+    for split in ("train", "eval"):
+        source = getattr(cfg, split)
+        if source is not None:
+            path = Path(source)
+            digests[split] = (source if source in BUILTIN or not path.is_file()
+                              else sha256_file(path))
+    return digests
+
+
+def _lock(path: Path):
+    """An exclusive lock on ``.<name>.lock`` beside `path`, held while the file stays open."""
+    import fcntl
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path.parent / f".{path.name}.lock", "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"another `laddertune train` is writing to {path}; wait for it to "
+                         "finish or pass another --output") from None
+    return handle
+
+
+@contextlib.contextmanager
+def _no_interrupt():
+    """Hold Ctrl-C back until the block is done (main thread only; elsewhere a no-op)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _sibling(path: Path, tag: str) -> Path:
     return path.parent / f".{path.name}.{tag}"
+
+
+def recover(path: str | Path) -> None:
+    """Finish an overwrite that a kill stopped between its two renames (see `commit`)."""
+    _recover_interrupted_swap(Path(path).expanduser().resolve())
 
 
 def _recover_interrupted_swap(path: Path) -> None:

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from ..checkpoint import save_json
+from ..checkpoint import save_json, sha256_file
 from ..errors import LSTError
 from .aliases import backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate, label_names, load_train_eval, tokenize
@@ -34,7 +34,7 @@ from .memory import current_rss_mb, peak_memory_mb
 from .methods import build_method, count_parameters, save_trained, trainable_parameters
 from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
 from .report import classification_metrics, plot_confusion_matrix, plot_learning_curve, write_report
-from .run_folder import Destination
+from .run_folder import Destination, data_digests
 from .runtime import EpochProgress, Processes, local_rank, pick_device
 from .state import TrainState, load_checkpoint, save_checkpoint
 
@@ -126,13 +126,19 @@ def single_examples(encoded: Encoded):
         yield collate(encoded, [i], pad_token_id=0)   # one row: nothing to pad
 
 
-def fit_max_length(backbone, max_length: int | None, model_name: str) -> int:
-    """--max-length as given, refused beyond the backbone's learned positions; when not given,
-    `DEFAULT_MAX_LENGTH` or the backbone's limit, whichever is smaller."""
+def fit_max_length(backbone, max_length: int | None, model_name: str, tokenizer) -> int:
+    """--max-length as given, refused beyond the backbone's learned positions or below what
+    the tokenizer's special tokens take; when not given, `DEFAULT_MAX_LENGTH` or the
+    backbone's limit, whichever is smaller."""
     from ..backbones import max_positions
     limit = max_positions(backbone)
     if max_length is None:
         return min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
+    shortest = tokenizer.num_special_tokens_to_add() + 1
+    if max_length < shortest:
+        raise UsageError(f"--max-length {max_length} leaves no room for text: {model_name}'s "
+                         f"tokenizer adds {shortest - 1} special tokens; pass --max-length "
+                         f"{shortest} or more")
     if limit is not None and max_length > limit:
         raise UsageError(f"--max-length {max_length} exceeds the {limit} positions {model_name} "
                          f"was trained with; pass --max-length {limit} or less")
@@ -156,7 +162,7 @@ class TrainingRun:
         """Everything before the first step. With `write=False` (demo, bench) no folder is
         touched: the run only builds its data, model and optimizer."""
         cfg = self.cfg
-        self.destination = Destination(cfg) if write else None
+        self.destination = Destination(cfg, self.processes.is_main) if write else None
         train_data, eval_data = load_train_eval(cfg.train, cfg.eval, cfg.text_column,
                                                 cfg.label_column, cfg.seed)
         self.labels = label_names(train_data.labels)
@@ -164,10 +170,13 @@ class TrainingRun:
         self.tokenizer = load_tokenizer(self.source)
         self.pad = self.tokenizer.pad_token_id
         seed_everything(cfg.seed)
+        self.rss_before_model_mb = current_rss_mb()
         backbone = load_backbone(self.source, len(self.labels), self.pad,
                                  bare=cfg.method == "lst")
         self.fingerprint = backbone_signature(backbone)
-        cfg.max_length = fit_max_length(backbone, cfg.max_length, cfg.model)
+        if self.destination is not None and self.destination.resuming:
+            self._check_same_backbone()
+        cfg.max_length = fit_max_length(backbone, cfg.max_length, cfg.model, self.tokenizer)
         self.train_set = tokenize(self.tokenizer, train_data, cfg.max_length, self.labels)
         self.eval_set = tokenize(self.tokenizer, eval_data, cfg.max_length, self.labels)
         self.model = build_model(backbone, cfg, len(self.labels), self.train_set)
@@ -184,6 +193,17 @@ class TrainingRun:
             self._start_folder()
         return self
 
+    def _check_same_backbone(self) -> None:
+        from ..checkpoint import check_fingerprint
+        from ..errors import BackboneMismatchError
+        saved = self.destination.target.info()["backbone_fingerprint"]
+        try:
+            check_fingerprint(saved, self.fingerprint, "run")
+        except BackboneMismatchError:
+            raise UsageError(f"--model {self.cfg.model} is not the backbone "
+                             f"{self.destination.target.path} started training on; resume with "
+                             "the run's own model (see run.json) or --overwrite") from None
+
     def _start_folder(self) -> None:
         cfg, folder = self.cfg, self.destination.folder
         if self.destination.resuming:
@@ -194,9 +214,12 @@ class TrainingRun:
                      f"{self.steps_per_epoch * cfg.epochs}")
         if self.processes.is_main:
             self.destination.prepare()
+            lst_settings = (cfg.lst_config(len(self.labels)).to_dict() if cfg.method == "lst"
+                            else None)
             save_json({**dataclasses.asdict(cfg), "model_path": self.source.path,
                        "gguf_file": self.source.gguf_file, "labels": self.labels,
-                       "backbone_fingerprint": self.fingerprint, "task_type": "SEQ_CLS"},
+                       "backbone_fingerprint": self.fingerprint, "task_type": "SEQ_CLS",
+                       "lst_settings": lst_settings, "data_sha256": data_digests(cfg)},
                       folder.run_file)
             self.log(f"{cfg.method} on {cfg.model}: {len(self.train_set)} train / "
                      f"{len(self.eval_set)} eval examples, {len(self.labels)} classes; trainable "
@@ -269,6 +292,11 @@ class TrainingRun:
             f"training diverged at step {self.state.step} (epoch {epoch + 1}): the {what}; lower "
             f"--lr (now {self.cfg.lr:g}) or check the data; no model was saved")
 
+    def _training_memory_mb(self) -> float:
+        if self.device.type == "cuda":
+            return peak_memory_mb(self.device)
+        return peak_memory_mb(self.device) - self.rss_before_model_mb
+
     def _memory_mb(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device) / 2**20
@@ -293,6 +321,9 @@ class TrainingRun:
             "train_seconds": round(state.train_seconds, 2),
             "epoch_seconds": state.epoch_seconds,
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
+            # what training itself took: the peak less what the process held before the model
+            # was loaded (Python, torch, the data); on a GPU the allocator's peak
+            "training_memory_mb": round(self._training_memory_mb(), 1),
             "trainable_params": self.trainable,
             "all_params": self.total,
             "method": cfg.method,
@@ -314,8 +345,8 @@ class TrainingRun:
         }
         if self.destination is not None and self.processes.is_main:
             folder = self.destination.folder
-            save_trained(self.model, cfg.method, folder.path)
-            metrics["model_files_sha256"] = folder.model_file_digests()
+            written = save_trained(self.model, cfg.method, folder.path)
+            metrics["model_files_sha256"] = {p.name: sha256_file(p) for p in written}
             plot_learning_curve(state.history, folder.path / "learning_curve.png")
             plot_confusion_matrix(metrics["eval"], folder.path / "confusion_matrix.png")
             write_report(folder.path, metrics)
@@ -333,19 +364,35 @@ class TrainingRun:
 def train(cfg: TrainConfig, log=print) -> dict:
     """Train `cfg.method` on `cfg.train`, write the run folder, return its metrics."""
     run = TrainingRun(cfg, log)
-    run.setup()
     try:
+        run.setup()
         for epoch in run.remaining_epochs():
             run.run_epoch(epoch)
         return run.finish()
     except KeyboardInterrupt:
-        if run.destination.is_overwrite:
-            run.destination.abandon()
-            raise RunInterrupted(f"interrupted; {cfg.output} still holds the old run, unchanged "
-                                 "(run the --overwrite again to replace it)") from None
-        raise RunInterrupted(f"interrupted; continue later with the same command and --resume "
-                             f"(the last checkpoint is in {run.destination.folder.checkpoint_dir})"
-                             ) from None
+        raise RunInterrupted(_after_interrupt(run, cfg)) from None
     except TrainingDiverged:
         run.destination.abandon()
         raise
+    finally:
+        if getattr(run, "destination", None) is not None:
+            run.destination.close()
+
+
+def _after_interrupt(run: TrainingRun, cfg: TrainConfig) -> str:
+    """Clean up after Ctrl-C, and say what the user can do next."""
+    destination = getattr(run, "destination", None)
+    if destination is None:
+        return "interrupted before anything was written"
+    if destination.is_overwrite:
+        destination.abandon()
+        return (f"interrupted; {destination.target.path} still holds the old run, unchanged "
+                "(run the --overwrite again to replace it)")
+    if destination.folder.is_finished():
+        return f"interrupted after the run finished; {destination.target.path} is complete"
+    if not destination.folder.has_checkpoint():
+        destination.abandon()
+        return "interrupted before the first checkpoint, so nothing was kept; run the same " \
+               "command again"
+    return (f"interrupted; continue later with the same command and --resume (the last "
+            f"checkpoint is in {destination.folder.checkpoint_dir})")

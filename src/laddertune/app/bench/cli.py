@@ -11,18 +11,18 @@ import json
 import time
 from pathlib import Path
 
+from ..methods import METHODS
 from .measure import RunSpec, measure_in_subprocess
 from .report import check_targets, machine, markdown_table, targets_table, write_results
-from .workloads import METHODS_BY_KIND, get_workload
+from .workloads import METHODS_BY_KIND, WORKLOADS, get_workload
 
 FULL_WORKLOADS = ("t5-base", "bert-base", "smollm2-135m")
 QUICK_WORKLOADS = ("t5-small", "bert-base")
 PARTS = ("table", "scaling")
 
 ADAPTERS_NOTE = (
-    "Bottleneck adapters are not benchmarked: the maintained library for them, `adapters` 1.3.0 "
-    "(the latest on PyPI), requires transformers ~=4.57.6 and this project needs transformers "
-    ">=5 (installed: 5.24); `peft` has no bottleneck-adapter method.")
+    "Bottleneck adapters are laddertune's own (app/adapters.py: Houlsby, reduction 16): `peft` "
+    "has none and the `adapters` library needs transformers 4.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> dict:
     """Run the asked parts of the bench and write them to the output folder; return results."""
-    parts = _split(args.parts) or (["table"] if args.quick else list(PARTS))
+    parts = _split(args.parts, PARTS, "--parts") or (["table"] if args.quick else list(PARTS))
     out_dir = Path(args.output or ("runs/bench-quick" if args.quick else "benchmarks/results"))
     results = {}
     if args.merge and (out_dir / "results.json").exists():
@@ -74,8 +74,8 @@ def run_bench(args: argparse.Namespace) -> dict:
     results.setdefault("runs", [])
     common = dict(device=args.device, threads=args.threads)
     if "table" in parts:
-        workloads = _split(args.workloads) or list(QUICK_WORKLOADS if args.quick
-                                                   else FULL_WORKLOADS)
+        workloads = _split(args.workloads, WORKLOADS, "--workloads") or list(
+            QUICK_WORKLOADS if args.quick else FULL_WORKLOADS)
         results["settings"].update(batch_size=batch_size, steps=steps, seq_len=args.seq_len or 128,
                                    workloads=workloads, optimizer="AdamW, methods.DEFAULT_LR")
         # --merge keeps the runs of workloads this call does not measure again
@@ -137,12 +137,18 @@ def _save_partial(results: dict, out_dir: Path) -> None:
 
 def _methods(args, workload: str) -> list[str]:
     allowed = METHODS_BY_KIND[get_workload(workload).kind]
-    wanted = _split(args.methods) or list(allowed)
+    wanted = _split(args.methods, METHODS, "--methods") or list(allowed)
     return [m for m in wanted if m in allowed]
 
 
-def _split(text: str | None) -> list[str]:
-    return [part.strip() for part in (text or "").split(",") if part.strip()]
+def _split(text: str | None, allowed=None, flag: str = "") -> list[str]:
+    """A comma list, each item checked against `allowed` (a one-line error names the flag)."""
+    items = [part.strip() for part in (text or "").split(",") if part.strip()]
+    unknown = [item for item in items if allowed is not None and item not in allowed]
+    if unknown:
+        from ...errors import LSTError
+        raise LSTError(f"{flag} {unknown[0]!r} is unknown; use one of {', '.join(allowed)}")
+    return items
 
 
 def _log(result: dict) -> dict:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..memory import current_rss_mb, peak_memory_mb, training_memory_account
-from ..methods import DEFAULT_LR, build_method, count_parameters
+from ..methods import DEFAULT_LR, build_method, count_parameters, save_trained
 from ..trainer import Optimization, train_step
 from .workloads import get_workload
 
@@ -133,16 +133,10 @@ def _needs_labels(model) -> bool:
 
 
 def _checkpoint_mb(model, method: str) -> float:
-    """Save what the method must ship (side net, adapter, biases, or the whole model)."""
-    from safetensors.torch import save_file
+    """The size of what the method must ship, written by the product's own `save_trained`."""
     with tempfile.TemporaryDirectory() as folder:
-        if method in ("lst", "lora", "prompt", "full"):
-            model.save_pretrained(folder)
-        else:   # BitFit ships its trained tensors only
-            state = {n: p.detach().contiguous() for n, p in model.named_parameters()
-                     if p.requires_grad}
-            save_file(state, str(Path(folder) / "bitfit.safetensors"))
-        return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
+        written = save_trained(model, method, Path(folder))
+        return sum(path.stat().st_size for path in written) / 2**20
 
 
 def measure_in_subprocess(spec: RunSpec, timeout: float | None = None) -> dict:

@@ -19,7 +19,8 @@ import time
 import torch
 
 from ...model import frozen
-from ..methods import DEFAULT_LR, build_method, trainable_parameters
+from ..methods import DEFAULT_LR, build_method
+from ..trainer import Optimization
 from .workloads import get_workload
 
 
@@ -50,14 +51,14 @@ def breakdown(workload_name: str, batch_size: int = 8, repeats: int = 2) -> dict
     def forward_backward():
         lst(**batch).loss.backward()
     out["lst_forward_backward"] = _median_time(forward_backward, repeats)
-    optimizer = torch.optim.AdamW(trainable_parameters(lst), lr=DEFAULT_LR["lst"])
-    out["lst_optimizer_step"] = _median_time(optimizer.step, repeats)
+    optimization = Optimization(lst, DEFAULT_LR["lst"], total_steps=repeats + 1)
+    out["lst_optimizer_step"] = _median_time(optimization.optimizer.step, repeats)
     out["lst_side_forward"] = out["lst_forward"] - out["lst_backbone_forward_no_grad"]
     out["lst_backward"] = out["lst_forward_backward"] - out["lst_forward"]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         forward_backward()
     out["lst_top_ops"] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
-    lst = optimizer = None  # free before building the baselines
+    lst = optimization = None  # free before building the baselines
     for method in ("lora", "full"):
         model = build_method(method, workload.build(), workload.task_type, workload.num_labels)
         model.train()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import os
@@ -31,6 +32,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ...checkpoint import atomic_write_bytes
 
 EPOCHS, BATCH_SIZE = 3, 16
 
@@ -94,14 +97,12 @@ def write_data(spec: DataSpec, folder: Path) -> dict[str, Path]:
     train, dev = stratified_split(subset, test_fraction=spec.dev_size / len(subset), seed=0)
     if spec.test_size and spec.test_size < len(test):
         test, _ = stratified_split(test, test_fraction=1 - spec.test_size / len(test), seed=0)
-    folder.mkdir(parents=True, exist_ok=True)
     for split, data in (("train", train), ("dev", dev), ("test", test)):
-        tmp = paths[split].with_suffix(".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["id", "text", "label"])
-            writer.writerows(zip(data.ids, data.texts, data.labels))
-        tmp.replace(paths[split])
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(["id", "text", "label"])
+        writer.writerows(zip(data.ids, data.texts, data.labels))
+        atomic_write_bytes(paths[split], text.getvalue().encode("utf-8"))
     return paths
 
 

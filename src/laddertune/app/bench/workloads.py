@@ -98,9 +98,9 @@ WORKLOADS = {
 
 # Applicable methods per kind: BitFit needs biases, which T5 and Llama do not have.
 METHODS_BY_KIND = {
-    "t5": ("full", "lora", "prompt", "lst"),
-    "bert": ("full", "lora", "bitfit", "prompt", "lst"),
-    "llama": ("full", "lora", "prompt", "lst"),
+    "t5": ("full", "lora", "adapter", "ia3", "prompt", "lst"),
+    "bert": ("full", "lora", "adapter", "ia3", "bitfit", "prompt", "lst"),
+    "llama": ("full", "lora", "adapter", "ia3", "prompt", "lst"),
 }
 
 

@@ -1,4 +1,4 @@
-"""transformers.Trainer trains an LSTModel; its checkpoints hold only the side network."""
+"""transformers.Trainer trains an LSTModel: checkpoints hold the side network, resume exactly."""
 
 import torch
 from safetensors.torch import load_file
