@@ -98,3 +98,12 @@ def test_every_grid_is_four_log_spaced_rates(method):
 def test_next_rate_walks_the_one_three_ladder():
     assert [suite.next_rate(x, up=True) for x in (3e-4, 1e-3, 0.3)] == [1e-3, 3e-3, 1.0]
     assert [suite.next_rate(x, up=False) for x in (1e-5, 3e-4, 1e-2)] == [3e-6, 1e-4, 3e-3]
+
+
+def test_texts_with_carriage_returns_survive_the_csv_files(tmp_path):
+    from laddertune.app.data import load_texts
+    path = tmp_path / "t.csv"
+    with open(path, "w", newline="", encoding="utf-8") as handle:   # as write_data writes
+        writer = csv.writer(handle)
+        writer.writerows([["id", "text", "label"], ["1", "a\rb", "x"], ["2", "c\nd, e", "y"]])
+    assert load_texts(str(path)).texts == ["a\rb", "c\nd, e"]

@@ -153,7 +153,7 @@ def run_predict(args) -> int:
         warnings.warn(f"{config.data} has no column {config.id_column!r}; predictions are "
                       "numbered by row instead", LSTWarning, stacklevel=1)
     handle = io.StringIO()
-    writer = csv.writer(handle, lineterminator="\n")
+    writer = csv.writer(handle)
     writer.writerow([config.id_column if ids else "row", "label",
                      *(f"prob_{name}" for name in names)])
     for row, p in enumerate(probs.tolist()):

@@ -99,7 +99,7 @@ def write_data(spec: DataSpec, folder: Path) -> dict[str, Path]:
         test, _ = stratified_split(test, test_fraction=1 - spec.test_size / len(test), seed=0)
     for split, data in (("train", train), ("dev", dev), ("test", test)):
         text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
+        writer = csv.writer(text)   # "\r\n" rows: a \r inside a tweet gets quoted
         writer.writerow(["id", "text", "label"])
         writer.writerows(zip(data.ids, data.texts, data.labels))
         atomic_write_bytes(paths[split], text.getvalue().encode("utf-8"))
@@ -131,16 +131,18 @@ class Suite:
         """metrics.json of one `laddertune train`, trained now unless it already finished."""
         name = f"{model}-{method}-lr{_lr_name(lr)}-s{seed}" + (f"-{variant}" if variant else "")
         out = self.root / dataset / name.replace(" ", "_")
-        if (out / "metrics.json").is_file():
-            return self._metrics(out)
         spec, files = DATASETS[dataset], self.files(dataset)
-        command = [sys.executable, "-m", "laddertune.app.cli", "train", "--model", model,
-                   "--train", str(files["train"]), "--eval", str(files["dev"]),
-                   "--method", method, "--lr", str(lr), "--seed", str(seed),
-                   "--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE),
-                   "--max-length", str(spec.max_length), "--output", str(out), "--no-progress",
-                   *flags]
-        if (out / "checkpoint" / "state.safetensors").is_file():
+        args = ["--model", model, "--train", str(files["train"]), "--eval", str(files["dev"]),
+                "--method", method, "--lr", str(lr), "--seed", str(seed),
+                "--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE),
+                "--max-length", str(spec.max_length), "--output", str(out), "--no-progress",
+                *flags]
+        if (out / "metrics.json").is_file() and _same_settings(out, args):
+            return self._metrics(out)
+        command = [sys.executable, "-m", "laddertune.app.cli", "train", *args]
+        if not _same_settings(out, args):
+            command.append("--overwrite")     # trained under other defaults: train again
+        elif (out / "checkpoint" / "state.safetensors").is_file():
             command.append("--resume")
         elif (out / "run.json").is_file():
             command.append("--overwrite")
@@ -155,13 +157,13 @@ class Suite:
     def test_scores(self, dataset: str, run_dir: Path) -> dict:
         """`laddertune eval` of a finished run on the test split, kept beside the runs."""
         cache = self.root / dataset / "test-scores" / f"{run_dir.name}.json"
-        if cache.is_file():
+        weights = json.loads((run_dir / "metrics.json").read_text())["weights_sha256_per_rank"]
+        if cache.is_file() and json.loads(cache.read_text()).get("weights") == weights:
             return json.loads(cache.read_text())
         done = self._run([sys.executable, "-m", "laddertune.app.cli", "eval", "--checkpoint",
                           str(run_dir), "--data", str(self.files(dataset)["test"])])
-        scores = json.loads(done.stdout)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(scores, indent=2))
+        scores = {**json.loads(done.stdout), "weights": weights}   # of the run it scored
+        atomic_write_bytes(cache, json.dumps(scores, indent=2).encode())
         return scores
 
     def _metrics(self, out: Path) -> dict:
@@ -217,6 +219,22 @@ def next_rate(lr: float, up: bool) -> float:
     else:
         value = 10**exponent if mantissa == 3 else 3 * 10 ** (exponent - 1)
     return float(f"{value:.0e}")
+
+
+def _same_settings(out: Path, args: list[str]) -> bool:
+    """Whether the run in `out` (if any) trained what `args` asks of today's code: its LST
+    settings are compared as resolved, so a change of a default is a change of run."""
+    run_file = out / "run.json"
+    if not run_file.is_file():
+        return True
+    from ..cli import build_parser, train_config
+    from ..options import TrainConfig, explicit_values
+    saved = json.loads(run_file.read_text())
+    wanted = train_config(explicit_values(build_parser().parse_args(["train", *args]),
+                                          TrainConfig))
+    if saved.get("method") == "lst":
+        return saved.get("lst_settings") == wanted.lst_config(len(saved["labels"])).to_dict()
+    return True
 
 
 def _scores(metrics: dict) -> dict:
