@@ -178,12 +178,14 @@ class LSTModel(nn.Module):
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, token_type_ids=None,
                 labels=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, cache=None, use_cache=False, return_loss=False,
-                position_ids=None, **kwargs) -> LSTOutput:
+                position_ids=None, backbone_hidden_states=None, **kwargs) -> LSTOutput:
         """Run backbone (no autograd) and side network; compute the loss when labels are given.
 
         `return_loss=True` asks for a loss and raises `MissingInputError` if labels are absent.
         `position_ids` (decoder-only models) go to backbone and side stack alike; generation
         passes them so left-padded prompts get the positions they would have unpadded.
+        `backbone_hidden_states` (what `backbone_states` returns for these inputs, or a cache of
+        it) stands in for the backbone: the side network reads them and the backbone never runs.
         """
         unknown = set(kwargs) - _TOLERATED_KWARGS
         if unknown:
@@ -197,33 +199,88 @@ class LSTModel(nn.Module):
             labels = torch.as_tensor(labels, device=_device_of(self.backbone))
         if position_ids is not None:
             inputs["position_ids"] = position_ids
+        given = self._given_states(backbone_hidden_states)
         caches = cache if cache is not None else (None, None)
         if self.family.kind != bb.ENCODER_DECODER:
-            side_hidden, cache_out, _ = self._run_stack(0, inputs, caches, use_cache)
+            side_hidden, cache_out, _ = self._run_stack(0, inputs, caches, use_cache,
+                                                        states=given[0])
             pad_mask = attention_mask
         else:
             if encoder_outputs is None:
-                encoder_outputs = self._run_encoder(inputs)
+                encoder_outputs = self._run_encoder(inputs, given[0])
             backbone_memory, side_memory = encoder_outputs                 # (b, s, d), (b, s, d/r)
-            if decoder_input_ids is None:
-                source = labels if self.config.task_type == "SEQ_2_SEQ_LM" else input_ids
-                if source is None:
-                    raise MissingInputError("a text-to-text forward needs labels or "
-                                            "decoder_input_ids; pass one of them")
-                decoder_input_ids = self.shift_right(source)
-                if self.config.task_type != "SEQ_2_SEQ_LM":
-                    decoder_attention_mask = attention_mask
-            self._check_token_ids(decoder_input_ids)
-            dec_inputs = {"input_ids": decoder_input_ids, "attention_mask": decoder_attention_mask}
+            dec_inputs = self._decoder_inputs(input_ids, attention_mask, labels,
+                                              decoder_input_ids, decoder_attention_mask)
             side_hidden, cache_out, _ = self._run_stack(
                 1, dec_inputs, caches, use_cache,
                 backbone_extra={"encoder_hidden_states": backbone_memory,
                                 "encoder_attention_mask": attention_mask},
                 side_extra={"encoder_hidden_states": side_memory,
-                            "encoder_attention_mask": attention_mask})
-            pad_mask = decoder_attention_mask
+                            "encoder_attention_mask": attention_mask}, states=given[1])
+            pad_mask = dec_inputs["attention_mask"]
             cache_out = (cache_out, encoder_outputs)
         return self._task_output(side_hidden, pad_mask, labels, cache_out)
+
+    @torch.no_grad()
+    def backbone_states(self, input_ids=None, attention_mask=None, pixel_values=None,
+                        token_type_ids=None, labels=None, decoder_input_ids=None,
+                        decoder_attention_mask=None) -> tuple[tuple, ...]:
+        """What the ladders read from the backbone for these inputs, one tuple per stack: the
+        embeddings at index 0 and the output of kept layer l at index l + 1, (b, t, d) each;
+        the layers no ladder reads are None. Pass it back as `forward(backbone_hidden_states=)`.
+        """
+        inputs = self._stack_inputs(input_ids, attention_mask, pixel_values, token_type_ids)
+        out, states = self.run_backbone(0, **inputs)
+        read = [self._read_only(0, states)]
+        if self.family.kind == bb.ENCODER_DECODER:
+            dec_inputs = self._decoder_inputs(input_ids, attention_mask, labels,
+                                              decoder_input_ids, decoder_attention_mask)
+            _, dec_states = self.run_backbone(
+                1, **dec_inputs, encoder_hidden_states=out.last_hidden_state,
+                encoder_attention_mask=attention_mask)
+            read.append(self._read_only(1, dec_states))
+        return tuple(read)
+
+    def ladder_inputs(self, index: int = 0) -> list[int]:
+        """Indices of the states stack `index`'s ladder reads: 0 (embeddings), then l + 1 for
+        each kept layer l."""
+        return [0, *(layer + 1 for layer in self.kept_layers[index])]
+
+    def _read_only(self, index: int, states) -> tuple:
+        wanted = set(self.ladder_inputs(index))
+        return tuple(state if i in wanted else None for i, state in enumerate(states))
+
+    def _given_states(self, given) -> tuple:
+        """`backbone_hidden_states` as one entry per stack (None: run the backbone)."""
+        stacks = len(self.stacks)
+        if given is None:
+            return (None,) * stacks
+        if stacks == 1 and len(given) and isinstance(given[0], torch.Tensor):
+            given = (given,)                 # a single stack's tuple, passed bare
+        if len(given) != stacks or any(
+                len(states) <= max(self.ladder_inputs(i)) or any(
+                    states[j] is None for j in self.ladder_inputs(i))
+                for i, states in enumerate(given)):
+            raise InputError(
+                "backbone_hidden_states does not hold what the ladders read (the embeddings and "
+                f"kept layers {self.kept_layers}); pass model.backbone_states(...) for the "
+                "same inputs")
+        return tuple(given)
+
+    def _decoder_inputs(self, input_ids, attention_mask, labels, decoder_input_ids,
+                        decoder_attention_mask) -> dict:
+        """The decoder's inputs: given, or the targets shifted right (a classifier reads its
+        own source)."""
+        if decoder_input_ids is None:
+            source = labels if self.config.task_type == "SEQ_2_SEQ_LM" else input_ids
+            if source is None:
+                raise MissingInputError("a text-to-text forward needs labels or "
+                                        "decoder_input_ids; pass one of them")
+            decoder_input_ids = self.shift_right(source)
+            if self.config.task_type != "SEQ_2_SEQ_LM":
+                decoder_attention_mask = attention_mask
+        self._check_token_ids(decoder_input_ids)
+        return {"input_ids": decoder_input_ids, "attention_mask": decoder_attention_mask}
 
     def _stack_inputs(self, input_ids, attention_mask, pixel_values, token_type_ids) -> dict:
         if self.family.kind == bb.VISION:
@@ -251,31 +308,40 @@ class LSTModel(nn.Module):
                 "backbone's own tokenizer, or call backbone.resize_token_embeddings after adding "
                 "tokens")
 
-    def _run_encoder(self, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone and side encoder outputs of an encoder-decoder model: (b, s, d), (b, s, d/r)."""
-        side_hidden, _, backbone_hidden = self._run_stack(0, inputs, (None, None), False)
+    def _run_encoder(self, inputs, states=None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Backbone and side encoder outputs of an encoder-decoder model: (b, s, d), (b, s, d/r);
+        with given `states` the backbone does not run and its output is None."""
+        side_hidden, _, backbone_hidden = self._run_stack(0, inputs, (None, None), False,
+                                                          states=states)
         return backbone_hidden, side_hidden
 
-    def _run_stack(self, index, inputs, caches, use_cache, backbone_extra=None, side_extra=None):
-        """One backbone stack under no_grad, then its side stack fed by the ladder.
+    def _run_stack(self, index, inputs, caches, use_cache, backbone_extra=None, side_extra=None,
+                   states=None):
+        """One backbone stack under no_grad (unless its `states` are given), then its side stack
+        fed by the ladder.
 
-        Returns (side output (b, t, d/r), (backbone cache, side cache) or None, backbone output).
+        Returns (side output (b, t, d/r), (backbone cache, side cache) or None, backbone output
+        or None when `states` were given).
         """
         side_stack, ladder = self.side_stacks[index], self.ladders[index]
         backbone_cache, side_cache = caches
         cache_kwargs = {}
         if self.family.kind in (bb.DECODER,) or index == 1:
             cache_kwargs = {"use_cache": use_cache, "cache": backbone_cache}
-        out, states = self.run_backbone(index, **inputs, **(backbone_extra or {}), **cache_kwargs)
+        out = None
+        if states is None:
+            out, states = self.run_backbone(index, **inputs, **(backbone_extra or {}),
+                                            **cache_kwargs)
+        backbone_hidden = None if out is None else out.last_hidden_state
         if self.side_blocks == "generic":   # no cache: generation recomputes
             side_hidden = side_stack(states, inputs.get("attention_mask"))
-            return side_hidden, None, out.last_hidden_state
+            return side_hidden, None, backbone_hidden
         if cache_kwargs:
             cache_kwargs["cache"] = side_cache
         with ladder.reading(states):
             side_out = side_stack(**inputs, **(side_extra or {}), **cache_kwargs, return_dict=True)
-        new_cache = (out.cache, side_out.cache) if use_cache else None
-        return side_out.last_hidden_state, new_cache, out.last_hidden_state
+        new_cache = (out.cache, side_out.cache) if use_cache and out is not None else None
+        return side_out.last_hidden_state, new_cache, backbone_hidden
 
     def run_backbone(self, index: int, **inputs) -> tuple[ModelOutput, tuple[torch.Tensor, ...]]:
         """Backbone stack `index` without autograd: its output and the states its ladder reads,

@@ -65,16 +65,21 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
 
 @torch.no_grad()
 def predict_probs(model, encoded: Encoded, pad_token_id: int, batch_size: int,
-                  device: torch.device) -> torch.Tensor:
-    """Class probabilities of every example, in order: (n, num_labels)."""
+                  device: torch.device, states=None) -> torch.Tensor:
+    """Class probabilities of every example, in order: (n, num_labels). `states`, for LST, gives
+    each batch's backbone states (`trainer.BackboneStates`: computed, or read from a cache)."""
     was_training = model.training
     model.eval()
     probs = []
     for start in range(0, len(encoded), batch_size):
-        batch = collate(encoded, range(start, min(start + batch_size, len(encoded))),
-                        pad_token_id)
+        indices = list(range(start, min(start + batch_size, len(encoded))))
+        batch = {k: v.to(device) for k, v in collate(encoded, indices, pad_token_id).items()}
+        if states is not None:
+            batch["backbone_hidden_states"] = states(indices, batch)
         batch.pop("labels", None)
-        logits = model(**{k: v.to(device) for k, v in batch.items()}).logits  # (b, num_labels)
+        logits = model(**batch).logits                                       # (b, num_labels)
         probs.append(torch.softmax(logits.float(), -1).cpu())
+    if states is not None:
+        states.end_of_pass(encoded)
     model.train(was_training)
     return torch.cat(probs)

@@ -31,6 +31,7 @@ class TrainState:
     train_seconds: float = 0.0
     epoch_started: float = 0.0     # train_seconds when the current epoch began
     epoch_seconds: list = field(default_factory=list)
+    backbone_seconds: float | None = None   # LST: time the frozen backbone ran (none if cached)
     history: dict = field(default_factory=lambda: {"train_loss": [], "eval": []})
 
 

@@ -22,9 +22,18 @@ import dataclasses
 import hashlib
 import math
 import time
+from pathlib import Path
 
 import torch
 
+from ..cache import (
+    StateCache,
+    cache_key,
+    default_root,
+    example_lengths,
+    examples_digest,
+    free_bytes,
+)
 from ..checkpoint import save_json, sha256_file
 from ..errors import LSTError
 from .aliases import backbone_signature, load_backbone, load_tokenizer, resolve_model
@@ -88,6 +97,66 @@ def train_step(model, batch: dict, optimization: Optimization) -> tuple[float, f
     loss = model(**batch).loss
     loss.backward()
     return loss.item(), optimization.step()
+
+
+class BackboneStates:
+    """The frozen backbone's states for an LST batch: read from a complete cache, else computed
+    (and added to the cache, when there is one). `seconds` counts the backbone's own time."""
+
+    def __init__(self, model, cache: StateCache | None, pad_token_id: int,
+                 batch_size: int):
+        self.model, self.cache = model, cache
+        self.pad, self.batch_size = pad_token_id, batch_size
+        self.seconds = 0.0
+
+    def __call__(self, indices: list[int], batch: dict) -> tuple:
+        device = batch["input_ids"].device
+        if self.cache is not None and self.cache.complete:
+            return self.cache.read(indices, device)
+        tick = time.perf_counter()
+        inputs = {k: v for k, v in batch.items() if k != "backbone_hidden_states"}
+        states = self.model.backbone_states(**inputs)
+        self.seconds += time.perf_counter() - tick
+        if self.cache is not None:
+            self.cache.add(indices, states, example_lengths(self.model, inputs))
+        return states
+
+    def end_of_pass(self, encoded: Encoded) -> None:
+        """After a pass over `encoded`: store what a resumed run skipped, mark complete."""
+        if self.cache is None or self.cache.complete:
+            return
+        device = next(self.model.parameters()).device
+        missing = [i for i in self.cache.missing() if i not in
+                   {j for j, _ in self.cache._pending}]
+        for start in range(0, len(missing), self.batch_size):
+            indices = missing[start:start + self.batch_size]
+            batch = {k: v.to(device) for k, v in collate(encoded, indices, self.pad).items()}
+            self(indices, batch)
+        self.cache.flush()
+
+
+def open_cache(model, encoded: Encoded, cfg: TrainConfig, log, what: str) -> StateCache:
+    """The cache of `model`'s backbone states over `encoded`, after saying what it will take.
+
+    Raises:
+        UsageError: the disk cannot hold it.
+    """
+    root = Path(cfg.cache_dir) if cfg.cache_dir else default_root()
+    key = cache_key(model, examples_digest(encoded.input_ids), cfg.cache_dtype)
+    cache = StateCache(root, key, len(encoded))
+    if cache.complete:
+        log(f"reading the {what} set's backbone states from {cache.folder}")
+        return cache
+    lengths = [len(ids) for ids in encoded.input_ids]
+    needed = cache.bytes_needed([lengths] * len(model.stacks), model.width)
+    free = free_bytes(root)
+    log(f"caching the {what} set's backbone states: {len(cache.missing())} examples, "
+        f"{needed / 2**20:,.1f} MiB ({cfg.cache_dtype}) in {cache.folder}")
+    if needed > free:
+        raise UsageError(f"caching the {what} set's backbone states needs {needed / 2**20:,.0f}"
+                         f" MiB but {root} has {free / 2**20:,.0f} MiB free; free some space, "
+                         "pass another --cache-dir, or --cache-dtype float16")
+    return cache
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
@@ -181,12 +250,24 @@ class TrainingRun:
         self.eval_set = tokenize(self.tokenizer, eval_data, cfg.max_length, self.labels)
         self.model = build_model(backbone, cfg, len(self.labels), self.train_set)
         self.model.to(self.device).train()
+        self.train_states = self.eval_states = None
+        if cfg.method == "lst":
+            if cfg.cache_backbone and self.processes.world_size > 1:
+                raise UsageError("--cache-backbone runs in one process; drop it under torchrun "
+                                 "or train on one device")
+            caches = ((open_cache(self.model, self.train_set, cfg, self.log, "training"),
+                       open_cache(self.model, self.eval_set, cfg, self.log, "eval"))
+                      if cfg.cache_backbone else (None, None))
+            self.train_states, self.eval_states = (
+                BackboneStates(self.model, cache, self.pad, cfg.eval_batch_size)
+                for cache in caches)
         self.trainable, self.total = count_parameters(self.model)
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
         self.optimization = Optimization(
             self.model, cfg.lr, self.steps_per_epoch * cfg.epochs, cfg.warmup_ratio,
             cfg.weight_decay, cfg.max_grad_norm)
         self.state = TrainState()
+        self._backbone_before = 0.0        # backbone seconds of the run before a resume
         self.stepper = self.processes.wrap(self.model, self.device)
         self.writer = None
         if write:
@@ -210,6 +291,7 @@ class TrainingRun:
             self.state = load_checkpoint(folder.checkpoint_dir, self.model,
                                          self.optimization.optimizer,
                                          self.optimization.scheduler)
+            self._backbone_before = self.state.backbone_seconds or 0.0
             self.log(f"resuming {folder.path} at step {self.state.step}/"
                      f"{self.steps_per_epoch * cfg.epochs}")
         if self.processes.is_main:
@@ -236,9 +318,13 @@ class TrainingRun:
         return range(self.state.epochs_done, self.cfg.epochs)
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """This rank's slice of the batch at `indices`, on the device."""
+        """This rank's slice of the batch at `indices`, on the device; for LST with the
+        backbone's states for it (computed, or read from the cache)."""
         shard = indices[self.processes.rank::self.processes.world_size] or indices
-        return {k: v.to(self.device) for k, v in collate(self.train_set, shard, self.pad).items()}
+        batch = {k: v.to(self.device) for k, v in collate(self.train_set, shard, self.pad).items()}
+        if self.train_states is not None:
+            batch["backbone_hidden_states"] = self.train_states(shard, batch)
+        return batch
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (the rest of it, when resuming), checkpoint, evaluate."""
@@ -266,6 +352,8 @@ class TrainingRun:
                 state.train_seconds = time.perf_counter() - clock
                 self._checkpoint()
         progress.close()
+        if self.train_states is not None:
+            self.train_states.end_of_pass(self.train_set)
         scores = self.evaluate()
         state.history["eval"].append({"epoch": epoch + 1, "step": state.step, **scores})
         state.train_seconds = time.perf_counter() - clock
@@ -282,6 +370,9 @@ class TrainingRun:
         return scores
 
     def _checkpoint(self) -> None:
+        if self.train_states is not None:
+            self.state.backbone_seconds = round(
+                self._backbone_before + self.train_states.seconds + self.eval_states.seconds, 3)
         if self.destination is not None and self.processes.is_main:
             save_checkpoint(self.destination.folder.checkpoint_dir, self.model,
                             self.optimization.optimizer, self.optimization.scheduler, self.state)
@@ -303,9 +394,10 @@ class TrainingRun:
         return current_rss_mb()
 
     def evaluate(self, encoded: Encoded | None = None) -> dict:
+        states = self.eval_states if encoded is None else None
         encoded = encoded or self.eval_set
         probs = predict_probs(self.model, encoded, self.pad, self.cfg.eval_batch_size,
-                              self.device)
+                              self.device, states)
         return classification_metrics(probs, encoded.labels, self.labels)
 
     # ---- finish ---------------------------------------------------------------------------------
@@ -320,6 +412,7 @@ class TrainingRun:
             "eval": state.history["eval"][-1] if state.history["eval"] else {},
             "train_seconds": round(state.train_seconds, 2),
             "epoch_seconds": state.epoch_seconds,
+            "backbone_seconds": state.backbone_seconds,
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
             # what training itself took: the peak less what the process held before the model
             # was loaded (Python, torch, the data); on a GPU the allocator's peak
