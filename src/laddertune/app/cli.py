@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
         add_arguments(sub, config_class)
         sub.set_defaults(func=run, config_class=config_class)
+        if name == "sweep":
+            sub.description = SWEEP_DESCRIPTION
+            sub.add_argument("--grid", action="append", metavar="NAME=V1,V2,...",
+                             help="a setting and its values, repeatable: the sweep trains every "
+                                  "combination (lr, seed, reduction-factor, weight-decay, "
+                                  "warmup-ratio, max-grad-norm, lst-gate, lst-dropout, ...)")
     _add_bench(commands)
     return parser
 
@@ -165,16 +171,36 @@ def run_predict(args) -> int:
     return 0
 
 
+def run_sweep(args) -> int:
+    from .sweep import parse_grid, sweep
+    explicit = explicit_values(args, TrainConfig)
+    grid = parse_grid(args.grid or [])
+    if not explicit.get("output"):
+        stem = Path(explicit.get("train", TrainConfig.train)).stem or "run"
+        explicit["output"] = f"runs/{stem}-sweep"
+    sweep(TrainConfig(**explicit), grid)
+    return 0
+
+
 def run_demo(args) -> int:
     from .demo import run_demo as demo
     demo(DemoConfig(**explicit_values(args, DemoConfig)))
     return 0
 
 
+SWEEP_DESCRIPTION = (
+    "Train every combination of --grid together: the data and the frozen backbone are loaded "
+    "once and each batch's backbone states (computed, or read with --cache-backbone) serve "
+    "every configuration. Each configuration gets a run folder under --output (loadable by "
+    "eval and predict); sweep.json, summary.md and sweep.png name the best on the eval split. "
+    "The other flags are laddertune train's and apply to every configuration.")
+
 COMMANDS = (
     ("train", TrainConfig, run_train, "fine-tune a model on a labelled text file"),
     ("eval", EvalConfig, run_eval, "score a trained run on a labelled file"),
     ("predict", PredictConfig, run_predict, "label new texts with a trained run"),
+    ("sweep", TrainConfig, run_sweep,
+     "train many LST configurations at once, sharing each batch's backbone pass"),
     ("demo", DemoConfig, run_demo,
      "LST on BBC News with MiniLM, then memory vs full fine-tuning and LoRA"),
 )

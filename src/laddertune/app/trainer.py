@@ -230,8 +230,12 @@ class TrainingRun:
     def setup(self, write: bool = True) -> TrainingRun:
         """Everything before the first step. With `write=False` (demo, bench) no folder is
         touched: the run only builds its data, model and optimizer."""
+        self.destination = Destination(self.cfg, self.processes.is_main) if write else None
+        return self.build(self.load(), write)
+
+    def load(self):
+        """The data, tokenized, and the pretrained backbone (returned) the model is built on."""
         cfg = self.cfg
-        self.destination = Destination(cfg, self.processes.is_main) if write else None
         train_data, eval_data = load_train_eval(cfg.train, cfg.eval, cfg.text_column,
                                                 cfg.label_column, cfg.seed)
         self.labels = label_names(train_data.labels)
@@ -248,6 +252,18 @@ class TrainingRun:
         cfg.max_length = fit_max_length(backbone, cfg.max_length, cfg.model, self.tokenizer)
         self.train_set = tokenize(self.tokenizer, train_data, cfg.max_length, self.labels)
         self.eval_set = tokenize(self.tokenizer, eval_data, cfg.max_length, self.labels)
+        return backbone
+
+    def share_data(self, lead: TrainingRun) -> None:
+        """Take `lead`'s loaded data and tokenizer instead of loading them again (a sweep)."""
+        for name in ("labels", "source", "tokenizer", "pad", "rss_before_model_mb",
+                     "fingerprint", "train_set", "eval_set"):
+            setattr(self, name, getattr(lead, name))
+        self.cfg.max_length = lead.cfg.max_length
+
+    def build(self, backbone, write: bool = True) -> TrainingRun:
+        """The model on `backbone`, its optimizer and, with `write`, the run folder."""
+        cfg = self.cfg
         self.model = build_model(backbone, cfg, len(self.labels), self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
@@ -328,35 +344,49 @@ class TrainingRun:
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (the rest of it, when resuming), checkpoint, evaluate."""
+        progress = self.begin_epoch(epoch)
+        for indices in progress:
+            self.train_on(epoch, indices, self.batch(indices), progress)
+        progress.close()
+        if self.train_states is not None:
+            self.train_states.end_of_pass(self.train_set)
+        return self.end_epoch(epoch, progress, self.evaluate())
+
+    def begin_epoch(self, epoch: int, show: bool = True) -> EpochProgress:
+        """The epoch's batches still to do, as a progress display to iterate."""
         cfg, state = self.cfg, self.state
         # training time carries over a resume: the clock starts where the checkpoint left it
-        clock = time.perf_counter() - state.train_seconds
+        self._clock = time.perf_counter() - state.train_seconds
         batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch)
         done = state.step - epoch * self.steps_per_epoch
         if done == 0:
             state.epoch_started = state.train_seconds
-        progress = EpochProgress(batches, done, epoch, cfg.epochs,
-                                 cfg.progress and self.processes.is_main)
-        for indices in progress:
-            loss, norm = train_step(self.stepper, self.batch(indices), self.optimization)
-            state.step += 1
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                self._diverged(loss, norm, epoch)
-            state.history["train_loss"].append((state.step, round(loss, 6)))
-            progress.update(len(indices), loss, self._memory_mb())
-            if self.writer:
-                self.writer.add_scalar("train/loss", loss, state.step)
-                self.writer.add_scalar("train/lr", self.optimization.scheduler.get_last_lr()[0],
-                                       state.step)
-            if state.step % cfg.save_every == 0 and state.step % self.steps_per_epoch != 0:
-                state.train_seconds = time.perf_counter() - clock
-                self._checkpoint()
-        progress.close()
-        if self.train_states is not None:
-            self.train_states.end_of_pass(self.train_set)
-        scores = self.evaluate()
+        return EpochProgress(batches, done, epoch, cfg.epochs,
+                             show and cfg.progress and self.processes.is_main)
+
+    def train_on(self, epoch: int, indices: list[int], batch: dict,
+                 progress: EpochProgress) -> None:
+        """One optimizer step on `batch` (the examples at `indices`), and its bookkeeping."""
+        cfg, state = self.cfg, self.state
+        loss, norm = train_step(self.stepper, batch, self.optimization)
+        state.step += 1
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            self._diverged(loss, norm, epoch)
+        state.history["train_loss"].append((state.step, round(loss, 6)))
+        progress.update(len(indices), loss, self._memory_mb())
+        if self.writer:
+            self.writer.add_scalar("train/loss", loss, state.step)
+            self.writer.add_scalar("train/lr", self.optimization.scheduler.get_last_lr()[0],
+                                   state.step)
+        if state.step % cfg.save_every == 0 and state.step % self.steps_per_epoch != 0:
+            state.train_seconds = time.perf_counter() - self._clock
+            self._checkpoint()
+
+    def end_epoch(self, epoch: int, progress: EpochProgress, scores: dict) -> dict:
+        """Record the epoch's eval `scores`, checkpoint, say how it went."""
+        cfg, state = self.cfg, self.state
         state.history["eval"].append({"epoch": epoch + 1, "step": state.step, **scores})
-        state.train_seconds = time.perf_counter() - clock
+        state.train_seconds = time.perf_counter() - self._clock
         state.epoch_seconds.append(round(state.train_seconds - state.epoch_started, 3))
         state.epochs_done = epoch + 1
         self._checkpoint()
