@@ -13,9 +13,9 @@ sweep.png, and names the best configuration by its accuracy on the eval (dev) sp
 What a sweep varies: learning rate, seed, reduction factor, weight decay, warm-up, gradient
 clipping and the LST settings that leave the backbone's states alone. All configurations see
 the batches in the same order, that of the sweep's --seed; a configuration's seed sets its
-initialisation. With dropout off a configuration trains as it would alone (up to float rounding); with dropout
-on, the configurations draw their dropout masks in turn from one random stream, so they match a
-run alone in distribution, not bit for bit.
+initialisation. With dropout off a configuration trains as it would alone (up to float
+rounding); with dropout on, the configurations draw their dropout masks in turn from one random
+stream, so they match a run alone in distribution, not bit for bit.
 """
 
 from __future__ import annotations
