@@ -83,6 +83,24 @@ ABLATIONS = {
 }
 
 
+# Where an LST gap to full fine-tuning could come from, each suspect alone on the dev split
+# (seed 0) at LST's chosen rate and the next one up: capacity, which layers it reads and how,
+# pooling, initialisation, regularisation, and training length.
+SUSPECTS = {
+    "r=4": ["--reduction-factor", "4"],
+    "r=2": ["--reduction-factor", "2"],
+    "every layer": ["--lst-side-layers", "ALL"],
+    "normed last layer": ["--lst-ladder-last-layer", "normed"],
+    "first-token pooling": ["--lst-pooling", "first"],
+    "random init": ["--lst-side-init", "random"],
+    "fisher init": ["--lst-side-init", "fisher"],
+    "no dropout": ["--lst-dropout", "0"],
+    "no weight decay": ["--weight-decay", "0"],
+    "gates start at the ladder": ["--lst-gate-alpha-init", "-0.2"],
+    "5 epochs": ["--epochs", "5"],
+}
+
+
 # ---- data ---------------------------------------------------------------------------------------
 
 def write_data(spec: DataSpec, folder: Path) -> dict[str, Path]:
@@ -194,6 +212,16 @@ class Suite:
             runs[beyond] = self.train(dataset, model, method, beyond, 0)
         return {"chosen_lr": best, "dev": {lr: _scores(m) for lr, m in sorted(runs.items())},
                 "runs": runs}
+
+    def explore(self, dataset: str, model: str, lr: float, layers: int) -> dict:
+        """Each of `SUSPECTS` alone at `lr` and the next rate up: dev scores by suspect."""
+        found = {}
+        for suspect, flags in SUSPECTS.items():
+            flags = [",".join(map(str, range(layers))) if f == "ALL" else f for f in flags]
+            found[suspect] = {rate: _scores(self.train(dataset, model, "lst", rate, 0,
+                                                       f"explore {suspect}", tuple(flags)))
+                              for rate in (lr, next_rate(lr, up=True))}
+        return found
 
     def seeds(self, dataset: str, model: str, method: str, lr: float, variant: str = "",
               flags: tuple = ()) -> list[dict]:
