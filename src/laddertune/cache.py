@@ -127,9 +127,9 @@ class StateCache:
         return {i for shard in self.manifest["shards"] for i in shard["examples"]}
 
     def missing(self) -> list[int]:
-        """Example indices not yet in a listed shard, in order."""
-        stored = self.stored()
-        return [i for i in range(self.size) if i not in stored]
+        """Example indices neither in a listed shard nor waiting to be written, in order."""
+        have = self.stored() | {i for i, _ in self._pending}
+        return [i for i in range(self.size) if i not in have]
 
     def bytes_needed(self, token_counts: Sequence[Sequence[int]], width: int) -> int:
         """Disk for the missing examples: `token_counts[s][i]` tokens of example i in stack s."""

@@ -126,8 +126,7 @@ class BackboneStates:
         if self.cache is None or self.cache.complete:
             return
         device = next(self.model.parameters()).device
-        missing = [i for i in self.cache.missing() if i not in
-                   {j for j, _ in self.cache._pending}]
+        missing = self.cache.missing()
         for start in range(0, len(missing), self.batch_size):
             indices = missing[start:start + self.batch_size]
             batch = {k: v.to(device) for k, v in collate(encoded, indices, self.pad).items()}
