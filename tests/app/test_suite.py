@@ -74,9 +74,8 @@ def test_report_states_each_target_with_its_numbers(tmp_path):
         "d/minilm/lst": _entry("minilm", "lst", 89.5, 200),
         "d/mpnet/lst": _entry("mpnet", "lst", 91.0, 800),
     }}
-    path = tmp_path / "suite.json"
-    path.write_text(json.dumps(results))
-    report = suite_report.write_report(path).read_text()
+    (tmp_path / "suite-d.json").write_text(json.dumps(results))
+    report = suite_report.write_report(tmp_path).read_text()
     checks = {c["target"]: c for c in json.loads((tmp_path / "targets.json").read_text())}
     assert checks["LST on MiniLM within 1.0 point of full fine-tuning"]["met"] is True
     assert checks["LST at least as accurate as LoRA on minilm"]["met"] is True

@@ -352,12 +352,17 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", default=None, help="comma list (default: all per model)")
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--threads", type=int, default=None, help="OMP threads per run")
-    parser.add_argument("--output", default="benchmarks/results/accuracy/suite.json")
+    parser.add_argument("--output", default="benchmarks/results/accuracy",
+                        help="folder for suite-<data set>.json (one per data set, so data sets "
+                             "can run in parallel processes) and the report")
     args = parser.parse_args(argv)
     split = lambda text: tuple(p for p in (text or "").split(",") if p)  # noqa: E731
-    run_suite(Path(args.root), split(args.datasets), split(args.models),
-              split(args.methods) or None, not args.no_ablations, args.threads,
-              Path(args.output))
+    for dataset in split(args.datasets):
+        run_suite(Path(args.root), (dataset,), split(args.models), split(args.methods) or None,
+                  not args.no_ablations, args.threads,
+                  Path(args.output) / f"suite-{dataset}.json")
+    from .suite_report import write_report
+    print(write_report(Path(args.output)))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """The accuracy suite's results as people read them: tables, the targets, and accuracy against
 peak training memory (the paper's Figure 1), from the suite's JSON.
 
-``python -m laddertune.app.bench.suite_report benchmarks/results/accuracy/suite.json`` writes
-results.md and one memory_vs_accuracy_<data set>.png beside the JSON.
+``python -m laddertune.app.bench.suite_report benchmarks/results/accuracy`` merges the folder's
+suite-<data set>.json files and writes results.md, targets.json and one
+memory_vs_accuracy_<data set>.png there.
 """
 
 from __future__ import annotations
@@ -128,9 +129,20 @@ def plot(results: dict, dataset: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(json_path: Path) -> Path:
-    results = json.loads(Path(json_path).read_text())
-    folder = Path(json_path).parent
+def load(folder: Path) -> dict:
+    """The suite results of every suite-*.json in `folder`, merged."""
+    merged = {"settings": {}, "methods": {}, "ablations": {}}
+    for path in sorted(Path(folder).glob("suite-*.json")):
+        part = json.loads(path.read_text())
+        merged["settings"] = part["settings"]
+        merged["methods"].update(part["methods"])
+        merged["ablations"].update(part["ablations"])
+    return merged
+
+
+def write_report(folder: Path) -> Path:
+    folder = Path(folder)
+    results = load(folder)
     datasets = list(dict.fromkeys(r["dataset"] for r in results["methods"].values()))
     lines = ["# Accuracy against memory, every method tuned alike", "",
              f"Settings: {json.dumps(results['settings'], default=str)}", ""]
@@ -156,5 +168,4 @@ def write_report(json_path: Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(write_report(Path(sys.argv[1] if len(sys.argv) > 1
-                            else "benchmarks/results/accuracy/suite.json")))
+    print(write_report(Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/accuracy")))
