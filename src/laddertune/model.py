@@ -437,7 +437,8 @@ class LSTModel(nn.Module):
 
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens: int = 20,
                  num_beams: int = 1, **kwargs) -> torch.Tensor:
-        """Greedy or beam-search decoding with key/value caches; see `laddertune.generation`."""
+        """Greedy, sampled or beam-search decoding with key/value caches; see
+        `laddertune.generation`."""
         from .generation import generate
         return generate(self, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                         num_beams=num_beams, **kwargs)
