@@ -84,7 +84,8 @@ def test_a_long_prompt_is_cut_from_the_left_and_the_target_kept_whole(workdir):
     encoded = fmt.encode(data, max_length=10)
     assert encoded.truncated == 1
     assert len(encoded.prompt_ids[0]) + len(encoded.target_ids[0]) == 10
-    assert tokenizer.decode(encoded.target_ids[0], skip_special_tokens=True) == "gold pink gray red"
+    target = tokenizer.decode(encoded.target_ids[0], skip_special_tokens=True)
+    assert target == "gold pink gray red"
     assert encoded.prompt_ids[0][0] == tokenizer.bos_token_id       # the head stays
     assert tokenizer.decode(encoded.prompt_ids[0], skip_special_tokens=True) == "blue gold pink gray"
 
@@ -156,7 +157,8 @@ def test_a_tiny_model_learns_to_copy_from_the_cli(copy_run):
 
 @pytest.mark.slow
 def test_predict_writes_the_generated_answers(copy_run, workdir):
-    rows = [{"id": f"q{i}", "prompt": r["prompt"]} for i, r in enumerate(symbol_pairs(6, 7, length=2))]
+    pairs = symbol_pairs(6, 7, length=2)
+    rows = [{"id": f"q{i}", "prompt": r["prompt"]} for i, r in enumerate(pairs)]
     write_csv(workdir / "questions.csv", rows)
     out = workdir / "answers.csv"
     assert main(["predict", "--checkpoint", str(copy_run), "--data",
