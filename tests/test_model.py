@@ -153,6 +153,10 @@ def test_head_residual_starts_as_the_pretrained_model_and_trains_the_side_networ
         theirs = backbone(**inputs, labels=labels)
         ours = model.eval()(**inputs, labels=labels)
     torch.testing.assert_close(ours.logits, theirs.logits.float(), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():    # the states the training loop passes hold the final state too
+        given = model(**inputs, labels=labels,
+                      backbone_hidden_states=model.backbone_states(**inputs, labels=labels))
+    torch.testing.assert_close(given.logits, ours.logits)
     model.train()
     model(**inputs, labels=labels).loss.backward()
     assert model.up.weight.grad.abs().sum() > 0          # the correction starts to learn

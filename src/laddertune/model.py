@@ -229,15 +229,15 @@ class LSTModel(nn.Module):
 
     def _backbone_last(self, computed, given):
         """The backbone's final hidden state, (b, t, d), when `head_residual` reads it: as the
-        backbone just computed it, or from given states whose last is that (normed) state."""
+        backbone just computed it, or the entry after the last layer's in given states."""
         if not self.config.head_residual or computed is not None:
             return computed
-        last = bb.num_layers(self.stacks[-1], self.family) - 1
-        if self.config.ladder_last_layer != "normed" or last not in self.kept_layers[-1]:
-            raise InputError("head_residual needs the backbone's final state, which given "
-                             "backbone_hidden_states hold only with ladder_last_layer='normed' "
-                             "and the last layer kept; set those or let the backbone run")
-        return given[-1]
+        after_last = bb.num_layers(self.stacks[-1], self.family) + 1
+        if len(given) <= after_last or given[after_last] is None:
+            raise InputError("head_residual reads the backbone's final state, which these "
+                             "backbone_hidden_states lack; pass model.backbone_states(...) of "
+                             "this model")
+        return given[after_last]
 
     @torch.no_grad()
     def backbone_states(self, input_ids=None, attention_mask=None, pixel_values=None,
@@ -253,10 +253,12 @@ class LSTModel(nn.Module):
         if self.family.kind == bb.ENCODER_DECODER:
             dec_inputs = self._decoder_inputs(input_ids, attention_mask, labels,
                                               decoder_input_ids, decoder_attention_mask)
-            _, dec_states = self.run_backbone(
+            out, dec_states = self.run_backbone(
                 1, **dec_inputs, encoder_hidden_states=out.last_hidden_state,
                 encoder_attention_mask=attention_mask)
             read.append(self._read_only(1, dec_states))
+        if self.config.head_residual:         # what the LM head reads, after the last layer
+            read[-1] = (*read[-1], out.last_hidden_state)
         return tuple(read)
 
     def ladder_inputs(self, index: int = 0) -> list[int]:
