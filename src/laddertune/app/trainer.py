@@ -39,7 +39,7 @@ from ..checkpoint import save_json, sha256_file
 from ..errors import LSTError
 from .aliases import backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate
-from .memory import current_rss_mb, peak_memory_mb
+from .memory import current_rss_mb, peak_memory_mb, peak_rss_mb, reset_peak_rss
 from .methods import build_method, count_parameters, save_trained, trainable_parameters
 from .options import TrainConfig, UsageError
 from .report import plot_confusion_matrix, plot_learning_curve, write_report
@@ -269,6 +269,9 @@ class TrainingRun:
         self.writer = None
         if write:
             self._start_folder()
+        # the CPU peak of training itself, from here: the model and its optimizer are built
+        self.rss_built_mb = current_rss_mb()
+        self.peak_rss_reset = self.device.type == "cpu" and reset_peak_rss()
         return self
 
     def _check_same_backbone(self) -> None:
@@ -355,7 +358,9 @@ class TrainingRun:
                  progress: EpochProgress) -> None:
         """One optimizer step on `batch` (the examples at `indices`), and its bookkeeping."""
         cfg, state = self.cfg, self.state
+        tick = time.perf_counter()
         loss, norm = train_step(self.stepper, batch, self.optimization)
+        state.step_seconds += time.perf_counter() - tick
         state.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self._diverged(loss, norm, epoch)
@@ -429,10 +434,16 @@ class TrainingRun:
             "train_seconds": round(state.train_seconds, 2),
             "epoch_seconds": state.epoch_seconds,
             "backbone_seconds": state.backbone_seconds,
+            # the mean optimizer step (forward, backward, update), without evals and checkpoints
+            "step_seconds": round(state.step_seconds / max(state.step, 1), 4),
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
             # what training itself took: the peak less what the process held before the model
             # was loaded (Python, torch, the data); on a GPU the allocator's peak
             "training_memory_mb": round(self._training_memory_mb(), 1),
+            # CPU: the peak while training and evaluating less what the process held once the
+            # model was built (gradients, optimizer state, activations; loading peaks excluded)
+            "training_peak_rss_mb": (round(peak_rss_mb() - self.rss_built_mb, 1)
+                                     if self.peak_rss_reset else None),
             "trainable_params": self.trainable,
             "all_params": self.total,
             "task": cfg.task,
