@@ -156,6 +156,8 @@ def long_runs(args, common, results: dict, out_dir: Path) -> list[dict]:
     account_only = dict(train=False, inference=False, checkpoint=False, **common)
     lengths = LONG_LENGTHS[:2] if args.quick else LONG_LENGTHS
     workload = (_split(args.workloads, WORKLOADS, "--workloads") or [LONG_WORKLOAD])[0]
+    results["settings"].update(long_workload=workload, long_batch_size=args.batch_size or 1,
+                               long_lengths=list(lengths), long_measure="account")
     runs = results["long"] = []
     for length in lengths:
         for method in methods:

@@ -239,9 +239,10 @@ def render_markdown(results: dict) -> str:
     parts = [f"# laddertune bench results\n\nMachine: {m['cpu']}, {m['cores']} cores"
              f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}; device `{results['device']}`; "
              f"torch {m['torch']}, transformers {m['transformers']}; {m['date']}.\n",
-             f"Settings: {_settings(results['settings'])}.\n",
-             "## Memory and speed, one training step per method (same batch)\n",
-             markdown_table(results["runs"]), ""]
+             f"Settings: {_settings(results['settings'])}.\n"]
+    if results["runs"]:
+        parts += ["## Memory and speed, one training step per method (same batch)\n",
+                  markdown_table(results["runs"]), ""]
     if results.get("long"):
         parts += ["## Long sequences: SmolLM2-135M-shaped training memory\n",
                   long_table(results["long"]), ""]
