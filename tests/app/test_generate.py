@@ -215,6 +215,7 @@ def test_every_method_trains_with_task_generate_and_reloads(method, model, workd
     metrics = json.loads((workdir / out / "metrics.json").read_text())
     assert metrics["method"] == method and metrics["task"] == "generate"
     assert metrics["history"]["train_loss"] and "rouge_l" in metrics["eval"]
+    assert metrics["step_seconds"] > 0 and metrics["training_peak_rss_mb"] is not None
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(workdir / out), "--data",
                  str(workdir / "eval.csv")]) == 0

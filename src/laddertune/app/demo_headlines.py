@@ -38,7 +38,7 @@ from .report import _pyplot, plot_memory
 from .trainer import TrainingRun, epoch_batches
 
 # What the demo trains on, chosen to fit 10 minutes on 2 CPU cores.
-HEADLINES = dict(train_articles=64, eval_articles=24, body_words=64, max_length=192,
+HEADLINES = dict(train_articles=48, eval_articles=16, body_words=64, max_length=192,
                  max_new_tokens=24, batch_size=8)
 INSTRUCTION = "Write the headline of this BBC News article."
 # LST with the head reading the backbone's state plus the side network's correction
@@ -224,8 +224,8 @@ def write_headline_report(out: Path, metrics: dict) -> Path:
         f"(target: within 2), at {ratio:.2f}× LoRA's training memory (target: 0.5× or less).",
         "Training memory is the device-independent account (weights, gradients, AdamW state and "
         "what autograd keeps for backward) of one step; peak RSS is measured in each run's own "
-        "process, from when its model and optimizer were built to the end (gradients, AdamW "
-        "state, activations, and generation in the eval).",
+        "process, over its training steps, less what the process held once its model was "
+        "built (gradients, AdamW state, activations; loading and evals excluded).",
         "",
         "![headlines](headlines.png)",
         "",

@@ -272,7 +272,15 @@ class TrainingRun:
         # the CPU peak of training itself, from here: the model and its optimizer are built
         self.rss_built_mb = current_rss_mb()
         self.peak_rss_reset = self.device.type == "cpu" and reset_peak_rss()
+        self.training_peak_mb = None
         return self
+
+    def _training_peak(self) -> float | None:
+        """The CPU peak of the training steps so far, less the built model (see `finish`)."""
+        if not self.peak_rss_reset:
+            return None
+        now = peak_rss_mb() - self.rss_built_mb
+        return now if self.training_peak_mb is None else max(self.training_peak_mb, now)
 
     def _check_same_backbone(self) -> None:
         from ..checkpoint import check_fingerprint
@@ -340,7 +348,12 @@ class TrainingRun:
         progress.close()
         if self.train_states is not None:
             self.train_states.end_of_pass(self.train_set)
-        return self.end_epoch(epoch, progress, self.evaluate())
+        # an eval's peak (a generate run's answers, an eval batch's logits) is not training's
+        self.training_peak_mb = self._training_peak()
+        scores = self.evaluate()
+        if self.peak_rss_reset:
+            reset_peak_rss()
+        return self.end_epoch(epoch, progress, scores)
 
     def begin_epoch(self, epoch: int, show: bool = True) -> EpochProgress:
         """The epoch's batches still to do, as a progress display to iterate."""
@@ -440,10 +453,11 @@ class TrainingRun:
             # what training itself took: the peak less what the process held before the model
             # was loaded (Python, torch, the data); on a GPU the allocator's peak
             "training_memory_mb": round(self._training_memory_mb(), 1),
-            # CPU: the peak while training and evaluating less what the process held once the
-            # model was built (gradients, optimizer state, activations; loading peaks excluded)
-            "training_peak_rss_mb": (round(peak_rss_mb() - self.rss_built_mb, 1)
-                                     if self.peak_rss_reset else None),
+            # CPU: the peak of the training steps less what the process held once the model
+            # was built (gradients, optimizer state, activations); loading and evals excluded
+            "training_peak_rss_mb": (None if not self.peak_rss_reset else round(
+                self.training_peak_mb if self.training_peak_mb is not None
+                else self._training_peak(), 1)),
             "trainable_params": self.trainable,
             "all_params": self.total,
             "task": cfg.task,

@@ -190,9 +190,9 @@ def _split(text: str | None, allowed=None, flag: str = "") -> list[str]:
 
 
 def _log(result: dict) -> dict:
+    step = f"step {result['step_seconds']:.2f}s, " if "step_seconds" in result else ""
     status = result.get("error") or (
-        f"step {result.get('step_seconds', float('nan')):.2f}s, "
-        f"account {result.get('account', {}).get('total_mib', float('nan')):.0f} MiB")
+        f"{step}account {result.get('account', {}).get('total_mib', float('nan')):.0f} MiB")
     print(f"[{time.strftime('%H:%M:%S')}] {result['workload']} {result['method']} "
           f"b={result['batch_size']} t={result.get('seq_len')}: {status}", flush=True)
     return result
