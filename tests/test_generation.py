@@ -242,3 +242,68 @@ def test_trained_tiny_t5_learns_to_reverse_and_generates_it():
     assert exact.sum() >= 62, f"{int(exact.sum())} of 64 reversed exactly"
     assert (generated[:, -1] == eos).all()
     assert model.training                          # generate restores the training mode
+
+
+# ---- sampling and streaming ---------------------------------------------------------------------
+
+def test_temperature_zero_is_greedy_and_a_seed_repeats_a_sample():
+    model = lst_lm("llama")
+    with torch.no_grad():
+        model.up.weight *= 30                  # peaked enough that samples differ from greedy
+    inputs = tiny_inputs("llama", batch=3, length=6)
+    inputs["attention_mask"][0, -2:] = 1
+    greedy = model.generate(**inputs, max_new_tokens=6, eos_token_id=NO_EOS)
+    assert torch.equal(model.generate(**inputs, max_new_tokens=6, eos_token_id=NO_EOS,
+                                      temperature=0.0, top_p=0.5), greedy)
+    first = model.generate(**inputs, max_new_tokens=6, eos_token_id=NO_EOS, temperature=1.0,
+                           seed=3)
+    again = model.generate(**inputs, max_new_tokens=6, eos_token_id=NO_EOS, temperature=1.0,
+                           seed=3)
+    other = model.generate(**inputs, max_new_tokens=6, eos_token_id=NO_EOS, temperature=1.0,
+                           seed=4)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other) and not torch.equal(first, greedy)
+
+
+def test_a_tiny_top_p_keeps_only_the_likeliest_token():
+    model = lst_lm("t5")
+    inputs = tiny_inputs("t5", batch=3, length=6)
+    greedy = model.generate(**inputs, max_new_tokens=5, eos_token_id=NO_EOS)
+    for seed in range(3):
+        sampled = model.generate(**inputs, max_new_tokens=5, eos_token_id=NO_EOS,
+                                 temperature=2.0, top_p=1e-6, seed=seed)
+        assert torch.equal(sampled, greedy)
+
+
+def test_sampled_tokens_follow_the_tempered_distribution():
+    """The sampler's choices, drawn many times from one distribution, match its frequencies."""
+    from laddertune.generation import Sampler
+    log_probs = torch.tensor([[0.6, 0.3, 0.1, 0.0]]).clamp_min(1e-9).log().expand(20000, -1)
+    tokens = Sampler(temperature=1.0, top_p=1.0, seed=0, device=torch.device("cpu"))(log_probs)
+    frequencies = torch.bincount(tokens, minlength=4) / len(tokens)
+    torch.testing.assert_close(frequencies, torch.tensor([0.6, 0.3, 0.1, 0.0]), atol=0.015,
+                               rtol=0)
+    nucleus = Sampler(temperature=1.0, top_p=0.8, seed=0, device=torch.device("cpu"))(log_probs)
+    assert set(nucleus.tolist()) == {0, 1}          # 0.6 + 0.3 reach 0.8: token 2 is cut
+    sharp = Sampler(temperature=0.25, top_p=1.0, seed=0, device=torch.device("cpu"))(log_probs)
+    assert (sharp == 0).float().mean() > 0.9        # 0.6^4 : 0.3^4 : 0.1^4 -> 94% token 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"temperature": -1.0}, "temperature"), ({"top_p": 0.0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"), ({"temperature": 0.7, "num_beams": 2}, "do not combine")])
+def test_bad_sampling_settings_are_refused(kwargs, message):
+    model = lst_lm("gpt2")
+    with pytest.raises(InputError, match=message):
+        model.generate(torch.tensor([[5, 6, 7]]), **kwargs)
+
+
+@pytest.mark.parametrize("num_beams, temperature", [(1, 0.0), (1, 1.0), (3, 0.0)])
+def test_on_token_streams_every_new_token_in_order(num_beams, temperature):
+    model = lst_lm("gpt2")
+    prompt = torch.tensor([[5, 9, 13], [7, 11, 19]])
+    streamed = []
+    out = model.generate(prompt, max_new_tokens=4, eos_token_id=NO_EOS, num_beams=num_beams,
+                         temperature=temperature, on_token=lambda t: streamed.append(t.clone()))
+    assert len(streamed) == 4 and all(t.shape == (2,) for t in streamed)
+    assert torch.equal(torch.stack(streamed, 1), out[:, 3:])

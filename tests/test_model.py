@@ -9,6 +9,7 @@ from tiny_models import tiny_backbone, tiny_inputs
 from laddertune import LSTConfig, LSTModel, get_lst_model
 from laddertune.backbones import get_path
 from laddertune.config import CONFIG_NAME
+from laddertune.errors import LSTConfigError
 
 
 def _ladder_inputs(model, stack, projection, **inputs):
@@ -135,3 +136,34 @@ def test_folders_saved_before_the_last_layer_switch_load_as_normed(tmp_path):
     del meta["ladder_last_layer"]
     (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
     assert LSTModel.from_pretrained(backbone, tmp_path).config.ladder_last_layer == "normed"
+
+
+# ---- head_residual: the LM head reads the backbone's state plus the side network's ------------
+
+@pytest.mark.parametrize("model_type, task", [("gpt2", "CAUSAL_LM"), ("llama", "CAUSAL_LM"),
+                                              ("t5", "SEQ_2_SEQ_LM")])
+def test_head_residual_starts_as_the_pretrained_model_and_trains_the_side_network(model_type,
+                                                                                   task):
+    backbone = tiny_backbone(model_type, task="lm")
+    model = get_lst_model(backbone, LSTConfig(task_type=task, reduction_factor=4, dropout=0.0,
+                                              head_residual=True))
+    inputs = tiny_inputs(model_type, batch=2, length=6)
+    labels = inputs["input_ids"].clone()
+    with torch.no_grad():
+        theirs = backbone(**inputs, labels=labels)
+        ours = model.eval()(**inputs, labels=labels)
+    torch.testing.assert_close(ours.logits, theirs.logits.float(), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():    # the states the training loop passes hold the final state too
+        given = model(**inputs, labels=labels,
+                      backbone_hidden_states=model.backbone_states(**inputs, labels=labels))
+    torch.testing.assert_close(given.logits, ours.logits)
+    model.train()
+    model(**inputs, labels=labels).loss.backward()
+    assert model.up.weight.grad.abs().sum() > 0          # the correction starts to learn
+    assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_head_residual_needs_a_language_model_head():
+    with pytest.raises(LSTConfigError, match="no LM head"):
+        get_lst_model(tiny_backbone("bert"), LSTConfig(task_type="SEQ_CLS", reduction_factor=4,
+                                                       head_residual=True))

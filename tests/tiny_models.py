@@ -139,3 +139,58 @@ def write_csv(path, rows: list[dict]) -> str:
         writer.writeheader()
         writer.writerows(rows)
     return str(path)
+
+
+# ---- a tiny language model folder (decoder-only or encoder-decoder), for --task generate -------
+
+SYMBOLS = ["red", "green", "blue", "gold", "pink", "gray"]
+CHAT_TEMPLATE = ("{% for m in messages %}user {{ m['content'] }} [SEP]{% endfor %}"
+                 "{% if add_generation_prompt %} bot{% endif %}")
+
+
+def save_tiny_lm(path, model_type: str = "gpt2", seed: int = 0, chat_template: bool = False,
+                 **extra) -> str:
+    """Save a tiny random language model with its LM head (AutoModelForCausalLM, or
+    AutoModelForSeq2SeqLM for t5/bart) and a word-level tokenizer with BOS and EOS: over
+    TOPIC_WORDS, FILLER, SYMBOLS and a few prompt words; with `chat_template`, a template that
+    wraps a prompt as "user PROMPT [SEP] bot"."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "[SEP]"]
+    words = sorted({w for ws in TOPIC_WORDS.values() for w in ws} | set(FILLER) | set(SYMBOLS)
+                   | {"copy", "reverse", "user", "bot", "positive", "negative"})
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    seq2seq = model_type in SEQ2SEQ_FAMILIES
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A [EOS]" if seq2seq else "[BOS] $A",
+        special_tokens=[("[BOS]", 2), ("[EOS]", 3)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]",
+                                        unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]",
+                                        sep_token="[SEP]", model_max_length=64)
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    torch.manual_seed(seed)
+    ids = dict(vocab_size=len(vocab), pad_token_id=0, bos_token_id=2, eos_token_id=3)
+    if seq2seq:
+        config = tiny_config(model_type, decoder_start_token_id=0, **ids, **extra)
+        model = AutoModelForSeq2SeqLM.from_config(config)
+    else:
+        config = tiny_config(model_type, **ids, **extra)
+        model = AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return str(path)
+
+
+def symbol_pairs(n: int, seed: int = 0, task: str = "copy", length: int = 3) -> list[dict]:
+    """`n` prompts "copy w1 w2 w3" (or "reverse ...") over SYMBOLS, with their answers."""
+    import random
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(SYMBOLS) for _ in range(length)]
+        answer = words if task == "copy" else words[::-1]
+        rows.append({"prompt": f"{task} " + " ".join(words), "target": " ".join(answer)})
+    return rows

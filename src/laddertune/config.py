@@ -85,6 +85,13 @@ class LSTConfig:
         side_blocks: ``native`` (the backbone's own block class at width d/r, needed for
             pruning initialisation and encoder-decoder models), ``generic`` (plain pre-norm
             transformer blocks) or ``auto`` (native, else generic).
+        head_residual: Language-model tasks only. True: the frozen LM head reads the backbone's
+            own final hidden state plus the side network's up-projected output, and the
+            up-projection starts at zero, so the model starts as the pretrained language model
+            and the side network learns a correction (as LoRA starts from the pretrained model).
+            No backbone gradient is needed: the state is an input, like the ladders'. False
+            (the paper's): the head reads the side network alone, which must first learn to
+            reproduce the backbone's predictions.
     """
 
     task_type: str = field(
@@ -182,6 +189,14 @@ class LSTConfig:
         metadata={"help": "'native' builds side blocks of the backbone's own class at width d/r; "
                           "'generic' uses plain pre-norm transformer blocks; 'auto' tries native "
                           "first and falls back to generic."},
+    )
+
+    head_residual: bool = field(
+        default=False,
+        metadata={"help": "Language-model tasks: the LM head reads the backbone's final state "
+                          "plus the side network's correction (up-projection starting at zero), "
+                          "so training starts from the pretrained model's own predictions. Off "
+                          "(default, the paper's): the head reads the side network alone."},
     )
 
     def __post_init__(self):

@@ -1,9 +1,13 @@
-"""Text generation for LST models: greedy and beam search, one incremental step per new token.
+"""Text generation for LST models: greedy, sampling and beam search, one incremental step per
+new token.
 
 Backbone and side network each keep a key/value cache (`LSTOutput.cache`), so a step runs both
 on the newest token only; an encoder-decoder model runs its two encoders once, on the first step.
 
     greedy:  every step appends argmax_token p(token | prefix) to each sequence
+    sample:  every step draws a token from p(token | prefix)^(1/temperature), renormalised over
+             the smallest set of likeliest tokens whose probability reaches top_p (nucleus
+             sampling); a seeded generator makes it repeatable, temperature 0 is greedy
     beam:    keeps the k prefixes with the highest sum of log p; every step extends each of them
              by every token and keeps the best k of the k * vocab candidates
 
@@ -18,11 +22,17 @@ Decoder-only prompts of different lengths must be left-padded (padding first, at
 there). Position ids are counted from the attention mask, so a left-padded prompt sees the same
 positions it would see alone.
 
+`on_token` streams: greedy search and sampling call it with each step's new tokens, (b,), as
+they come; beam search only knows its best sequence at the end, and then calls it once per
+token of it.
+
 Side networks of generic blocks (`side_blocks="generic"`) keep no cache: each step then reruns
 the whole sequence, which gives the same tokens, only slower.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 
@@ -37,8 +47,11 @@ def generate(model, input_ids: torch.Tensor | None = None,
              attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20,
              num_beams: int = 1, *, pixel_values: torch.Tensor | None = None,
              eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None,
-             use_cache: bool = True, return_scores: bool = False):
-    """Generate up to `max_new_tokens` tokens per sequence, greedily or by beam search.
+             use_cache: bool = True, return_scores: bool = False, temperature: float = 0.0,
+             top_p: float = 1.0, seed: int = 0,
+             on_token: Callable[[torch.Tensor], None] | None = None):
+    """Generate up to `max_new_tokens` tokens per sequence: greedily, by sampling or by beam
+    search.
 
     Args:
         model: an `LSTModel` (or `LSTVisionLanguageModel`) with task_type SEQ_2_SEQ_LM or
@@ -55,6 +68,12 @@ def generate(model, input_ids: torch.Tensor | None = None,
         use_cache: reuse key/value caches (one incremental step per token); False reruns the
             whole sequence every step, which is slower and gives the same result.
         return_scores: also return each sequence's total log-probability, shape (b,).
+        temperature: 0 picks the likeliest token (greedy, or beams); above 0 samples from the
+            distribution sharpened (< 1) or flattened (> 1) by it.
+        top_p: sampling only: draw from the likeliest tokens whose probabilities add up to
+            top_p (1 keeps every token).
+        seed: sampling only: seeds the generator, so the same call draws the same tokens.
+        on_token: called with each step's new tokens, (b,) (see the module doc).
 
     Returns:
         (b, t_out) token ids, or (ids, scores) when `return_scores`.
@@ -62,7 +81,8 @@ def generate(model, input_ids: torch.Tensor | None = None,
     Raises:
         UnsupportedModelError: the model's task type does not generate text.
         MissingInputError: input_ids are missing.
-        InputError: a decoder-only prompt is right-padded, or a count is below 1.
+        InputError: a decoder-only prompt is right-padded, a count is below 1, temperature or
+            top_p is out of range, or sampling is asked of beam search.
     """
     task = model.config.task_type
     if task not in GENERATIVE_TASKS:
@@ -74,6 +94,7 @@ def generate(model, input_ids: torch.Tensor | None = None,
     if max_new_tokens < 1 or num_beams < 1:
         raise InputError(f"max_new_tokens={max_new_tokens} and num_beams={num_beams} must both "
                          "be >= 1")
+    check_sampling(temperature, top_p, num_beams)
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     limit = max_positions(model.backbone)
@@ -90,26 +111,71 @@ def generate(model, input_ids: torch.Tensor | None = None,
     was_training = model.training
     model.eval()
     try:
-        if num_beams == 1:
-            sequences, scores = greedy_search(decoder, max_new_tokens, eos, pad)
-        else:
+        if num_beams > 1:
             sequences, scores = beam_search(decoder, max_new_tokens, num_beams, eos, pad)
+            if on_token is not None:
+                for tokens in sequences[:, decoder.start_length:].T:        # (b,) per step
+                    on_token(tokens)
+        else:
+            choose = greedy_choice if temperature == 0 else Sampler(
+                temperature, top_p, seed, input_ids.device)
+            sequences, scores = greedy_search(decoder, max_new_tokens, eos, pad, choose,
+                                              on_token)
     finally:
         model.train(was_training)
     return (sequences, scores) if return_scores else sequences
 
 
-def greedy_search(decoder: Decoder, max_new_tokens: int, eos: torch.Tensor, pad: int):
-    """Append the most likely token until every sequence is finished: (ids, total log p)."""
+def check_sampling(temperature: float, top_p: float, num_beams: int = 1) -> None:
+    """Raise InputError unless temperature >= 0, 0 < top_p <= 1, and beams are not sampled."""
+    if not temperature >= 0:
+        raise InputError(f"temperature={temperature} must be >= 0 (0 is greedy)")
+    if not 0 < top_p <= 1:
+        raise InputError(f"top_p={top_p} must be in (0, 1] (1 keeps every token)")
+    if temperature > 0 and num_beams > 1:
+        raise InputError(f"sampling (temperature={temperature}) and beam search (num_beams="
+                         f"{num_beams}) do not combine; pass num_beams=1 or temperature=0")
+
+
+def greedy_choice(log_probs: torch.Tensor) -> torch.Tensor:
+    """The likeliest token of each row: (b, vocab) -> (b,)."""
+    return log_probs.argmax(-1)
+
+
+class Sampler:
+    """Draws each row's next token from its temperature-scaled nucleus (see the module doc)."""
+
+    def __init__(self, temperature: float, top_p: float, seed: int, device: torch.device):
+        self.temperature, self.top_p = temperature, top_p
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, log_probs: torch.Tensor) -> torch.Tensor:
+        probs = (log_probs / self.temperature).softmax(-1)             # (b, vocab)
+        if self.top_p < 1:
+            sorted_probs, order = probs.sort(-1, descending=True)
+            # drop a token when the likelier ones already reach top_p; the first always stays
+            outside = sorted_probs.cumsum(-1) - sorted_probs >= self.top_p
+            sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+
+def greedy_search(decoder: Decoder, max_new_tokens: int, eos: torch.Tensor, pad: int,
+                  choose: Callable[[torch.Tensor], torch.Tensor] = greedy_choice,
+                  on_token: Callable[[torch.Tensor], None] | None = None):
+    """Append a token chosen by `choose` from each row's log p (the likeliest, by default)
+    until every sequence is finished: (ids, total log p of the chosen tokens)."""
     sequences = decoder.start()                                        # (b, t0)
     finished = torch.zeros(len(sequences), dtype=torch.bool, device=sequences.device)
     scores = torch.zeros(len(sequences), device=sequences.device)
     for _ in range(max_new_tokens):
         log_probs = decoder.next_log_probs(sequences)                  # (b, vocab)
-        tokens = log_probs.argmax(-1).masked_fill(finished, pad)       # (b,)
+        tokens = choose(log_probs).masked_fill(finished, pad)          # (b,)
         gained = log_probs.gather(1, tokens[:, None]).squeeze(1)
         scores += gained.masked_fill(finished, 0.0)
         sequences = torch.cat([sequences, tokens[:, None]], dim=1)     # (b, t + 1)
+        if on_token is not None:
+            on_token(tokens)
         finished |= torch.isin(tokens, eos)
         if finished.all():
             break
@@ -165,6 +231,11 @@ class Decoder:
     @property
     def batch_size(self) -> int:
         return len(self.inputs["input_ids"])
+
+    @property
+    def start_length(self) -> int:
+        """Tokens each sequence holds before the first new one."""
+        return 1 if self.seq2seq else self.inputs["input_ids"].shape[1]
 
     def start(self) -> torch.Tensor:
         """The sequences before any new token: decoder start tokens, or the prompts."""

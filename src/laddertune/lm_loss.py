@@ -7,7 +7,8 @@ is frozen in LST, so its gradient is never needed, and the gradient with respect
     dL/dh = (softmax(h W^T + b) - onehot(y)) W / n_valid
 
 which needs only h. `FrozenHeadCrossEntropy` saves h and recomputes the logits chunk by chunk in
-backward: one extra matrix product, and memory for `chunk_size` rows of logits at a time.
+backward: one extra matrix product, and memory for `chunk_size` rows of logits at a time. Rows
+whose label is ignored (a prompt, padding) have no gradient and are not recomputed.
 """
 
 from __future__ import annotations
@@ -35,14 +36,13 @@ class FrozenHeadCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         hidden, labels = ctx.saved_tensors
         weight, bias = ctx.head
-        grad_hidden = torch.empty_like(hidden)
-        for start in range(0, hidden.shape[0], ctx.chunk_size):
-            rows = slice(start, start + ctx.chunk_size)
+        # ignored rows (prompts, padding) get no gradient: only the others are recomputed
+        grad_hidden = torch.zeros_like(hidden)
+        valid_rows = (labels != IGNORE_INDEX).nonzero().squeeze(1)
+        for start in range(0, len(valid_rows), ctx.chunk_size):
+            rows = valid_rows[start:start + ctx.chunk_size]
             probs = F.linear(hidden[rows], weight, bias).float().softmax(-1)  # (chunk, V)
-            targets = labels[rows]
-            valid = targets != IGNORE_INDEX
-            probs[valid, targets[valid]] -= 1.0
-            probs[~valid] = 0.0
+            probs[torch.arange(len(rows), device=probs.device), labels[rows]] -= 1.0
             grad_hidden[rows] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)  # (chunk, d)
         return grad_hidden * (grad_loss / ctx.count), None, None, None, None, None
 

@@ -112,8 +112,12 @@ class LSTModel(nn.Module):
                    learnable_gates=config.gate == "learnable")
             for kept in self.kept_layers)
         self.side_model, self.side_stacks, self.side_blocks = self._build_side(backbone, config)
+        if config.head_residual and config.task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):
+            raise LSTConfigError(f"head_residual adds the backbone's state before its LM head, "
+                                 f"but task_type {config.task_type} has no LM head; turn it off")
         self.up = nn.Linear(self.side_width, width)            # (b, t, d/r) -> (b, t, d)
-        nn.init.normal_(self.up.weight, std=0.01)
+        # a correction to the backbone's state starts at none: the pretrained model's output
+        nn.init.normal_(self.up.weight, std=0.0 if config.head_residual else 0.01)
         nn.init.zeros_(self.up.bias)
         self.head_dropout = nn.Dropout(config.dropout)
         self.classifier = None
@@ -202,16 +206,17 @@ class LSTModel(nn.Module):
         given = self._given_states(backbone_hidden_states)
         caches = cache if cache is not None else (None, None)
         if self.family.kind != bb.ENCODER_DECODER:
-            side_hidden, cache_out, _ = self._run_stack(0, inputs, caches, use_cache,
-                                                        states=given[0])
+            side_hidden, cache_out, backbone_last = self._run_stack(0, inputs, caches, use_cache,
+                                                                    states=given[0])
             pad_mask = attention_mask
+            backbone_last = self._backbone_last(backbone_last, given[0])
         else:
             if encoder_outputs is None:
                 encoder_outputs = self._run_encoder(inputs, given[0])
             backbone_memory, side_memory = encoder_outputs                 # (b, s, d), (b, s, d/r)
             dec_inputs = self._decoder_inputs(input_ids, attention_mask, labels,
                                               decoder_input_ids, decoder_attention_mask)
-            side_hidden, cache_out, _ = self._run_stack(
+            side_hidden, cache_out, backbone_last = self._run_stack(
                 1, dec_inputs, caches, use_cache,
                 backbone_extra={"encoder_hidden_states": backbone_memory,
                                 "encoder_attention_mask": attention_mask},
@@ -219,7 +224,20 @@ class LSTModel(nn.Module):
                             "encoder_attention_mask": attention_mask}, states=given[1])
             pad_mask = dec_inputs["attention_mask"]
             cache_out = (cache_out, encoder_outputs)
-        return self._task_output(side_hidden, pad_mask, labels, cache_out)
+            backbone_last = self._backbone_last(backbone_last, given[1])
+        return self._task_output(side_hidden, pad_mask, labels, cache_out, backbone_last)
+
+    def _backbone_last(self, computed, given):
+        """The backbone's final hidden state, (b, t, d), when `head_residual` reads it: as the
+        backbone just computed it, or the entry after the last layer's in given states."""
+        if not self.config.head_residual or computed is not None:
+            return computed
+        after_last = bb.num_layers(self.stacks[-1], self.family) + 1
+        if len(given) <= after_last or given[after_last] is None:
+            raise InputError("head_residual reads the backbone's final state, which these "
+                             "backbone_hidden_states lack; pass model.backbone_states(...) of "
+                             "this model")
+        return given[after_last]
 
     @torch.no_grad()
     def backbone_states(self, input_ids=None, attention_mask=None, pixel_values=None,
@@ -235,10 +253,12 @@ class LSTModel(nn.Module):
         if self.family.kind == bb.ENCODER_DECODER:
             dec_inputs = self._decoder_inputs(input_ids, attention_mask, labels,
                                               decoder_input_ids, decoder_attention_mask)
-            _, dec_states = self.run_backbone(
+            out, dec_states = self.run_backbone(
                 1, **dec_inputs, encoder_hidden_states=out.last_hidden_state,
                 encoder_attention_mask=attention_mask)
             read.append(self._read_only(1, dec_states))
+        if self.config.head_residual:         # what the LM head reads, after the last layer
+            read[-1] = (*read[-1], out.last_hidden_state)
         return tuple(read)
 
     def ladder_inputs(self, index: int = 0) -> list[int]:
@@ -364,7 +384,8 @@ class LSTModel(nn.Module):
             states = (*states[:-1], raw[-1])
         return out, states
 
-    def _task_output(self, side_hidden, pad_mask, labels, cache) -> LSTOutput:
+    def _task_output(self, side_hidden, pad_mask, labels, cache, backbone_last=None
+                     ) -> LSTOutput:
         task = self.config.task_type
         if task == "SEQ_CLS":
             pooled = self._pool(side_hidden, pad_mask)                     # (b, d/r)
@@ -377,6 +398,8 @@ class LSTModel(nn.Module):
             return LSTOutput(self._classification_loss(logits, labels), logits, up, cache)
         if task == "FEATURE_EXTRACTION":
             return LSTOutput(None, None, up, cache)
+        if self.config.head_residual:
+            up = up + backbone_last                                          # (b, t, d)
         weight, bias, scale = bb.lm_head(self.backbone, self.family)
         if labels is not None:
             labels = self._check_label_shape(labels, up.shape[:-1], "token")
@@ -437,7 +460,8 @@ class LSTModel(nn.Module):
 
     def generate(self, input_ids=None, attention_mask=None, max_new_tokens: int = 20,
                  num_beams: int = 1, **kwargs) -> torch.Tensor:
-        """Greedy or beam-search decoding with key/value caches; see `laddertune.generation`."""
+        """Greedy, sampled or beam-search decoding with key/value caches; see
+        `laddertune.generation`."""
         from .generation import generate
         return generate(self, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                         num_beams=num_beams, **kwargs)

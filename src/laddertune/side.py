@@ -204,7 +204,8 @@ class GenericSideBlock(nn.Module):
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
         mask = None                                                    # (b, 1, t, t) or None
-        if pad_mask is not None:
+        # Without padding no mask is passed: SDPA's fused kernels then keep no (t, t) weights.
+        if pad_mask is not None and not bool(pad_mask.all()):
             mask = pad_mask[:, None, None, :].bool()
             if self.causal:
                 mask = mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()

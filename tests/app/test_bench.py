@@ -100,3 +100,21 @@ def test_cache_bench_report_states_each_target(tmp_path):
     assert "| minilm: cached epochs after the first ≤ 0.30× the first | 0.25× | yes |" in text
     assert "| minilm: 8-configuration sweep ≤ 0.35× of 8 runs | 0.40× | **no** |" in text
     assert "| minilm | 12,345 | 100 |" in text
+
+
+@pytest.mark.slow
+def test_long_sequences_are_measured_for_each_method_and_plotted(tmp_path):
+    results = run_bench(_args(tmp_path, "--parts", "long", "--workloads", "tiny-llama",
+                              "--methods", "full,lora,lst", "--batch-size", "1"))
+    long = results["long"]
+    assert [(r["seq_len"], r["method"]) for r in long] == [
+        (n, m) for n in (256, 512) for m in ("full", "lora", "lst")]
+    assert all("error" not in r and r["account"]["total_mib"] > 0 for r in long)
+    saved = {(r["seq_len"], r["method"]): r["account"]["saved_mib"] for r in long}
+    for method in ("full", "lora", "lst"):      # activations grow with the sequence
+        assert saved[(512, method)] > saved[(256, method)]
+    assert saved[(512, "lst")] < saved[(512, "lora")]
+    target = [t for t in results["targets"] if "at 512 tokens" in t["target"]]
+    assert len(target) == 1 and target[0]["limit"] == 0.25
+    assert (tmp_path / "long_context.png").is_file()
+    assert "## Long sequences" in (tmp_path / "results.md").read_text()

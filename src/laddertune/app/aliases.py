@@ -253,14 +253,34 @@ def load_tokenizer(source: ModelSource):
     return tokenizer
 
 
-def load_backbone(source: ModelSource, num_labels: int, pad_token_id: int, bare: bool):
-    """The backbone: bare (``AutoModel``, what LST needs) or with a fresh classification head."""
+HEADS = ("bare", "classifier", "lm")
+
+
+def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels: int = 2):
+    """The backbone, with the head the task and method need: ``bare`` (``AutoModel``, what LST
+    classifies from), ``classifier`` (a fresh classification head of `num_labels` classes) or
+    ``lm``, the pretrained LM head (``AutoModelForSeq2SeqLM`` for an encoder-decoder,
+    ``AutoModelForCausalLM`` otherwise), which generation reuses with every method.
+
+    Raises:
+        DataError: the folder cannot be loaded, or has no LM head to generate with.
+    """
     import torch
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+    )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    auto = AutoModel if bare else AutoModelForSequenceClassification
-    extra = {} if bare else {"num_labels": num_labels}
+    extra = {"num_labels": num_labels} if head == "classifier" else {}
     with _quiet(), _unloadable(source, "weights"):
+        if head == "lm":
+            config = AutoConfig.from_pretrained(source.path, **_offline_kwargs(source))
+            auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        else:
+            auto = AutoModel if head == "bare" else AutoModelForSequenceClassification
         model = auto.from_pretrained(source.path, dtype=torch.float32, **extra,
                                      **_offline_kwargs(source))
     if model.config.pad_token_id is None:

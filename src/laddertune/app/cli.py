@@ -1,4 +1,5 @@
-"""`laddertune`: train, evaluate and run text classifiers by Ladder Side-Tuning, from a shell.
+"""`laddertune`: train, evaluate and run text classifiers and generators by Ladder Side-Tuning,
+from a shell.
 
 Every mistake a user can make (a bad file, a missing column, a run folder in use) ends in one
 line, ``error: <what is wrong>; <how to fix it>``, and exit status 2 -- never a stack trace.
@@ -20,6 +21,7 @@ from ..errors import LSTError, LSTWarning
 from .options import (
     DemoConfig,
     EvalConfig,
+    GenerateConfig,
     PredictConfig,
     TrainConfig,
     UsageError,
@@ -32,8 +34,10 @@ EPILOG = """examples:
   laddertune demo
   laddertune train --model minilm --train bbc-news --output runs/bbc
   laddertune train --model smollm2 --train reviews.csv --method lora --epochs 2
+  laddertune train --task generate --model smollm2 --train pairs.csv --chat-template
   laddertune eval --checkpoint runs/bbc --data test.csv
   laddertune predict --checkpoint runs/bbc --data new.csv --output preds.csv
+  laddertune generate --checkpoint runs/pairs-lst --prompt "..."
 """
 
 
@@ -121,11 +125,35 @@ def _load_for_inference(config: EvalConfig, need_labels: bool):
     return model, tokenizer, info, data, encoded
 
 
+def _is_generate_run(config) -> bool:
+    return RunFolder(config.checkpoint).info().get("task") == "generate"
+
+
+def _load_generate_run(config, need_targets: bool):
+    """A generate run's model, its task (`GenerateTask`, with the flags' generation settings)
+    and the data encoded as training did; the file is checked before the model loads."""
+    from .inference import generate_task, load_run
+    info = RunFolder(config.checkpoint).info()
+    data = generate_task(info, config).read_prompts(
+        config.data, need_targets, getattr(config, "id_column", None))
+    model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
+    task = generate_task(info, config, model, tokenizer)
+    encoded = task.format.encode(data, info["max_length"], task.settings["max_new_tokens"])
+    return model, task, info, data, encoded
+
+
 def run_eval(args) -> int:
     from .inference import predict_probs
     from .report import classification_metrics
     from .runtime import pick_device
     config = EvalConfig(**explicit_values(args, EvalConfig))
+    if _is_generate_run(config):
+        model, task, _, _, encoded = _load_generate_run(config, need_targets=True)
+        metrics = task.evaluate(model, encoded, task.pad, config.batch_size,
+                                pick_device(config.device))
+        metrics.pop("samples")
+        print(json.dumps({**metrics, "truncated": encoded.truncated}, indent=2))
+        return 0
     model, tokenizer, info, _, encoded = _load_for_inference(config, need_labels=True)
     probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
                           pick_device(config.device))
@@ -150,6 +178,9 @@ def run_predict(args) -> int:
     if Path(config.data).exists() and path.resolve() == Path(config.data).resolve():
         raise UsageError(f"--output {path} is the --data file; predictions would overwrite "
                          "it, so pass another path")
+    if _is_generate_run(config):
+        model, task, _, data, encoded = _load_generate_run(config, need_targets=False)
+        return _predict_generated(config, args, model, task, data, encoded, path)
     model, tokenizer, info, data, encoded = _load_for_inference(config, need_labels=False)
     probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
                           pick_device(config.device))
@@ -171,9 +202,86 @@ def run_predict(args) -> int:
     return 0
 
 
+def _predict_generated(config, args, model, task, data, encoded, path: Path) -> int:
+    """A generate run's answers: an id (or row) column, `generated`, and for a run trained on
+    a classification file the `label` the answer names (blank when it names none)."""
+    from ..checkpoint import atomic_write_bytes
+    from .runtime import pick_device
+    answers = task.generate_texts(model, encoded.prompt_ids, pick_device(config.device),
+                                  config.batch_size)
+    ids = data.ids
+    if ids is None and "id_column" in explicit_values(args, PredictConfig):
+        warnings.warn(f"{config.data} has no column {config.id_column!r}; answers are "
+                      "numbered by row instead", LSTWarning, stacklevel=1)
+    by_word = {word: label for label, word in (task.words or {}).items()}
+    handle = io.StringIO()
+    writer = csv.writer(handle)
+    writer.writerow([config.id_column if ids else "row", "generated",
+                     *(["label"] if task.words else [])])
+    for row, answer in enumerate(answers):
+        writer.writerow([ids[row] if ids else row, answer,
+                         *([by_word.get(answer, "")] if task.words else [])])
+    atomic_write_bytes(path, handle.getvalue().encode("utf-8"))
+    print(f"wrote {len(answers)} answers to {path} ({encoded.truncated} prompts cut to fit "
+          f"{task.settings['max_length']} tokens)")
+    return 0
+
+
+def run_generate(args) -> int:
+    """One completion of --prompt, printed as its tokens come."""
+    from .inference import generate_task, load_run
+    from .runtime import pick_device
+    config = GenerateConfig(**explicit_values(args, GenerateConfig))
+    prompt = sys.stdin.read() if config.prompt == "-" else config.prompt
+    info = RunFolder(config.checkpoint).info()
+    if info.get("task") != "generate":
+        raise UsageError(f"{config.checkpoint} is a --task classify run, which labels texts; "
+                         "`laddertune generate` needs a --task generate run (label texts with "
+                         "`laddertune predict`)")
+    model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
+    task = generate_task(info, config, model, tokenizer)
+    room = task.settings["max_new_tokens"] if task.task_type == "CAUSAL_LM" else 0
+    ids, cut = task.format.prompt(prompt, info["max_length"] - room)
+    if cut:
+        warnings.warn(f"the prompt is longer than the run's {info['max_length']} tokens allow; "
+                      "its start was cut", LSTWarning, stacklevel=1)
+    stream = TextStream(task.decode, sys.stdout)
+    task.generate_texts(model, [ids], pick_device(config.device), 1, on_token=stream)
+    stream.end()
+    return 0
+
+
+class TextStream:
+    """Prints an answer as its tokens come: each call gets the newest token (of one prompt),
+    and what its text adds is written at once. Text is decoded whole each time, since a token
+    can complete a character the one before began."""
+
+    def __init__(self, decode, out):
+        self.decode, self.out = decode, out
+        self.ids, self.shown = [], ""
+
+    def __call__(self, tokens) -> None:
+        self.ids.append(int(tokens[0]))
+        text = self.decode(self.ids)
+        if text.endswith("\ufffd"):          # half a character: wait for the rest
+            return
+        if text.startswith(self.shown):
+            self.out.write(text[len(self.shown):])
+            self.out.flush()
+            self.shown = text
+
+    def end(self) -> None:
+        text = self.decode(self.ids)
+        self.out.write(text[len(self.shown):] + "\n" if text.startswith(self.shown) else "\n")
+        self.out.flush()
+
+
 def run_sweep(args) -> int:
     from .sweep import parse_grid, sweep
     explicit = explicit_values(args, TrainConfig)
+    if explicit.get("task", "classify") != "classify":
+        raise UsageError("laddertune sweep trains --task classify runs; train each generate "
+                         "configuration with `laddertune train --task generate`")
     grid = parse_grid(args.grid or [])
     if not explicit.get("output"):
         stem = Path(explicit.get("train", TrainConfig.train)).stem or "run"
@@ -196,9 +304,13 @@ SWEEP_DESCRIPTION = (
     "The other flags are laddertune train's and apply to every configuration.")
 
 COMMANDS = (
-    ("train", TrainConfig, run_train, "fine-tune a model on a labelled text file"),
+    ("train", TrainConfig, run_train,
+     "fine-tune a model on a labelled text file, or on prompt -> target pairs"),
     ("eval", EvalConfig, run_eval, "score a trained run on a labelled file"),
-    ("predict", PredictConfig, run_predict, "label new texts with a trained run"),
+    ("predict", PredictConfig, run_predict,
+     "label new texts (or answer new prompts) with a trained run"),
+    ("generate", GenerateConfig, run_generate,
+     "print one completion of a prompt by a generate run, as it is generated"),
     ("sweep", TrainConfig, run_sweep,
      "train many LST configurations at once, sharing each batch's backbone pass"),
     ("demo", DemoConfig, run_demo,

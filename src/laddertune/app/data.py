@@ -62,6 +62,28 @@ class TextDataset:
                            [self.ids[i] for i in indices] if self.ids is not None else None)
 
 
+@dataclass
+class PairDataset:
+    """Prompts and the targets a model learns to answer them with (`--task generate`), from one
+    source. From a classification file, `labels` holds each row's class and the targets are
+    its word (`words`: class name -> word)."""
+
+    prompts: list[str]
+    targets: list[str]
+    source: str
+    ids: list[str] | None = None
+    labels: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(self, indices: Sequence[int], source: str) -> PairDataset:
+        def pick(values):
+            return None if values is None else [values[i] for i in indices]
+        return PairDataset(pick(self.prompts), pick(self.targets) if self.targets else [],
+                           source, pick(self.ids), pick(self.labels))
+
+
 # ---- loading ------------------------------------------------------------------------------------
 
 def load_texts(source: str, text_column: str = "text", label_column: str = "label",
@@ -92,6 +114,57 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
     _warn_if_texts_are_numbers(data.texts, data.source, text_column)
     _warn_case_clashes(data.labels, data.source)
     return data
+
+
+def load_pairs(source: str, prompt_column: str = "prompt", target_column: str = "target",
+               need_targets: bool = True, id_column: str | None = "id") -> PairDataset:
+    """Read prompt -> target pairs from `source` (any format `load_texts` reads).
+
+    Rows with an empty prompt or target are dropped from training data, counted in a
+    `DataWarning`; in data to generate for (`need_targets=False`) every row is kept.
+
+    Raises:
+        DataError: as `load_texts`; or every target is empty.
+    """
+    path = _check_file(source)
+    table = _read_table(path)
+    return _pairs(table, str(source), prompt_column, target_column, need_targets, id_column)
+
+
+def has_columns(source: str, *columns: str) -> bool:
+    """Whether the data file `source` has every one of `columns` (the file is checked)."""
+    return all(column in _read_table(_check_file(source)).columns for column in columns)
+
+
+def _pairs(table: _Table, source: str, prompt_column: str, target_column: str,
+           need_targets: bool, id_column: str | None) -> PairDataset:
+    has_ids = id_column in table.columns
+    needed = {prompt_column: "--prompt-column"}
+    if need_targets:
+        needed[target_column] = "--target-column"
+    _check_columns(table, needed, [id_column] if has_ids else [])
+    prompts = _texts(table, prompt_column)
+    targets = _texts(table, target_column) if need_targets else []
+    data = PairDataset(prompts, targets, source, _ids(table, id_column) if has_ids else None)
+    if not need_targets:   # empty prompts are kept, with a warning (all empty: an error)
+        _handle_empty_texts(TextDataset(prompts, [], source, data.ids), table, prompt_column,
+                            drop=False)
+        return data
+    empty_targets = [i for i, target in enumerate(targets) if not target.strip()]
+    if len(empty_targets) == len(data):
+        raise DataError(f"{source}: every target in column {target_column!r} is empty; pass "
+                        f"--target-column NAME (it has: {_listing(table.columns)})")
+    if empty_targets:
+        warnings.warn(f"{source}: {len(empty_targets)} of {len(data)} targets are empty (first "
+                      f"at {table.where(empty_targets[0])}); dropped those rows, which teach "
+                      "nothing to answer", DataWarning, stacklevel=3)
+        keep = sorted(set(range(len(data))) - set(empty_targets))
+        table = _Table(table.path, table.format, table.columns, table.values, table.unit,
+                       [table.numbers[i] for i in keep])
+        data = data.select(keep, source)
+    texts = _handle_empty_texts(TextDataset(data.prompts, data.targets, source, data.ids), table,
+                                prompt_column, drop=True)
+    return PairDataset(texts.texts, texts.labels, source, texts.ids)
 
 
 def _check_file(source: str) -> Path:
@@ -579,6 +652,25 @@ def load_train_eval(train: str, eval_source: str | None = None, text_column: str
     elif train not in BUILTIN:
         train_data, eval_data = stratified_split(train_data, 0.2, seed)
     return train_data, eval_data
+
+
+def random_split(data: PairDataset, test_fraction: float = 0.2,
+                 seed: int = 0) -> tuple[PairDataset, PairDataset]:
+    """Hold out `test_fraction` of the pairs (at least one), chosen by `seed`; both sides keep
+    the file order.
+
+    Raises:
+        DataError: fewer than two pairs.
+    """
+    if len(data) < 2:
+        raise DataError(f"{data.source} has {len(data)} row, too few to hold out an eval split; "
+                        "add examples or pass --eval FILE")
+    n_test = min(max(round(len(data) * test_fraction), 1), len(data) - 1)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+    test = set(order[:n_test])
+    return (data.select([i for i in range(len(data)) if i not in test],
+                        f"{data.source} (train split)"),
+            data.select(sorted(test), f"{data.source} (eval split)"))
 
 
 def check_classes(labels: list[str], source: str) -> None:

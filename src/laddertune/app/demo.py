@@ -36,6 +36,9 @@ COMPARE_STEPS = 3
 
 def run_demo(demo: DemoConfig | None = None) -> dict:
     demo = demo or DemoConfig()
+    if demo.task == "generate":
+        from .demo_headlines import run_headline_demo
+        return run_headline_demo(demo)
     started = time.perf_counter()
     out = Path(demo.output)
     config = TrainConfig(**DEMO, epochs=demo.epochs, output=str(out),

@@ -52,7 +52,9 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
     source = resolve_model(name if name in ALIASES or model else info["model_path"])
     tokenizer = load_tokenizer(source)
     method, labels = info["method"], info["labels"]
-    backbone = load_backbone(source, len(labels), tokenizer.pad_token_id, bare=method == "lst")
+    head = ("lm" if info.get("task") == "generate" else "bare" if method == "lst"
+            else "classifier")
+    backbone = load_backbone(source, tokenizer.pad_token_id, head, len(labels))
     try:
         check_fingerprint(info["backbone_fingerprint"], backbone_signature(backbone), "run")
     except BackboneMismatchError:
@@ -61,6 +63,25 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
             "weights or config differ); pass --model with the model it was trained on") from None
     trained = load_trained(backbone, method, folder.path)
     return trained.to(pick_device(device)).eval(), tokenizer, info
+
+
+def generate_task(info: dict, config=None, model=None, tokenizer=None):
+    """The `GenerateTask` of a finished generate run (run.json's `info`), with the generation
+    settings `config` (eval, predict or generate flags) overrides; given the `model` and
+    `tokenizer` `load_run` returned, ready to encode and generate."""
+    from .generate_task import GenerateTask
+    settings = {**info}
+    for name in ("prompt_column", "target_column", "max_new_tokens", "num_beams",
+                 "temperature", "top_p", "seed"):
+        value = getattr(config, name, None)
+        if value is not None:
+            settings[name] = value
+    task = GenerateTask(settings, info.get("label_words"), info["labels"])
+    if model is not None:
+        backbone = (model.__dict__.get("backbone")                   # LST holds its backbone
+                    or (model.get_base_model() if hasattr(model, "get_base_model") else model))
+        task.attach(backbone, tokenizer, info["model"], info.get("eos_token_id"))
+    return task
 
 
 @torch.no_grad()

@@ -3,7 +3,8 @@
 `SavedTensorMeter` counts what autograd keeps for the backward pass, the part of training memory
 that LST removes. `training_memory_account` adds parameters, gradients and optimizer state, so two
 methods can be compared on any machine. `peak_memory_mb` reads the device's own figure: CUDA's
-allocator peak on a GPU, the process's peak resident set on a CPU.
+allocator peak on a GPU, the process's peak resident set on a CPU; `reset_peak_rss` and
+`peak_rss_mb` measure a CPU peak from a chosen moment (after a model is loaded, say).
 """
 
 from __future__ import annotations
@@ -108,3 +109,26 @@ def current_rss_mb() -> float:
         return pages * resource.getpagesize() / 2**20
     except OSError:
         return peak_memory_mb()
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident set afresh (Linux's /proc/self/clear_refs), so that
+    `peak_rss_mb` reports the peak from now on; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory since the last `reset_peak_rss` (Linux's VmHWM), in MiB."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
+    return None

@@ -28,6 +28,7 @@ from .data import BBC_NEWS, TWEET_SENTIMENT
 from .methods import DEFAULT_LR, METHODS
 
 DEVICES = ("auto", "cpu", "cuda")
+TASKS = ("classify", "generate")
 LST_PRESETS = ("default", "paper")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")
 # LSTConfig fields the training run sets itself, so they get no --lst-* flag
@@ -46,9 +47,9 @@ def _flag(help: str, **meta) -> dict:
 
 @dataclass
 class TrainConfig:
-    """Fine-tune a pretrained model to classify texts: LST by default, or a baseline in the same
-    loop. Writes the trained side network (or adapter), run.json, metrics.json, report.md, a
-    learning curve and a confusion matrix to --output.
+    """Fine-tune a pretrained model to classify texts (--task classify) or to answer prompts in
+    words (--task generate): LST by default, or a baseline in the same loop. Writes the trained
+    side network (or adapter), run.json, metrics.json, report.md and figures to --output.
 
     Args: one per field, each explained by its help (``laddertune train --help`` prints them).
     """
@@ -57,9 +58,15 @@ class TrainConfig:
         "'minilm' (MiniLM-L6, BERT encoder), 'smollm2' (SmolLM2-135M, Llama decoder), 'mpnet' "
         "(all-mpnet-base-v2, installed on first use) or a local Hugging Face model folder",
         metavar="MODEL"))
+    task: str = field(default="classify", metadata=_flag(
+        "classify: a label per text, from a new classification head; generate: text to text, "
+        "through the model's own LM head (decoder-only or encoder-decoder models): prompt -> "
+        "target pairs, or a classification file whose labels become target words",
+        choices=TASKS))
     train: str = field(default=BBC_NEWS, metadata=_flag(
-        f"training data: .csv, .tsv, .jsonl, .json or .parquet with a text and a label column, "
-        f"or a built-in set: '{BBC_NEWS}' (2,225 articles, 5 topics) or '{TWEET_SENTIMENT}' "
+        f"training data: .csv, .tsv, .jsonl, .json or .parquet with a text and a label column "
+        f"(--task generate: a prompt and a target column, or a text and a label column), or a "
+        f"built-in set: '{BBC_NEWS}' (2,225 articles, 5 topics) or '{TWEET_SENTIMENT}' "
         f"(35,696 tweets, negative/neutral/positive)", metavar="FILE"))
     eval: str | None = field(default=None, metadata=_flag(
         "eval data; without it a stratified 20% of --train is held out", metavar="FILE"))
@@ -67,6 +74,30 @@ class TrainConfig:
                                                              metavar="NAME"))
     label_column: str = field(default="label", metadata=_flag("column holding the label",
                                                                metavar="NAME"))
+    prompt_column: str = field(default="prompt", metadata=_flag(
+        "--task generate: column holding the prompt (the model's input)", metavar="NAME"))
+    target_column: str = field(default="target", metadata=_flag(
+        "--task generate: column holding the target the model learns to answer; the loss is "
+        "on its tokens only", metavar="NAME"))
+    chat_template: bool = field(default=False, metadata=_flag(
+        "--task generate: wrap each prompt in the tokenizer's chat template (a user turn, then "
+        "the assistant's), when the tokenizer has one"))
+    verbalizer: str | None = field(default=None, metadata=_flag(
+        "--task generate on a classification file: the word each label is answered with, as "
+        "LABEL=WORD,LABEL=WORD or a .json file {label: word} (default: the label itself)",
+        metavar="MAP"))
+    max_new_tokens: int | None = field(default=None, metadata=_flag(
+        "--task generate: the most tokens generated per answer in evaluation (default: the "
+        "longest training target, plus its end token)", metavar="N", resumable=True))
+    num_beams: int = field(default=1, metadata=_flag(
+        "--task generate: 1 decodes greedily (or samples), more keeps that many beams",
+        metavar="N", resumable=True))
+    temperature: float = field(default=0.0, metadata=_flag(
+        "--task generate: 0 takes the likeliest token; above 0 samples, seeded by --seed",
+        metavar="T", resumable=True))
+    top_p: float = field(default=1.0, metadata=_flag(
+        "--task generate, sampling: draw from the likeliest tokens whose probabilities add up "
+        "to P", metavar="P", resumable=True))
     method: str = field(default="lst", metadata=_flag(
         "lst, or a baseline trained in the same loop: full fine-tuning, lora, prompt and ia3 "
         "(through peft), bitfit, adapter (bottleneck adapters, Houlsby or Pfeiffer)",
@@ -133,10 +164,12 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_counts(self, "epochs", "batch_size", "save_every", "eval_batch_size",
-                      "reduction_factor", "adapter_reduction_factor")
-        if self.max_length is not None:
-            _check_counts(self, "max_length")
+                      "reduction_factor", "adapter_reduction_factor", "num_beams")
+        for name in ("max_length", "max_new_tokens"):
+            if getattr(self, name) is not None:
+                _check_counts(self, name)
         _check_choices(self)
+        _check_sampling(self)
         if self.lr is None:
             self.lr = DEFAULT_LR[self.method]
         _check_finite(self, "lr", "weight_decay", "warmup_ratio", "max_grad_norm")
@@ -153,6 +186,9 @@ class TrainConfig:
         if self.cache_backbone and self.method != "lst":
             raise UsageError(f"--cache-backbone is for --method lst: {self.method} trains "
                              "through the backbone, whose states then change every step")
+        if self.cache_backbone and lst.head_residual:
+            raise UsageError("--cache-backbone stores what the ladders read, not the backbone's "
+                             "final state that --lst-head-residual adds; drop one of them")
         if self.cache_backbone and lst.backbone_dropout:
             raise UsageError("--cache-backbone needs fixed backbone states, but "
                              "--lst-backbone-dropout true changes them every step; drop one")
@@ -167,26 +203,33 @@ class TrainConfig:
             _absolute(p) for p in (self.train, self.eval, self.model, self.cache_dir))
 
     def _warn_unused(self) -> None:
-        """Settings of another method than the one trained do nothing: say so once."""
-        unused = []
+        """Settings of another method or task than the one trained do nothing: say so once."""
+        by_method = []
         if self.method != "lst":
-            unused += [name for name, changed in (
+            by_method += [name for name, changed in (
                 ("--reduction-factor", self.reduction_factor != 8),
                 ("--lst-preset", self.lst_preset != "default"), ("--lst-*", bool(self.lst)))
                 if changed]
         if self.method != "adapter":
-            unused += [name for name, changed in (
+            by_method += [name for name, changed in (
                 ("--adapter-kind", self.adapter_kind != "houlsby"),
                 ("--adapter-reduction-factor", self.adapter_reduction_factor != 16)) if changed]
-        if unused:
-            warnings.warn(f"{', '.join(unused)} set, but --method {self.method} does not use "
-                          "them", LSTWarning, stacklevel=3)
+        by_task = []
+        if self.task != "generate":
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            by_task = [_flag_name(name) for name in GENERATE_ONLY
+                       if getattr(self, name) != defaults[name]]
+        for unused, what in ((by_method, f"--method {self.method}"),
+                             (by_task, f"--task {self.task}")):
+            if unused:
+                warnings.warn(f"{', '.join(unused)} set, but {what} does not use them",
+                              LSTWarning, stacklevel=3)
 
-    def lst_config(self, num_labels: int) -> LSTConfig:
-        """The LSTConfig of a sequence classifier of `num_labels` classes: the preset, then the
-        --lst-* flags, then --reduction-factor."""
+    def lst_config(self, num_labels: int = 2, task_type: str = "SEQ_CLS") -> LSTConfig:
+        """The LSTConfig of a `task_type` model (a sequence classifier of `num_labels` classes,
+        or a language model): the preset, then the --lst-* flags, then --reduction-factor."""
         build = LSTConfig.paper if self.lst_preset == "paper" else LSTConfig
-        return build(**{**self.lst, "task_type": "SEQ_CLS", "num_labels": num_labels,
+        return build(**{**self.lst, "task_type": task_type, "num_labels": num_labels,
                         "reduction_factor": self.reduction_factor})
 
     def training_settings(self) -> dict:
@@ -197,10 +240,21 @@ class TrainConfig:
                 and f.name not in ("output", "overwrite", "lst", "lst_preset")}
 
 
+# TrainConfig fields only --task generate reads
+GENERATE_ONLY = ("prompt_column", "target_column", "chat_template", "verbalizer",
+                 "max_new_tokens", "num_beams", "temperature", "top_p")
+
+
+def _generation_flag(help: str, **meta):
+    """A generation setting of eval, predict and generate: None takes the run's own."""
+    return field(default=None, metadata=_flag(help + " (default: the run's)", **meta))
+
+
 @dataclass
 class EvalConfig:
-    """Print a finished run's accuracy, macro-F1, loss, per-class scores and confusion matrix on
-    labelled data, as JSON. The run folder names its backbone; no --model needed."""
+    """Print a finished run's scores on labelled data, as JSON: accuracy, macro-F1, loss,
+    per-class scores and confusion matrix of a classifier; exact match, token F1, ROUGE-L and
+    loss of a generate run. The run folder names its backbone; no --model needed."""
 
     checkpoint: str = field(metadata=_flag("run folder written by `laddertune train`",
                                            metavar="DIR", required=True))
@@ -219,40 +273,99 @@ class EvalConfig:
                                                        metavar="N"))
     device: str = field(default="auto", metadata=_flag("auto picks a CUDA GPU when there is one",
                                                        choices=DEVICES))
+    prompt_column: str | None = _generation_flag("generate runs: column holding the prompt",
+                                                 metavar="NAME")
+    target_column: str | None = _generation_flag("generate runs: column holding the target",
+                                                 metavar="NAME")
+    max_new_tokens: int | None = _generation_flag("generate runs: the most tokens per answer",
+                                                  metavar="N")
+    num_beams: int | None = _generation_flag("generate runs: beams (1: greedy or sampling)",
+                                             metavar="N")
+    temperature: float | None = _generation_flag("generate runs: 0 is greedy, above 0 samples",
+                                                 metavar="T")
+    top_p: float | None = _generation_flag("generate runs, sampling: the nucleus mass",
+                                           metavar="P")
 
     def __post_init__(self):
         _check_counts(self, "batch_size")
+        for name in ("max_new_tokens", "num_beams"):
+            if getattr(self, name) is not None:
+                _check_counts(self, name)
         _check_choices(self)
+        _check_sampling(self)
 
 
 @dataclass
 class PredictConfig(EvalConfig):
-    """Label every row of a file with a finished run: a CSV with an id (or row) column, the
-    predicted label and one probability column per class."""
+    """Label every row of a file with a finished run: a CSV with an id (or row) column and the
+    predicted label and one probability column per class, or, for a generate run, the
+    `generated` text."""
 
     output: str = field(default="predictions.csv", metadata=_flag(
-        "predictions CSV to write: an id (or row) column, the label, one probability per class",
-        metavar="CSV"))
+        "predictions CSV to write: an id (or row) column, then the label and one probability "
+        "per class (classify) or the generated text (generate)", metavar="CSV"))
     id_column: str = field(default="id", metadata=_flag(
         "column passed through to the predictions when the file has it", metavar="NAME"))
+
+
+@dataclass
+class GenerateConfig:
+    """Print one completion of --prompt by a finished generate run, token by token as it is
+    generated."""
+
+    checkpoint: str = field(metadata=_flag("run folder written by `laddertune train --task "
+                                           "generate`", metavar="DIR", required=True))
+    prompt: str = field(metadata=_flag("the prompt to complete ('-' reads it from standard "
+                                       "input)", metavar="TEXT", required=True))
+    max_new_tokens: int | None = _generation_flag("the most tokens to generate", metavar="N")
+    num_beams: int | None = _generation_flag(
+        "beams (1: greedy or sampling; beams print at the end)", metavar="N")
+    temperature: float | None = _generation_flag("0 is greedy, above 0 samples", metavar="T")
+    top_p: float | None = _generation_flag("sampling: the nucleus mass", metavar="P")
+    seed: int = field(default=0, metadata=_flag("seeds sampling", metavar="N"))
+    model: str | None = field(default=None, metadata=_flag(
+        "backbone to load instead of the one run.json names; it must be the same model",
+        metavar="MODEL"))
+    device: str = field(default="auto", metadata=_flag("auto picks a CUDA GPU when there is one",
+                                                       choices=DEVICES))
+
+    def __post_init__(self):
+        for name in ("max_new_tokens", "num_beams"):
+            if getattr(self, name) is not None:
+                _check_counts(self, name)
+        _check_choices(self)
+        _check_sampling(self)
+        _check_seed(self.seed)
 
 
 @dataclass
 class DemoConfig:
     """Fine-tune MiniLM with LST on BBC News (2,225 articles, 5 topics, fixed 80/20 split), print
     test accuracy and macro-F1, then time a few steps of full fine-tuning and LoRA on the same
-    batches and measure their memory. Fully offline; writes report.md, metrics.json and figures
-    to --output."""
+    batches and measure their memory. With --task generate: SmolLM2-135M learns to write BBC
+    News headlines, by LST and by LoRA, against its untrained self (ROUGE-L, exact match,
+    memory, step time). Fully offline; writes report.md, metrics.json and figures to
+    --output."""
 
-    output: str = field(default="runs/demo", metadata=_flag("run folder", metavar="DIR"))
-    epochs: int = field(default=2, metadata=_flag("passes over the training split (2 suffice "
-                                                  "for 97% on 2 CPU cores)", metavar="N"))
+    task: str = field(default="classify", metadata=_flag(
+        "classify: MiniLM learns BBC News topics; generate: SmolLM2-135M learns BBC News "
+        "headlines from the start of each article", choices=TASKS))
+    output: str | None = field(default=None, metadata=_flag(
+        "run folder (default runs/demo, or runs/demo-generate with --task generate)",
+        metavar="DIR"))
+    epochs: int | None = field(default=None, metadata=_flag(
+        "passes over the training split (default 2, which suffice for 97% on 2 CPU cores; 1 "
+        "with --task generate, to fit 10 minutes)", metavar="N"))
     device: str = field(default="auto", metadata=_flag("auto picks a CUDA GPU when there is one",
                                                        choices=DEVICES))
 
     def __post_init__(self):
-        _check_counts(self, "epochs")
         _check_choices(self)
+        if self.epochs is None:
+            self.epochs = 2 if self.task == "classify" else 1
+        _check_counts(self, "epochs")
+        if self.output is None:
+            self.output = "runs/demo" if self.task == "classify" else "runs/demo-generate"
 
 
 def _absolute(value: str | None) -> str | None:
@@ -288,6 +401,22 @@ def _check_choices(config) -> None:
         if choices and getattr(config, f.name) not in choices:
             raise UsageError(f"{_flag_name(f.name)} {getattr(config, f.name)!r} is unknown; use "
                              f"one of {', '.join(choices)}")
+
+
+def _check_sampling(config) -> None:
+    temperature, top_p = getattr(config, "temperature", None), getattr(config, "top_p", None)
+    if temperature is not None:
+        _check_finite(config, "temperature")
+        if temperature < 0:
+            raise UsageError(f"--temperature must be >= 0 (0 is greedy), got {temperature:g}")
+    if top_p is not None:
+        _check_finite(config, "top_p")
+        if not 0 < top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {top_p:g}")
+    beams = getattr(config, "num_beams", None)
+    if temperature and beams and beams > 1:
+        raise UsageError(f"--temperature {temperature:g} samples and --num-beams {beams} "
+                         "searches beams; they do not combine: drop one")
 
 
 def _check_seed(seed) -> None:

@@ -57,18 +57,22 @@ def plot_confusion_matrix(scores: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def plot_learning_curve(history: dict, path: Path) -> None:
-    """Training loss per step and eval accuracy per epoch, side by side."""
+SCORE_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "rouge_l": "ROUGE-L",
+               "exact_match": "exact match", "token_f1": "token F1", "loss": "loss"}
+
+
+def plot_learning_curve(history: dict, path: Path,
+                        scores: tuple[str, ...] = ("accuracy", "macro_f1")) -> None:
+    """Training loss per step and the eval `scores` per epoch, side by side."""
     plt = _pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [s for s, _ in history["train_loss"]]
     left.plot(steps, [loss for _, loss in history["train_loss"]], lw=1, color="tab:blue")
     left.set(xlabel="step", ylabel="training loss", title="Training loss")
     epochs = history["eval"]
-    right.plot([e["epoch"] for e in epochs], [e["accuracy"] for e in epochs], "o-",
-               label="accuracy")
-    right.plot([e["epoch"] for e in epochs], [e["macro_f1"] for e in epochs], "s--",
-               label="macro-F1")
+    for key, style in zip(scores, ("o-", "s--", "^:", "d-.")):
+        right.plot([e["epoch"] for e in epochs], [e[key] for e in epochs], style,
+                   label=SCORE_NAMES[key])
     right.set(xlabel="epoch", ylabel="eval score", title="Eval", ylim=(0, 1.02),
               xticks=[e["epoch"] for e in epochs])
     right.legend(loc="lower right")
@@ -108,30 +112,41 @@ def _pyplot():
 def write_report(run_dir: Path, metrics: dict, comparison: list[dict] | None = None) -> Path:
     """report.md: the run's settings, its eval scores, truncation, and a method comparison."""
     ev, trunc = metrics["eval"], metrics["truncated"]
+    generate = metrics.get("task") == "generate"
+    classes = (f", {len(metrics['labels'])} classes" + (" answered as words" if generate else "")
+               if metrics["labels"] else "")
     lines = [
-        f"# laddertune run: {metrics['method']} on {metrics['model']}",
+        f"# laddertune run: {metrics['method']} on {metrics['model']}"
+        + (" (text to text)" if generate else ""),
         "",
         f"- data: {metrics['train_data']} ({metrics['train_examples']} train, "
-        f"{ev['examples']} eval examples, {len(metrics['labels'])} classes)",
+        f"{ev['examples']} eval examples{classes})",
         f"- epochs {metrics['epochs']}, batch size {metrics['batch_size']}, lr {metrics['lr']}, "
         f"max length {trunc['max_length']} tokens, seed {metrics['seed']}",
         f"- trainable parameters: {metrics['trainable_params']:,} of {metrics['all_params']:,} "
         f"({100 * metrics['trainable_params'] / metrics['all_params']:.2f}%)",
         f"- training time {metrics['train_seconds']:.1f} s, peak memory "
         f"{metrics['peak_memory_mb']:.0f} MiB ({metrics['device']})",
-        f"- texts truncated to {trunc['max_length']} tokens: {trunc['train']} of "
+        f"- {'prompts cut from the left to fit' if generate else 'texts truncated to'} "
+        f"{trunc['max_length']} tokens: {trunc['train']} of "
         f"{metrics['train_examples']} train, {trunc['eval']} of {ev['examples']} eval",
         "",
         "## Eval",
         "",
-        f"accuracy **{ev['accuracy']:.4f}**, macro-F1 **{ev['macro_f1']:.4f}**, "
-        f"loss {ev['loss']:.4f}",
-        "",
-        "| epoch | accuracy | macro-F1 | eval loss |",
-        "|---|---|---|---|",
     ]
-    lines += [f"| {e['epoch']} | {e['accuracy']:.4f} | {e['macro_f1']:.4f} | {e['loss']:.4f} |"
-              for e in metrics["history"]["eval"]]
+    keys = (("rouge_l", "exact_match", "token_f1") + (("accuracy", "macro_f1") if classes
+                                                        else ()) if generate
+            else ("accuracy", "macro_f1"))
+    lines += [", ".join(f"{SCORE_NAMES[k]} **{ev[k]:.4f}**" for k in keys)
+              + f", loss {ev['loss']:.4f}", "",
+              "| epoch | " + " | ".join(SCORE_NAMES[k] for k in keys) + " | eval loss |",
+              "|---|" + "---|" * (len(keys) + 1)]
+    lines += ["| " + " | ".join([str(e["epoch"]), *(f"{e[k]:.4f}" for k in keys),
+                                 f"{e['loss']:.4f}"]) + " |" for e in metrics["history"]["eval"]]
+    if ev.get("samples"):
+        lines += ["", "### Answers (the first eval examples)", "", "| reference | generated |",
+                  "|---|---|"]
+        lines += [f"| {_cell(s['reference'])} | {_cell(s['generated'])} |" for s in ev["samples"]]
     if "per_class" in ev:
         lines += ["", "### Per class", "", "| class | precision | recall | F1 | support |",
                   "|---|---|---|---|---|"]
@@ -144,6 +159,12 @@ def write_report(run_dir: Path, metrics: dict, comparison: list[dict] | None = N
     path = run_dir / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     return path
+
+
+def _cell(text: str, width: int = 120) -> str:
+    """Text for a markdown table cell: one line, pipes escaped, long texts cut."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= width else text[:width - 1] + "…"
 
 
 def comparison_table(comparison: list[dict]) -> list[str]:

@@ -159,7 +159,9 @@ class Destination:
                     f"{flag} {value!r} differs from the run's {saved[name]!r}, and a resumed run "
                     f"cannot change it; drop {flag} (the run's value is used) or --overwrite")
         if "lst_settings" in saved and cfg.method == "lst":
-            effective = cfg.lst_config(len(saved["labels"])).to_dict()
+            task_type = saved.get("task_type", "SEQ_CLS")
+            effective = cfg.lst_config(len(saved["labels"]) if task_type == "SEQ_CLS" else 2,
+                                       task_type).to_dict()
             for name, value in effective.items():
                 if saved["lst_settings"].get(name, value) != value:
                     flag = "--lst-" + name.replace("_", "-")

@@ -32,6 +32,7 @@ class TrainState:
     epoch_started: float = 0.0     # train_seconds when the current epoch began
     epoch_seconds: list = field(default_factory=list)
     backbone_seconds: float | None = None   # LST: time the frozen backbone ran (none if cached)
+    step_seconds: float = 0.0      # time in optimizer steps (forward, backward, update) alone
     history: dict = field(default_factory=lambda: {"train_loss": [], "eval": []})
 
 

@@ -3,7 +3,8 @@ run it; a benchmark measures what users run, never a private copy.
 
     setup    decide where to write (nothing written yet), load and check the data, load the
              model and build the method, refuse a --max-length the model cannot take; then write
-             run.json and, when resuming, restore the checkpoint
+             run.json and, when resuming, restore the checkpoint. The task (`tasks.py`:
+             classify, or generate) decides the data pipeline, the model's head and the eval
     epoch    the batches of a permutation fixed by (seed, epoch); each step is `train_step`:
              forward, backward, clip the gradient norm, AdamW, the linear schedule. A
              checkpoint every --save-every steps and at the epoch end, then an eval
@@ -37,15 +38,15 @@ from ..cache import (
 from ..checkpoint import save_json, sha256_file
 from ..errors import LSTError
 from .aliases import backbone_signature, load_backbone, load_tokenizer, resolve_model
-from .data import Encoded, collate, label_names, load_train_eval, tokenize
-from .inference import predict_probs
-from .memory import current_rss_mb, peak_memory_mb
+from .data import Encoded, collate
+from .memory import current_rss_mb, peak_memory_mb, peak_rss_mb, reset_peak_rss
 from .methods import build_method, count_parameters, save_trained, trainable_parameters
-from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
-from .report import classification_metrics, plot_confusion_matrix, plot_learning_curve, write_report
+from .options import TrainConfig, UsageError
+from .report import plot_confusion_matrix, plot_learning_curve, write_report
 from .run_folder import Destination, data_digests
 from .runtime import EpochProgress, Processes, local_rank, pick_device
 from .state import TrainState, load_checkpoint, save_checkpoint
+from .tasks import make_task
 
 
 class TrainingDiverged(LSTError):
@@ -104,9 +105,9 @@ class BackboneStates:
     (and added to the cache, when there is one). `seconds` counts the backbone's own time."""
 
     def __init__(self, model, cache: StateCache | None, pad_token_id: int,
-                 batch_size: int):
+                 batch_size: int, collate=collate):
         self.model, self.cache = model, cache
-        self.pad, self.batch_size = pad_token_id, batch_size
+        self.pad, self.batch_size, self.collate = pad_token_id, batch_size, collate
         self.seconds = 0.0
 
     def __call__(self, indices: list[int], batch: dict) -> tuple:
@@ -129,7 +130,7 @@ class BackboneStates:
         missing = self.cache.missing()
         for start in range(0, len(missing), self.batch_size):
             indices = missing[start:start + self.batch_size]
-            batch = {k: v.to(device) for k, v in collate(encoded, indices, self.pad).items()}
+            batch = {k: v.to(device) for k, v in self.collate(encoded, indices, self.pad).items()}
             self(indices, batch)
         self.cache.flush()
 
@@ -141,7 +142,8 @@ def open_cache(model, encoded: Encoded, cfg: TrainConfig, log, what: str) -> Sta
         UsageError: the disk cannot hold it.
     """
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_root()
-    key = cache_key(model, examples_digest(encoded.input_ids), cfg.cache_dtype)
+    key = cache_key(model, examples_digest(getattr(encoded, "cache_ids", encoded.input_ids)),
+                    cfg.cache_dtype)
     cache = StateCache(root, key, len(encoded))
     if cache.complete:
         log(f"reading the {what} set's backbone states from {cache.folder}")
@@ -174,43 +176,24 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(backbone, cfg: TrainConfig, num_labels: int, init_data: Encoded | None = None):
-    """The model `cfg.method` trains on `backbone` (freshly loaded; the method may own it).
-    `init_data`, the training set, is what LST's Fisher pruning ranks weights on."""
+def build_model(backbone, cfg: TrainConfig, task, init_data=None):
+    """The model `cfg.method` trains on `backbone` (freshly loaded; the method may own it) for
+    `task`. `init_data`, the training set, is what LST's Fisher pruning ranks weights on."""
     extra = {}
     if cfg.method == "lst":
-        extra["lst_config"] = cfg.lst_config(num_labels)
+        extra["lst_config"] = cfg.lst_config(task.num_labels, task.task_type)
         if extra["lst_config"].side_init == "fisher" and init_data is not None:
-            extra["init_data"] = single_examples(init_data)
+            extra["init_data"] = single_examples(init_data, task.collate)
     elif cfg.method == "adapter":
         extra.update(adapter_kind=cfg.adapter_kind,
                      adapter_reduction_factor=cfg.adapter_reduction_factor)
-    return build_method(cfg.method, backbone, "SEQ_CLS", num_labels, **extra)
+    return build_method(cfg.method, backbone, task.task_type, task.num_labels, **extra)
 
 
-def single_examples(encoded: Encoded):
+def single_examples(encoded, collate_fn=collate):
     """Each example as a batch of one, with its label, in order."""
     for i in range(len(encoded)):
-        yield collate(encoded, [i], pad_token_id=0)   # one row: nothing to pad
-
-
-def fit_max_length(backbone, max_length: int | None, model_name: str, tokenizer) -> int:
-    """--max-length as given, refused beyond the backbone's learned positions or below what
-    the tokenizer's special tokens take; when not given, `DEFAULT_MAX_LENGTH` or the
-    backbone's limit, whichever is smaller."""
-    from ..backbones import max_positions
-    limit = max_positions(backbone)
-    if max_length is None:
-        return min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
-    shortest = tokenizer.num_special_tokens_to_add() + 1
-    if max_length < shortest:
-        raise UsageError(f"--max-length {max_length} leaves no room for text: {model_name}'s "
-                         f"tokenizer adds {shortest - 1} special tokens; pass --max-length "
-                         f"{shortest} or more")
-    if limit is not None and max_length > limit:
-        raise UsageError(f"--max-length {max_length} exceeds the {limit} positions {model_name} "
-                         f"was trained with; pass --max-length {limit} or less")
-    return max_length
+        yield collate_fn(encoded, [i], 0)   # one row: nothing to pad
 
 
 # ---- the recipe ---------------------------------------------------------------------------------
@@ -235,27 +218,25 @@ class TrainingRun:
     def load(self):
         """The data, tokenized, and the pretrained backbone (returned) the model is built on."""
         cfg = self.cfg
-        train_data, eval_data = load_train_eval(cfg.train, cfg.eval, cfg.text_column,
-                                                cfg.label_column, cfg.seed)
-        self.labels = label_names(train_data.labels)
+        self.task = make_task(cfg)
+        self.task.read(cfg)                        # the data, checked before any model loads
+        self.labels = self.task.labels
         self.source = resolve_model(cfg.model)
         self.tokenizer = load_tokenizer(self.source)
         self.pad = self.tokenizer.pad_token_id
         seed_everything(cfg.seed)
         self.rss_before_model_mb = current_rss_mb()
-        backbone = load_backbone(self.source, len(self.labels), self.pad,
-                                 bare=cfg.method == "lst")
+        backbone = load_backbone(self.source, self.pad, self.task.head(cfg.method),
+                                 len(self.labels))
         self.fingerprint = backbone_signature(backbone)
         if self.destination is not None and self.destination.resuming:
             self._check_same_backbone()
-        cfg.max_length = fit_max_length(backbone, cfg.max_length, cfg.model, self.tokenizer)
-        self.train_set = tokenize(self.tokenizer, train_data, cfg.max_length, self.labels)
-        self.eval_set = tokenize(self.tokenizer, eval_data, cfg.max_length, self.labels)
+        self.train_set, self.eval_set = self.task.prepare(backbone, self.tokenizer, cfg)
         return backbone
 
     def share_data(self, lead: TrainingRun) -> None:
         """Take `lead`'s loaded data and tokenizer instead of loading them again (a sweep)."""
-        for name in ("labels", "source", "tokenizer", "pad", "rss_before_model_mb",
+        for name in ("task", "labels", "source", "tokenizer", "pad", "rss_before_model_mb",
                      "fingerprint", "train_set", "eval_set"):
             setattr(self, name, getattr(lead, name))
         self.cfg.max_length = lead.cfg.max_length
@@ -263,7 +244,7 @@ class TrainingRun:
     def build(self, backbone, write: bool = True) -> TrainingRun:
         """The model on `backbone`, its optimizer and, with `write`, the run folder."""
         cfg = self.cfg
-        self.model = build_model(backbone, cfg, len(self.labels), self.train_set)
+        self.model = build_model(backbone, cfg, self.task, self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
         if cfg.method == "lst":
@@ -274,8 +255,8 @@ class TrainingRun:
                        open_cache(self.model, self.eval_set, cfg, self.log, "eval"))
                       if cfg.cache_backbone else (None, None))
             self.train_states, self.eval_states = (
-                BackboneStates(self.model, cache, self.pad, cfg.eval_batch_size)
-                for cache in caches)
+                BackboneStates(self.model, cache, self.pad, cfg.eval_batch_size,
+                               self.task.collate) for cache in caches)
         self.trainable, self.total = count_parameters(self.model)
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
         self.optimization = Optimization(
@@ -287,7 +268,18 @@ class TrainingRun:
         self.writer = None
         if write:
             self._start_folder()
+        # the CPU peak of training itself, from here: the model and its optimizer are built
+        self.rss_built_mb = current_rss_mb()
+        self.peak_rss_reset = self.device.type == "cpu" and reset_peak_rss()
+        self.training_peak_mb = None
         return self
+
+    def _training_peak(self) -> float | None:
+        """The CPU peak of the training steps so far, less the built model (see `finish`)."""
+        if not self.peak_rss_reset:
+            return None
+        now = peak_rss_mb() - self.rss_built_mb
+        return now if self.training_peak_mb is None else max(self.training_peak_mb, now)
 
     def _check_same_backbone(self) -> None:
         from ..checkpoint import check_fingerprint
@@ -311,15 +303,20 @@ class TrainingRun:
                      f"{self.steps_per_epoch * cfg.epochs}")
         if self.processes.is_main:
             self.destination.prepare()
-            lst_settings = (cfg.lst_config(len(self.labels)).to_dict() if cfg.method == "lst"
-                            else None)
+            task = self.task
+            lst_settings = (cfg.lst_config(task.num_labels, task.task_type).to_dict()
+                            if cfg.method == "lst" else None)
             save_json({**dataclasses.asdict(cfg), "model_path": self.source.path,
                        "gguf_file": self.source.gguf_file, "labels": self.labels,
-                       "backbone_fingerprint": self.fingerprint, "task_type": "SEQ_CLS",
+                       "backbone_fingerprint": self.fingerprint, "task_type": task.task_type,
+                       **(task.record() if hasattr(task, "record") else {}),
                        "lst_settings": lst_settings, "data_sha256": data_digests(cfg)},
                       folder.run_file)
+            what = (f"{len(self.labels)} classes" if cfg.task == "classify" else
+                    f"{task.task_type}" + (f", {len(self.labels)} classes as words"
+                                           if self.labels else ""))
             self.log(f"{cfg.method} on {cfg.model}: {len(self.train_set)} train / "
-                     f"{len(self.eval_set)} eval examples, {len(self.labels)} classes; trainable "
+                     f"{len(self.eval_set)} eval examples, {what}; trainable "
                      f"params {self.trainable:,} of {self.total:,} "
                      f"({100 * self.trainable / self.total:.2f}%)")
             if cfg.tensorboard:
@@ -336,7 +333,8 @@ class TrainingRun:
         """This rank's slice of the batch at `indices`, on the device; for LST with the
         backbone's states for it (computed, or read from the cache)."""
         shard = indices[self.processes.rank::self.processes.world_size] or indices
-        batch = {k: v.to(self.device) for k, v in collate(self.train_set, shard, self.pad).items()}
+        batch = {k: v.to(self.device)
+                 for k, v in self.task.collate(self.train_set, shard, self.pad).items()}
         if self.train_states is not None:
             batch["backbone_hidden_states"] = self.train_states(shard, batch)
         return batch
@@ -349,7 +347,12 @@ class TrainingRun:
         progress.close()
         if self.train_states is not None:
             self.train_states.end_of_pass(self.train_set)
-        return self.end_epoch(epoch, progress, self.evaluate())
+        # an eval's peak (a generate run's answers, an eval batch's logits) is not training's
+        self.training_peak_mb = self._training_peak()
+        scores = self.evaluate()
+        if self.peak_rss_reset:
+            reset_peak_rss()
+        return self.end_epoch(epoch, progress, scores)
 
     def begin_epoch(self, epoch: int, show: bool = True) -> EpochProgress:
         """The epoch's batches still to do, as a progress display to iterate."""
@@ -367,7 +370,9 @@ class TrainingRun:
                  progress: EpochProgress) -> None:
         """One optimizer step on `batch` (the examples at `indices`), and its bookkeeping."""
         cfg, state = self.cfg, self.state
+        tick = time.perf_counter()
         loss, norm = train_step(self.stepper, batch, self.optimization)
+        state.step_seconds += time.perf_counter() - tick
         state.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self._diverged(loss, norm, epoch)
@@ -391,10 +396,9 @@ class TrainingRun:
         self._checkpoint()
         if self.processes.is_main:
             self.log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {progress.mean_loss():.4f}, "
-                     f"{progress.rate():.1f} examples/s, eval accuracy {scores['accuracy']:.4f}, "
-                     f"macro-F1 {scores['macro_f1']:.4f}, loss {scores['loss']:.4f}")
+                     f"{progress.rate():.1f} examples/s, eval {self.task.describe(scores)}")
             if self.writer:
-                for key in ("accuracy", "macro_f1", "loss"):
+                for key in self.task.headline:
                     self.writer.add_scalar(f"eval/{key}", scores[key], state.step)
         return scores
 
@@ -423,11 +427,11 @@ class TrainingRun:
         return current_rss_mb()
 
     def evaluate(self, encoded: Encoded | None = None) -> dict:
+        """The task's scores of the model on `encoded` (the eval set by default)."""
         states = self.eval_states if encoded is None else None
         encoded = encoded or self.eval_set
-        probs = predict_probs(self.model, encoded, self.pad, self.cfg.eval_batch_size,
-                              self.device, states)
-        return classification_metrics(probs, encoded.labels, self.labels)
+        return self.task.evaluate(self.model, encoded, self.pad, self.cfg.eval_batch_size,
+                                  self.device, states)
 
     # ---- finish ---------------------------------------------------------------------------------
 
@@ -442,12 +446,20 @@ class TrainingRun:
             "train_seconds": round(state.train_seconds, 2),
             "epoch_seconds": state.epoch_seconds,
             "backbone_seconds": state.backbone_seconds,
+            # the mean optimizer step (forward, backward, update), without evals and checkpoints
+            "step_seconds": round(state.step_seconds / max(state.step, 1), 4),
             "peak_memory_mb": round(peak_memory_mb(self.device), 1),
             # what training itself took: the peak less what the process held before the model
             # was loaded (Python, torch, the data); on a GPU the allocator's peak
             "training_memory_mb": round(self._training_memory_mb(), 1),
+            # CPU: the peak of the training steps less what the process held once the model
+            # was built (gradients, optimizer state, activations); loading and evals excluded
+            "training_peak_rss_mb": (None if not self.peak_rss_reset else round(
+                self.training_peak_mb if self.training_peak_mb is not None
+                else self._training_peak(), 1)),
             "trainable_params": self.trainable,
             "all_params": self.total,
+            "task": cfg.task,
             "method": cfg.method,
             "model": cfg.model,
             "labels": self.labels,
@@ -469,14 +481,15 @@ class TrainingRun:
             folder = self.destination.folder
             written = save_trained(self.model, cfg.method, folder.path)
             metrics["model_files_sha256"] = {p.name: sha256_file(p) for p in written}
-            plot_learning_curve(state.history, folder.path / "learning_curve.png")
-            plot_confusion_matrix(metrics["eval"], folder.path / "confusion_matrix.png")
+            plot_learning_curve(state.history, folder.path / "learning_curve.png",
+                                self.task.headline[:-1])
+            if "confusion_matrix" in metrics["eval"]:
+                plot_confusion_matrix(metrics["eval"], folder.path / "confusion_matrix.png")
             write_report(folder.path, metrics)
             save_json(metrics, folder.metrics_file)       # last: it marks the run finished
             self.destination.commit()
-            self.log(f"saved {self.destination.target.path} (eval accuracy "
-                     f"{metrics['eval']['accuracy']:.4f}, macro-F1 "
-                     f"{metrics['eval']['macro_f1']:.4f}, {metrics['train_seconds']:.0f} s)")
+            self.log(f"saved {self.destination.target.path} (eval "
+                     f"{self.task.describe(metrics['eval'])}, {metrics['train_seconds']:.0f} s)")
         if self.writer:
             self.writer.close()
         self.processes.barrier()

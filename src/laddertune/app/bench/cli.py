@@ -13,12 +13,23 @@ from pathlib import Path
 
 from ..methods import METHODS
 from .measure import RunSpec, measure_in_subprocess
-from .report import check_targets, machine, markdown_table, targets_table, write_results
+from .report import (
+    check_targets,
+    long_targets,
+    machine,
+    markdown_table,
+    targets_table,
+    write_results,
+)
 from .workloads import METHODS_BY_KIND, WORKLOADS, get_workload
 
 FULL_WORKLOADS = ("t5-base", "bert-base", "smollm2-135m")
 QUICK_WORKLOADS = ("t5-small", "bert-base")
-PARTS = ("table", "scaling")
+PARTS = ("table", "scaling", "long")
+DEFAULT_PARTS = ("table", "scaling")
+# Long sequences, where activations dominate: SmolLM2-shaped training memory per length.
+LONG_WORKLOAD = "smollm2-135m"
+LONG_LENGTHS = (256, 512, 1024, 2048)
 
 ADAPTERS_NOTE = (
     "Bottleneck adapters are laddertune's own (app/adapters.py: Houlsby, reduction 16): `peft` "
@@ -30,9 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="small shapes, one timed step, memory/speed table only (minutes)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (cuda:N)")
     parser.add_argument("--parts", default=None,
-                        help=f"comma list of {', '.join(PARTS)} (default: table, or both "
-                             "without --quick); accuracy is `python -m "
-                             "laddertune.app.bench.suite`")
+                        help=f"comma list of {', '.join(PARTS)} (default: table, or table "
+                             "and scaling without --quick); long: SmolLM2-shaped training "
+                             f"memory at {', '.join(map(str, LONG_LENGTHS))} tokens (batch 1 "
+                             "unless --batch-size), device-independent account; accuracy is "
+                             "`python -m laddertune.app.bench.suite`")
     parser.add_argument("--workloads", default=None,
                         help="comma list of model shapes (default: t5-base,bert-base,"
                              "smollm2-135m; --quick: t5-small,bert-base)")
@@ -59,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> dict:
     """Run the asked parts of the bench and write them to the output folder; return results."""
-    parts = _split(args.parts, PARTS, "--parts") or (["table"] if args.quick else list(PARTS))
+    parts = _split(args.parts, PARTS, "--parts") or (["table"] if args.quick
+                                                      else list(DEFAULT_PARTS))
     out_dir = Path(args.output or ("runs/bench-quick" if args.quick else "benchmarks/results"))
     results = {}
     if args.merge and (out_dir / "results.json").exists():
@@ -87,9 +101,12 @@ def run_bench(args: argparse.Namespace) -> dict:
                 _save_partial(results, out_dir)
     if "scaling" in parts:
         results["scaling"] = scaling_runs(args, common, results, out_dir)
+    if "long" in parts:
+        results["long"] = long_runs(args, common, results, out_dir)
     paper = "t5-base" if any(r["workload"] == "t5-base" for r in results["runs"]) else "t5-small"
     results.pop("accuracy", None)   # the accuracy suite has its own results (bench/suite.py)
-    results["targets"] = check_targets(results["runs"], paper)
+    results["targets"] = check_targets(results["runs"], paper) + long_targets(
+        results.get("long", []))
     write_results(results, out_dir)
     print(markdown_table(results["runs"]))
     if results["targets"]:
@@ -129,6 +146,27 @@ def scaling_runs(args, common, results: dict, out_dir: Path) -> dict:
     return scaling
 
 
+def long_runs(args, common, results: dict, out_dir: Path) -> list[dict]:
+    """Training memory of full FT, LoRA and LST on the SmolLM2-135M shape (causal LM, loss on
+    every token; --workloads names another) at each of `LONG_LENGTHS` tokens (the first two
+    with --quick), each in a fresh process: the account of one
+    forward and backward (weights, gradients, AdamW state, activations saved for backward).
+    Optimizer steps are left out, which would take minutes each at 2,048 tokens on a CPU."""
+    methods = [m for m in ("full", "lora", "lst") if m in (_split(args.methods) or [m])]
+    account_only = dict(train=False, inference=False, checkpoint=False, **common)
+    lengths = LONG_LENGTHS[:2] if args.quick else LONG_LENGTHS
+    workload = (_split(args.workloads, WORKLOADS, "--workloads") or [LONG_WORKLOAD])[0]
+    results["settings"].update(long_workload=workload, long_batch_size=args.batch_size or 1,
+                               long_lengths=list(lengths), long_measure="account")
+    runs = results["long"] = []
+    for length in lengths:
+        for method in methods:
+            spec = RunSpec(workload, method, args.batch_size or 1, length, **account_only)
+            runs.append(_log(measure_in_subprocess(spec, args.timeout)))
+            _save_partial(results, out_dir)
+    return runs
+
+
 def _save_partial(results: dict, out_dir: Path) -> None:
     """results.json after every run, so an interrupted bench keeps what it measured."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,9 +190,9 @@ def _split(text: str | None, allowed=None, flag: str = "") -> list[str]:
 
 
 def _log(result: dict) -> dict:
+    step = f"step {result['step_seconds']:.2f}s, " if "step_seconds" in result else ""
     status = result.get("error") or (
-        f"step {result.get('step_seconds', float('nan')):.2f}s, "
-        f"account {result.get('account', {}).get('total_mib', float('nan')):.0f} MiB")
+        f"{step}account {result.get('account', {}).get('total_mib', float('nan')):.0f} MiB")
     print(f"[{time.strftime('%H:%M:%S')}] {result['workload']} {result['method']} "
           f"b={result['batch_size']} t={result.get('seq_len')}: {status}", flush=True)
     return result

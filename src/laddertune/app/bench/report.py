@@ -15,7 +15,7 @@ METHOD_NAMES = {"full": "Full FT", "lora": "LoRA", "bitfit": "BitFit", "prompt":
 # What the issue asks of LST on the T5-base-shaped step and on BBC News (reported, not asserted).
 PAPER_BATCH = 100  # the paper's T5-base GLUE batch size
 TARGETS = {"memory_vs_full": 0.25, "memory_vs_lora": 0.35, "step_vs_full": 0.40,
-           "step_vs_lora": 0.60}
+           "step_vs_lora": 0.60, "long_memory_vs_lora": 0.25}
 
 
 def machine() -> dict:
@@ -131,6 +131,67 @@ def check_targets(runs: list[dict], workload: str = "t5-base") -> list[dict]:
     return checks
 
 
+def long_targets(long: list[dict]) -> list[dict]:
+    """LST's account against LoRA's at the longest length measured."""
+    longest = max((r["seq_len"] for r in long if "error" not in r), default=None)
+    at = {r["method"]: r for r in long if r.get("seq_len") == longest and "error" not in r}
+    if "lst" not in at or "lora" not in at:
+        return []
+    value = _account_total(at["lst"]) / _account_total(at["lora"])
+    limit = TARGETS["long_memory_vs_lora"]
+    return [{"target": f"LST training memory (account) / LoRA at {longest} tokens",
+             "workload": at["lst"]["workload"], "value": round(value, 3), "limit": limit,
+             "met": value <= limit, "miss": None if value <= limit else round(value - limit, 3)}]
+
+
+def long_table(long: list[dict]) -> str:
+    """Per length: each method's account (total and saved for backward), and LST's ratios."""
+    lines = ["| tokens | batch | method | account MiB | saved for backward MiB | ×full | ×LoRA |",
+             "|---|---|---|---|---|---|---|"]
+    for length in sorted({r["seq_len"] for r in long if "error" not in r}):
+        at = {r["method"]: r for r in long if r.get("seq_len") == length and "error" not in r}
+        for method in METHOD_ORDER:
+            if method in at:
+                run = at[method]
+                total = _account_total(run)
+                lines.append(
+                    f"| {length:,} | {run['batch_size']} | {METHOD_NAMES[method]} | "
+                    f"{total:,.0f} | {run['account']['saved_mib']:,.0f} | "
+                    f"{_ratio(total, _account_total(at.get('full', {})))} | "
+                    f"{_ratio(total, _account_total(at.get('lora', {})))} |")
+    for run in long:
+        if "error" in run:
+            lines.append(f"| {run.get('seq_len')} | | {run['method']} | failed: {run['error']} "
+                         "||||")
+    return "\n".join(lines)
+
+
+def plot_long(long: list[dict], out_dir: Path) -> list[Path]:
+    """Training memory (account total and saved for backward) against tokens, per method."""
+    plt = _pyplot()
+    runs = [r for r in long if "error" not in r]
+    if not runs:
+        return []
+    fig, (total_ax, saved_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for color, method in enumerate(METHOD_ORDER):
+        mine = sorted((r for r in runs if r["method"] == method), key=lambda r: r["seq_len"])
+        if not mine:
+            continue
+        xs = [r["seq_len"] for r in mine]
+        total_ax.plot(xs, [_account_total(r) for r in mine], "o-", color=f"C{color}",
+                      label=METHOD_NAMES[method])
+        saved_ax.plot(xs, [r["account"]["saved_mib"] for r in mine], "o-", color=f"C{color}",
+                      label=METHOD_NAMES[method])
+    for ax, title in ((total_ax, "training memory (account)"),
+                      (saved_ax, "activations saved for backward")):
+        ax.set(xscale="log", xlabel="tokens per sequence", ylabel="MiB", title=title)
+        ax.set_xticks(sorted({r["seq_len"] for r in runs}),
+                      [f"{n:,}" for n in sorted({r["seq_len"] for r in runs})])
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{runs[0]['workload']} shape, batch {runs[0]['batch_size']}")
+    return [_save_figure(fig, out_dir, "long_context.png")]
+
+
 def _account_total(run):
     return run.get("account", {}).get("total_mib")
 
@@ -168,6 +229,8 @@ def write_results(results: dict, out_dir: Path) -> list[Path]:
     written += plot_memory_bars(results["runs"], out_dir)
     if results.get("scaling"):
         written += plot_scaling(results["scaling"], out_dir)
+    if results.get("long"):
+        written += plot_long(results["long"], out_dir)
     return written
 
 
@@ -176,9 +239,13 @@ def render_markdown(results: dict) -> str:
     parts = [f"# laddertune bench results\n\nMachine: {m['cpu']}, {m['cores']} cores"
              f"{', GPU ' + m['gpu'] if m.get('gpu') else ''}; device `{results['device']}`; "
              f"torch {m['torch']}, transformers {m['transformers']}; {m['date']}.\n",
-             f"Settings: {_settings(results['settings'])}.\n",
-             "## Memory and speed, one training step per method (same batch)\n",
-             markdown_table(results["runs"]), ""]
+             f"Settings: {_settings(results['settings'])}.\n"]
+    if results["runs"]:
+        parts += ["## Memory and speed, one training step per method (same batch)\n",
+                  markdown_table(results["runs"]), ""]
+    if results.get("long"):
+        parts += ["## Long sequences: SmolLM2-135M-shaped training memory\n",
+                  long_table(results["long"]), ""]
     if results.get("targets"):
         parts += ["## LST against the targets\n", targets_table(results["targets"]), ""]
     if results.get("notes"):

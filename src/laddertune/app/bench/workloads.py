@@ -91,6 +91,11 @@ WORKLOADS = {
         max_position_embeddings=2048)),
     # Tiny shapes for tests.
     "tiny-t5": _t5("tiny-t5", 32, 64, 4, 4, d_kv=8, vocab=64, seq_len=16, target_len=4),
+    "tiny-llama": Workload("tiny-llama", "llama", dict(
+        # heads of 32 so that the side's (r = 8) are 4 wide: narrower ones fall back to SDPA's
+        # math kernel on CPU, which keeps the (t, t) weights a real model's side would not
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=256, vocab_size=64, max_position_embeddings=2048), seq_len=16),
     "tiny-bert": Workload("tiny-bert", "bert", dict(
         hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
         vocab_size=64), seq_len=16),
