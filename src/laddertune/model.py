@@ -112,9 +112,9 @@ class LSTModel(nn.Module):
                    learnable_gates=config.gate == "learnable")
             for kept in self.kept_layers)
         self.side_model, self.side_stacks, self.side_blocks = self._build_side(backbone, config)
-        if config.head_residual and config.task_type not in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):
-            raise LSTConfigError(f"head_residual adds the backbone's state before its LM head, "
-                                 f"but task_type {config.task_type} has no LM head; turn it off")
+        if config.head_residual and config.task_type == "FEATURE_EXTRACTION":
+            raise LSTConfigError("head_residual adds the backbone's state before a head, but "
+                                 "FEATURE_EXTRACTION has none; turn it off")
         self.up = nn.Linear(self.side_width, width)            # (b, t, d/r) -> (b, t, d)
         # a correction to the backbone's state starts at none: the pretrained model's output
         nn.init.normal_(self.up.weight, std=0.0 if config.head_residual else 0.01)
@@ -387,19 +387,24 @@ class LSTModel(nn.Module):
     def _task_output(self, side_hidden, pad_mask, labels, cache, backbone_last=None
                      ) -> LSTOutput:
         task = self.config.task_type
+        residual = self.config.head_residual
         if task == "SEQ_CLS":
             pooled = self._pool(side_hidden, pad_mask)                     # (b, d/r)
-            up = torch.tanh(self.up(pooled))                                 # (b, d)
+            if residual:      # the backbone's pooled state, corrected by the side network
+                up = self._pool(backbone_last, pad_mask) + self.up(pooled)   # (b, d)
+            else:
+                up = torch.tanh(self.up(pooled))                             # (b, d)
             logits = self.classifier(self.head_dropout(up))                  # (b, num_labels)
             return LSTOutput(self._classification_loss(logits, labels), logits, None, cache)
         up = self.up(side_hidden)                                            # (b, t, d)
+        if residual:
+            up = up + backbone_last                                          # (b, t, d)
         if task == "TOKEN_CLS":
-            logits = self.classifier(self.head_dropout(torch.tanh(up)))      # (b, t, num_labels)
+            features = up if residual else torch.tanh(up)
+            logits = self.classifier(self.head_dropout(features))           # (b, t, num_labels)
             return LSTOutput(self._classification_loss(logits, labels), logits, up, cache)
         if task == "FEATURE_EXTRACTION":
             return LSTOutput(None, None, up, cache)
-        if self.config.head_residual:
-            up = up + backbone_last                                          # (b, t, d)
         weight, bias, scale = bb.lm_head(self.backbone, self.family)
         if labels is not None:
             labels = self._check_label_shape(labels, up.shape[:-1], "token")

@@ -88,6 +88,7 @@ def test_measure_in_process_counts_trainable_parameters():
 def test_cache_bench_report_states_each_target(tmp_path):
     from laddertune.app.bench import cache_bench
     results = {"machine": {"cpu": "x", "cores": 2, "torch": "t", "date": "d"},
+               "threads": "1", "command": "python -m laddertune.app.bench.cache_bench",
                "epochs": {"minilm": {
                    "no cache": {"epoch_seconds": [10.0, 10.0, 10.0], "later_vs_first": 1.0,
                                 "backbone_seconds": 20.0, "accuracy": 0.9},

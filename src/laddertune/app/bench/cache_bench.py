@@ -2,7 +2,8 @@
 8-configuration `laddertune sweep` against 8 separate runs, and the cache's bytes per example.
 
 Every figure comes from `laddertune train` / `laddertune sweep` run as a user runs them, each in
-a fresh process, on BBC News (its fixed training split, 3 epochs):
+a fresh process, on BBC News (`DATA`: a stratified subset of its fixed training split, so that
+the 8 separate runs fit a CPU session; 3 epochs, eval on a dev split of the rest):
 
     python -m laddertune.app.bench.cache_bench --models minilm,mpnet --sweep-models minilm
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,8 +22,10 @@ import time
 from pathlib import Path
 
 from .report import machine
+from .suite import DataSpec, write_data
 
 EPOCHS, MAX_LENGTH = 3, 128
+DATA = DataSpec("bbc-news", 600, 200, None, MAX_LENGTH, "BBC News, 5 topics")
 # the sweep: 4 learning rates x 2 seeds, the rates LST's usual range
 SWEEP_GRID = (("lr", ("1e-3", "3e-3", "1e-2", "3e-2")), ("seed", ("0", "1")))
 TARGETS = {"minilm": 0.30, "mpnet": 0.20, "sweep": 0.35}
@@ -38,8 +42,10 @@ def _laddertune(*args: str) -> float:
     return time.perf_counter() - start
 
 
-def _common(model: str) -> list[str]:
-    return ["--model", model, "--train", "bbc-news", "--epochs", str(EPOCHS),
+def _common(model: str, work: Path) -> list[str]:
+    files = write_data(DATA, work / "data")
+    return ["--model", model, "--train", str(files["train"]), "--eval", str(files["dev"]),
+            "--epochs", str(EPOCHS),
             "--max-length", str(MAX_LENGTH), "--no-progress", "--device", "cpu"]
 
 
@@ -52,7 +58,7 @@ def epochs(model: str, work: Path) -> dict:
                                                       str(states)])):
         out = work / f"{model}-{name.replace(' ', '-')}"
         shutil.rmtree(out, ignore_errors=True)
-        wall = _laddertune("train", *_common(model), "--output", str(out), *extra)
+        wall = _laddertune("train", *_common(model, work), "--output", str(out), *extra)
         metrics = json.loads((out / "metrics.json").read_text())
         seconds = metrics["epoch_seconds"]
         rows[name] = {"epoch_seconds": seconds, "wall_seconds": round(wall, 1),
@@ -75,12 +81,12 @@ def sweep_against_runs(model: str, work: Path) -> dict:
         for seed in SWEEP_GRID[1][1]:
             out = work / f"{model}-alone-lr{lr}-s{seed}"
             shutil.rmtree(out, ignore_errors=True)
-            separate.append(_laddertune("train", *_common(model), "--lr", lr, "--seed", seed,
+            separate.append(_laddertune("train", *_common(model, work), "--lr", lr, "--seed", seed,
                                         "--output", str(out)))
     out = work / f"{model}-sweep"
     shutil.rmtree(out, ignore_errors=True)
     grid = [f"--grid={name}={','.join(values)}" for name, values in SWEEP_GRID]
-    swept = _laddertune("sweep", *_common(model), "--output", str(out), *grid)
+    swept = _laddertune("sweep", *_common(model, work), "--output", str(out), *grid)
     summary = json.loads((out / "sweep.json").read_text())
     return {"configurations": len(separate), "separate_runs_seconds": round(sum(separate), 1),
             "sweep_seconds": round(swept, 1), "ratio": round(swept / sum(separate), 3),
@@ -93,8 +99,10 @@ def write(results: dict, folder: Path) -> Path:
     m = results["machine"]
     lines = ["# Caching the backbone: time per epoch, sweeps, disk", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; {m['date']}. "
-             f"BBC News training split (1,780 articles), {EPOCHS} epochs, {MAX_LENGTH} tokens, "
-             "batch 16, LST defaults; each run `laddertune train` in its own process.", "",
+             f"BBC News: {DATA.train_size} articles of its training split (stratified, seed 0), "
+             f"eval on {DATA.dev_size} others; {EPOCHS} epochs, {MAX_LENGTH} tokens, batch 16, "
+             "LST defaults; each run `laddertune train` in its own process, "
+             f"{results['threads']} thread(s). Command: `{results['command']}`.", "",
              "| backbone | run | epoch 1 s | epoch 2 s | epoch 3 s | later / first | "
              "backbone s | eval accuracy |", "|---|---|---|---|---|---|---|---|"]
     for model, rows in results["epochs"].items():
@@ -139,7 +147,10 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    results = {"machine": machine(), "epochs": {}, "sweeps": {}}
+    results = {"machine": machine(), "threads": os.environ.get("OMP_NUM_THREADS", "all"),
+               "command": "python -m laddertune.app.bench.cache_bench " + " ".join(
+                   argv if argv is not None else sys.argv[1:]),
+               "epochs": {}, "sweeps": {}}
     for model in filter(None, args.models.split(",")):
         results["epochs"][model] = epochs(model, work)
         print(json.dumps({model: results["epochs"][model]}), flush=True)
