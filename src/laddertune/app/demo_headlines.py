@@ -32,7 +32,6 @@ import torch
 from ..checkpoint import atomic_write_bytes, load_json, save_json
 from .data import load_bbc_news
 from .memory import training_memory_account
-from .methods import DEFAULT_LR
 from .options import DemoConfig, TrainConfig
 from .report import _pyplot, plot_memory
 from .trainer import TrainingRun, epoch_batches
@@ -42,11 +41,12 @@ HEADLINES = dict(train_articles=48, eval_articles=16, body_words=64, max_length=
                  max_new_tokens=24, batch_size=8)
 INSTRUCTION = "Write the headline of this BBC News article."
 # LST with the head reading the backbone's state plus the side network's correction
-# (LSTConfig.head_residual): it starts from the pretrained model, as LoRA does. Its zero-started
-# up-projection moves the pretrained output itself, so LST's usual lr 3e-3 is too much: in a
-# 4-step check on 16 other articles (8 of the eval ones) it raised the eval loss from 4.97 to
-# 6.82, where 1e-3 lowered it to 4.55 and 3e-4 to 4.72. LoRA keeps its default, 3e-4.
-METHOD_FLAGS = {"lst": ["--lst-head-residual", "true", "--lr", "1e-3"], "lora": []}
+# (LSTConfig.head_residual): it starts from the pretrained model, as LoRA does.
+METHOD_FLAGS = {"lst": ["--lst-head-residual", "true"], "lora": []}
+# Each method's rate, the lowest dev eval loss of 3 rates after the demo's own training, on 16
+# articles of the training split the demo does not train on (never the eval articles):
+# `python -m laddertune.app.bench.headline_lr`, results in benchmarks/results/demo-generate/.
+CHOSEN_LR = {"lst": 1e-3, "lora": 3e-4}
 
 
 def headline_pairs(texts: list[str], body_words: int) -> list[dict]:
@@ -60,14 +60,19 @@ def headline_pairs(texts: list[str], body_words: int) -> list[dict]:
     return rows
 
 
-def write_headline_data(folder: Path, seed: int = 0) -> tuple[Path, Path]:
-    """The demo's train and eval files, from the fixed BBC News split."""
+def write_headline_data(folder: Path, seed: int = 0, dev: bool = False) -> tuple[Path, Path]:
+    """The demo's train and eval files, from the fixed BBC News split. `dev`: instead of the
+    eval articles, as many training-split articles that the demo does not train on."""
     train, test = load_bbc_news()
     generator = torch.Generator().manual_seed(seed)
+    train_order = torch.randperm(len(train), generator=generator).tolist()
+    eval_order = torch.randperm(len(test), generator=generator).tolist()
+    n_train, n_eval = HEADLINES["train_articles"], HEADLINES["eval_articles"]
+    splits = {"train": (train, train_order[:n_train]),
+              "eval": (train, train_order[n_train:n_train + n_eval]) if dev
+              else (test, eval_order[:n_eval])}
     picked = {}
-    for name, data, n in (("train", train, HEADLINES["train_articles"]),
-                          ("eval", test, HEADLINES["eval_articles"])):
-        order = torch.randperm(len(data), generator=generator)[:n].tolist()
+    for name, (data, order) in splits.items():
         rows = headline_pairs([data.texts[i] for i in order], HEADLINES["body_words"])
         handle = io.StringIO()
         writer = csv.DictWriter(handle, fieldnames=["id", "prompt", "target"])
@@ -82,12 +87,7 @@ def run_headline_demo(demo: DemoConfig) -> dict:
     started = time.perf_counter()
     out = Path(demo.output)
     train_file, eval_file = write_headline_data(out / "data")
-    base = TrainConfig(task="generate", model="smollm2", train=str(train_file),
-                       eval=str(eval_file), chat_template=True, epochs=demo.epochs,
-                       batch_size=HEADLINES["batch_size"], max_length=HEADLINES["max_length"],
-                       max_new_tokens=HEADLINES["max_new_tokens"], device=demo.device,
-                       eval_batch_size=HEADLINES["eval_articles"], progress=False,
-                       output=str(out / "unused"))
+    base = headline_config(train_file, eval_file, demo.epochs, demo.device)
     print(f"== 1/3 SmolLM2-135M writes BBC News headlines: {HEADLINES['train_articles']} "
           f"train / {HEADLINES['eval_articles']} eval articles (their first "
           f"{HEADLINES['body_words']} words), {demo.epochs} epochs, batch "
@@ -115,16 +115,26 @@ def run_headline_demo(demo: DemoConfig) -> dict:
     return metrics
 
 
+def headline_config(train_file: Path, eval_file: Path, epochs: int, device: str) -> TrainConfig:
+    """The demo's `laddertune train --task generate` settings, for every method alike."""
+    return TrainConfig(task="generate", model="smollm2", train=str(train_file),
+                       eval=str(eval_file), chat_template=True, epochs=epochs,
+                       batch_size=HEADLINES["batch_size"], max_length=HEADLINES["max_length"],
+                       max_new_tokens=HEADLINES["max_new_tokens"], device=device,
+                       eval_batch_size=HEADLINES["eval_articles"], progress=False,
+                       output="unused")
+
+
 def untrained_and_compare(base: TrainConfig) -> tuple[dict, list[dict]]:
     """The untrained model's eval scores, and per method its memory account and mean step
     time on the first batches, all on one loaded backbone (LST first: LoRA wraps it)."""
-    lead = TrainingRun(dataclasses.replace(base, method="lora", lr=DEFAULT_LR["lora"]))
+    lead = TrainingRun(dataclasses.replace(base, method="lora", lr=CHOSEN_LR["lora"]))
     lead.destination = None
     backbone = lead.load()
     rows, untrained = [], None
     for method in METHOD_FLAGS:
         run = lead if method == "lora" else TrainingRun(dataclasses.replace(
-            base, method=method, lr=DEFAULT_LR[method], lst={"head_residual": True}))
+            base, method=method, lr=CHOSEN_LR[method], lst={"head_residual": True}))
         if run is not lead:
             run.destination = None
             run.share_data(lead)
@@ -147,15 +157,18 @@ def measure_account(run: TrainingRun, method: str) -> dict:
             "peak_memory_mb": round(account["total_bytes"] / 2**20, 1)}
 
 
-def train_in_subprocess(base: TrainConfig, method: str, folder: Path) -> dict:
-    """`laddertune train --task generate` for `method` in a fresh process; its metrics."""
+def train_in_subprocess(base: TrainConfig, method: str, folder: Path,
+                        lr: float | None = None) -> dict:
+    """`laddertune train --task generate` for `method` (at `lr`, by default its chosen rate)
+    in a fresh process; its metrics."""
+    lr = CHOSEN_LR[method] if lr is None else lr
     command = [sys.executable, "-m", "laddertune.app.cli", "train", "--task", "generate",
                "--model", base.model, "--train", base.train, "--eval", base.eval,
                "--chat-template", "--method", method, "--epochs", str(base.epochs),
                "--batch-size", str(base.batch_size), "--max-length", str(base.max_length),
                "--max-new-tokens", str(base.max_new_tokens), "--eval-batch-size",
                str(base.eval_batch_size), "--device", base.device, "--no-progress",
-               "--output", str(folder), *METHOD_FLAGS[method]]
+               "--output", str(folder), "--lr", f"{lr:g}", *METHOD_FLAGS[method]]
     if (folder / "run.json").is_file():
         command.append("--overwrite")
     done = subprocess.run(command)
