@@ -86,6 +86,24 @@ def test_report_states_each_target_with_its_numbers(tmp_path):
     assert "| MiniLM-L6 (22.7M) | LST | 0.001 | 90.00 | 89.50 ± 0.50 |" in report
 
 
+def test_each_suspect_is_tried_alone_and_reported_against_the_defaults(monkeypatch, tmp_path):
+    train, trained = fake_training({3e-4: 0.70, 1e-3: 0.72})
+    monkeypatch.setattr(suite.Suite, "train", train)
+    found = suite.Suite(tmp_path).explore("d", "minilm", 3e-4, 6)
+    assert list(found) == list(suite.SUSPECTS) and trained == [3e-4, 1e-3] * len(suite.SUSPECTS)
+    defaults = {"0.0003": {"accuracy": 0.71, "macro_f1": 0.7, "loss": 0.5}}
+    results = {"settings": {}, "ablations": {}, "methods": {
+        "d/minilm/lst": _entry("minilm", "lst", 89.5, 200)},
+        "explore": {"d/minilm": {"dataset": "d", "model": "minilm", "lr": 3e-4,
+                                 "defaults": defaults, "flags": suite.SUSPECTS,
+                                 "suspects": found}}}
+    (tmp_path / "suite-d.json").write_text(json.dumps(results))
+    report = suite_report.write_report(tmp_path).read_text()
+    assert "dev acc % at lr 0.0003 (defaults: 71.00) | dev acc % at lr 0.001 (defaults: –)" \
+        in report
+    assert "| r=4 | `--reduction-factor 4` | 70.00 (-1.00) | 72.00 |" in report
+
+
 @pytest.mark.parametrize("method", sorted(suite.LR_GRIDS))
 def test_every_grid_is_four_log_spaced_rates(method):
     grid = suite.LR_GRIDS[method]

@@ -98,7 +98,9 @@ SUSPECTS = {
     "no weight decay": ["--weight-decay", "0"],
     "gates start at the ladder": ["--lst-gate-alpha-init", "-0.2"],
     "5 epochs": ["--epochs", "5"],
+    "head reads the backbone too": ["--lst-head-residual", "true"],
 }
+LAYERS = {"minilm": 6, "mpnet": 12}   # for "every layer"
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -291,10 +293,11 @@ def summarize(rows: list[dict]) -> dict:
 
 def run_suite(root: Path, datasets=tuple(DATASETS), models=tuple(METHODS_BY_MODEL),
               methods: tuple | None = None, ablations: bool = True, threads: int | None = None,
-              out: Path | None = None, log=print) -> dict:
-    """Every phase for every (data set, backbone, method); the results, saved after each."""
+              out: Path | None = None, log=print, explore: bool = False) -> dict:
+    """Every phase for every (data set, backbone, method); the results, saved after each.
+    `explore`: also each of `SUSPECTS` alone on dev, for LST on MiniLM."""
     suite = Suite(Path(root), threads, log)
-    results = {"settings": settings(), "methods": {}, "ablations": {}}
+    results = {"settings": settings(), "methods": {}, "ablations": {}, "explore": {}}
     out = Path(out) if out else None
     for dataset in datasets:
         for model in models:
@@ -308,6 +311,13 @@ def run_suite(root: Path, datasets=tuple(DATASETS), models=tuple(METHODS_BY_MODE
                     "chosen_lr": swept["chosen_lr"], "dev_by_lr": swept["dev"], "seeds": rows,
                     "summary": summarize(rows)}
                 _save(results, out)
+                if explore and model == "minilm" and method == "lst":
+                    results["explore"][f"{dataset}/{model}"] = {
+                        "dataset": dataset, "model": model, "lr": swept["chosen_lr"],
+                        "defaults": swept["dev"], "flags": SUSPECTS,
+                        "suspects": suite.explore(dataset, model, swept["chosen_lr"],
+                                                  LAYERS[model])}
+                    _save(results, out)
         if ablations:
             for model in models:
                 key = f"{dataset}/{model}/lst"
@@ -351,6 +361,8 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default=",".join(METHODS_BY_MODEL))
     parser.add_argument("--methods", default=None, help="comma list (default: all per model)")
     parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--explore", action="store_true",
+                        help="also each suspect of an LST gap alone, on dev (MiniLM)")
     parser.add_argument("--threads", type=int, default=None, help="OMP threads per run")
     parser.add_argument("--output", default="benchmarks/results/accuracy",
                         help="folder for suite-<data set>.json (one per data set, so data sets "
@@ -360,7 +372,7 @@ def main(argv=None) -> None:
     for dataset in split(args.datasets):
         run_suite(Path(args.root), (dataset,), split(args.models), split(args.methods) or None,
                   not args.no_ablations, args.threads,
-                  Path(args.output) / f"suite-{dataset}.json")
+                  Path(args.output) / f"suite-{dataset}.json", explore=args.explore)
     from .suite_report import write_report
     print(write_report(Path(args.output)))
 

@@ -72,6 +72,29 @@ def ablation_table(results: dict, dataset: str) -> list[str]:
     return lines
 
 
+def explore_table(results: dict, dataset: str) -> list[str]:
+    """Each suspect of an LST gap alone, dev accuracy at LST's chosen rate and the next up."""
+    found = [r for r in results.get("explore", {}).values() if r["dataset"] == dataset]
+    lines = []
+    for r in found:
+        rates = list(next(iter(r["suspects"].values())))
+        base = [r["defaults"].get(str(rate), r["defaults"].get(rate)) for rate in rates]
+        shown = ["–" if b is None else f"{100 * b['accuracy']:.2f}" for b in base]
+        lines += ["| suspect | flags | " + " | ".join(
+                      f"dev acc % at lr {float(rate):g} (defaults: {b})"
+                      for rate, b in zip(rates, shown)) + " |",
+                  "|---|---|" + "---|" * len(rates)]
+        for suspect, by_rate in r["suspects"].items():
+            cells = []
+            for rate, b in zip(rates, base):
+                acc = 100 * by_rate[rate]["accuracy"]
+                delta = "" if b is None else f" ({acc - 100 * b['accuracy']:+.2f})"
+                cells.append(f"{acc:.2f}{delta}")
+            lines.append(f"| {suspect} | `{' '.join(r['flags'][suspect])}` | "
+                         + " | ".join(cells) + " |")
+    return lines
+
+
 def targets(results: dict, dataset: str) -> list[dict]:
     """The issue's targets on one data set, each met or not, with the numbers."""
     by = {(r["model"], r["method"]): r["summary"] for r in _rows(results, dataset)}
@@ -131,12 +154,13 @@ def plot(results: dict, dataset: str, path: Path) -> None:
 
 def load(folder: Path) -> dict:
     """The suite results of every suite-*.json in `folder`, merged."""
-    merged = {"settings": {}, "methods": {}, "ablations": {}}
+    merged = {"settings": {}, "methods": {}, "ablations": {}, "explore": {}}
     for path in sorted(Path(folder).glob("suite-*.json")):
         part = json.loads(path.read_text())
         merged["settings"] = part["settings"]
         merged["methods"].update(part["methods"])
         merged["ablations"].update(part["ablations"])
+        merged["explore"].update(part.get("explore", {}))
     return merged
 
 
@@ -154,6 +178,10 @@ def write_report(folder: Path) -> Path:
         lines += [f"## {dataset}", "", *method_table(results, dataset), "",
                   f"![accuracy vs memory](memory_vs_accuracy_{dataset}.png)", "",
                   "### Learning-rate sweeps (dev split)", "", *sweep_table(results, dataset), ""]
+        explored = explore_table(results, dataset)
+        if explored:
+            lines += ["### Where an LST gap could come from: each suspect alone (dev, seed 0)",
+                      "", *explored, ""]
         ablations = ablation_table(results, dataset)
         if ablations:
             lines += ["### LST ablations (test split)", "", *ablations, ""]
