@@ -98,7 +98,7 @@ SUSPECTS = {
     "no weight decay": ["--weight-decay", "0"],
     "gates start at the ladder": ["--lst-gate-alpha-init", "-0.2"],
     "5 epochs": ["--epochs", "5"],
-    "head reads the backbone too": ["--lst-head-residual", "true"],
+    "head residual": ["--lst-head-residual", "true"],   # the head reads the backbone too
 }
 LAYERS = {"minilm": 6, "mpnet": 12}   # for "every layer"
 
