@@ -104,6 +104,20 @@ def test_each_suspect_is_tried_alone_and_reported_against_the_defaults(monkeypat
     assert "| r=4 | `--reduction-factor 4` | 70.00 (-1.00) | 72.00 |" in report
 
 
+def test_finished_only_trains_nothing_and_lists_what_is_missing(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(suite.Suite, "_run", lambda self, command: calls.append(command))
+    monkeypatch.setattr(suite, "write_data", lambda spec, folder: {
+        split: folder / f"{split}.csv" for split in ("train", "dev", "test")})
+    results = suite.run_suite(tmp_path, ("bbc-news",), ("minilm",), ("lora",),
+                              out=tmp_path / "out" / "suite-bbc-news.json", finished_only=True)
+    assert calls == [] and results["methods"] == {}
+    assert results["missing"] == ["methods bbc-news/minilm/lora: bbc-news/minilm-lora-lr1e-4-s0 "
+                                  "has not finished"]
+    report = suite_report.write_report(tmp_path / "out").read_text()
+    assert "## Not run yet" in report and "minilm-lora-lr1e-4-s0" in report
+
+
 @pytest.mark.parametrize("method", sorted(suite.LR_GRIDS))
 def test_every_grid_is_four_log_spaced_rates(method):
     grid = suite.LR_GRIDS[method]

@@ -132,14 +132,20 @@ def _lr_name(lr: float) -> str:
     return f"{lr:.0e}".replace("e-0", "e-")
 
 
+class NotTrained(Exception):
+    """A run the results need has not finished (with `Suite.finished_only`)."""
+
+
 @dataclass
 class Suite:
-    """The suite's runs under `root`; `log` prints progress."""
+    """The suite's runs under `root`; `log` prints progress. `finished_only`: train nothing,
+    raise `NotTrained` for a run that has not finished (to report what has)."""
 
     root: Path = Path("runs/suite")
     threads: int | None = None
     log: object = print
     data: dict = field(default_factory=dict)
+    finished_only: bool = False
 
     def files(self, dataset: str) -> dict[str, Path]:
         if dataset not in self.data:
@@ -159,6 +165,8 @@ class Suite:
                 *flags]
         if (out / "metrics.json").is_file() and _same_settings(out, args):
             return self._metrics(out)
+        if self.finished_only:
+            raise NotTrained(f"{dataset}/{name}")
         command = [sys.executable, "-m", "laddertune.app.cli", "train", *args]
         if not _same_settings(out, args):
             command.append("--overwrite")     # trained under other defaults: train again
@@ -293,31 +301,34 @@ def summarize(rows: list[dict]) -> dict:
 
 def run_suite(root: Path, datasets=tuple(DATASETS), models=tuple(METHODS_BY_MODEL),
               methods: tuple | None = None, ablations: bool = True, threads: int | None = None,
-              out: Path | None = None, log=print, explore: bool = False) -> dict:
+              out: Path | None = None, log=print, explore: bool = False,
+              finished_only: bool = False) -> dict:
     """Every phase for every (data set, backbone, method); the results, saved after each.
-    `explore`: also each of `SUSPECTS` alone on dev, for LST on MiniLM."""
-    suite = Suite(Path(root), threads, log)
-    results = {"settings": settings(), "methods": {}, "ablations": {}, "explore": {}}
+    `explore`: also each of `SUSPECTS` alone on dev, for LST on MiniLM. `finished_only`: train
+    nothing; an entry whose runs have not all finished is listed under "missing"."""
+    suite = Suite(Path(root), threads, log, finished_only=finished_only)
+    results = {"settings": settings(), "methods": {}, "ablations": {}, "explore": {},
+               "missing": []}
     out = Path(out) if out else None
+
+    def entry(kind: str, key: str, make, *args) -> None:
+        try:
+            results[kind][key] = make(suite, *args)
+        except NotTrained as missing:
+            results["missing"].append(f"{kind} {key}: {missing} has not finished")
+        _save(results, out)
+
     for dataset in datasets:
         for model in models:
             for method in METHODS_BY_MODEL[model]:
                 if methods and method not in methods:
                     continue
-                swept = suite.sweep(dataset, model, method)
-                rows = suite.seeds(dataset, model, method, swept["chosen_lr"])
-                results["methods"][f"{dataset}/{model}/{method}"] = {
-                    "dataset": dataset, "model": model, "method": method,
-                    "chosen_lr": swept["chosen_lr"], "dev_by_lr": swept["dev"], "seeds": rows,
-                    "summary": summarize(rows)}
-                _save(results, out)
-                if explore and model == "minilm" and method == "lst":
-                    results["explore"][f"{dataset}/{model}"] = {
-                        "dataset": dataset, "model": model, "lr": swept["chosen_lr"],
-                        "defaults": swept["dev"], "flags": SUSPECTS,
-                        "suspects": suite.explore(dataset, model, swept["chosen_lr"],
-                                                  LAYERS[model])}
-                    _save(results, out)
+                key = f"{dataset}/{model}/{method}"
+                entry("methods", key, _method_entry, dataset, model, method)
+                if explore and model == "minilm" and key in results["methods"] and (
+                        method == "lst"):
+                    entry("explore", f"{dataset}/{model}", _explore_entry, dataset, model,
+                          results["methods"][key])
         if ablations:
             for model in models:
                 key = f"{dataset}/{model}/lst"
@@ -327,13 +338,31 @@ def run_suite(root: Path, datasets=tuple(DATASETS), models=tuple(METHODS_BY_MODE
                 variants = ABLATIONS if model == "minilm" else {
                     k: v for k, v in ABLATIONS.items() if k in ("defaults", "random init")}
                 for variant, flags in variants.items():
-                    rows = suite.seeds(dataset, model, "lst", lr,
-                                       "" if variant == "defaults" else variant, tuple(flags))
-                    results["ablations"][f"{dataset}/{model}/{variant}"] = {
-                        "dataset": dataset, "model": model, "variant": variant, "flags": flags,
-                        "lr": lr, "seeds": rows, "summary": summarize(rows)}
-                    _save(results, out)
+                    entry("ablations", f"{dataset}/{model}/{variant}", _ablation_entry,
+                          dataset, model, lr, variant, flags)
     return results
+
+
+def _method_entry(suite: Suite, dataset: str, model: str, method: str) -> dict:
+    swept = suite.sweep(dataset, model, method)
+    rows = suite.seeds(dataset, model, method, swept["chosen_lr"])
+    return {"dataset": dataset, "model": model, "method": method,
+            "chosen_lr": swept["chosen_lr"], "dev_by_lr": swept["dev"], "seeds": rows,
+            "summary": summarize(rows)}
+
+
+def _explore_entry(suite: Suite, dataset: str, model: str, lst: dict) -> dict:
+    return {"dataset": dataset, "model": model, "lr": lst["chosen_lr"],
+            "defaults": lst["dev_by_lr"], "flags": SUSPECTS,
+            "suspects": suite.explore(dataset, model, lst["chosen_lr"], LAYERS[model])}
+
+
+def _ablation_entry(suite: Suite, dataset: str, model: str, lr: float, variant: str,
+                    flags: list) -> dict:
+    rows = suite.seeds(dataset, model, "lst", lr, "" if variant == "defaults" else variant,
+                       tuple(flags))
+    return {"dataset": dataset, "model": model, "variant": variant, "flags": flags, "lr": lr,
+            "seeds": rows, "summary": summarize(rows)}
 
 
 def settings() -> dict:
@@ -361,6 +390,8 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default=",".join(METHODS_BY_MODEL))
     parser.add_argument("--methods", default=None, help="comma list (default: all per model)")
     parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train nothing: report what has finished, list what has not")
     parser.add_argument("--explore", action="store_true",
                         help="also each suspect of an LST gap alone, on dev (MiniLM)")
     parser.add_argument("--threads", type=int, default=None, help="OMP threads per run")
@@ -372,7 +403,8 @@ def main(argv=None) -> None:
     for dataset in split(args.datasets):
         run_suite(Path(args.root), (dataset,), split(args.models), split(args.methods) or None,
                   not args.no_ablations, args.threads,
-                  Path(args.output) / f"suite-{dataset}.json", explore=args.explore)
+                  Path(args.output) / f"suite-{dataset}.json", explore=args.explore,
+                  finished_only=args.finished_only)
     from .suite_report import write_report
     print(write_report(Path(args.output)))
 
