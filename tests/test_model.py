@@ -163,7 +163,44 @@ def test_head_residual_starts_as_the_pretrained_model_and_trains_the_side_networ
     assert all(p.grad is None for p in backbone.parameters())
 
 
-def test_head_residual_needs_a_language_model_head():
-    with pytest.raises(LSTConfigError, match="no LM head"):
-        get_lst_model(tiny_backbone("bert"), LSTConfig(task_type="SEQ_CLS", reduction_factor=4,
-                                                       head_residual=True))
+def test_head_residual_needs_a_head():
+    with pytest.raises(LSTConfigError, match="FEATURE_EXTRACTION has none"):
+        get_lst_model(tiny_backbone("bert"), LSTConfig(task_type="FEATURE_EXTRACTION",
+                                                       reduction_factor=4, head_residual=True))
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama", "t5"])
+def test_head_residual_classifier_starts_as_a_probe_of_the_pooled_backbone_state(model_type):
+    """SEQ_CLS: the classifier reads pool(backbone final state) + up(pool(side)), up at zero."""
+    backbone = tiny_backbone(model_type)
+    model = get_lst_model(backbone, LSTConfig(task_type="SEQ_CLS", num_labels=3, dropout=0.0,
+                                              reduction_factor=4, head_residual=True)).eval()
+    inputs = tiny_inputs(model_type, batch=2, length=6)      # row 0 padded
+    labels = torch.tensor([0, 2])
+    with torch.no_grad():
+        ours = model(**inputs, labels=labels)
+        if model_type == "t5":                   # the decoder reads its own source
+            final = backbone(**inputs, decoder_input_ids=model.shift_right(inputs["input_ids"]),
+                             decoder_attention_mask=inputs["attention_mask"]).last_hidden_state
+        else:
+            final = backbone(**inputs).last_hidden_state
+        probe = model.classifier(model._pool(final.float(), inputs["attention_mask"]))
+        given = model(**inputs, labels=labels,
+                      backbone_hidden_states=model.backbone_states(**inputs))
+    torch.testing.assert_close(ours.logits, probe, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(given.logits, ours.logits)
+    model.train()
+    model(**inputs, labels=labels).loss.backward()
+    assert model.up.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in backbone.parameters())
+
+
+def test_head_residual_token_classifier_reads_each_backbone_state_plus_the_correction():
+    backbone = tiny_backbone("bert")
+    model = get_lst_model(backbone, LSTConfig(task_type="TOKEN_CLS", num_labels=4, dropout=0.0,
+                                              reduction_factor=4, head_residual=True)).eval()
+    inputs = tiny_inputs("bert", batch=2, length=6)
+    with torch.no_grad():
+        ours = model(**inputs)
+        probe = model.classifier(backbone(**inputs).last_hidden_state)
+    torch.testing.assert_close(ours.logits, probe, atol=1e-5, rtol=1e-5)

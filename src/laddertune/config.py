@@ -85,11 +85,13 @@ class LSTConfig:
         side_blocks: ``native`` (the backbone's own block class at width d/r, needed for
             pruning initialisation and encoder-decoder models), ``generic`` (plain pre-norm
             transformer blocks) or ``auto`` (native, else generic).
-        head_residual: Language-model tasks only. True: the frozen LM head reads the backbone's
-            own final hidden state plus the side network's up-projected output, and the
-            up-projection starts at zero, so the model starts as the pretrained language model
-            and the side network learns a correction (as LoRA starts from the pretrained model).
-            No backbone gradient is needed: the state is an input, like the ladders'. False
+        head_residual: True: the head reads the backbone's own final hidden state plus the
+            side network's up-projected output, the up-projection starting at zero. For
+            language-model tasks the model then starts as the pretrained language model and the
+            side network learns a correction (as LoRA starts from the pretrained model); for
+            ``SEQ_CLS`` the new classifier starts as a linear probe of the pooled final state
+            (``TOKEN_CLS``: of each token's), with no tanh. No backbone gradient is needed: the
+            state is an input, like the ladders'. Refused for ``FEATURE_EXTRACTION``. False
             (the paper's): the head reads the side network alone, which must first learn to
             reproduce the backbone's predictions.
     """
@@ -193,9 +195,10 @@ class LSTConfig:
 
     head_residual: bool = field(
         default=False,
-        metadata={"help": "Language-model tasks: the LM head reads the backbone's final state "
-                          "plus the side network's correction (up-projection starting at zero), "
-                          "so training starts from the pretrained model's own predictions. Off "
+        metadata={"help": "The head (the LM head, or a new classifier) reads the backbone's "
+                          "final state plus the side network's correction (up-projection "
+                          "starting at zero), so language models start from their own "
+                          "predictions and classifiers from a probe of the backbone. Off "
                           "(default, the paper's): the head reads the side network alone."},
     )
 

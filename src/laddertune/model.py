@@ -116,7 +116,7 @@ class LSTModel(nn.Module):
             raise LSTConfigError("head_residual adds the backbone's state before a head, but "
                                  "FEATURE_EXTRACTION has none; turn it off")
         self.up = nn.Linear(self.side_width, width)            # (b, t, d/r) -> (b, t, d)
-        # a correction to the backbone's state starts at none: the pretrained model's output
+        # a correction to the backbone's state starts at none (head_residual)
         nn.init.normal_(self.up.weight, std=0.0 if config.head_residual else 0.01)
         nn.init.zeros_(self.up.bias)
         self.head_dropout = nn.Dropout(config.dropout)
@@ -415,7 +415,7 @@ class LSTModel(nn.Module):
         return LSTOutput(loss, logits, up, cache)
 
     def _pool(self, hidden, pad_mask):
-        """One vector per sequence: (b, t, d/r) -> (b, d/r)."""
+        """One vector per sequence: (b, t, w) -> (b, w), side (d/r) or backbone (d) width."""
         pooling = self.family.pooling if self.config.pooling == "auto" else self.config.pooling
         if pooling == "mean":
             if pad_mask is None:

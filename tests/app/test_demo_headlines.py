@@ -4,6 +4,7 @@ evaluates on."""
 import csv
 
 from laddertune.app.bench import headline_lr
+from laddertune.app.data import load_bbc_news
 from laddertune.app.demo_headlines import CHOSEN_LR, HEADLINES, write_headline_data
 
 
@@ -18,7 +19,7 @@ def test_the_dev_articles_are_neither_trained_on_nor_the_eval_articles(tmp_path)
     assert same_train == train and len(train) == HEADLINES["train_articles"]
     assert len(dev) == HEADLINES["eval_articles"]
     assert not set(dev) & set(train) and not set(dev) & set(evaluation)
-    assert all(i.split("/")[0] for i in dev)   # training-split ids, class/file
+    assert set(dev) <= set(load_bbc_news()[0].ids)            # of the training split
 
 
 def test_the_lr_check_report_marks_the_lowest_loss_and_a_stale_choice(tmp_path):
@@ -28,3 +29,9 @@ def test_the_lr_check_report_marks_the_lowest_loss_and_a_stale_choice(tmp_path):
     text = headline_lr.write(results, tmp_path).read_text()
     assert "| lst | 0.001 | 4.5000 | 0.2000 | 0.0000 | **yes** |" in text
     assert ("differs" in text) == (CHOSEN_LR["lst"] != 1e-3)
+
+
+def test_the_rates_were_chosen_for_the_demos_default_epochs():
+    from laddertune.app.demo_headlines import HEADLINE_EPOCHS
+    from laddertune.app.options import DemoConfig
+    assert DemoConfig(task="generate").epochs == HEADLINE_EPOCHS

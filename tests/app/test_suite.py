@@ -21,6 +21,8 @@ def test_data_files_are_disjoint_stratified_and_written_once(tmp_path):
     stamp = paths["train"].stat().st_mtime_ns
     suite.write_data(spec, tmp_path)
     assert paths["train"].stat().st_mtime_ns == stamp           # reused, not rewritten
+    suite.write_data(suite.DataSpec("bbc-news", 60, 50, None, 64), tmp_path)
+    assert len(list(csv.DictReader(open(paths["train"])))) == 60  # another spec: rewritten
 
 
 def fake_training(scores: dict):

@@ -22,10 +22,12 @@ from pathlib import Path
 from ..demo_headlines import (
     CHOSEN_LR,
     HEADLINE_EPOCHS,
+    METHOD_FLAGS,
     headline_config,
     train_in_subprocess,
     write_headline_data,
 )
+from ..run_folder import data_digests
 from .report import machine
 from .suite import next_rate
 
@@ -52,14 +54,20 @@ def check(work: Path, methods=tuple(RATES), epochs: int = 1) -> dict:
 
 
 def _trained(base, method: str, lr: float, work: Path) -> dict:
-    """metrics.json of `method` at `lr`, trained now unless that run already finished."""
+    """metrics.json of `method` at `lr`, trained now unless that run already finished with
+    these settings (data, rate, epochs, batch, lengths, the method's flags)."""
     suffix = "" if base.epochs == 1 else f"-e{base.epochs}"
     folder = work / f"{method}-lr{lr:g}{suffix}"
-    done = folder / "metrics.json"
-    if done.is_file():
-        metrics = json.loads(done.read_text())
-        if metrics.get("lr") == lr and metrics.get("epochs") == base.epochs:
-            return metrics
+    if (folder / "metrics.json").is_file() and (folder / "run.json").is_file():
+        saved = json.loads((folder / "run.json").read_text())
+        wanted = {"method": method, "lr": lr, "epochs": base.epochs,
+                  "batch_size": base.batch_size, "max_length": base.max_length,
+                  "max_new_tokens": base.max_new_tokens,
+                  "data_sha256": data_digests(base),
+                  "head_residual": "--lst-head-residual" in METHOD_FLAGS[method]}
+        saved["head_residual"] = bool((saved.get("lst_settings") or {}).get("head_residual"))
+        if all(saved.get(key) == value for key, value in wanted.items()):
+            return json.loads((folder / "metrics.json").read_text())
     return train_in_subprocess(base, method, folder, lr=lr)
 
 
@@ -84,6 +92,11 @@ def write(results: dict, folder: Path) -> Path:
             chosen = "**yes**" if row["lr"] == results["chosen"][method] else ""
             lines.append(f"| {method} | {row['lr']:g} | {row['loss']:.4f} | "
                          f"{row['rouge_l']:.4f} | {row['exact_match']:.4f} | {chosen} |")
+    for method, rows in results["rates"].items():
+        if results["chosen"][method] == max(row["lr"] for row in rows) and len(rows) > len(
+                RATES[method]):
+            lines += ["", f"{method}'s rate won at the end of the rates tried (one past its "
+                      "grid); a higher one was not tried."]
     stale = {m: lr for m, lr in results["chosen"].items() if CHOSEN_LR.get(m) != lr}
     if stale and epochs == HEADLINE_EPOCHS:
         lines += ["", f"demo_headlines.CHOSEN_LR differs from this check: {stale}; update it."]

@@ -10,8 +10,13 @@ written once from the built-in data sets, and every test score is `laddertune ev
               is at an end of the grid, one more value beyond that end
     choose    the rate with the best dev accuracy (ties: macro-F1, then lower dev loss)
     seeds     seeds 1 and 2 at the chosen rate; all three are scored on test
+    explore   (--explore) each suspect of an LST gap (`SUSPECTS`: capacity, layers read,
+              pooling, initialisation, regularisation, epochs, the head) alone, seed 0, at LST's
+              chosen rate and the next one up, scored on dev
     ablation  LST variants (the paper preset, each of its switches alone, random side blocks,
               ...) at LST's chosen rate, 3 seeds, scored on test
+
+`--finished-only` trains nothing and reports what has finished (the rest listed as missing).
 
 Runs live in ``<root>/<data set>/<name>``: a finished run is reused, an unfinished one resumed,
 so the suite can be built up over several invocations (``python -m laddertune.app.bench.suite``).
@@ -109,7 +114,10 @@ def write_data(spec: DataSpec, folder: Path) -> dict[str, Path]:
     """train.csv, dev.csv and test.csv of `spec`, written once (stratified, seed 0)."""
     from ..data import load_builtin, stratified_split
     paths = {split: folder / f"{split}.csv" for split in ("train", "dev", "test")}
-    if all(p.is_file() for p in paths.values()):
+    stamp = folder / "spec.json"          # files of another spec are written again
+    wanted = json.dumps({k: v for k, v in vars(spec).items() if k != "note"}, sort_keys=True)
+    if all(p.is_file() for p in paths.values()) and (
+            not stamp.is_file() or stamp.read_text() == wanted):
         return paths
     train, test = load_builtin(spec.name)
     keep = (spec.train_size + spec.dev_size) / len(train)
@@ -123,6 +131,7 @@ def write_data(spec: DataSpec, folder: Path) -> dict[str, Path]:
         writer.writerow(["id", "text", "label"])
         writer.writerows(zip(data.ids, data.texts, data.labels))
         atomic_write_bytes(paths[split], text.getvalue().encode("utf-8"))
+    atomic_write_bytes(stamp, wanted.encode())
     return paths
 
 
@@ -227,7 +236,7 @@ class Suite:
         """Each of `SUSPECTS` alone at `lr` and the next rate up: dev scores by suspect."""
         found = {}
         for suspect, flags in SUSPECTS.items():
-            flags = [",".join(map(str, range(layers))) if f == "ALL" else f for f in flags]
+            flags = _resolved(flags, layers)
             found[suspect] = {rate: _scores(self.train(dataset, model, "lst", rate, 0,
                                                        f"explore {suspect}", tuple(flags)))
                               for rate in (lr, next_rate(lr, up=True))}
@@ -246,6 +255,11 @@ class Suite:
                          "trainable_params": metrics["trainable_params"],
                          "all_params": metrics["all_params"]})
         return rows
+
+
+def _resolved(flags: list[str], layers: int) -> list[str]:
+    """`flags` with "ALL" as every layer's index."""
+    return [",".join(map(str, range(layers))) if f == "ALL" else f for f in flags]
 
 
 def next_rate(lr: float, up: bool) -> float:
@@ -353,7 +367,8 @@ def _method_entry(suite: Suite, dataset: str, model: str, method: str) -> dict:
 
 def _explore_entry(suite: Suite, dataset: str, model: str, lst: dict) -> dict:
     return {"dataset": dataset, "model": model, "lr": lst["chosen_lr"],
-            "defaults": lst["dev_by_lr"], "flags": SUSPECTS,
+            "defaults": lst["dev_by_lr"], "flags": {
+                suspect: _resolved(flags, LAYERS[model]) for suspect, flags in SUSPECTS.items()},
             "suspects": suite.explore(dataset, model, lst["chosen_lr"], LAYERS[model])}
 
 
