@@ -23,15 +23,15 @@ COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("exact_match", "
 
 
 def compare(model: str, train_data: str, eval_data: str | None, out: Path,
-            extra: dict | None = None) -> dict:
+            extra: dict | None = None, work: Path | None = None) -> dict:
     """Train `model` on `train_data` with --task classify and --task generate; the results."""
     rows = []
     for task in ("classify", "generate"):
         explicit = {"model": model, "train": train_data, "task": task, "progress": False,
-                    "output": str(out / task), **(extra or {})}
+                    "output": str((work or out) / task), **(extra or {})}
         if eval_data:
             explicit["eval"] = eval_data
-        if (out / task / "run.json").is_file():
+        if ((work or out) / task / "run.json").is_file():
             explicit["overwrite"] = True
         metrics = train(train_config(explicit))
         rows.append({"task": task, **{key: metrics["eval"].get(key) for key, _ in COLUMNS},
@@ -73,13 +73,15 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--train", default="tweet-sentiment")
     parser.add_argument("--eval", default=None)
-    parser.add_argument("--output", default="benchmarks/results/text2text")
+    parser.add_argument("--output", default="benchmarks/results/text2text",
+                        help="where results.json and results.md go")
+    parser.add_argument("--work", default="runs/text2text", help="where the two runs go")
     parser.add_argument("--settings", default="{}",
                         help='JSON of further train settings for both runs, e.g. '
                              '\'{"epochs": 2, "max_length": 48}\'')
     args = parser.parse_args(argv)
     results = compare(args.model, args.train, args.eval, Path(args.output),
-                      json.loads(args.settings))
+                      json.loads(args.settings), Path(args.work))
     print(render(results))
 
 
