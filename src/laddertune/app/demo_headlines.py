@@ -160,9 +160,9 @@ def measure_account(run: TrainingRun, method: str) -> dict:
 
 
 def train_in_subprocess(base: TrainConfig, method: str, folder: Path,
-                        lr: float | None = None) -> dict:
-    """`laddertune train --task generate` for `method` (at `lr`, by default its chosen rate)
-    in a fresh process; its metrics."""
+                        lr: float | None = None, extra: list[str] = ()) -> dict:
+    """`laddertune train --task generate` for `method` (at `lr`, by default its chosen rate,
+    with `extra` flags) in a fresh process; its metrics."""
     lr = CHOSEN_LR[method] if lr is None else lr
     command = [sys.executable, "-m", "laddertune.app.cli", "train", "--task", "generate",
                "--model", base.model, "--train", base.train, "--eval", base.eval,
@@ -170,7 +170,7 @@ def train_in_subprocess(base: TrainConfig, method: str, folder: Path,
                "--batch-size", str(base.batch_size), "--max-length", str(base.max_length),
                "--max-new-tokens", str(base.max_new_tokens), "--eval-batch-size",
                str(base.eval_batch_size), "--device", base.device, "--no-progress",
-               "--output", str(folder), "--lr", f"{lr:g}", *METHOD_FLAGS[method]]
+               "--output", str(folder), "--lr", f"{lr:g}", *METHOD_FLAGS[method], *extra]
     if (folder / "run.json").is_file():
         command.append("--overwrite")
     done = subprocess.run(command)

@@ -32,6 +32,8 @@ from .report import machine
 from .suite import next_rate
 
 RATES = {"lst": (3e-4, 1e-3, 3e-3), "lora": (1e-4, 3e-4, 1e-3)}
+# Where LST's gap to LoRA could come from, each alone at LST's chosen rate (--suspects).
+SUSPECTS = {"r = 4": ["--reduction-factor", "4"], "r = 2": ["--reduction-factor", "2"]}
 
 
 def check(work: Path, methods=tuple(RATES), epochs: int = 1) -> dict:
@@ -51,6 +53,20 @@ def check(work: Path, methods=tuple(RATES), epochs: int = 1) -> dict:
         results["rates"][method] = sorted(rows, key=lambda row: row["lr"])
         results["chosen"][method] = min(rows, key=lambda row: row["loss"])["lr"]
     return results
+
+
+def suspects(work: Path, epochs: int = 1) -> list[dict]:
+    """LST with each of `SUSPECTS` at its chosen rate, on the same dev split."""
+    train_file, dev_file = write_headline_data(work / "data", dev=True)
+    base = headline_config(train_file, dev_file, epochs=epochs, device="cpu")
+    rows = []
+    for name, flags in SUSPECTS.items():
+        folder = work / f"lst-{name.replace(' = ', '')}-lr{CHOSEN_LR['lst']:g}-e{epochs}"
+        metrics = train_in_subprocess(base, "lst", folder, extra=flags)
+        rows.append({"suspect": name, "flags": flags, "lr": CHOSEN_LR["lst"], "epochs": epochs,
+                     "trainable_params": metrics["trainable_params"], **_scores(metrics)})
+        print(rows[-1], flush=True)
+    return rows
 
 
 def _trained(base, method: str, lr: float, work: Path) -> dict:
@@ -105,13 +121,34 @@ def write(results: dict, folder: Path) -> Path:
     return path
 
 
+def write_suspects(rows: list[dict], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "lst_suspects.json").write_text(json.dumps(rows, indent=2))
+    lines = ["# LST's gap to LoRA on the headline task: capacity", "",
+             "`python -m laddertune.app.bench.headline_lr --suspects`: LST (head_residual) at "
+             "its chosen rate with a wider side network, on the same 16 dev articles as "
+             "lr_check.md (r = 8 there).", "",
+             "| suspect | flags | epochs | trainable params | dev eval loss | dev ROUGE-L |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['suspect']} | `{' '.join(r['flags'])}` | {r['epochs']} | "
+              f"{r['trainable_params']:,} | {r['loss']:.4f} | {r['rouge_l']:.4f} |" for r in rows]
+    path = folder / "lst_suspects.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m laddertune.app.bench.headline_lr",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/headline-lr")
     parser.add_argument("--output", default="benchmarks/results/demo-generate")
     parser.add_argument("--epochs", type=int, default=HEADLINE_EPOCHS)
+    parser.add_argument("--suspects", action="store_true",
+                        help="instead: LST's capacity (r = 4, 2) at its chosen rate")
     args = parser.parse_args(argv)
+    if args.suspects:
+        print(write_suspects(suspects(Path(args.work), args.epochs), Path(args.output)))
+        return
     print(write(check(Path(args.work), epochs=args.epochs), Path(args.output)))
 
 
