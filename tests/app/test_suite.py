@@ -140,3 +140,13 @@ def test_texts_with_carriage_returns_survive_the_csv_files(tmp_path):
         writer = csv.writer(handle)
         writer.writerows([["id", "text", "label"], ["1", "a\rb", "x"], ["2", "c\nd, e", "y"]])
     assert load_texts(str(path)).texts == ["a\rb", "c\nd, e"]
+
+
+def test_a_run_saved_before_a_field_existed_is_reused_only_at_that_fields_default():
+    from laddertune.config import LSTConfig
+    today = LSTConfig(num_labels=5).to_dict()
+    before = {k: v for k, v in today.items() if k != "head_residual"}
+    assert suite._same_lst(before, today)
+    assert not suite._same_lst(before, {**today, "head_residual": True})
+    assert not suite._same_lst({**before, "reduction_factor": 4}, today)
+    assert not suite._same_lst({**today, "retired_field": 1}, today)

@@ -285,8 +285,18 @@ def _same_settings(out: Path, args: list[str]) -> bool:
     wanted = train_config(explicit_values(build_parser().parse_args(["train", *args]),
                                           TrainConfig))
     if saved.get("method") == "lst":
-        return saved.get("lst_settings") == wanted.lst_config(len(saved["labels"])).to_dict()
+        return _same_lst(saved.get("lst_settings") or {},
+                         wanted.lst_config(len(saved["labels"])).to_dict())
     return True
+
+
+def _same_lst(saved: dict, wanted: dict) -> bool:
+    """Whether saved LST settings are today's: a field added since the run was saved must be at
+    its default (new fields default to the behaviour that came before them)."""
+    from ...config import LSTConfig
+    defaults = LSTConfig().to_dict()
+    return all(saved[key] == value if key in saved else value == defaults.get(key)
+               for key, value in wanted.items()) and set(saved) <= set(wanted)
 
 
 def _scores(metrics: dict) -> dict:
