@@ -204,8 +204,7 @@ class GenericSideBlock(nn.Module):
         q, k, v = self.qkv(x).split(c, dim=2)
         q, k, v = (z.view(b, t, self.heads, c // self.heads).transpose(1, 2) for z in (q, k, v))
         mask = None                                                    # (b, 1, t, t) or None
-        # Without padding no mask is passed: SDPA's fused kernels then keep no (t, t) weights.
-        if pad_mask is not None and not bool(pad_mask.all()):
+        if pad_mask is not None:
             mask = pad_mask[:, None, None, :].bool()
             if self.causal:
                 mask = mask & torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
@@ -232,6 +231,8 @@ class GenericSideStack(nn.Module):
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The side output (b, t, d/r) from the backbone's states: embeddings, layer outputs."""
         ladder = self.ladder[0]
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None    # no padding: SDPA's fused kernels keep no (t, t) weights
         h = ladder.first(hidden_states[0])             # (b, t, d/r)
         for k, block in enumerate(self.blocks):
             h = ladder.mix(k, h, hidden_states)        # gated ladder from backbone layer l_k

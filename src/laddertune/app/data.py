@@ -101,11 +101,8 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
     """
     path = _check_file(source)
     table = _read_table(path)
-    has_ids = id_column in table.columns
-    needed = {text_column: "--text-column"}
-    if need_labels:
-        needed[label_column] = "--label-column"
-    _check_columns(table, needed, [id_column] if has_ids else [])
+    has_ids = _check_needed(table, (text_column, "--text-column"),
+                            (label_column, "--label-column") if need_labels else None, id_column)
     texts = _texts(table, text_column)
     labels = _labels(table, label_column) if need_labels else []
     ids = _ids(table, id_column) if has_ids else None
@@ -136,13 +133,20 @@ def has_columns(source: str, *columns: str) -> bool:
     return all(column in _read_table(_check_file(source)).columns for column in columns)
 
 
+def _check_needed(table: _Table, first: tuple[str, str], second: tuple[str, str] | None,
+                  id_column: str | None) -> bool:
+    """Check the (column, flag) pairs a reader needs; whether the table has `id_column`."""
+    has_ids = id_column in table.columns
+    _check_columns(table, dict([first, *([second] if second else [])]),
+                   [id_column] if has_ids else [])
+    return has_ids
+
+
 def _pairs(table: _Table, source: str, prompt_column: str, target_column: str,
            need_targets: bool, id_column: str | None) -> PairDataset:
-    has_ids = id_column in table.columns
-    needed = {prompt_column: "--prompt-column"}
-    if need_targets:
-        needed[target_column] = "--target-column"
-    _check_columns(table, needed, [id_column] if has_ids else [])
+    has_ids = _check_needed(table, (prompt_column, "--prompt-column"),
+                            (target_column, "--target-column") if need_targets else None,
+                            id_column)
     prompts = _texts(table, prompt_column)
     targets = _texts(table, target_column) if need_targets else []
     data = PairDataset(prompts, targets, source, _ids(table, id_column) if has_ids else None)

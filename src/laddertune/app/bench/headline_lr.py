@@ -29,7 +29,7 @@ from ..demo_headlines import (
 )
 from ..run_folder import data_digests
 from .report import machine
-from .suite import next_rate
+from .suite import sweep_rates
 
 RATES = {"lst": (3e-4, 1e-3, 3e-3), "lora": (1e-4, 3e-4, 1e-3)}
 # Where LST's gap to LoRA could come from, each alone at LST's chosen rate (--suspects).
@@ -41,15 +41,11 @@ def check(work: Path, methods=tuple(RATES), epochs: int = 1) -> dict:
     base = headline_config(train_file, dev_file, epochs=epochs, device="cpu")
     results = {"machine": machine(), "epochs": epochs, "rates": {}, "chosen": {}}
     for method in methods:
-        rates, rows = list(RATES[method]), []
-        while rates:
-            lr = rates.pop(0)
-            rows.append({"lr": lr, **_scores(_trained(base, method, lr, work))})
-            print(method, rows[-1], flush=True)
-            best = min(rows, key=lambda row: row["loss"])["lr"]
-            if not rates and len(rows) == len(RATES[method]) and best in (
-                    min(RATES[method]), max(RATES[method])):   # one more past a winning end
-                rates.append(next_rate(best, up=best == max(RATES[method])))
+        def scored(lr: float, method=method) -> dict:
+            row = {"lr": lr, **_scores(_trained(base, method, lr, work))}
+            print(method, row, flush=True)
+            return row
+        rows = list(sweep_rates(RATES[method], scored, lambda row: -row["loss"]).values())
         results["rates"][method] = sorted(rows, key=lambda row: row["lr"])
         results["chosen"][method] = min(rows, key=lambda row: row["loss"])["lr"]
     return results

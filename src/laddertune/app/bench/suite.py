@@ -220,15 +220,9 @@ class Suite:
 
     def sweep(self, dataset: str, model: str, method: str) -> dict:
         """Seed 0 at each rate of the grid (extended past an end that wins); the choice."""
-        grid = list(LR_GRIDS[method])
-        runs = {lr: self.train(dataset, model, method, lr, 0) for lr in grid}
-        while True:
-            best = max(runs, key=lambda lr: _dev_rank(runs[lr]))
-            at_end = best in (min(runs), max(runs))
-            if not at_end or len(runs) > len(grid):
-                break
-            beyond = next_rate(best, up=best == max(runs))
-            runs[beyond] = self.train(dataset, model, method, beyond, 0)
+        runs = sweep_rates(LR_GRIDS[method], lambda lr: self.train(dataset, model, method, lr, 0),
+                           _dev_rank)
+        best = max(runs, key=lambda lr: _dev_rank(runs[lr]))
         return {"chosen_lr": best, "dev": {lr: _scores(m) for lr, m in sorted(runs.items())},
                 "runs": runs}
 
@@ -255,6 +249,17 @@ class Suite:
                          "trainable_params": metrics["trainable_params"],
                          "all_params": metrics["all_params"]})
         return rows
+
+
+def sweep_rates(grid, train, rank) -> dict:
+    """{lr: train(lr)} for each rate of `grid`, and one more rate past an end of it whose
+    result ranks best (by `rank`, higher is better)."""
+    runs = {lr: train(lr) for lr in grid}
+    best = max(runs, key=lambda lr: rank(runs[lr]))
+    if best in (min(grid), max(grid)):
+        beyond = next_rate(best, up=best == max(grid))
+        runs[beyond] = train(beyond)
+    return runs
 
 
 def _resolved(flags: list[str], layers: int) -> list[str]:
