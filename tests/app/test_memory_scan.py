@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 from laddertune.app.bench import memory_scan
 
@@ -27,3 +28,17 @@ def test_the_table_divides_each_peak_by_lora_on_minilm_at_the_same_batch():
     assert "| 16 | mpnet | lst | 800 (0.80×) | 500 |" in lines
     assert "| 32 | mpnet | lst | 900 (0.45×) | 600 |" in lines
     assert "| 32 | minilm | lora | 2,000 (1.00×) | 1,700 |" in lines
+
+
+def test_the_suite_report_carries_the_scan_when_one_was_run(tmp_path):
+    from laddertune.app.bench import suite_report
+    (tmp_path / "suite-d.json").write_text(json.dumps(
+        {"settings": {}, "ablations": {}, "methods": {}}))
+    assert "as the batch grows" not in suite_report.write_report(tmp_path).read_text()
+    rows = [{"model": "minilm", "method": "lora", "batch_size": 16, "peak_memory_mb": 1000,
+             "training_memory_mb": 700}]
+    (tmp_path / "memory_scan.json").write_text(json.dumps(
+        {"steps": 2, "max_length": 128, "rows": rows}))
+    report = suite_report.write_report(tmp_path).read_text()
+    assert "2 training steps per run at 128 tokens" in report
+    assert "| 16 | minilm | lora | 1,000 (1.00×) | 700 |" in report
