@@ -28,6 +28,8 @@ def test_the_table_divides_each_peak_by_lora_on_minilm_at_the_same_batch():
     assert "| 16 | mpnet | lst | 800 (0.80×) | 500 |" in lines
     assert "| 32 | mpnet | lst | 900 (0.45×) | 600 |" in lines
     assert "| 32 | minilm | lora | 2,000 (1.00×) | 1,700 |" in lines
+    assert memory_scan.bigger_under_lst(rows) == (
+        "LST on MPNet-base needs 0.80× at batch 16, 0.45× at batch 32 the peak of LoRA on MiniLM.")
 
 
 def test_the_suite_report_carries_the_scan_when_one_was_run(tmp_path):

@@ -82,6 +82,16 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def bigger_under_lst(rows: list[dict]) -> str:
+    """One line: LST on MPNet-base's peak as a multiple of LoRA on MiniLM's, per batch size."""
+    peak = {(r["model"], r["method"], r["batch_size"]): r["peak_memory_mb"] for r in rows}
+    ratios = [f"{peak['mpnet', 'lst', b] / peak['minilm', 'lora', b]:.2f}× at batch {b}"
+              for b in sorted({r["batch_size"] for r in rows})
+              if ("mpnet", "lst", b) in peak and ("minilm", "lora", b) in peak]
+    return ("LST on MPNet-base needs " + ", ".join(ratios) + " the peak of LoRA on MiniLM."
+            if ratios else "")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m laddertune.app.bench.memory_scan",
                                      description=__doc__.splitlines()[0])
@@ -110,7 +120,8 @@ def main(argv=None) -> None:
         indent=2).encode())
     lines = ["# Peak training memory by batch size (BBC News, 128 tokens, 2 steps per run)", "",
              f"Command: `python -m laddertune.app.bench.memory_scan`; {where}; one fresh "
-             "`laddertune train` process per run, one thread.", "", *table(rows), ""]
+             "`laddertune train` process per run, one thread.", "", *table(rows), "",
+             bigger_under_lst(rows), ""]
     atomic_write_bytes(out / "memory_scan.md", "\n".join(lines).encode())
     print(out / "memory_scan.md")
 

@@ -192,13 +192,13 @@ def write_report(folder: Path) -> Path:
         lines.append("")
     scan = folder / "memory_scan.json"
     if scan.is_file():
-        from .memory_scan import table
+        from .memory_scan import bigger_under_lst, table
         scanned = json.loads(scan.read_text())
         lines += ["## Peak training memory as the batch grows (memory only)", "",
                   f"`python -m laddertune.app.bench.memory_scan`: {scanned['steps']} training "
                   f"steps per run at {scanned['max_length']} tokens (BBC News), one fresh "
                   "`laddertune train` process each; see memory_scan.md.", "",
-                  *table(scanned["rows"]), ""]
+                  *table(scanned["rows"]), "", bigger_under_lst(scanned["rows"]), ""]
     if results["missing"]:
         lines += ["## Not run yet", "", "Entries of the suite whose runs have not all finished "
                   "(the suite resumes them; nothing above depends on them):", "",
