@@ -103,6 +103,8 @@ SUSPECTS = {
     "no weight decay": ["--weight-decay", "0"],
     "gates start at the ladder": ["--lst-gate-alpha-init", "-0.2"],
     "5 epochs": ["--epochs", "5"],
+    # the paper trains 10-20 epochs; cached backbone states make that cheap (dev only)
+    "10 epochs (cached backbone)": ["--epochs", "10", "--cache-backbone"],
     "head residual": ["--lst-head-residual", "true"],   # the head reads the backbone too
 }
 LAYERS = {"minilm": 6, "mpnet": 12}   # for "every layer"
