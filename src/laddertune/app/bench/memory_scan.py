@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 from ...checkpoint import atomic_write_bytes
 from .report import machine
-from .suite import DATASETS, write_data
+from .suite import DATASETS, run_command, write_data
 
 RUNS = (("minilm", "full"), ("minilm", "lora"), ("minilm", "lst"), ("mpnet", "lora"),
         ("mpnet", "lst"))
@@ -48,22 +46,17 @@ def measure(root: Path, model: str, method: str, batch_size: int, threads: int |
             again: bool = False) -> dict:
     """metrics.json of `STEPS` training steps of `method` on `model` at `batch_size` (a finished
     run is reused unless `again`)."""
-    files = write_data(DATASETS["bbc-news"], root / "data")
     out = root / f"{model}-{method}-b{batch_size}"
     if (out / "metrics.json").is_file() and not again:
         return json.loads((out / "metrics.json").read_text())
-    out.mkdir(parents=True, exist_ok=True)
-    train = _subset(files["train"], STEPS * batch_size, out.parent / f"train-{batch_size}.csv")
-    evaluation = _subset(files["dev"], 16, out.parent / "eval.csv")
-    command = [sys.executable, "-m", "laddertune.app.cli", "train", "--model", model,
-               "--method", method, "--train", str(train), "--eval", str(evaluation),
-               "--epochs", "1", "--batch-size", str(batch_size), "--max-length", str(MAX_LENGTH),
-               "--output", str(out), "--no-progress", "--overwrite"]
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env})
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{model} {method} batch {batch_size} failed: {last}")
+    files = write_data(DATASETS["bbc-news"], root / "data")
+    train = _subset(files["train"], STEPS * batch_size, root / f"train-{batch_size}.csv")
+    evaluation = _subset(files["dev"], 16, root / "eval.csv")
+    run_command([sys.executable, "-m", "laddertune.app.cli", "train", "--model", model,
+                 "--method", method, "--train", str(train), "--eval", str(evaluation),
+                 "--epochs", "1", "--batch-size", str(batch_size),
+                 "--max-length", str(MAX_LENGTH), "--output", str(out), "--no-progress",
+                 "--overwrite"], threads)
     return json.loads((out / "metrics.json").read_text())
 
 

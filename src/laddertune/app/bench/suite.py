@@ -211,12 +211,7 @@ class Suite:
         return metrics
 
     def _run(self, command: list[str]) -> subprocess.CompletedProcess:
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-            raise RuntimeError(f"{' '.join(command[2:6])} ... failed: {last}")
-        return done
+        return run_command(command, self.threads)
 
     # ---- the phases ---------------------------------------------------------------------------
 
@@ -251,6 +246,16 @@ class Suite:
                          "trainable_params": metrics["trainable_params"],
                          "all_params": metrics["all_params"]})
         return rows
+
+
+def run_command(command: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
+    """`command` run to the end (with `threads` OMP threads); its last error line if it fails."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{' '.join(command[2:6])} ... failed: {last}")
+    return done
 
 
 def sweep_rates(grid, train, rank) -> dict:
