@@ -195,8 +195,8 @@ _TWO_DUPLICATE_TEXTS = pa.Table.from_arrays([pa.array(["a", "b"]), pa.array(["x"
                                    '"label": ...}'),
     ("excel.csv", "text,label\nhi,a\n".encode("utf-16"), "is UTF-16 (Excel's 'Unicode Text'); "
                                                          "re-save it as UTF-8"),
-    ("semicolons.csv", "text;label\nhi;a\n", "has no column 'text' (it has: text;label); pass "
-                                            "--text-column NAME; the file seems separated by ';'"),
+    ("semicolons.csv", "text;label\nhi;a\n", "separates its columns with ';', not commas; "
+                                            "re-save it with commas (or with tabs, as .tsv)"),
     ("capitals.jsonl", _jsonl({"Text": "a", "Label": "x"}), "has no column 'text' (it has: Text, "
                                                             "Label); pass --text-column 'Text'"),
     ("fake.parquet", b"not parquet at all", "cannot read"),

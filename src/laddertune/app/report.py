@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
 from ..checkpoint import atomic_write_bytes
+from ..errors import DataWarning
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
                            names: list[str] | None = None) -> dict:
-    """Accuracy, macro-F1 (every class counts equally), mean cross-entropy, and per class its
-    precision, recall, F1 and support, with the confusion matrix (rows: true, columns: predicted).
+    """Accuracy, macro-F1, mean cross-entropy, and per class its precision, recall, F1 and
+    support, with the confusion matrix (rows: true, columns: predicted).
+
+    Macro-F1 is scikit-learn's `f1_score(average="macro")`: the mean F1 over the classes that the
+    eval labels or the predictions hold. A class with no eval example is listed in
+    `classes_absent_from_eval`, with a warning: its recall is undefined (None), and so are its
+    precision and F1 unless it was predicted (then both are 0, every such prediction wrong).
     """
     from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
     num_labels = probs.shape[-1]
@@ -22,15 +29,27 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
     loss = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-12)).mean()
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=classes, zero_division=0)
+    per_class = {name: {"precision": round(float(p), 6), "recall": round(float(r), 6),
+                        "f1": round(float(f), 6), "support": int(n)}
+                 for name, p, r, f, n in zip(names, precision, recall, f1, support)}
+    absent = [names[c] for c in classes if c not in set(truth)]
+    for name in absent:
+        predicted_it = names.index(name) in set(predicted)
+        per_class[name] = {"precision": per_class[name]["precision"] if predicted_it else None,
+                           "recall": None,
+                           "f1": per_class[name]["f1"] if predicted_it else None,
+                           "support": 0, "absent_from_eval": True}
+    if absent:
+        warnings.warn(f"the eval data has no example of {len(absent)} of {num_labels} classes "
+                      f"({', '.join(absent)}); macro-F1 averages over the classes it holds or "
+                      "predicts, as scikit-learn's does", DataWarning, stacklevel=2)
     return {
         "accuracy": round(sum(t == p for t, p in zip(truth, predicted)) / max(len(truth), 1), 6),
-        "macro_f1": round(float(f1_score(truth, predicted, average="macro", labels=classes,
-                                         zero_division=0)), 6),
+        "macro_f1": round(float(f1_score(truth, predicted, average="macro", zero_division=0)), 6),
         "loss": round(float(loss), 6),
         "examples": len(truth),
-        "per_class": {name: {"precision": round(float(p), 6), "recall": round(float(r), 6),
-                             "f1": round(float(f), 6), "support": int(n)}
-                      for name, p, r, f, n in zip(names, precision, recall, f1, support)},
+        "per_class": per_class,
+        "classes_absent_from_eval": absent,
         "confusion_matrix": confusion_matrix(truth, predicted, labels=classes).tolist(),
     }
 
@@ -150,8 +169,12 @@ def write_report(run_dir: Path, metrics: dict, comparison: list[dict] | None = N
     if "per_class" in ev:
         lines += ["", "### Per class", "", "| class | precision | recall | F1 | support |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {name} | {c['precision']:.4f} | {c['recall']:.4f} | {c['f1']:.4f} | "
-                  f"{c['support']} |" for name, c in ev["per_class"].items()]
+        lines += [f"| {name} | {_score(c['precision'])} | {_score(c['recall'])} | "
+                  f"{_score(c['f1'])} | {c['support']} |" for name, c in ev["per_class"].items()]
+        if ev.get("classes_absent_from_eval"):
+            lines += ["", f"No eval example of {', '.join(ev['classes_absent_from_eval'])}: "
+                          "their recall is undefined (n/a), and macro-F1 averages over the "
+                          "classes the eval data holds or the model predicts."]
         lines += ["", "![confusion matrix](confusion_matrix.png)"]
     lines += ["", "![learning curve](learning_curve.png)", ""]
     if comparison:
@@ -159,6 +182,11 @@ def write_report(run_dir: Path, metrics: dict, comparison: list[dict] | None = N
     path = run_dir / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     return path
+
+
+def _score(value: float | None) -> str:
+    """A per-class score, or n/a where it is undefined (a class with no eval example)."""
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _cell(text: str, width: int = 120) -> str:

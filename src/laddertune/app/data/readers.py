@@ -40,9 +40,13 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
         id_column: a column kept as `TextDataset.ids` when the file has it (None: ignore ids).
 
     Raises:
-        DataError: the file is missing, empty, not UTF-8 or unreadable, lacks a column, or holds
-            a value that is not a text or a class name (see the module docstring).
+        DataError: `text_column` is `label_column`; the file is missing, empty, not UTF-8 or
+            unreadable, lacks a column, or holds a value that is not a text or a class name (see
+            the module docstring).
     """
+    if text_column == label_column:   # a model that reads its label learns nothing to use
+        raise DataError(f"--text-column and --label-column both name {text_column!r}; pass the "
+                        "column that holds the texts to --text-column")
     path = check_file(source)
     table = read_table(path)
     has_ids = _check_needed(table, (text_column, "--text-column"),
@@ -134,7 +138,7 @@ def _check_columns(table: Table, needed: dict[str, str], optional: list[str]) ->
         alike = [name for name in table.columns if name.strip().casefold() == column.casefold()]
         raise DataError(f"{table.path} has no column {column!r} (it has: "
                         f"{listing(table.columns)}); pass {flag} "
-                        f"{repr(alike[0]) if alike else 'NAME'}{_separator_hint(table)}")
+                        f"{repr(alike[0]) if alike else 'NAME'}")
 
 
 def _header_looks_like_data(table: Table) -> bool:
@@ -144,15 +148,6 @@ def _header_looks_like_data(table: Table) -> bool:
                      or name in (value.strip() for value in table.values(name)[:1000])):
             return True
     return False
-
-
-def _separator_hint(table: Table) -> str:
-    if table.format == "csv" and len(table.columns) == 1:
-        for separator in ";\t|":
-            if separator in table.columns[0]:
-                return f"; the file seems separated by {separator!r}: save it with commas (.csv)"
-    return ""
-
 
 
 # ---- values -------------------------------------------------------------------------------------

@@ -78,12 +78,18 @@ def _decode(path: Path) -> str:
 
 
 def _read_csv(path: Path, text: str, delimiter: str) -> Table:
+    _check_separator(path, text, delimiter)
     lines, records = _csv_records(path, text, delimiter)
     header = [name.strip() for name in records[0]]
     if len(records) == 1:
         raise DataError(f"{path} has a header but no rows; add examples")
     separator = "tabs" if delimiter == "\t" else "commas"
     for line, fields in zip(lines[1:], records[1:]):
+        if len(fields) < len(header) and line == lines[-1]:   # a download or export cut short
+            raise DataError(f"{path} looks cut short: its last line ({line}) ends after "
+                            f"{len(fields)} of the header's {len(header)} fields "
+                            f"({listing(header)}); export or download the file again, or delete "
+                            "that line")
         if len(fields) != len(header):
             raise DataError(f"{path} line {line} has {len(fields)} fields but the header has "
                             f"{len(header)} ({listing(header)}); quote texts that contain "
@@ -93,6 +99,30 @@ def _read_csv(path: Path, text: str, delimiter: str) -> Table:
         index = header.index(column)
         return [fields[index] for fields in records[1:]]
     return Table(path, "csv", header, values, "line", lines[1:])
+
+
+_SEPARATORS = {",": "commas", "\t": "tabs", ";": "';'", "|": "'|'"}
+
+
+def _check_separator(path: Path, text: str, delimiter: str) -> None:
+    """Refuse a file whose header splits on another separator but not on its own type's: a
+    semicolon-separated file (Excel's CSV in many locales) or a TSV saved under the other name.
+    Read on, it would fail later on a quote or a field count, blamed on the wrong thing."""
+    header = next((line.strip("\r\n") for line in io.StringIO(text) if line.strip()), "")
+
+    def width(separator: str) -> int:
+        return len(next(csv.reader([header], delimiter=separator), []))
+    if width(delimiter) > 1:
+        return
+    found = max(_SEPARATORS, key=width)
+    if width(found) < 2:
+        return
+    own, other = (("commas", "tabs, as .tsv") if delimiter == "," else
+                  ("tabs", "commas, as .csv"))
+    swapped = {",": ".csv", "\t": ".tsv"}.get(found)
+    fix = (f"rename it {path.stem}{swapped}, or re-save it with {own}" if swapped
+           else f"re-save it with {own} (or with {other})")
+    raise DataError(f"{path} separates its columns with {_SEPARATORS[found]}, not {own}; {fix}")
 
 
 def _csv_records(path: Path, text: str, delimiter: str) -> tuple[list[int], list[list[str]]]:
@@ -108,13 +138,18 @@ def _csv_records(path: Path, text: str, delimiter: str) -> tuple[list[int], list
                 records.append(fields)
             start = reader.line_num + 1
     except csv.Error as err:
-        raise _csv_error(path, err, start) from None
+        # A quote left open on the last line, with no line break after it: the file was cut.
+        cut = start == reader.line_num and not text.endswith(("\n", "\r"))
+        raise _csv_error(path, err, start, cut) from None
     finally:
         csv.field_size_limit(old_limit)
     return lines, records
 
 
-def _csv_error(path: Path, err: csv.Error, line: int) -> DataError:
+def _csv_error(path: Path, err: csv.Error, line: int, cut: bool) -> DataError:
+    if "unexpected end of data" in str(err) and cut:
+        return DataError(f"{path} looks cut short: its last line ({line}) opens a quote the file "
+                         "never closes; export or download the file again, or delete that line")
     if "unexpected end of data" in str(err):
         return DataError(f"{path} line {line}: a quote opened in this row is never closed; close "
                          'it, and double any quote inside a quoted text ("")')
