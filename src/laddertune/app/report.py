@@ -29,16 +29,16 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
     loss = -torch.log(probs[torch.arange(len(labels)), labels].clamp_min(1e-12)).mean()
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=classes, zero_division=0)
-    per_class = {name: {"precision": round(float(p), 6), "recall": round(float(r), 6),
-                        "f1": round(float(f), 6), "support": int(n)}
-                 for name, p, r, f, n in zip(names, precision, recall, f1, support)}
-    absent = [names[c] for c in classes if c not in set(truth)]
-    for name in absent:
-        predicted_it = names.index(name) in set(predicted)
-        per_class[name] = {"precision": per_class[name]["precision"] if predicted_it else None,
-                           "recall": None,
-                           "f1": per_class[name]["f1"] if predicted_it else None,
-                           "support": 0, "absent_from_eval": True}
+    in_eval, in_predictions = set(truth), set(predicted)
+    per_class, absent = {}, []
+    for c, name in enumerate(names):
+        scores = {"precision": round(float(precision[c]), 6), "recall": round(float(recall[c]), 6),
+                  "f1": round(float(f1[c]), 6), "support": int(support[c])}
+        if c not in in_eval:   # no example to recall; nothing to be precise about unless predicted
+            undefined = ("recall",) if c in in_predictions else ("precision", "recall", "f1")
+            scores.update({key: None for key in undefined}, absent_from_eval=True)
+            absent.append(name)
+        per_class[name] = scores
     if absent:
         warnings.warn(f"the eval data has no example of {len(absent)} of {num_labels} classes "
                       f"({', '.join(absent)}); macro-F1 averages over the classes it holds or "
