@@ -1,11 +1,12 @@
 """Reading a data file (CSV, TSV, JSONL, JSON, parquet) as texts and labels, or prompts and targets.
 
 Everything a user can get wrong about a data file is checked before any model is loaded (the
-file and its syntax in `tables`, the rest here), and raised as a one-line `DataError` naming the
-fix and the line, row or record: a missing, empty, UTF-16 or non-UTF-8 file; a broken JSON line or
-ragged CSV row; a CSV without a header; a missing or repeated column; a text or label that is a
-list, dict or other non-scalar; a label that is a fraction (a regression target); a single class;
-labels in the eval file never seen in training.
+file and its syntax in `tables`, the classes in `labels`, the rest here), and raised as a one-line
+`DataError` naming the fix and the line, row or record: a missing, empty, UTF-16 or non-UTF-8
+file; a CSV cut short, saved with another separator, without a header, or with a ragged row; a
+broken JSON line; the label column passed as the text column; a missing or repeated column; a
+text or label that is a list, dict or other non-scalar; a label that is a fraction (a regression
+target); a single class; labels in the eval file never seen in training.
 What can be used once repaired is repaired with a one-line `DataWarning` that counts the rows:
 
 - Rows whose text is empty (or missing) are dropped from labelled data; in data to predict on they
@@ -112,7 +113,7 @@ def _pairs(table: Table, source: str, prompt_column: str, target_column: str,
                       "nothing to answer", DataWarning, stacklevel=3)
         keep = sorted(set(range(len(data))) - set(empty_targets))
         table = Table(table.path, table.format, table.columns, table.values, table.unit,
-                       [table.numbers[i] for i in keep])
+                      [table.numbers[i] for i in keep])
         data = data.select(keep, source)
     texts = _handle_empty_texts(TextDataset(data.prompts, data.targets, source, data.ids), table,
                                 prompt_column, drop=True)

@@ -222,7 +222,7 @@ def _json_table(path: Path, rows: list[dict], unit: str, numbers: Sequence[int])
         raise DataError(f"{path} has no rows; add examples")
     columns = list(dict.fromkeys(key for row in rows for key in row))   # a record may lack keys
     return Table(path, "json", columns, lambda column: [row.get(column) for row in rows], unit,
-                  numbers)
+                 numbers)
 
 
 def _read_parquet(path: Path) -> Table:
@@ -237,5 +237,5 @@ def _read_parquet(path: Path) -> Table:
     if table.num_rows == 0:
         raise DataError(f"{path} has no rows; add examples")
     return Table(path, "parquet", table.column_names,
-                  lambda column: table.column(column).to_pylist(), "row",
-                  range(1, table.num_rows + 1))
+                 lambda column: table.column(column).to_pylist(), "row",
+                 range(1, table.num_rows + 1))
