@@ -85,24 +85,6 @@ def test_measure_in_process_counts_trainable_parameters():
         result["trainable_params"] * 4 / 2**20)
 
 
-def test_cache_bench_report_states_each_target(tmp_path):
-    from laddertune.app.bench import cache_bench
-    results = {"machine": {"cpu": "x", "cores": 2, "torch": "t", "date": "d"},
-               "threads": "1", "command": "python -m laddertune.app.bench.cache_bench",
-               "epochs": {"minilm": {
-                   "no cache": {"epoch_seconds": [10.0, 10.0, 10.0], "later_vs_first": 1.0,
-                                "backbone_seconds": 20.0, "accuracy": 0.9},
-                   "cache": {"epoch_seconds": [10.0, 2.0, 2.5], "later_vs_first": 0.25,
-                             "backbone_seconds": 7.0, "accuracy": 0.9},
-                   "cache_bytes_per_example": 12345, "cache_examples": 100}},
-               "sweeps": {"minilm": {"separate_runs_seconds": 800.0, "sweep_seconds": 320.0,
-                                     "ratio": 0.4}}}
-    text = cache_bench.write(results, tmp_path).read_text()
-    assert "| minilm: cached epochs after the first ≤ 0.30× the first | 0.25× | yes |" in text
-    assert "| minilm: 8-configuration sweep ≤ 0.35× of 8 runs | 0.40× | **no** |" in text
-    assert "| minilm | 12,345 | 100 |" in text
-
-
 @pytest.mark.slow
 def test_long_sequences_are_measured_for_each_method_and_plotted(tmp_path):
     results = run_bench(_args(tmp_path, "--parts", "long", "--workloads", "tiny-llama",
