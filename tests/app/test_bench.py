@@ -10,7 +10,7 @@ import pytest
 from laddertune.app.bench import add_arguments
 from laddertune.app.bench.cli import run_bench
 from laddertune.app.bench.measure import RunSpec, measure
-from laddertune.app.bench.report import check_targets, markdown_table
+from laddertune.app.bench.report import check_expectations, markdown_table
 
 
 def _args(tmp_path, *extra):
@@ -64,12 +64,12 @@ def test_lst_saves_less_for_backward_text_to_text():
     assert lst["gradient_mib"] < full["gradient_mib"]
 
 
-def test_targets_report_misses_with_their_size():
+def test_expectations_report_misses_with_their_size():
     runs = [{"workload": "w", "method": "full", "cpu_peak_rss_mb": 100.0, "step_seconds": 1.0,
              "account": {"total_mib": 100.0}, "trainable_params": 10, "trainable_percent": 100},
             {"workload": "w", "method": "lst", "cpu_peak_rss_mb": 50.0, "step_seconds": 0.2,
              "account": {"total_mib": 20.0}, "trainable_params": 1, "trainable_percent": 10}]
-    checks = {c["target"]: c for c in check_targets(runs, "w")}
+    checks = {c["check"]: c for c in check_expectations(runs, "w")}
     measured = checks["LST peak memory (measured) / full FT"]
     assert measured["met"] is False and measured["miss"] == pytest.approx(0.25)
     assert checks["LST peak memory (account) / full FT"]["met"] is True
@@ -97,7 +97,7 @@ def test_long_sequences_are_measured_for_each_method_and_plotted(tmp_path):
     for method in ("full", "lora", "lst"):      # activations grow with the sequence
         assert saved[(512, method)] > saved[(256, method)]
     assert saved[(512, "lst")] < saved[(512, "lora")]
-    target = [t for t in results["targets"] if "at 512 tokens" in t["target"]]
-    assert len(target) == 1 and target[0]["limit"] == 0.25
+    expected = [c for c in results["expectations"] if "at 512 tokens" in c["check"]]
+    assert len(expected) == 1 and expected[0]["limit"] == 0.25
     assert (tmp_path / "long_context.png").is_file()
     assert "## Long sequences" in (tmp_path / "results.md").read_text()
