@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data import DataSpec, write_data
-from runner import comma_list, machine, read_json, timed_laddertune, write_json, write_text
+from runner import (
+    ResultFiles,
+    comma_list,
+    machine,
+    read_json,
+    timed_laddertune,
+    write_json,
+    write_text,
+)
 
 # the sweep: 4 learning rates x 2 seeds, the rates LST's usual range
 SWEEP_GRID = (("lr", ("1e-3", "3e-3", "1e-2", "3e-2")), ("seed", ("0", "1")))
@@ -159,6 +167,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max-length", type=int, default=Setup.max_length)
     parser.add_argument("--work", default="runs/cache-bench", help="where the runs go")
     parser.add_argument("--output", default="benchmarks/results/cache")
+    parser.add_argument("--again", action="store_true",
+                        help="measure again what an earlier, interrupted call finished")
     args = parser.parse_args(argv)
     setup = Setup(args.train_size, args.dev_size, args.epochs, args.max_length)
     work = Path(args.work)
@@ -167,14 +177,17 @@ def main(argv=None) -> None:
                "command": "python benchmarks/cache_bench.py " + " ".join(
                    argv if argv is not None else sys.argv[1:]),
                "setup": vars(setup), "epochs": {}, "sweeps": {}}
-    for model in comma_list(args.models):
-        results["epochs"][model] = epochs(model, work, setup)
-        print({model: results["epochs"][model]}, flush=True)
-        write(results, Path(args.output))
-    for model in comma_list(args.sweep_models):
-        results["sweeps"][model] = sweep_against_runs(model, work, setup)
-        print({model: results["sweeps"][model]}, flush=True)
-        write(results, Path(args.output))
+    # each backbone's figures in a file of their own as they finish: a rerun measures the rest
+    kept = ResultFiles(work / "results")
+    tag = f"{setup.train_size}-{setup.dev_size}-e{setup.epochs}-t{setup.max_length}"
+    for part, measure, models in (("epochs", epochs, args.models),
+                                  ("sweeps", sweep_against_runs, args.sweep_models)):
+        for model in comma_list(models):
+            key = f"{part}-{model}-{tag}"
+            found = None if args.again else kept.get(key)
+            results[part][model] = found or kept.put(key, measure(model, work, setup))
+            print({model: results[part][model]}, flush=True)
+            write(results, Path(args.output))
     print(write(results, Path(args.output)))
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from laddertune.app.bench import add_arguments
-from laddertune.app.bench.cli import run_bench
+from laddertune.app.bench.cli import output_folder, run_bench
 from laddertune.app.bench.measure import RunSpec, measure
 from laddertune.app.bench.report import check_expectations, markdown_table
 
@@ -101,3 +101,11 @@ def test_long_sequences_are_measured_for_each_method_and_plotted(tmp_path):
     assert len(expected) == 1 and expected[0]["limit"] == 0.25
     assert (tmp_path / "long_context.png").is_file()
     assert "## Long sequences" in (tmp_path / "results.md").read_text()
+
+
+def test_the_default_output_is_under_the_current_directory_not_the_source_tree():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert output_folder(parser.parse_args([])).as_posix() == "runs/bench"
+    assert output_folder(parser.parse_args(["--quick"])).as_posix() == "runs/bench-quick"
+    assert output_folder(parser.parse_args(["--output", "x"])).as_posix() == "x"

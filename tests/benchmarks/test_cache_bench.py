@@ -28,3 +28,20 @@ def test_the_cache_bench_states_each_expectation_with_its_figures(tmp_path):
         "what": "minilm: 8-configuration sweep ≤ 0.35× of 8 runs", "value": 0.4,
         "limit": 0.35, "met": False}
     assert (tmp_path / "results.md").is_file()
+
+
+def test_a_rerun_keeps_what_an_earlier_call_finished(monkeypatch, tmp_path):
+    measured = []
+
+    def epochs(model, work, setup):
+        measured.append((model, setup.epochs))
+        return {"cache": {"later_vs_first": 0.2}}
+    monkeypatch.setattr(cache_bench, "epochs", epochs)
+    monkeypatch.setattr(cache_bench, "machine", lambda: {})
+    monkeypatch.setattr(cache_bench, "write", lambda results, folder: folder)
+    args = ["--models", "minilm", "--sweep-models", "", "--work", str(tmp_path)]
+    cache_bench.main(args)
+    cache_bench.main([*args, "--models", "minilm,mpnet"])
+    assert measured == [("minilm", 3), ("mpnet", 3)]      # minilm's figures were kept
+    cache_bench.main([*args, "--epochs", "2"])
+    assert measured[-1] == ("minilm", 2)                   # other settings: measured again

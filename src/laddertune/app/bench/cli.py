@@ -70,11 +70,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def output_folder(args: argparse.Namespace) -> Path:
+    """--output, else a folder under the current directory (never inside the package)."""
+    return Path(args.output or ("runs/bench-quick" if args.quick else "runs/bench"))
+
+
 def run_bench(args: argparse.Namespace) -> dict:
     """Run the asked parts of the bench and write them to the output folder; return results."""
     parts = _split(args.parts, PARTS, "--parts") or (["table"] if args.quick
                                                       else list(DEFAULT_PARTS))
-    out_dir = Path(args.output or ("runs/bench-quick" if args.quick else "runs/bench"))
+    out_dir = output_folder(args)
     results = {}
     if args.merge and (out_dir / "results.json").exists():
         results = json.loads((out_dir / "results.json").read_text())
