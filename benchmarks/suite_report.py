@@ -74,25 +74,42 @@ def ablation_table(results: dict, dataset: str) -> list[str]:
     return lines
 
 
+def explored(entry: dict) -> list[dict]:
+    """Each suspect of an explore entry: per rate, its dev accuracy (%) and the points it gains
+    over the defaults at that rate (None where the defaults were not trained at that rate)."""
+    rates = list(next(iter(entry["suspects"].values())))
+    base = {rate: entry["defaults"].get(str(rate), entry["defaults"].get(rate)) for rate in rates}
+    rows = []
+    for suspect, by_rate in entry["suspects"].items():
+        cells = []
+        for rate in rates:
+            acc = 100 * by_rate[rate]["accuracy"]
+            b = base[rate]
+            cells.append({"lr": float(rate), "accuracy": acc,
+                          "defaults": None if b is None else 100 * b["accuracy"],
+                          "vs_defaults": None if b is None else acc - 100 * b["accuracy"]})
+        rows.append({"suspect": suspect, "flags": entry["flags"][suspect], "rates": cells})
+    return rows
+
+
 def explore_table(results: dict, dataset: str) -> list[str]:
     """Each suspect of an LST gap alone, dev accuracy at LST's chosen rate and the next up."""
-    found = [r for r in results.get("explore", {}).values() if r["dataset"] == dataset]
     lines = []
-    for r in found:
-        rates = list(next(iter(r["suspects"].values())))
-        base = [r["defaults"].get(str(rate), r["defaults"].get(rate)) for rate in rates]
-        shown = ["–" if b is None else f"{100 * b['accuracy']:.2f}" for b in base]
+    for entry in results.get("explore", {}).values():
+        if entry["dataset"] != dataset:
+            continue
+        rows = explored(entry)
+        head = rows[0]["rates"]
+        shown = ["–" if c["defaults"] is None else f"{c['defaults']:.2f}" for c in head]
         lines += ["| suspect | flags | " + " | ".join(
-                      f"dev acc % at lr {float(rate):g} (defaults: {b})"
-                      for rate, b in zip(rates, shown)) + " |",
-                  "|---|---|" + "---|" * len(rates)]
-        for suspect, by_rate in r["suspects"].items():
-            cells = []
-            for rate, b in zip(rates, base):
-                acc = 100 * by_rate[rate]["accuracy"]
-                delta = "" if b is None else f" ({acc - 100 * b['accuracy']:+.2f})"
-                cells.append(f"{acc:.2f}{delta}")
-            lines.append(f"| {suspect} | `{' '.join(r['flags'][suspect])}` | "
+                      f"dev acc % at lr {c['lr']:g} (defaults: {b})"
+                      for c, b in zip(head, shown)) + " |",
+                  "|---|---|" + "---|" * len(head)]
+        for row in rows:
+            cells = [f"{c['accuracy']:.2f}" + ("" if c["vs_defaults"] is None
+                                               else f" ({c['vs_defaults']:+.2f})")
+                     for c in row["rates"]]
+            lines.append(f"| {row['suspect']} | `{' '.join(row['flags'])}` | "
                          + " | ".join(cells) + " |")
     return lines
 

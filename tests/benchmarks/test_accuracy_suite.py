@@ -112,6 +112,12 @@ def test_each_suspect_is_tried_alone_and_reported_against_the_defaults(monkeypat
         "0.001": {"accuracy": 0.72, "macro_f1": 0.72, "loss": pytest.approx(0.28)}}
     assert explored["flags"]["r=4"] == ["--reduction-factor", "4"]
     assert explored["defaults"] == defaults
+    first = suite_report.explored(explored)[0]        # each suspect against the defaults
+    assert first["suspect"] == "r=4" and first["flags"] == ["--reduction-factor", "4"]
+    assert first["rates"] == [
+        {"lr": 3e-4, "accuracy": pytest.approx(70.0), "defaults": pytest.approx(71.0),
+         "vs_defaults": pytest.approx(-1.0)},
+        {"lr": 1e-3, "accuracy": pytest.approx(72.0), "defaults": None, "vs_defaults": None}]
 
 
 def test_finished_only_trains_nothing_and_lists_what_is_missing(monkeypatch, tmp_path):
