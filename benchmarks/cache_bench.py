@@ -163,13 +163,15 @@ def main(argv=None) -> None:
     parser.add_argument("--train-size", type=int, default=Setup.train_size,
                         help="training articles")
     parser.add_argument("--dev-size", type=int, default=Setup.dev_size, help="eval articles")
-    parser.add_argument("--epochs", type=int, default=Setup.epochs)
+    parser.add_argument("--epochs", type=int, default=Setup.epochs, help="2 or more")
     parser.add_argument("--max-length", type=int, default=Setup.max_length)
     parser.add_argument("--work", default="runs/cache-bench", help="where the runs go")
     parser.add_argument("--output", default="benchmarks/results/cache")
     parser.add_argument("--again", action="store_true",
                         help="measure again what an earlier, interrupted call finished")
     args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the cache pays off from the second epoch")
     setup = Setup(args.train_size, args.dev_size, args.epochs, args.max_length)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
