@@ -21,9 +21,12 @@ import json
 import time
 from pathlib import Path
 
-from laddertune.app.bench.report import machine  # noqa: F401  (the machine, as `laddertune bench` records it)
+from laddertune.app.bench.report import machine
 from laddertune.app.subprocess_run import CLI, ChildFailed, run_module
 from laddertune.checkpoint import atomic_write_bytes
+
+__all__ = ["RunFailed", "ResultFiles", "comma_list", "laddertune", "laddertune_json",
+           "machine", "read_json", "timed_laddertune", "write_json", "write_text"]
 
 
 class RunFailed(RuntimeError):
