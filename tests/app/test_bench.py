@@ -8,9 +8,9 @@ import json
 import pytest
 
 from laddertune.app.bench import add_arguments
-from laddertune.app.bench.cli import run_bench
+from laddertune.app.bench.cli import output_folder, run_bench
 from laddertune.app.bench.measure import RunSpec, measure
-from laddertune.app.bench.report import check_targets, markdown_table
+from laddertune.app.bench.report import check_expectations, markdown_table
 
 
 def _args(tmp_path, *extra):
@@ -64,12 +64,12 @@ def test_lst_saves_less_for_backward_text_to_text():
     assert lst["gradient_mib"] < full["gradient_mib"]
 
 
-def test_targets_report_misses_with_their_size():
+def test_expectations_report_misses_with_their_size():
     runs = [{"workload": "w", "method": "full", "cpu_peak_rss_mb": 100.0, "step_seconds": 1.0,
              "account": {"total_mib": 100.0}, "trainable_params": 10, "trainable_percent": 100},
             {"workload": "w", "method": "lst", "cpu_peak_rss_mb": 50.0, "step_seconds": 0.2,
              "account": {"total_mib": 20.0}, "trainable_params": 1, "trainable_percent": 10}]
-    checks = {c["target"]: c for c in check_targets(runs, "w")}
+    checks = {c["check"]: c for c in check_expectations(runs, "w")}
     measured = checks["LST peak memory (measured) / full FT"]
     assert measured["met"] is False and measured["miss"] == pytest.approx(0.25)
     assert checks["LST peak memory (account) / full FT"]["met"] is True
@@ -85,24 +85,6 @@ def test_measure_in_process_counts_trainable_parameters():
         result["trainable_params"] * 4 / 2**20)
 
 
-def test_cache_bench_report_states_each_target(tmp_path):
-    from laddertune.app.bench import cache_bench
-    results = {"machine": {"cpu": "x", "cores": 2, "torch": "t", "date": "d"},
-               "threads": "1", "command": "python -m laddertune.app.bench.cache_bench",
-               "epochs": {"minilm": {
-                   "no cache": {"epoch_seconds": [10.0, 10.0, 10.0], "later_vs_first": 1.0,
-                                "backbone_seconds": 20.0, "accuracy": 0.9},
-                   "cache": {"epoch_seconds": [10.0, 2.0, 2.5], "later_vs_first": 0.25,
-                             "backbone_seconds": 7.0, "accuracy": 0.9},
-                   "cache_bytes_per_example": 12345, "cache_examples": 100}},
-               "sweeps": {"minilm": {"separate_runs_seconds": 800.0, "sweep_seconds": 320.0,
-                                     "ratio": 0.4}}}
-    text = cache_bench.write(results, tmp_path).read_text()
-    assert "| minilm: cached epochs after the first ≤ 0.30× the first | 0.25× | yes |" in text
-    assert "| minilm: 8-configuration sweep ≤ 0.35× of 8 runs | 0.40× | **no** |" in text
-    assert "| minilm | 12,345 | 100 |" in text
-
-
 @pytest.mark.slow
 def test_long_sequences_are_measured_for_each_method_and_plotted(tmp_path):
     results = run_bench(_args(tmp_path, "--parts", "long", "--workloads", "tiny-llama",
@@ -115,7 +97,15 @@ def test_long_sequences_are_measured_for_each_method_and_plotted(tmp_path):
     for method in ("full", "lora", "lst"):      # activations grow with the sequence
         assert saved[(512, method)] > saved[(256, method)]
     assert saved[(512, "lst")] < saved[(512, "lora")]
-    target = [t for t in results["targets"] if "at 512 tokens" in t["target"]]
-    assert len(target) == 1 and target[0]["limit"] == 0.25
+    expected = [c for c in results["expectations"] if "at 512 tokens" in c["check"]]
+    assert len(expected) == 1 and expected[0]["limit"] == 0.25
     assert (tmp_path / "long_context.png").is_file()
     assert "## Long sequences" in (tmp_path / "results.md").read_text()
+
+
+def test_the_default_output_is_under_the_current_directory_not_the_source_tree():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert output_folder(parser.parse_args([])).as_posix() == "runs/bench"
+    assert output_folder(parser.parse_args(["--quick"])).as_posix() == "runs/bench-quick"
+    assert output_folder(parser.parse_args(["--output", "x"])).as_posix() == "x"

@@ -1,5 +1,5 @@
 """`--task generate`: tokenization and masking, training from the CLI with every method, eval,
-predict and `laddertune generate` on the runs, text-to-text classification, and bad input."""
+predict and `laddertune generate` on the runs, and bad input."""
 
 import csv
 import io
@@ -361,16 +361,3 @@ def test_generation_commands_refuse_the_other_task(workdir, capsys):
     with pytest.warns(UserWarning, match="--max-new-tokens set, but --task classify does not"):
         from laddertune.app.options import TrainConfig
         TrainConfig(max_new_tokens=5)
-
-
-def test_text_to_text_classification_is_reported_beside_a_classification_head(workdir):
-    from laddertune.app.bench.text2text import compare
-    results = compare(str(workdir / "gpt2"), str(workdir / "topics.csv"), None,
-                      workdir / "side-by-side", {"epochs": 1, "batch_size": 16, "lr": 1e-2,
-                                                 "reduction_factor": 2, "device": "cpu"})
-    classify, generate = results["runs"]
-    assert classify["task"] == "classify" and generate["task"] == "generate"
-    assert classify["exact_match"] is None and generate["exact_match"] is not None
-    assert 0 <= classify["accuracy"] <= 1 and 0 <= generate["accuracy"] <= 1
-    table = (workdir / "side-by-side" / "results.md").read_text()
-    assert "| classify |" in table and "| generate |" in table

@@ -22,8 +22,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -34,6 +32,7 @@ from .data import load_bbc_news
 from .memory import training_memory_account
 from .options import DemoConfig, TrainConfig
 from .report import _pyplot, plot_memory
+from .subprocess_run import CLI, ChildFailed, run_module
 from .trainer import TrainingRun, epoch_batches
 
 # What the demo trains on, chosen to fit 10 minutes on 2 CPU cores.
@@ -45,7 +44,7 @@ INSTRUCTION = "Write the headline of this BBC News article."
 METHOD_FLAGS = {"lst": ["--lst-head-residual", "true"], "lora": []}
 # Each method's rate: the lowest dev eval loss of 3 rates (and one past a winning end) after the
 # demo's own training, on 16 articles of the training split the demo does not train on (never
-# the eval articles): `python -m laddertune.app.bench.headline_lr`, results in
+# the eval articles): `python benchmarks/generate_lr_check.py` in the repository, results in
 # benchmarks/results/demo-generate/.
 CHOSEN_LR = {"lst": 1e-3, "lora": 3e-3}
 HEADLINE_EPOCHS = 1      # the demo's default (DemoConfig), for which CHOSEN_LR was chosen
@@ -164,18 +163,19 @@ def train_in_subprocess(base: TrainConfig, method: str, folder: Path,
     """`laddertune train --task generate` for `method` (at `lr`, by default its chosen rate,
     with `extra` flags) in a fresh process; its metrics."""
     lr = CHOSEN_LR[method] if lr is None else lr
-    command = [sys.executable, "-m", "laddertune.app.cli", "train", "--task", "generate",
-               "--model", base.model, "--train", base.train, "--eval", base.eval,
-               "--chat-template", "--method", method, "--epochs", str(base.epochs),
-               "--batch-size", str(base.batch_size), "--max-length", str(base.max_length),
-               "--max-new-tokens", str(base.max_new_tokens), "--eval-batch-size",
-               str(base.eval_batch_size), "--device", base.device, "--no-progress",
-               "--output", str(folder), "--lr", f"{lr:g}", *METHOD_FLAGS[method], *extra]
+    args = ["train", "--task", "generate", "--model", base.model, "--train", base.train,
+            "--eval", base.eval, "--chat-template", "--method", method,
+            "--epochs", str(base.epochs), "--batch-size", str(base.batch_size),
+            "--max-length", str(base.max_length), "--max-new-tokens", str(base.max_new_tokens),
+            "--eval-batch-size", str(base.eval_batch_size), "--device", base.device,
+            "--no-progress", "--output", str(folder), "--lr", f"{lr:g}", *METHOD_FLAGS[method],
+            *extra]
     if (folder / "run.json").is_file():
-        command.append("--overwrite")
-    done = subprocess.run(command)
-    if done.returncode != 0:
-        raise SystemExit(done.returncode)
+        args.append("--overwrite")
+    try:
+        run_module(CLI, args, capture=False)     # its progress and errors go to the terminal
+    except ChildFailed as failed:
+        raise SystemExit(failed.returncode or 1) from None
     return load_json(folder / "metrics.json")
 
 
@@ -235,8 +235,8 @@ def write_headline_report(out: Path, metrics: dict) -> Path:
         "",
         *results_table(metrics),
         "",
-        f"LST's ROUGE-L is {abs(gap):.1f} points {'below' if gap > 0 else 'above'} LoRA's "
-        f"(target: within 2), at {ratio:.2f}× LoRA's training memory (target: 0.5× or less).",
+        f"LST's ROUGE-L is {abs(gap):.1f} points {'below' if gap > 0 else 'above'} LoRA's, "
+        f"at {ratio:.2f}× LoRA's training memory.",
         "Training memory is the device-independent account (weights, gradients, AdamW state and "
         "what autograd keeps for backward) of one step; peak RSS is measured in each run's own "
         "process, over its training steps, less what the process held once its model was "

@@ -11,14 +11,15 @@ import json
 import time
 from pathlib import Path
 
+from ...checkpoint import atomic_write_bytes
 from ..methods import METHODS
 from .measure import RunSpec, measure_in_subprocess
 from .report import (
-    check_targets,
-    long_targets,
+    check_expectations,
+    expectations_table,
+    long_expectations,
     machine,
     markdown_table,
-    targets_table,
     write_results,
 )
 from .workloads import METHODS_BY_KIND, WORKLOADS, get_workload
@@ -44,8 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma list of {', '.join(PARTS)} (default: table, or table "
                              "and scaling without --quick); long: SmolLM2-shaped training "
                              f"memory at {', '.join(map(str, LONG_LENGTHS))} tokens (batch 1 "
-                             "unless --batch-size), device-independent account; accuracy is "
-                             "`python -m laddertune.app.bench.suite`")
+                             "unless --batch-size), device-independent account")
     parser.add_argument("--workloads", default=None,
                         help="comma list of model shapes (default: t5-base,bert-base,"
                              "smollm2-135m; --quick: t5-small,bert-base)")
@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per run")
     parser.add_argument("--output", default=None,
-                        help="results folder (default benchmarks/results; quick: runs/bench-quick)")
+                        help="results folder (default runs/bench; quick: runs/bench-quick)")
     parser.add_argument("--merge", action="store_true",
                         help="keep parts of an existing results.json that this run does not redo")
 
@@ -70,11 +70,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def output_folder(args: argparse.Namespace) -> Path:
+    """--output, else a folder under the current directory (never inside the package)."""
+    return Path(args.output or ("runs/bench-quick" if args.quick else "runs/bench"))
+
+
 def run_bench(args: argparse.Namespace) -> dict:
     """Run the asked parts of the bench and write them to the output folder; return results."""
     parts = _split(args.parts, PARTS, "--parts") or (["table"] if args.quick
                                                       else list(DEFAULT_PARTS))
-    out_dir = Path(args.output or ("runs/bench-quick" if args.quick else "benchmarks/results"))
+    out_dir = output_folder(args)
     results = {}
     if args.merge and (out_dir / "results.json").exists():
         results = json.loads((out_dir / "results.json").read_text())
@@ -104,14 +109,15 @@ def run_bench(args: argparse.Namespace) -> dict:
     if "long" in parts:
         results["long"] = long_runs(args, common, results, out_dir)
     paper = "t5-base" if any(r["workload"] == "t5-base" for r in results["runs"]) else "t5-small"
-    results.pop("accuracy", None)   # the accuracy suite has its own results (bench/suite.py)
-    results["targets"] = check_targets(results["runs"], paper) + long_targets(
+    for older in ("accuracy", "targets"):   # keys of results.json written by older versions
+        results.pop(older, None)
+    results["expectations"] = check_expectations(results["runs"], paper) + long_expectations(
         results.get("long", []))
     write_results(results, out_dir)
     print(markdown_table(results["runs"]))
-    if results["targets"]:
+    if results["expectations"]:
         print()
-        print(targets_table(results["targets"]))
+        print(expectations_table(results["expectations"]))
     print(f"\nwrote {out_dir}/results.json, results.md and plots")
     return results
 
@@ -169,8 +175,7 @@ def long_runs(args, common, results: dict, out_dir: Path) -> list[dict]:
 
 def _save_partial(results: dict, out_dir: Path) -> None:
     """results.json after every run, so an interrupted bench keeps what it measured."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=2).encode())
 
 
 def _methods(args, workload: str) -> list[str]:

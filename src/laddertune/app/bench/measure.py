@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ import torch
 
 from ..memory import current_rss_mb, peak_memory_mb, training_memory_account
 from ..methods import DEFAULT_LR, build_method, count_parameters, save_trained
+from ..subprocess_run import ChildFailed, last_json_line, run_module
 from ..trainer import Optimization, train_step
 from .workloads import get_workload
 
@@ -141,15 +141,12 @@ def _checkpoint_mb(model, method: str) -> float:
 
 def measure_in_subprocess(spec: RunSpec, timeout: float | None = None) -> dict:
     """`measure(spec)` in a fresh Python process; a failure comes back as {"error": ...}."""
-    command = [sys.executable, "-m", "laddertune.app.bench.measure", json.dumps(asdict(spec))]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**asdict(spec), "error": f"timed out after {timeout:.0f}s"}
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return {**asdict(spec), "error": last}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        stdout = run_module("laddertune.app.bench.measure", [json.dumps(asdict(spec))],
+                            timeout=timeout)
+    except ChildFailed as failed:
+        return {**asdict(spec), "error": str(failed)}
+    return last_json_line(stdout)
 
 
 def main() -> None:

@@ -8,13 +8,16 @@ import os
 import platform
 from pathlib import Path
 
+from ...checkpoint import atomic_write_bytes
+
 METHOD_ORDER = ("full", "lora", "bitfit", "prompt", "lst")
 METHOD_NAMES = {"full": "Full FT", "lora": "LoRA", "bitfit": "BitFit", "prompt": "Prompt tuning",
                 "lst": "LST"}
 
-# What the issue asks of LST on the T5-base-shaped step and on BBC News (reported, not asserted).
+# The ratios to the baselines LST is expected to stay under on the T5-base-shaped step and at
+# long sequences (reported, not asserted).
 PAPER_BATCH = 100  # the paper's T5-base GLUE batch size
-TARGETS = {"memory_vs_full": 0.25, "memory_vs_lora": 0.35, "step_vs_full": 0.40,
+EXPECTED = {"memory_vs_full": 0.25, "memory_vs_lora": 0.35, "step_vs_full": 0.40,
            "step_vs_lora": 0.60, "long_memory_vs_lora": 0.25}
 
 
@@ -92,54 +95,55 @@ def _num(value, digits: int = 0) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
-def check_targets(runs: list[dict], workload: str = "t5-base") -> list[dict]:
-    """LST against the issue's targets: value, target, met, and the miss when missed."""
+def check_expectations(runs: list[dict], workload: str = "t5-base") -> list[dict]:
+    """LST's ratios to the baselines against `EXPECTED`: value, limit, met, and the miss when
+    missed."""
     mine = _by_method(runs, workload)
     checks = []
 
-    def add(name, value, target, smaller_is_better=True):
+    def add(name, value, limit, smaller_is_better=True):
         if value is None:
             return
-        met = value <= target if smaller_is_better else value >= target
-        checks.append({"target": name, "workload": workload, "value": round(value, 3),
-                       "limit": target, "met": met,
-                       "miss": None if met else round(value - target, 3)})
+        met = value <= limit if smaller_is_better else value >= limit
+        checks.append({"check": name, "workload": workload, "value": round(value, 3),
+                       "limit": limit, "met": met,
+                       "miss": None if met else round(value - limit, 3)})
 
     lst, full, lora = mine.get("lst"), mine.get("full"), mine.get("lora")
     if lst and full:
         for label, key in (("measured", memory_of), ("account", _account_total)):
             add(f"LST peak memory ({label}) / full FT", _safe_div(key(lst), key(full)),
-                TARGETS["memory_vs_full"])
+                EXPECTED["memory_vs_full"])
         add("LST step time / full FT", _safe_div(lst.get("step_seconds"),
                                                  full.get("step_seconds")),
-            TARGETS["step_vs_full"])
+            EXPECTED["step_vs_full"])
     if lst and lora:
         for label, key in (("measured", memory_of), ("account", _account_total)):
             add(f"LST peak memory ({label}) / LoRA", _safe_div(key(lst), key(lora)),
-                TARGETS["memory_vs_lora"])
+                EXPECTED["memory_vs_lora"])
         add("LST step time / LoRA", _safe_div(lst.get("step_seconds"), lora.get("step_seconds")),
-            TARGETS["step_vs_lora"])
+            EXPECTED["step_vs_lora"])
     # At small batches the frozen weights, the same for every method, dominate the account;
     # the paper measured at batch 100. Saved activations grow linearly with the batch.
     paper = f"account at the paper's batch {PAPER_BATCH}, activations scaled linearly"
-    for other, name, target in ((full, "full FT", "memory_vs_full"),
+    for other, name, key in ((full, "full FT", "memory_vs_full"),
                                 (lora, "LoRA", "memory_vs_lora")):
         if lst and other:
             add(f"LST peak memory ({paper}) / {name}",
                 _safe_div(_account_at_batch(lst, PAPER_BATCH),
-                          _account_at_batch(other, PAPER_BATCH)), TARGETS[target])
+                          _account_at_batch(other, PAPER_BATCH)), EXPECTED[key])
     return checks
 
 
-def long_targets(long: list[dict]) -> list[dict]:
+def long_expectations(long: list[dict]) -> list[dict]:
     """LST's account against LoRA's at the longest length measured."""
     longest = max((r["seq_len"] for r in long if "error" not in r), default=None)
     at = {r["method"]: r for r in long if r.get("seq_len") == longest and "error" not in r}
     if "lst" not in at or "lora" not in at:
         return []
     value = _account_total(at["lst"]) / _account_total(at["lora"])
-    limit = TARGETS["long_memory_vs_lora"]
-    return [{"target": f"LST training memory (account) / LoRA at {longest} tokens",
+    limit = EXPECTED["long_memory_vs_lora"]
+    return [{"check": f"LST training memory (account) / LoRA at {longest} tokens",
              "workload": at["lst"]["workload"], "value": round(value, 3), "limit": limit,
              "met": value <= limit, "miss": None if value <= limit else round(value - limit, 3)}]
 
@@ -210,11 +214,11 @@ def _safe_div(a, b):
     return None if a is None or not b else a / b
 
 
-def targets_table(checks: list[dict]) -> str:
-    lines = ["| target | value | limit | met? |", "|---|---|---|---|"]
+def expectations_table(checks: list[dict]) -> str:
+    lines = ["| ratio | value | expected at most | met? |", "|---|---|---|---|"]
     for c in checks:
         verdict = "yes" if c["met"] else f"**no**, misses by {c['miss']}"
-        lines.append(f"| {c['target']} ({c['workload']}) | {c['value']} | ≤ {c['limit']} | "
+        lines.append(f"| {c['check']} ({c['workload']}) | {c['value']} | ≤ {c['limit']} | "
                      f"{verdict} |")
     return "\n".join(lines)
 
@@ -223,8 +227,8 @@ def write_results(results: dict, out_dir: Path) -> list[Path]:
     """results.json, results.md and the PNGs; returns the paths written."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-    (out_dir / "results.md").write_text(render_markdown(results))
+    atomic_write_bytes(out_dir / "results.json", json.dumps(results, indent=2).encode())
+    atomic_write_bytes(out_dir / "results.md", render_markdown(results).encode())
     written = [out_dir / "results.json", out_dir / "results.md"]
     written += plot_memory_bars(results["runs"], out_dir)
     if results.get("scaling"):
@@ -246,8 +250,9 @@ def render_markdown(results: dict) -> str:
     if results.get("long"):
         parts += ["## Long sequences: SmolLM2-135M-shaped training memory\n",
                   long_table(results["long"]), ""]
-    if results.get("targets"):
-        parts += ["## LST against the targets\n", targets_table(results["targets"]), ""]
+    if results.get("expectations"):
+        parts += ["## LST against the expected ratios\n",
+                  expectations_table(results["expectations"]), ""]
     if results.get("notes"):
         parts += ["## Notes\n", *[f"- {note}" for note in results["notes"]], ""]
     return "\n".join(parts)

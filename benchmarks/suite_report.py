@@ -1,9 +1,9 @@
 """The accuracy suite's results as people read them: tables, the targets, and accuracy against
 peak training memory (the paper's Figure 1), from the suite's JSON.
 
-``python -m laddertune.app.bench.suite_report benchmarks/results/accuracy`` merges the folder's
-suite-<data set>.json files and writes results.md, targets.json and one
-memory_vs_accuracy_<data set>.png there.
+``python benchmarks/suite_report.py benchmarks/results/accuracy`` merges the folder's
+suite-<data set>.json files (and memory_scan.json when there is one) and writes results.md,
+targets.json and one memory_vs_accuracy_<data set>.png there. The suite runs it at its end.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from runner import read_json, write_json, write_text
 
 NAMES = {"full": "Full FT", "lora": "LoRA", "adapter": "Adapters (Houlsby)", "bitfit": "BitFit",
          "prompt": "Prompt tuning", "ia3": "IA3", "lst": "LST"}
@@ -72,31 +74,48 @@ def ablation_table(results: dict, dataset: str) -> list[str]:
     return lines
 
 
+def explored(entry: dict) -> list[dict]:
+    """Each suspect of an explore entry: per rate, its dev accuracy (%) and the points it gains
+    over the defaults at that rate (None where the defaults were not trained at that rate)."""
+    rates = list(next(iter(entry["suspects"].values())))
+    base = {rate: entry["defaults"].get(str(rate), entry["defaults"].get(rate)) for rate in rates}
+    rows = []
+    for suspect, by_rate in entry["suspects"].items():
+        cells = []
+        for rate in rates:
+            acc = 100 * by_rate[rate]["accuracy"]
+            b = base[rate]
+            cells.append({"lr": float(rate), "accuracy": acc,
+                          "defaults": None if b is None else 100 * b["accuracy"],
+                          "vs_defaults": None if b is None else acc - 100 * b["accuracy"]})
+        rows.append({"suspect": suspect, "flags": entry["flags"][suspect], "rates": cells})
+    return rows
+
+
 def explore_table(results: dict, dataset: str) -> list[str]:
     """Each suspect of an LST gap alone, dev accuracy at LST's chosen rate and the next up."""
-    found = [r for r in results.get("explore", {}).values() if r["dataset"] == dataset]
     lines = []
-    for r in found:
-        rates = list(next(iter(r["suspects"].values())))
-        base = [r["defaults"].get(str(rate), r["defaults"].get(rate)) for rate in rates]
-        shown = ["–" if b is None else f"{100 * b['accuracy']:.2f}" for b in base]
+    for entry in results.get("explore", {}).values():
+        if entry["dataset"] != dataset:
+            continue
+        rows = explored(entry)
+        head = rows[0]["rates"]
+        shown = ["–" if c["defaults"] is None else f"{c['defaults']:.2f}" for c in head]
         lines += ["| suspect | flags | " + " | ".join(
-                      f"dev acc % at lr {float(rate):g} (defaults: {b})"
-                      for rate, b in zip(rates, shown)) + " |",
-                  "|---|---|" + "---|" * len(rates)]
-        for suspect, by_rate in r["suspects"].items():
-            cells = []
-            for rate, b in zip(rates, base):
-                acc = 100 * by_rate[rate]["accuracy"]
-                delta = "" if b is None else f" ({acc - 100 * b['accuracy']:+.2f})"
-                cells.append(f"{acc:.2f}{delta}")
-            lines.append(f"| {suspect} | `{' '.join(r['flags'][suspect])}` | "
+                      f"dev acc % at lr {c['lr']:g} (defaults: {b})"
+                      for c, b in zip(head, shown)) + " |",
+                  "|---|---|" + "---|" * len(head)]
+        for row in rows:
+            cells = [f"{c['accuracy']:.2f}" + ("" if c["vs_defaults"] is None
+                                               else f" ({c['vs_defaults']:+.2f})")
+                     for c in row["rates"]]
+            lines.append(f"| {row['suspect']} | `{' '.join(row['flags'])}` | "
                          + " | ".join(cells) + " |")
     return lines
 
 
 def targets(results: dict, dataset: str) -> list[dict]:
-    """The issue's targets on one data set, each met or not, with the numbers."""
+    """What LST was set to reach on one data set, each goal met or not, with the numbers."""
     by = {(r["model"], r["method"]): r["summary"] for r in _rows(results, dataset)}
     checks = []
 
@@ -156,7 +175,7 @@ def load(folder: Path) -> dict:
     """The suite results of every suite-*.json in `folder`, merged."""
     merged = {"settings": {}, "methods": {}, "ablations": {}, "explore": {}, "missing": []}
     for path in sorted(Path(folder).glob("suite-*.json")):
-        part = json.loads(path.read_text())
+        part = read_json(path)
         merged["settings"] = part["settings"]
         merged["methods"].update(part["methods"])
         merged["ablations"].update(part["ablations"])
@@ -192,10 +211,10 @@ def write_report(folder: Path) -> Path:
         lines.append("")
     scan = folder / "memory_scan.json"
     if scan.is_file():
-        from .memory_scan import bigger_under_lst, table
-        scanned = json.loads(scan.read_text())
+        from memory_scan import bigger_under_lst, table
+        scanned = read_json(scan)
         lines += ["## Peak training memory as the batch grows (memory only)", "",
-                  f"`python -m laddertune.app.bench.memory_scan`: {scanned['steps']} training "
+                  f"`python benchmarks/memory_scan.py`: {scanned['steps']} training "
                   f"steps per run at {scanned['max_length']} tokens (BBC News), one fresh "
                   "`laddertune train` process each; see memory_scan.md.", "",
                   *table(scanned["rows"]), "", bigger_under_lst(scanned["rows"]), ""]
@@ -203,9 +222,8 @@ def write_report(folder: Path) -> Path:
         lines += ["## Not run yet", "", "Entries of the suite whose runs have not all finished "
                   "(the suite resumes them; nothing above depends on them):", "",
                   *[f"- {line}" for line in results["missing"]], ""]
-    path = folder / "results.md"
-    path.write_text("\n".join(lines))
-    (folder / "targets.json").write_text(json.dumps(all_checks, indent=2))
+    path = write_text(folder / "results.md", "\n".join(lines))
+    write_json(folder / "targets.json", all_checks)
     return path
 
 

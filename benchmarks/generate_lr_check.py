@@ -7,19 +7,22 @@ scored on 16 articles of BBC News's training split that the demo never trains on
 eval articles (its test split) are never read. The lowest dev eval loss wins (16 headlines are
 too few for ROUGE-L to rank rates):
 
-    python -m laddertune.app.bench.headline_lr [--epochs N]
+    python benchmarks/generate_lr_check.py [--epochs N]
 
 writes benchmarks/results/demo-generate/lr_check.{json,md} (lr_check_N_epochs.* for N > 1);
-`demo_headlines.CHOSEN_LR` holds the winners for the demo's default epochs.
+`laddertune.app.demo_headlines.CHOSEN_LR` holds the winners for the demo's default epochs.
+Each run lives in its own folder under --work, so a check stopped half-way reuses what finished.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ..demo_headlines import (
+from accuracy_suite import sweep_rates
+from runner import machine, read_json, write_json, write_text
+
+from laddertune.app.demo_headlines import (
     CHOSEN_LR,
     HEADLINE_EPOCHS,
     METHOD_FLAGS,
@@ -27,9 +30,7 @@ from ..demo_headlines import (
     train_in_subprocess,
     write_headline_data,
 )
-from ..run_folder import data_digests
-from .report import machine
-from .suite import sweep_rates
+from laddertune.app.run_folder import data_digests
 
 RATES = {"lst": (3e-4, 1e-3, 3e-3), "lora": (1e-4, 3e-4, 1e-3)}
 # Where LST's gap to LoRA could come from, each alone at LST's chosen rate (--suspects).
@@ -71,7 +72,7 @@ def _trained(base, method: str, lr: float, work: Path) -> dict:
     suffix = "" if base.epochs == 1 else f"-e{base.epochs}"
     folder = work / f"{method}-lr{lr:g}{suffix}"
     if (folder / "metrics.json").is_file() and (folder / "run.json").is_file():
-        saved = json.loads((folder / "run.json").read_text())
+        saved = read_json(folder / "run.json")
         wanted = {"method": method, "lr": lr, "epochs": base.epochs,
                   "batch_size": base.batch_size, "max_length": base.max_length,
                   "max_new_tokens": base.max_new_tokens,
@@ -79,7 +80,7 @@ def _trained(base, method: str, lr: float, work: Path) -> dict:
                   "head_residual": "--lst-head-residual" in METHOD_FLAGS[method]}
         saved["head_residual"] = bool((saved.get("lst_settings") or {}).get("head_residual"))
         if all(saved.get(key) == value for key, value in wanted.items()):
-            return json.loads((folder / "metrics.json").read_text())
+            return read_json(folder / "metrics.json")
     return train_in_subprocess(base, method, folder, lr=lr)
 
 
@@ -87,13 +88,20 @@ def _scores(metrics: dict) -> dict:
     return {k: metrics["eval"][k] for k in ("loss", "rouge_l", "exact_match", "token_f1")}
 
 
+def stale_choices(results: dict) -> dict:
+    """{method: rate} where this check, at the demo's default epochs, chose another rate than
+    the demo uses (`CHOSEN_LR`)."""
+    if results.get("epochs", 1) != HEADLINE_EPOCHS:
+        return {}
+    return {m: lr for m, lr in results["chosen"].items() if CHOSEN_LR.get(m) != lr}
+
+
 def write(results: dict, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     epochs = results.get("epochs", 1)
     name = "lr_check" if epochs == 1 else f"lr_check_{epochs}_epochs"
-    (folder / f"{name}.json").write_text(json.dumps(results, indent=2))
+    write_json(folder / f"{name}.json", results)
     lines = [f"# The demo's learning rates, chosen on a dev split ({epochs} epoch(s))", "",
-             f"`python -m laddertune.app.bench.headline_lr --epochs {epochs}`: each method "
+             f"`python benchmarks/generate_lr_check.py --epochs {epochs}`: each method "
              "trains as `laddertune demo --task generate` trains it, scored on 16 "
              "training-split articles the demo does not train on; the lowest dev eval loss "
              "wins.", "",
@@ -109,32 +117,27 @@ def write(results: dict, folder: Path) -> Path:
                 RATES[method]):
             lines += ["", f"{method}'s rate won at the end of the rates tried (one past its "
                       "grid); a higher one was not tried."]
-    stale = {m: lr for m, lr in results["chosen"].items() if CHOSEN_LR.get(m) != lr}
-    if stale and epochs == HEADLINE_EPOCHS:
+    stale = stale_choices(results)
+    if stale:
         lines += ["", f"demo_headlines.CHOSEN_LR differs from this check: {stale}; update it."]
-    path = folder / f"{name}.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(folder / f"{name}.md", "\n".join(lines))
 
 
 def write_suspects(rows: list[dict], folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "lst_suspects.json").write_text(json.dumps(rows, indent=2))
+    write_json(folder / "lst_suspects.json", rows)
     lines = ["# LST's gap to LoRA on the headline task: capacity", "",
-             "`python -m laddertune.app.bench.headline_lr --suspects`: LST (head_residual) at "
+             "`python benchmarks/generate_lr_check.py --suspects`: LST (head_residual) at "
              "its chosen rate with a wider side network, on the same 16 dev articles as "
              "lr_check.md (r = 8 there).", "",
              "| suspect | flags | epochs | trainable params | dev eval loss | dev ROUGE-L |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['suspect']} | `{' '.join(r['flags'])}` | {r['epochs']} | "
               f"{r['trainable_params']:,} | {r['loss']:.4f} | {r['rouge_l']:.4f} |" for r in rows]
-    path = folder / "lst_suspects.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_text(folder / "lst_suspects.md", "\n".join(lines))
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m laddertune.app.bench.headline_lr",
+    parser = argparse.ArgumentParser(prog="python benchmarks/generate_lr_check.py",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/headline-lr")
     parser.add_argument("--output", default="benchmarks/results/demo-generate")

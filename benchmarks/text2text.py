@@ -1,10 +1,11 @@
 """The paper's text-to-text classification beside a classification head, on the same data.
 
-``python -m laddertune.app.bench.text2text --model smollm2 --train tweet-sentiment`` trains the
-same model and method twice through `laddertune train`: ``--task classify`` (a new head reads
-the side network) and ``--task generate`` (the frozen LM head answers each text with its
+``python benchmarks/text2text.py --model smollm2 --train tweet-sentiment`` trains the same model
+and method twice, each `laddertune train` in its own process: ``--task classify`` (a new head
+reads the side network) and ``--task generate`` (the frozen LM head answers each text with its
 label's word, scored by exact match), then writes results.json and results.md side by side.
-``--settings '{"epochs": 2}'`` sets further `laddertune train` settings for both.
+``--settings '{"epochs": 2}'`` sets further `laddertune train` flags for both (``max_length``
+is ``--max-length``).
 """
 
 from __future__ import annotations
@@ -13,35 +14,45 @@ import argparse
 import json
 from pathlib import Path
 
-from ...checkpoint import save_json
-from ..cli import train_config
-from ..trainer import train
-from .report import machine
+from runner import laddertune, machine, read_json, write_json, write_text
 
 COLUMNS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("exact_match", "exact match"),
            ("loss", "eval loss"))
 
 
+def flags(settings: dict) -> list[str]:
+    """{"max_length": 48, "cache_backbone": True} -> ["--max-length", "48", "--cache-backbone"]."""
+    out = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        out += [flag] if value is True else [flag, str(value)]
+    return out
+
+
 def compare(model: str, train_data: str, eval_data: str | None, out: Path,
-            extra: dict | None = None, work: Path | None = None) -> dict:
-    """Train `model` on `train_data` with --task classify and --task generate; the results."""
+            extra: dict | None = None, work: Path | None = None,
+            threads: int | None = None, in_process: bool = False) -> dict:
+    """Train `model` on `train_data` with --task classify and --task generate; the results.
+    `in_process`: both runs in this process (tests; their memory figures then overlap)."""
     rows = []
     for task in ("classify", "generate"):
-        explicit = {"model": model, "train": train_data, "task": task, "progress": False,
-                    "output": str((work or out) / task), **(extra or {})}
+        folder = (work or out) / task
+        args = ["train", "--model", model, "--train", train_data, "--task", task,
+                "--no-progress", "--output", folder, *flags(extra or {})]
         if eval_data:
-            explicit["eval"] = eval_data
-        if ((work or out) / task / "run.json").is_file():
-            explicit["overwrite"] = True
-        metrics = train(train_config(explicit))
+            args += ["--eval", eval_data]
+        if (folder / "run.json").is_file():
+            args.append("--overwrite")
+        laddertune(*args, threads=threads, in_process=in_process)
+        metrics = read_json(folder / "metrics.json")
         rows.append({"task": task, **{key: metrics["eval"].get(key) for key, _ in COLUMNS},
                      **{key: metrics[key] for key in (
                          "trainable_params", "train_seconds", "step_seconds",
                          "training_memory_mb", "method", "epochs", "lr")}})
     results = {"model": model, "train": train_data, "eval": eval_data, "settings": extra or {},
                "machine": machine(), "runs": rows}
-    save_json(results, out / "results.json")
-    (out / "results.md").write_text(render(results))
+    write_json(out / "results.json", results)
+    write_text(out / "results.md", render(results))
     return results
 
 
@@ -64,12 +75,13 @@ def render(results: dict) -> str:
               "answers with the label's word through the frozen LM head (accuracy: the answer "
               "is the right word exactly; exact match after SQuAD's normalisation). Training "
               "memory is each run's peak less what its process held before the model loaded, "
-              "both runs in one process, so read the second with care.", ""]
+              "each run in its own process.", ""]
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python benchmarks/text2text.py",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--train", default="tweet-sentiment")
     parser.add_argument("--eval", default=None)
@@ -77,11 +89,12 @@ def main(argv=None) -> None:
                         help="where results.json and results.md go")
     parser.add_argument("--work", default="runs/text2text", help="where the two runs go")
     parser.add_argument("--settings", default="{}",
-                        help='JSON of further train settings for both runs, e.g. '
+                        help='JSON of further train flags for both runs, e.g. '
                              '\'{"epochs": 2, "max_length": 48}\'')
+    parser.add_argument("--threads", type=int, default=None, help="OMP threads per run")
     args = parser.parse_args(argv)
     results = compare(args.model, args.train, args.eval, Path(args.output),
-                      json.loads(args.settings), Path(args.work))
+                      json.loads(args.settings), Path(args.work), args.threads)
     print(render(results))
 
 

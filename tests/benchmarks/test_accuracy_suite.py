@@ -5,23 +5,24 @@ from __future__ import annotations
 import csv
 import json
 
+import accuracy_suite as suite
+import data
 import pytest
-
-from laddertune.app.bench import suite, suite_report
+import suite_report
 
 
 def test_data_files_are_disjoint_stratified_and_written_once(tmp_path):
-    spec = suite.DataSpec("bbc-news", 100, 50, None, 64)
-    paths = suite.write_data(spec, tmp_path)
+    spec = data.DataSpec("bbc-news", 100, 50, None, 64)
+    paths = data.write_data(spec, tmp_path)
     rows = {split: list(csv.DictReader(open(path))) for split, path in paths.items()}
     assert (len(rows["train"]), len(rows["dev"]), len(rows["test"])) == (100, 50, 445)
     ids = [{r["id"] for r in rows[split]} for split in ("train", "dev", "test")]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     assert len({r["label"] for r in rows["dev"]}) == 5          # every class on every side
     stamp = paths["train"].stat().st_mtime_ns
-    suite.write_data(spec, tmp_path)
+    data.write_data(spec, tmp_path)
     assert paths["train"].stat().st_mtime_ns == stamp           # reused, not rewritten
-    suite.write_data(suite.DataSpec("bbc-news", 60, 50, None, 64), tmp_path)
+    data.write_data(data.DataSpec("bbc-news", 60, 50, None, 64), tmp_path)
     assert len(list(csv.DictReader(open(paths["train"])))) == 60  # another spec: rewritten
 
 
@@ -77,15 +78,19 @@ def test_report_states_each_target_with_its_numbers(tmp_path):
         "d/mpnet/lst": _entry("mpnet", "lst", 91.0, 800),
     }}
     (tmp_path / "suite-d.json").write_text(json.dumps(results))
-    report = suite_report.write_report(tmp_path).read_text()
+    suite_report.write_report(tmp_path)
     checks = {c["target"]: c for c in json.loads((tmp_path / "targets.json").read_text())}
-    assert checks["LST on MiniLM within 1.0 point of full fine-tuning"]["met"] is True
+    assert checks["LST on MiniLM within 1.0 point of full fine-tuning"] == {
+        "dataset": "d", "target": "LST on MiniLM within 1.0 point of full fine-tuning",
+        "met": True, "detail": "full 90.00 ± 0.50, LST 89.50 ± 0.50: gap +0.50"}
     assert checks["LST at least as accurate as LoRA on minilm"]["met"] is True
     assert checks["LST on MPNet more accurate than every MiniLM method"]["met"] is True
-    assert checks["LST on MPNet below LoRA-on-MiniLM's peak memory"]["met"] is False
-    assert "800 vs 700 MiB" in report and "| **no** |" in report
+    memory = checks["LST on MPNet below LoRA-on-MiniLM's peak memory"]
+    assert memory["met"] is False and memory["detail"] == "800 vs 700 MiB"
     assert (tmp_path / "memory_vs_accuracy_d.png").stat().st_size > 1000
-    assert "| MiniLM-L6 (22.7M) | LST | 0.001 | 90.00 | 89.50 ± 0.50 |" in report
+    rows = suite_report._rows(suite_report.load(tmp_path), "d")     # the report's row order
+    assert [(r["model"], r["method"]) for r in rows] == [
+        ("minilm", "full"), ("minilm", "lora"), ("minilm", "lst"), ("mpnet", "lst")]
 
 
 def test_each_suspect_is_tried_alone_and_reported_against_the_defaults(monkeypatch, tmp_path):
@@ -100,10 +105,19 @@ def test_each_suspect_is_tried_alone_and_reported_against_the_defaults(monkeypat
                                  "defaults": defaults, "flags": suite.SUSPECTS,
                                  "suspects": found}}}
     (tmp_path / "suite-d.json").write_text(json.dumps(results))
-    report = suite_report.write_report(tmp_path).read_text()
-    assert "dev acc % at lr 0.0003 (defaults: 71.00) | dev acc % at lr 0.001 (defaults: –)" \
-        in report
-    assert "| r=4 | `--reduction-factor 4` | 70.00 (-1.00) | 72.00 |" in report
+    suite_report.write_report(tmp_path)
+    explored = suite_report.load(tmp_path)["explore"]["d/minilm"]  # what the table is built from
+    assert explored["suspects"]["r=4"] == {
+        "0.0003": {"accuracy": 0.70, "macro_f1": 0.70, "loss": pytest.approx(0.30)},
+        "0.001": {"accuracy": 0.72, "macro_f1": 0.72, "loss": pytest.approx(0.28)}}
+    assert explored["flags"]["r=4"] == ["--reduction-factor", "4"]
+    assert explored["defaults"] == defaults
+    first = suite_report.explored(explored)[0]        # each suspect against the defaults
+    assert first["suspect"] == "r=4" and first["flags"] == ["--reduction-factor", "4"]
+    assert first["rates"] == [
+        {"lr": 3e-4, "accuracy": pytest.approx(70.0), "defaults": pytest.approx(71.0),
+         "vs_defaults": pytest.approx(-1.0)},
+        {"lr": 1e-3, "accuracy": pytest.approx(72.0), "defaults": None, "vs_defaults": None}]
 
 
 def test_finished_only_trains_nothing_and_lists_what_is_missing(monkeypatch, tmp_path):
@@ -116,8 +130,8 @@ def test_finished_only_trains_nothing_and_lists_what_is_missing(monkeypatch, tmp
     assert calls == [] and results["methods"] == {}
     assert results["missing"] == ["methods bbc-news/minilm/lora: bbc-news/minilm-lora-lr1e-4-s0 "
                                   "has not finished"]
-    report = suite_report.write_report(tmp_path / "out").read_text()
-    assert "## Not run yet" in report and "minilm-lora-lr1e-4-s0" in report
+    suite_report.write_report(tmp_path / "out")
+    assert suite_report.load(tmp_path / "out")["missing"] == results["missing"]
 
 
 @pytest.mark.parametrize("method", sorted(suite.LR_GRIDS))
