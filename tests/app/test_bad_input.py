@@ -446,3 +446,13 @@ def test_predict_refuses_an_id_column_the_file_lacks(files, finished, tmp_path, 
                  "--id-column", "nope", "--output", str(out)]) == 2
     assert "has no column 'nope' (it has: text, label)" in one_line_error(capsys)
     assert not out.exists()
+
+
+def test_a_refused_sweep_leaves_no_lock_and_no_folder(files, tmp_path, capsys):
+    (tmp_path / "cols.csv").write_text("body,label\nmatch goal,sport\nbank price,money\n")
+    code = main(["sweep", "--model", str(files / "tiny"), "--train", str(tmp_path / "cols.csv"),
+                 "--output", str(tmp_path / "out" / "sweep"), "--grid", "lr=1e-3,3e-3",
+                 "--no-progress", "--device", "cpu"])
+    assert code == 2
+    assert "has no column 'text'" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cols.csv"]
