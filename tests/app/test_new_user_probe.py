@@ -592,7 +592,7 @@ def _has_scores(folder, key: str) -> None:
 
 
 def _one_answer(stdout: str) -> None:
-    assert stdout.endswith("\n") and stdout.count("\n") >= 1
+    assert stdout.endswith("\n") and stdout.count("\n") == 1     # the answer, on one line
 
 
 def _sweep_runs(folder: Path, count: int) -> None:

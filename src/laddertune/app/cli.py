@@ -172,9 +172,6 @@ def run_predict(args) -> int:
     if path.is_dir():
         raise UsageError(f"--output {path} is a folder; pass a file path such as "
                          f"{path / 'predictions.csv'}")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise UsageError(f"--output {path}: {path.parent} is a file, not a folder; pass a path "
-                         "in a folder")
     if Path(config.data).exists() and path.resolve() == Path(config.data).resolve():
         raise UsageError(f"--output {path} is the --data file; predictions would overwrite "
                          "it, so pass another path")
@@ -183,7 +180,7 @@ def run_predict(args) -> int:
         _check_id_column(config.data, config.id_column)
     if _is_generate_run(config):
         model, task, _, data, encoded = _load_generate_run(config, need_targets=False)
-        return _predict_generated(config, args, model, task, data, encoded, path)
+        return _predict_generated(config, model, task, data, encoded, path)
     model, tokenizer, info, data, encoded = _load_for_inference(config, need_labels=False)
     probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
                           pick_device(config.device))
@@ -214,7 +211,7 @@ def _check_id_column(data: str, id_column: str) -> None:
                          "one of those to --id-column, or drop it to number the rows")
 
 
-def _predict_generated(config, args, model, task, data, encoded, path: Path) -> int:
+def _predict_generated(config, model, task, data, encoded, path: Path) -> int:
     """A generate run's answers: an id (or row) column, `generated`, and for a run trained on
     a classification file the `label` the answer names (blank when it names none)."""
     from ..checkpoint import atomic_write_bytes

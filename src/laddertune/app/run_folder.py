@@ -13,6 +13,8 @@ Rules:
   old run stays whole until then; an interrupted overwrite leaves the old run as it was.
 - Writes go through temporary files that are renamed into place; temporaries a killed process
   left behind are removed when the folder is next used.
+- A refusal leaves nothing behind: an --output that cannot be made is refused before anything
+  is written, and a refusal under the lock lets the lock go and removes the folders made for it.
 """
 
 from __future__ import annotations
@@ -260,9 +262,9 @@ def check_can_write(path: Path, flag: str = "--output") -> None:
         place = place.parent
     if not place.is_dir():
         raise UsageError(f"{flag} {path} cannot be made: {place} is a file, not a folder; pass "
-                         "a path whose folders are folders")
-    try:
-        tempfile.TemporaryFile(dir=place).close()   # the one sure test: make a nameless file
+                         "a path in a folder")
+    try:   # the sure test (os.access says yes to root even in /proc): make a nameless file
+        tempfile.TemporaryFile(dir=place).close()
     except OSError as err:
         raise UsageError(f"{flag} {path} cannot be written: {place} takes no new files "
                          f"({err.strerror}); pass a path in a folder you can write to") from None
