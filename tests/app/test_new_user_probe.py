@@ -496,6 +496,11 @@ CASES = [
                                  "paper", "--cache-backbone"), 2,
          "--lst-preset paper turns on backbone dropout, which changes them every step; drop "
          "--cache-backbone, or add --lst-backbone-dropout false"),
+    case("86-paper-cache-fixed", train("--train", "{I}/good.jsonl", "--output", "{O}",
+                                       "--lst-preset", "paper", "--cache-backbone",
+                                       "--lst-backbone-dropout", "false",
+                                       "--cache-dir", "{O}-cache"), 0, "saved",
+         check=run_labels("money", "sport", "tech")),
     case("87-batch-huge", train("--train", "{I}/good.jsonl", "--output", "{O}", "--batch-size",
                                 "100000"), 0, "saved", check=run_labels("money", "sport", "tech")),
     case("88-predict-builtin", ["predict", "--checkpoint", "{RA}", "--data", "{I}/good.jsonl",

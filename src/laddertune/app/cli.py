@@ -175,7 +175,7 @@ def run_predict(args) -> int:
     if Path(config.data).exists() and path.resolve() == Path(config.data).resolve():
         raise UsageError(f"--output {path} is the --data file; predictions would overwrite "
                          "it, so pass another path")
-    check_can_write(path.expanduser().resolve())
+    check_can_write(path)
     if "id_column" in explicit_values(args, PredictConfig):
         _check_id_column(config.data, config.id_column)
     if _is_generate_run(config):
