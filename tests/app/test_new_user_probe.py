@@ -12,6 +12,7 @@ positions for case 24.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -39,16 +40,16 @@ def train(*args, model="{tiny}"):
 
 def write_inputs(folder: Path) -> None:
     rows = topic_rows(36, seed=0)
-    text = lambda name, content: (folder / name).write_text(content, encoding="utf-8")  # noqa: E731
+
+    def text(name, content):
+        (folder / name).write_text(content, encoding="utf-8")
 
     def csv_text(rows, delimiter=",", header=("text", "label")):
-        lines = [delimiter.join(header)]
-        out = []
-        for row in rows:
-            handle = _StringWriter()
-            csv.writer(handle, delimiter=delimiter, lineterminator="").writerow(list(row))
-            out.append(handle.text)
-        return "\n".join(lines + out) + "\n"
+        handle = io.StringIO()
+        writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        return handle.getvalue()
 
     pairs = [(r["text"], r["label"]) for r in rows]
     text("good.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -103,14 +104,6 @@ def write_inputs(folder: Path) -> None:
     shutil.copy(folder / "good.jsonl", folder / UNICODE / "trâin data.jsonl")
 
 
-class _StringWriter:
-    def __init__(self):
-        self.text = ""
-
-    def write(self, s):
-        self.text += s
-
-
 # ---- shared runs ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -144,7 +137,6 @@ def probe(tmp_path_factory):
 def _run(argv):
     """Run the CLI, returning (exit code, stdout, stderr)."""
     import contextlib
-    import io
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(argv)
