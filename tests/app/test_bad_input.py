@@ -383,3 +383,76 @@ def test_run_json_with_edited_labels_is_refused(files, finished, tmp_path, capsy
                  "--output", str(tmp_path / "p.csv")]) == 2
     assert "lists labels ['a']" in one_line_error(capsys)
     assert not (tmp_path / "p.csv").exists()
+
+
+# ---- refusals leave nothing: no lock, no folder, no temporary file -----------------------------
+
+def test_a_refusal_under_missing_folders_makes_none_of_them(files, tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "run"
+    assert train(files, out, "--resume") == 2
+    assert "nothing to resume" in one_line_error(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_refused_destination_lets_its_lock_go_at_once(files, finished):
+    """The refusal comes after the lock is taken; it must be released (and its file removed)
+    before the error reaches the caller, not when the process ends."""
+    from laddertune.app.options import TrainConfig, UsageError
+    from laddertune.app.run_folder import Destination
+    cfg = TrainConfig(train=str(files / "train.csv"), output=str(finished))
+    for _ in range(2):                  # a lock still held would make the second one 'in use'
+        with pytest.raises(UsageError, match="already holds a run"):
+            Destination(cfg)
+    assert [p.name for p in finished.parent.glob(".*.lock")] == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs Linux's /proc")
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_an_output_in_a_folder_that_takes_no_files_is_one_line(files, finished, capsys, command):
+    if command == "train":
+        code = train(files, "/proc/laddertune-run")
+    else:
+        code = main(["predict", "--checkpoint", str(finished), "--data", str(files / "eval.csv"),
+                     "--output", "/proc/predictions.csv"])
+    assert code == 2
+    line = one_line_error(capsys)
+    assert "/proc takes no new files" in line and "a folder you can write to" in line
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_an_output_below_a_file_is_one_line(files, finished, tmp_path, capsys, command):
+    (tmp_path / "afile").write_text("keep me")
+    below = tmp_path / "afile" / "sub"
+    if command == "train":
+        code = train(files, below)
+    else:
+        code = main(["predict", "--checkpoint", str(finished), "--data", str(files / "eval.csv"),
+                     "--output", str(below / "p.csv")])
+    assert code == 2
+    assert "afile is a file, not a folder" in one_line_error(capsys)
+    assert (tmp_path / "afile").read_text() == "keep me"
+
+
+def test_predict_makes_the_missing_folders_of_its_output_as_train_does(files, finished, tmp_path):
+    out = tmp_path / "new" / "p.csv"
+    assert main(["predict", "--checkpoint", str(finished), "--data", str(files / "eval.csv"),
+                 "--output", str(out)]) == 0
+    assert len(out.read_text().splitlines()) == 1 + 24
+
+
+def test_predict_refuses_an_id_column_the_file_lacks(files, finished, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--checkpoint", str(finished), "--data", str(files / "eval.csv"),
+                 "--id-column", "nope", "--output", str(out)]) == 2
+    assert "has no column 'nope' (it has: text, label)" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_a_refused_sweep_leaves_no_lock_and_no_folder(files, tmp_path, capsys):
+    (tmp_path / "cols.csv").write_text("body,label\nmatch goal,sport\nbank price,money\n")
+    code = main(["sweep", "--model", str(files / "tiny"), "--train", str(tmp_path / "cols.csv"),
+                 "--output", str(tmp_path / "out" / "sweep"), "--grid", "lr=1e-3,3e-3",
+                 "--no-progress", "--device", "cpu"])
+    assert code == 2
+    assert "has no column 'text'" in one_line_error(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cols.csv"]

@@ -28,7 +28,7 @@ from .options import (
     add_arguments,
     explicit_values,
 )
-from .run_folder import RunFolder
+from .run_folder import RunFolder, check_can_write
 
 EPILOG = """examples:
   laddertune demo
@@ -172,23 +172,20 @@ def run_predict(args) -> int:
     if path.is_dir():
         raise UsageError(f"--output {path} is a folder; pass a file path such as "
                          f"{path / 'predictions.csv'}")
-    if path.parent.exists() and not path.parent.is_dir():
-        raise UsageError(f"--output {path}: {path.parent} is a file, not a folder; pass a path "
-                         "in a folder")
     if Path(config.data).exists() and path.resolve() == Path(config.data).resolve():
         raise UsageError(f"--output {path} is the --data file; predictions would overwrite "
                          "it, so pass another path")
+    check_can_write(path)
+    if "id_column" in explicit_values(args, PredictConfig):
+        _check_id_column(config.data, config.id_column)
     if _is_generate_run(config):
         model, task, _, data, encoded = _load_generate_run(config, need_targets=False)
-        return _predict_generated(config, args, model, task, data, encoded, path)
+        return _predict_generated(config, model, task, data, encoded, path)
     model, tokenizer, info, data, encoded = _load_for_inference(config, need_labels=False)
     probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
                           pick_device(config.device))
     names = info["labels"]
     ids = data.ids
-    if ids is None and "id_column" in explicit_values(args, PredictConfig):
-        warnings.warn(f"{config.data} has no column {config.id_column!r}; predictions are "
-                      "numbered by row instead", LSTWarning, stacklevel=1)
     handle = io.StringIO()
     writer = csv.writer(handle)
     writer.writerow([config.id_column if ids else "row", "label",
@@ -202,7 +199,19 @@ def run_predict(args) -> int:
     return 0
 
 
-def _predict_generated(config, args, model, task, data, encoded, path: Path) -> int:
+def _check_id_column(data: str, id_column: str) -> None:
+    """An --id-column the file lacks is refused, not replaced by row numbers unasked."""
+    from .data import BUILTIN, columns
+    if data in BUILTIN:
+        raise UsageError(f"{data} is a built-in data set without ids; drop --id-column (rows "
+                         "are numbered)")
+    have = columns(data)
+    if id_column not in have:
+        raise UsageError(f"{data} has no column {id_column!r} (it has: {', '.join(have)}); pass "
+                         "one of those to --id-column, or drop it to number the rows")
+
+
+def _predict_generated(config, model, task, data, encoded, path: Path) -> int:
     """A generate run's answers: an id (or row) column, `generated`, and for a run trained on
     a classification file the `label` the answer names (blank when it names none)."""
     from ..checkpoint import atomic_write_bytes
@@ -210,9 +219,6 @@ def _predict_generated(config, args, model, task, data, encoded, path: Path) -> 
     answers = task.generate_texts(model, encoded.prompt_ids, pick_device(config.device),
                                   config.batch_size)
     ids = data.ids
-    if ids is None and "id_column" in explicit_values(args, PredictConfig):
-        warnings.warn(f"{config.data} has no column {config.id_column!r}; answers are "
-                      "numbered by row instead", LSTWarning, stacklevel=1)
     by_word = {word: label for label, word in (task.words or {}).items()}
     handle = io.StringIO()
     writer = csv.writer(handle)
@@ -233,6 +239,9 @@ def run_generate(args) -> int:
     from .runtime import pick_device
     config = GenerateConfig(**explicit_values(args, GenerateConfig))
     prompt = sys.stdin.read() if config.prompt == "-" else config.prompt
+    if not prompt.strip():
+        raise UsageError("the prompt is empty; pass the text to complete with --prompt TEXT (or "
+                         "--prompt - to read it from standard input)")
     info = RunFolder(config.checkpoint).info()
     if info.get("task") != "generate":
         raise UsageError(f"{config.checkpoint} is a --task classify run, which labels texts; "

@@ -190,6 +190,11 @@ class TrainConfig:
             raise UsageError("--cache-backbone stores what the ladders read, not the backbone's "
                              "final state that --lst-head-residual adds; drop one of them")
         if self.cache_backbone and lst.backbone_dropout:
+            if "backbone_dropout" not in self.lst:   # the paper preset turned it on
+                raise UsageError("--cache-backbone needs fixed backbone states, but --lst-preset "
+                                 "paper turns on backbone dropout, which changes them every "
+                                 "step; drop --cache-backbone, or add --lst-backbone-dropout "
+                                 "false")
             raise UsageError("--cache-backbone needs fixed backbone states, but "
                              "--lst-backbone-dropout true changes them every step; drop one")
         self._warn_unused()

@@ -13,6 +13,8 @@ Rules:
   old run stays whole until then; an interrupted overwrite leaves the old run as it was.
 - Writes go through temporary files that are renamed into place; temporaries a killed process
   left behind are removed when the folder is next used.
+- A refusal leaves nothing behind: an --output that cannot be made is refused before anything
+  is written, and a refusal under the lock lets the lock go and removes the folders made for it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
+import tempfile
 import threading
 from pathlib import Path
 
@@ -118,17 +121,28 @@ class Destination:
         path = self.target.path
         if path.exists() and not path.is_dir():
             raise UsageError(f"--output {path} is a file, not a folder; pass a folder path")
-        self.is_main, self._lock = is_main, None
-        if is_main:
-            self._lock = _lock(path)
-            _recover_interrupted_swap(path)
+        check_can_write(path)
+        self.is_main, self._lock, self._made = is_main, None, []
+        try:   # a refusal below lets the lock go, and the folders made for it
+            if is_main:
+                self._made = _make_folders(path.parent)
+                self._lock = _lock(path)
+                _recover_interrupted_swap(path)
+            self._choose_folder(cfg)
+        except BaseException:
+            self.close()
+            raise
+
+    def _choose_folder(self, cfg: TrainConfig) -> None:
+        """Train in the target, or beside it for an overwrite; refuse what would mix runs."""
+        path = self.target.path
         self.resuming = False
         self.folder = self.target
         self.fresh = not path.exists()   # made by this run: removable if the run fails
         if self.target.holds_run():
             if cfg.overwrite:
                 self.folder = RunFolder(_sibling(path, "overwrite"))
-                if is_main:
+                if self.is_main:
                     shutil.rmtree(self.folder.path, ignore_errors=True)   # a killed overwrite's
                 self.fresh = True
             elif cfg.resume:
@@ -209,11 +223,18 @@ class Destination:
             shutil.rmtree(self.folder.checkpoint_dir, ignore_errors=True)
 
     def close(self) -> None:
-        """Let another `train` use the folder; the lock file goes too."""
+        """Let another `train` use the folder; the lock file goes too, and so do the folders
+        made for it that stayed empty (a refused or abandoned run leaves nothing)."""
         if self._lock is not None:
             Path(self._lock.name).unlink(missing_ok=True)
             self._lock.close()
             self._lock = None
+        for folder in self._made:          # deepest first
+            try:
+                folder.rmdir()
+            except OSError:                # not empty: it holds the run, or other files
+                break
+        self._made = []
 
 
 def data_digests(cfg: TrainConfig) -> dict[str, str]:
@@ -229,10 +250,36 @@ def data_digests(cfg: TrainConfig) -> dict[str, str]:
     return digests
 
 
+def check_can_write(path: Path, flag: str = "--output") -> None:
+    """Refuse, before anything is written, a `path` that cannot be made: one below a file, or
+    in a folder that takes no new files (read-only, another user's, /proc).
+
+    Raises:
+        UsageError: naming the folder in the way.
+    """
+    place = path.parent
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise UsageError(f"{flag} {path} cannot be made: {place} is a file, not a folder; pass "
+                         "a path in a folder")
+    try:   # the sure test (os.access says yes to root even in /proc): make a nameless file
+        tempfile.TemporaryFile(dir=place).close()
+    except OSError as err:
+        raise UsageError(f"{flag} {path} cannot be written: {place} takes no new files "
+                         f"({err.strerror}); pass a path in a folder you can write to") from None
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Make `folder` and its missing parents; the ones made, deepest first."""
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
 def _lock(path: Path):
     """An exclusive lock on ``.<name>.lock`` beside `path`, held while the file stays open."""
     import fcntl
-    path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(path.parent / f".{path.name}.lock", "a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -124,23 +124,23 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
                          f"only --method lst reads; {base.method} cannot sweep this way")
     configs = configurations(base, grid)
     runs = [TrainingRun(cfg, log=lambda *a: None) for _, cfg in configs]
-    for run in runs:
-        run.destination = _destination(run)
-    lead = runs[0]
-    backbone = lead.load()
-    for run in runs[1:]:
-        run.share_data(lead)
-        if run.destination.resuming:
-            run._check_same_backbone()
-    for run in runs:
-        seed_everything(run.cfg.seed)    # as a run of its own: its seed, then its model
-        run.build(backbone)
-        run.train_states, run.eval_states = lead.train_states, lead.eval_states
-    _check_shared_states(runs)
-    log(f"sweep of {len(runs)} configurations on {base.model}: {len(lead.train_set)} train / "
-        f"{len(lead.eval_set)} eval examples; one backbone pass per batch for all")
-    live = list(runs)
-    try:
+    try:   # from the first lock taken: a refusal lets every one go
+        for run in runs:
+            run.destination = _destination(run)
+        lead = runs[0]
+        backbone = lead.load()
+        for run in runs[1:]:
+            run.share_data(lead)
+            if run.destination.resuming:
+                run._check_same_backbone()
+        for run in runs:
+            seed_everything(run.cfg.seed)    # as a run of its own: its seed, then its model
+            run.build(backbone)
+            run.train_states, run.eval_states = lead.train_states, lead.eval_states
+        _check_shared_states(runs)
+        log(f"sweep of {len(runs)} configurations on {base.model}: {len(lead.train_set)} train / "
+            f"{len(lead.eval_set)} eval examples; one backbone pass per batch for all")
+        live = list(runs)
         for epoch in lead.remaining_epochs():
             progresses = [run.begin_epoch(epoch, show=run is lead) for run in live]
             for indices in progresses[0]:
@@ -165,8 +165,9 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
                 for r in live))
         results = [(run, run.finish()) for run in live]
     finally:
-        for run in runs:
-            run.destination.close()
+        for run in reversed(runs):   # last taken first: the first made the folders they share
+            if getattr(run, "destination", None) is not None:
+                run.destination.close()
     return _summarize(base, grid, configs, results, log)
 
 

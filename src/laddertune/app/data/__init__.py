@@ -13,14 +13,14 @@ from .corpora import (
 from .encoding import Encoded, collate, encode_labels, tokenize
 from .examples import PairDataset, TextDataset
 from .labels import check_classes, check_known_labels, label_names
-from .readers import has_columns, load_pairs, load_texts
+from .readers import columns, has_columns, load_pairs, load_texts
 from .splits import random_split, stratified_split
 from .tables import SUFFIXES
 from .train_eval import load_train_eval
 
 __all__ = [
     "BBC_NEWS", "BUILTIN", "SUFFIXES", "TWEET_SENTIMENT", "Encoded", "PairDataset", "TextDataset",
-    "check_classes", "check_known_labels", "collate", "encode_labels", "has_columns",
+    "check_classes", "check_known_labels", "collate", "columns", "encode_labels", "has_columns",
     "label_names", "load_bbc_news", "load_builtin", "load_pairs", "load_texts",
     "load_train_eval", "load_tweet_sentiment", "random_split", "stratified_split", "tokenize",
 ]

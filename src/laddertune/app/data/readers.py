@@ -77,6 +77,11 @@ def load_pairs(source: str, prompt_column: str = "prompt", target_column: str = 
     return _pairs(table, str(source), prompt_column, target_column, need_targets, id_column)
 
 
+def columns(source: str) -> list[str]:
+    """The column names of the data file `source`, in file order (the file is checked)."""
+    return list(read_table(check_file(source)).columns)
+
+
 def has_columns(source: str, *columns: str) -> bool:
     """Whether the data file `source` has every one of `columns` (the file is checked)."""
     return all(column in read_table(check_file(source)).columns for column in columns)
