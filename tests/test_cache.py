@@ -56,6 +56,7 @@ def fill(model, rows, root, dtype="float32", batch_size=4, shard_size=3):
     return cache
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", ["bert", "llama", "t5", "vit"])
 def test_backbone_states_in_place_of_the_backbone_give_the_same_output(model_type):
     model = build(model_type).eval()
@@ -78,6 +79,7 @@ def test_states_missing_a_ladder_input_are_refused():
         model(**inputs, backbone_hidden_states=tuple(states))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", ["bert", "t5"])
 def test_a_float32_cache_reads_back_exactly_what_the_backbone_computed(model_type, tmp_path):
     model = build(model_type).eval()
@@ -105,6 +107,7 @@ def test_a_float32_cache_reads_back_exactly_what_the_backbone_computed(model_typ
                                model(**batch).logits, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_a_float16_cache_keeps_outputs_close(tmp_path):
     model = build().eval()
     rows = examples(8)
