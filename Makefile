@@ -19,12 +19,20 @@ $(STAMP): pyproject.toml requirements-offline.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# pytest workers, each given whole modules (their fixtures are built once); the tests run one
+# torch thread each (tests/conftest.py)
+JOBS ?= 2
+
+# The whole suite once, then the numerics tests again on torch's portable and AVX2 CPU kernels:
+# float rounding differs by kernel, so a test that passes on one kernel only fails here first.
 test: setup
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope --durations=15
+	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -m numerics
+	ATEN_CPU_CAPABILITY=avx2 $(BIN)/python -m pytest -m numerics
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check src tests $(wildcard benchmarks)

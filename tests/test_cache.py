@@ -56,6 +56,7 @@ def fill(model, rows, root, dtype="float32", batch_size=4, shard_size=3):
     return cache
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", ["bert", "llama", "t5", "vit"])
 def test_backbone_states_in_place_of_the_backbone_give_the_same_output(model_type):
     model = build(model_type).eval()
@@ -78,6 +79,7 @@ def test_states_missing_a_ladder_input_are_refused():
         model(**inputs, backbone_hidden_states=tuple(states))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", ["bert", "t5"])
 def test_a_float32_cache_reads_back_exactly_what_the_backbone_computed(model_type, tmp_path):
     model = build(model_type).eval()
@@ -87,20 +89,25 @@ def test_a_float32_cache_reads_back_exactly_what_the_backbone_computed(model_typ
     assert cache.complete and len(list(cache.folder.glob("shard-*"))) == 3
     indices = [7, 2, 9]
     batch = batch_of(rows, indices)
-    expected = model.backbone_states(**batch)
     read = cache.read(indices)
     lengths = batch["attention_mask"].sum(-1)
-    for stack_expected, stack_read in zip(expected, read):
-        for want, got in zip(stack_expected, stack_read):
-            assert (want is None) == (got is None)
-            if want is not None:
-                for row, n in enumerate(lengths):
-                    assert torch.equal(got[row, :n], want[row, :n])
+    for row, (index, n) in enumerate(zip(indices, lengths)):
+        # bitwise against the very batch that filled the cache: same shapes, same kernels
+        start = index - index % 4
+        filled = batch_of(rows, list(range(start, min(start + 4, len(rows)))))
+        expected = model.backbone_states(**filled)
+        for stack_expected, stack_read in zip(expected, read):
+            for want, got in zip(stack_expected, stack_read):
+                assert (want is None) == (got is None)
+                if want is not None:
+                    assert torch.equal(got[row, :n], want[index - start, :n])
                     assert not got[row, n:].any()       # padding is zeros
+    # the states came from batches of 4, not this batch of 3: torch rounds them differently
     torch.testing.assert_close(model(**batch, backbone_hidden_states=read).logits,
-                               model(**batch).logits, rtol=0, atol=0)
+                               model(**batch).logits, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.numerics
 def test_a_float16_cache_keeps_outputs_close(tmp_path):
     model = build().eval()
     rows = examples(8)

@@ -196,6 +196,7 @@ def test_backbone_of_other_family(saved):
     assert "bert" in one_line(err)
 
 
+@pytest.mark.numerics
 def test_same_backbone_in_another_dtype_loads(saved):
     inputs = tiny_inputs("bert")
     with torch.no_grad():

@@ -41,6 +41,7 @@ def greedy_by_recompute(model, inputs, steps):
     return sequences
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", list(TASKS))
 def test_incremental_step_logits_equal_full_forward(model_type):
     model = lst_lm(model_type)
@@ -59,6 +60,7 @@ def test_incremental_step_logits_equal_full_forward(model_type):
     assert decoder.cache[1].get_seq_length() > 0                       # side cache is used too
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", list(TASKS))
 def test_cached_greedy_equals_recompute(model_type):
     model = lst_lm(model_type)
@@ -81,6 +83,7 @@ def test_generic_side_blocks_generate_without_a_cache():
     assert torch.equal(model.generate(**inputs, max_new_tokens=4, eos_token_id=NO_EOS), expected)
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])
 def test_left_padded_prompt_generates_as_if_alone(model_type):
     model = lst_lm(model_type)
@@ -122,6 +125,7 @@ def test_eos_finishes_a_sequence_and_pad_fills_it():
     assert stopped.shape[1] < free.shape[1] or (stopped == 63).any()
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", ["t5", "gpt2"])
 def test_one_beam_is_greedy(model_type):
     model = lst_lm(model_type)

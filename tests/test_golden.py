@@ -36,6 +36,7 @@ GOLDEN_FILE = Path(__file__).with_name("golden_values.json")
 CASES = ([f"{model_type}/SEQ_CLS" for model_type in [*sorted(ALL_FAMILIES), "mpnet"]]
          + [f"{model_type}/CAUSAL_LM" for model_type in sorted(DECODER_FAMILIES)]
          + [f"{model_type}/SEQ_2_SEQ_LM" for model_type in sorted(SEQ2SEQ_FAMILIES)])
+pytestmark = pytest.mark.numerics
 RTOL, ATOL = 1e-5, 1e-7    # float32 rounding on another BLAS; far below what a change moves
 
 

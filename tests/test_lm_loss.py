@@ -1,5 +1,6 @@
 """The frozen-head cross-entropy: same loss and gradient as the textbook one, less kept."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +16,7 @@ def reference(hidden, weight, bias, labels, shift):
                            ignore_index=-100)
 
 
+@pytest.mark.numerics
 def test_loss_and_gradient_match_plain_cross_entropy():
     torch.manual_seed(0)
     weight, bias = torch.randn(50, 8), torch.randn(50)

@@ -38,6 +38,7 @@ def _last_block_outputs(model, stack, **inputs):
     return seen[0], out.hidden_states[-1]
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", ["t5", "llama", "gpt2"])
 def test_last_ladder_reads_the_raw_block_output_or_the_normed_stream(model_type):
     backbone = tiny_backbone(model_type, task="lm" if model_type == "t5" else "bare")
@@ -57,6 +58,7 @@ def test_last_ladder_reads_the_raw_block_output_or_the_normed_stream(model_type)
     assert not any(hook.__qualname__.startswith("block_outputs") for hook in hooks)  # removed
 
 
+@pytest.mark.numerics
 def test_t5_decoder_ladder_reads_the_raw_last_block_too():
     backbone = tiny_backbone("t5", task="lm")
     model = get_lst_model(backbone, LSTConfig(task_type="SEQ_2_SEQ_LM", reduction_factor=4)).eval()
@@ -140,6 +142,7 @@ def test_folders_saved_before_the_last_layer_switch_load_as_normed(tmp_path):
 
 # ---- head_residual: the LM head reads the backbone's state plus the side network's ------------
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type, task", [("gpt2", "CAUSAL_LM"), ("llama", "CAUSAL_LM"),
                                               ("t5", "SEQ_2_SEQ_LM")])
 def test_head_residual_starts_as_the_pretrained_model_and_trains_the_side_network(model_type,
@@ -169,6 +172,7 @@ def test_head_residual_needs_a_head():
                                                        reduction_factor=4, head_residual=True))
 
 
+@pytest.mark.numerics
 @pytest.mark.parametrize("model_type", ["bert", "llama", "t5"])
 def test_head_residual_classifier_starts_as_a_probe_of_the_pooled_backbone_state(model_type):
     """SEQ_CLS: the classifier reads pool(backbone final state) + up(pool(side)), up at zero."""
@@ -195,6 +199,7 @@ def test_head_residual_classifier_starts_as_a_probe_of_the_pooled_backbone_state
     assert all(p.grad is None for p in backbone.parameters())
 
 
+@pytest.mark.numerics
 def test_head_residual_token_classifier_reads_each_backbone_state_plus_the_correction():
     backbone = tiny_backbone("bert")
     model = get_lst_model(backbone, LSTConfig(task_type="TOKEN_CLS", num_labels=4, dropout=0.0,

@@ -11,6 +11,7 @@ from laddertune.config import default_side_layers
 from laddertune.side import Ladder
 
 
+@pytest.mark.numerics
 def test_gate_mixing_by_hand():
     ladder = Ladder(width=4, side_width=2, kept_layers=[0, 2], temperature=0.1, alpha_init=0.0,
                     learnable_gates=True)
@@ -125,6 +126,7 @@ def test_deepcopy_and_pickle_carry_their_own_ladders(tmp_path):
     assert not torch.allclose(original, changed)
 
 
+@pytest.mark.numerics
 def test_padding_is_ignored():
     """Right padding changes nothing for the sequence it pads (masks reach the side blocks)."""
     for model_type in ("bert", "llama", "gpt2", "t5", "bart"):

@@ -42,6 +42,7 @@ def test_encoder_reads_visual_tokens_before_the_text():
     assert not torch.allclose(logits, other_images)           # the answer depends on the image
 
 
+@pytest.mark.numerics
 def test_backbone_sees_exactly_the_projected_features():
     """The frozen T5 encoder on [projection(patches); embeddings] equals encode()'s output."""
     model = tiny_clip_t5()
@@ -74,6 +75,7 @@ def test_projection_and_side_train_while_t5_and_clip_get_no_gradient():
     assert total == trainable + frozen
 
 
+@pytest.mark.numerics
 def test_cached_generation_with_images_equals_recompute_and_beams_run():
     model = tiny_clip_t5().eval()
     inputs = questions(batch=3)

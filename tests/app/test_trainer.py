@@ -35,17 +35,16 @@ def test_the_schedule_warms_up_then_decays_linearly_to_zero():
     assert rates == pytest.approx([0.0, 0.5, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
 
 
-def test_gradients_are_clipped_and_a_non_finite_norm_leaves_the_weights():
+def test_the_norm_is_reported_before_clipping_and_a_non_finite_norm_leaves_the_weights():
+    # that the optimizer steps on clipped gradients: test_loop_golden.py
     model = torch.nn.Linear(4, 1)
     optimization = Optimization(model, lr=0.1, total_steps=5, warmup_ratio=0.0,
                                 max_grad_norm=0.5)
     (1000 * model(torch.ones(1, 4))).sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
     before = [p.detach().clone() for p in model.parameters()]
     norm = optimization.step()
     assert norm > 0.5                          # reported before clipping
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert torch.cat([g.reshape(-1) for g in grads]).norm() > 0.5
 
     before = [p.detach().clone() for p in model.parameters()]
     (model(torch.full((1, 4), math.inf))).sum().backward()
