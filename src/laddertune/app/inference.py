@@ -13,6 +13,7 @@ import torch
 
 from ..checkpoint import check_fingerprint, load_json
 from ..errors import BackboneMismatchError, CheckpointError
+from ..held import HeldModules
 from .aliases import ALIASES, backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate
 from .methods import load_trained
@@ -78,8 +79,8 @@ def generate_task(info: dict, config=None, model=None, tokenizer=None):
             settings[name] = value
     task = GenerateTask(settings, info.get("label_words"), info["labels"])
     if model is not None:
-        backbone = (model.__dict__.get("backbone")                   # LST holds its backbone
-                    or (model.get_base_model() if hasattr(model, "get_base_model") else model))
+        backbone = (model.held_backbone() if isinstance(model, HeldModules)    # LST's own
+                    else model.get_base_model() if hasattr(model, "get_base_model") else model)
         task.attach(backbone, tokenizer, info["model"], info.get("eos_token_id"))
     return task
 
