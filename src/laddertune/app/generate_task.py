@@ -267,7 +267,7 @@ class GenerateTask:
 
     # ---- the model ------------------------------------------------------------------------------
 
-    def head(self, method: str) -> str:
+    def head(self, method) -> str:
         return "lm"
 
     def prepare(self, backbone, tokenizer, cfg: TrainConfig) -> tuple[PairEncoded, PairEncoded]:

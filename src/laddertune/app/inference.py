@@ -16,7 +16,7 @@ from ..errors import BackboneMismatchError, CheckpointError
 from ..held import HeldModules
 from .aliases import ALIASES, backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate
-from .methods import load_trained
+from .methods import get_method, load_trained
 from .run_folder import RunFolder, recover
 from .runtime import pick_device
 
@@ -53,8 +53,7 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
     source = resolve_model(name if name in ALIASES or model else info["model_path"])
     tokenizer = load_tokenizer(source)
     method, labels = info["method"], info["labels"]
-    head = ("lm" if info.get("task") == "generate" else "bare" if method == "lst"
-            else "classifier")
+    head = "lm" if info.get("task") == "generate" else get_method(method).head
     backbone = load_backbone(source, tokenizer.pad_token_id, head, len(labels))
     try:
         check_fingerprint(info["backbone_fingerprint"], backbone_signature(backbone), "run")

@@ -25,7 +25,7 @@ from ..config import LSTConfig
 from ..errors import LSTError, LSTWarning
 from .adapters import ADAPTER_KINDS
 from .data import BBC_NEWS, TWEET_SENTIMENT
-from .methods import DEFAULT_LR, METHODS
+from .methods import DEFAULT_LR, METHODS, REGISTRY, Method, get_method
 
 DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("classify", "generate")
@@ -171,7 +171,7 @@ class TrainConfig:
         _check_choices(self)
         _check_sampling(self)
         if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
+            self.lr = self.method_entry.default_lr
         _check_finite(self, "lr", "weight_decay", "warmup_ratio", "max_grad_norm")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr:g}")
@@ -183,8 +183,10 @@ class TrainConfig:
             raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
         _check_seed(self.seed)
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
-        if self.cache_backbone and self.method != "lst":
-            raise UsageError(f"--cache-backbone is for --method lst: {self.method} trains "
+        if self.cache_backbone and not self.method_entry.reads_backbone_states:
+            readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
+                                  if m.reads_backbone_states)
+            raise UsageError(f"--cache-backbone is for {readers}: {self.method} trains "
                              "through the backbone, whose states then change every step")
         if self.cache_backbone and lst.head_residual:
             raise UsageError("--cache-backbone stores what the ladders read, not the backbone's "
@@ -204,19 +206,15 @@ class TrainConfig:
 
     def _warn_unused(self) -> None:
         """Settings of another method or task than the one trained do nothing: say so once."""
-        by_method = []
-        if self.method != "lst":
-            by_method += [name for name, changed in (
-                ("--reduction-factor", self.reduction_factor != 8),
-                ("--lst-preset", self.lst_preset != "default"), ("--lst-*", bool(self.lst)))
-                if changed]
-        if self.method != "adapter":
-            by_method += [name for name, changed in (
-                ("--adapter-kind", self.adapter_kind != "houlsby"),
-                ("--adapter-reduction-factor", self.adapter_reduction_factor != 16)) if changed]
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        defaults = {name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                    for name, f in fields.items()}
+        others = [name for method in REGISTRY.values() if method is not self.method_entry
+                  for name in method.fields if name not in self.method_entry.fields]
+        by_method = [_flag_name(name) + ("-*" if fields[name].metadata.get("nested") else "")
+                     for name in dict.fromkeys(others) if getattr(self, name) != defaults[name]]
         by_task = []
         if self.task != "generate":
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
             by_task = [_flag_name(name) for name in GENERATE_ONLY
                        if getattr(self, name) != defaults[name]]
         for unused, what in ((by_method, f"--method {self.method}"),
@@ -224,6 +222,11 @@ class TrainConfig:
             if unused:
                 warnings.warn(f"{', '.join(unused)} set, but {what} does not use them",
                               LSTWarning, stacklevel=3)
+
+    @property
+    def method_entry(self) -> Method:
+        """--method's entry in the registry (`methods.REGISTRY`)."""
+        return get_method(self.method)
 
     def lst_config(self, num_labels: int = 2, task_type: str = "SEQ_CLS") -> LSTConfig:
         """The LSTConfig of a `task_type` model (a sequence classifier of `num_labels` classes,

@@ -30,6 +30,7 @@ import torch
 from ..checkpoint import save_json
 from ..config import LSTConfig
 from .data import collate
+from .methods import REGISTRY, get_method
 from .options import TrainConfig, UsageError
 from .report import classification_metrics
 from .trainer import TrainingDiverged, TrainingRun, seed_everything
@@ -119,9 +120,11 @@ def evaluate_together(runs: list[TrainingRun]) -> list[dict]:
 
 def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
     """Train every configuration of `grid` on `base`; the summary, with the best on eval."""
-    if base.method != "lst":
+    if not get_method(base.method).reads_backbone_states:
+        readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
+                              if m.reads_backbone_states)
         raise UsageError(f"a sweep shares the backbone's states between configurations, which "
-                         f"only --method lst reads; {base.method} cannot sweep this way")
+                         f"only {readers} reads; {base.method} cannot sweep this way")
     configs = configurations(base, grid)
     runs = [TrainingRun(cfg, log=lambda *a: None) for _, cfg in configs]
     for run in runs:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .data import Encoded, collate, label_names, load_train_eval, tokenize
+from .methods import Method
 from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
 
 
@@ -39,8 +40,8 @@ class ClassifyTask:
     def num_labels(self) -> int:
         return len(self.labels)
 
-    def head(self, method: str) -> str:
-        return "bare" if method == "lst" else "classifier"
+    def head(self, method: Method) -> str:
+        return method.head
 
     def prepare(self, backbone, tokenizer, cfg: TrainConfig) -> tuple[Encoded, Encoded]:
         cfg.max_length = fit_max_length(backbone, cfg.max_length, cfg.model, tokenizer)

@@ -40,7 +40,7 @@ from ..errors import LSTError
 from .aliases import backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate
 from .memory import current_rss_mb, peak_memory_mb, peak_rss_mb, reset_peak_rss
-from .methods import build_method, count_parameters, save_trained, trainable_parameters
+from .methods import count_parameters, get_method, save_trained, trainable_parameters
 from .options import TrainConfig, UsageError
 from .report import plot_confusion_matrix, plot_learning_curve, write_report
 from .run_folder import Destination, data_digests
@@ -179,15 +179,9 @@ def seed_everything(seed: int) -> None:
 def build_model(backbone, cfg: TrainConfig, task, init_data=None):
     """The model `cfg.method` trains on `backbone` (freshly loaded; the method may own it) for
     `task`. `init_data`, the training set, is what LST's Fisher pruning ranks weights on."""
-    extra = {}
-    if cfg.method == "lst":
-        extra["lst_config"] = cfg.lst_config(task.num_labels, task.task_type)
-        if extra["lst_config"].side_init == "fisher" and init_data is not None:
-            extra["init_data"] = single_examples(init_data, task.collate)
-    elif cfg.method == "adapter":
-        extra.update(adapter_kind=cfg.adapter_kind,
-                     adapter_reduction_factor=cfg.adapter_reduction_factor)
-    return build_method(cfg.method, backbone, task.task_type, task.num_labels, **extra)
+    method = get_method(cfg.method)
+    examples = single_examples(init_data, task.collate) if init_data is not None else None
+    return method.build(backbone, method.settings(cfg, task.task_type, task.num_labels, examples))
 
 
 def single_examples(encoded, collate_fn=collate):
@@ -204,6 +198,7 @@ class TrainingRun:
 
     def __init__(self, cfg: TrainConfig, log=print):
         self.cfg, self.log = cfg, log
+        self.method = get_method(cfg.method)
         self.device = pick_device(cfg.device, local_rank())
         self.processes = Processes(self.device)
 
@@ -226,7 +221,7 @@ class TrainingRun:
         self.pad = self.tokenizer.pad_token_id
         seed_everything(cfg.seed)
         self.rss_before_model_mb = current_rss_mb()
-        backbone = load_backbone(self.source, self.pad, self.task.head(cfg.method),
+        backbone = load_backbone(self.source, self.pad, self.task.head(self.method),
                                  len(self.labels))
         self.fingerprint = backbone_signature(backbone)
         if self.destination is not None and self.destination.resuming:
@@ -247,7 +242,7 @@ class TrainingRun:
         self.model = build_model(backbone, cfg, self.task, self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
-        if cfg.method == "lst":
+        if self.method.reads_backbone_states:
             if cfg.cache_backbone and self.processes.world_size > 1:
                 raise UsageError("--cache-backbone runs in one process; drop it under torchrun "
                                  "or train on one device")
@@ -305,7 +300,7 @@ class TrainingRun:
             self.destination.prepare()
             task = self.task
             lst_settings = (cfg.lst_config(task.num_labels, task.task_type).to_dict()
-                            if cfg.method == "lst" else None)
+                            if self.method.reads_lst_settings else None)
             save_json({**dataclasses.asdict(cfg), "model_path": self.source.path,
                        "gguf_file": self.source.gguf_file, "labels": self.labels,
                        "backbone_fingerprint": self.fingerprint, "task_type": task.task_type,
