@@ -45,11 +45,16 @@ def _flag(help: str, **meta) -> dict:
     return {"help": help, **meta}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Fine-tune a pretrained model to classify texts (--task classify) or to answer prompts in
     words (--task generate): LST by default, or a baseline in the same loop. Writes the trained
     side network (or adapter), run.json, metrics.json, report.md and figures to --output.
+
+    Frozen once `__post_init__` has checked it and filled in the defaults that depend on other
+    fields (--lr, --output): what a run derives later (the --max-length fitted to the model,
+    --max-new-tokens) lives on the run, which records it in run.json. Change a setting with
+    `dataclasses.replace`, which checks the new config again.
 
     Args: one per field, each explained by its help (``laddertune train --help`` prints them).
     """
@@ -171,7 +176,7 @@ class TrainConfig:
         _check_choices(self)
         _check_sampling(self)
         if self.lr is None:
-            self.lr = self.method_entry.default_lr
+            _fill(self, "lr", self.method_entry.default_lr)
         _check_finite(self, "lr", "weight_decay", "warmup_ratio", "max_grad_norm")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr:g}")
@@ -199,10 +204,10 @@ class TrainConfig:
             raise UsageError("--resume and --overwrite contradict each other; pass one of them")
         if self.output is None:
             stem = self.train.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "run"
-            self.output = f"runs/{stem}-{self.method}"
+            _fill(self, "output", f"runs/{stem}-{self.method}")
         # paths as absolute ones: a run resumed from another folder reads the same files
-        self.train, self.eval, self.model, self.cache_dir = (
-            _absolute(p) for p in (self.train, self.eval, self.model, self.cache_dir))
+        for name in ("train", "eval", "model", "cache_dir"):
+            _fill(self, name, _absolute(getattr(self, name)))
 
     def _warn_unused(self) -> None:
         """Settings of another method or task than the one trained do nothing: say so once."""
@@ -369,6 +374,11 @@ class DemoConfig:
         _check_counts(self, "epochs")
         if self.output is None:
             self.output = "runs/demo" if self.task == "classify" else "runs/demo-generate"
+
+
+def _fill(config, name: str, value) -> None:
+    """Set a field of a frozen config while `__post_init__` completes it."""
+    object.__setattr__(config, name, value)
 
 
 def _absolute(value: str | None) -> str | None:
