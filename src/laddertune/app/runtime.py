@@ -2,7 +2,8 @@
 
 Launched by ``torchrun``, training runs one process per rank; `accelerate`'s `PartialState`
 joins the process group (gloo on CPU, nccl on GPUs) and tells each process its rank. Every rank
-sees the same batch order and takes its slice of each batch; only rank 0 writes files.
+sees the same batch order and takes its slice of each batch (`trainer.rank_shard`); only rank 0
+writes files.
 """
 
 from __future__ import annotations

@@ -97,12 +97,32 @@ class Optimization:
         return norm
 
 
-def train_step(model, batch: dict, optimization: Optimization) -> tuple[float, float]:
-    """Forward, backward and one optimizer step: (loss, gradient norm). A non-finite gradient
-    norm leaves the weights as they were (the caller decides what to do about it)."""
+def train_step(model, batch: dict, optimization: Optimization, loss_weight: float = 1.0
+               ) -> tuple[float, float]:
+    """Forward, backward and one optimizer step: (loss, gradient norm). The gradient is that
+    of the loss times `loss_weight` (a rank's share of a batch, `rank_shard`); the loss returned
+    is not weighted. A non-finite gradient norm leaves the weights as they were (the caller
+    decides what to do about it)."""
     loss = model(**batch).loss
-    loss.backward()
+    (loss if loss_weight == 1.0 else loss * loss_weight).backward()
     return loss.item(), optimization.step()
+
+
+def rank_shard(indices: list[int], rank: int, world_size: int) -> tuple[list[int], float]:
+    """This rank's examples of the batch at `indices`, and the weight of its loss.
+
+    Every rank sees the same batches and takes every `world_size`-th example. DDP averages the
+    ranks' gradients, and each rank's loss is the mean over its own examples; weighting that
+    loss by its share of the batch (examples here x world_size / examples in the batch) makes
+    the average the gradient of the whole batch's mean loss, also when the shares differ (a
+    last batch that does not divide evenly). A rank left without an example (a last batch
+    smaller than the world) must still join DDP's all-reduce, or every rank waits forever: it
+    runs the batch's first example at weight 0, adding nothing to the gradient.
+    """
+    shard = indices[rank::world_size]
+    if not shard:
+        return indices[:1], 0.0
+    return shard, len(shard) * world_size / len(indices)
 
 
 class BackboneStates:
@@ -390,9 +410,9 @@ class TrainingRun:
         return range(self.state.epochs_done, self.cfg.epochs)
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """This rank's slice of the batch at `indices`, on the device; for LST with the
-        backbone's states for it (computed, or read from the cache)."""
-        shard = indices[self.processes.rank::self.processes.world_size] or indices
+        """This rank's slice of the batch at `indices` (`rank_shard`), on the device; for LST
+        with the backbone's states for it (computed, or read from the cache)."""
+        shard, _ = rank_shard(indices, self.processes.rank, self.processes.world_size)
         batch = {k: v.to(self.device)
                  for k, v in self.task.collate(self.train_set, shard, self.pad).items()}
         if self.train_states is not None:
@@ -431,7 +451,8 @@ class TrainingRun:
         """One optimizer step on `batch` (the examples at `indices`), and its bookkeeping."""
         cfg, state = self.cfg, self.state
         tick = time.perf_counter()
-        loss, norm = train_step(self.stepper, batch, self.optimization)
+        _, weight = rank_shard(indices, self.processes.rank, self.processes.world_size)
+        loss, norm = train_step(self.stepper, batch, self.optimization, weight)
         state.step_seconds += time.perf_counter() - tick
         state.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
