@@ -58,6 +58,7 @@ class Task(Protocol):
     headline: tuple[str, ...]   # the eval scores the log and the learning curve show
     labels: list[str]
     pad: int | None             # the pad token id, once a tokenizer is attached
+    outputs: str                # what `predict` writes one row of per example, in words
 
     @property
     def num_labels(self) -> int: ...
