@@ -37,6 +37,7 @@ from .errors import (
     MissingInputError,
     UnsupportedModelError,
 )
+from .held import HeldModules
 from .lm_loss import frozen_head_logits_and_loss
 from .side import (
     GenericSideStack,
@@ -70,7 +71,7 @@ class LSTOutput(ModelOutput):
     cache: tuple | None = None
 
 
-class LSTModel(nn.Module):
+class LSTModel(HeldModules, nn.Module):
     """A backbone wrapped with a ladder side network. Build it with `get_lst_model`.
 
     Args:
@@ -84,10 +85,12 @@ class LSTModel(nn.Module):
         LSTConfigError: `reduction_factor` or `side_layers` do not fit this backbone.
     """
 
+    held_names = ("backbone",)
+
     def __init__(self, backbone, config: LSTConfig, init_data=None):
         super().__init__()
         _check_is_transformer(backbone)
-        object.__setattr__(self, "backbone", backbone)  # held, not registered (module doc)
+        self._hold("backbone", backbone)  # held, not registered (module doc)
         self.config = config
         self.family = bb.detect_family(backbone)
         if config.task_type not in _TASKS_BY_KIND[self.family.kind]:
@@ -513,12 +516,6 @@ class LSTModel(nn.Module):
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / total:.4f}")
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        if "backbone" in self.__dict__:
-            self.backbone._apply(fn, recurse)
-        return self
 
     # ---- save / load --------------------------------------------------------------------------
 

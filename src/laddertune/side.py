@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import DECODER, Family, get_path, set_path
+from .held import HeldModules
 
 # (ladder, backbone states) of every `Ladder.reading` under way, innermost last. A context
 # variable: each thread (and asyncio task) sees its own calls, and no module holds the states.
@@ -112,7 +113,7 @@ class Ladder(nn.Module):
         raise RuntimeError("a side stack ran outside ladder.reading(hidden_states)")  # internal
 
 
-class SideInput(nn.Module):
+class SideInput(HeldModules, nn.Module):
     """Stands where the side model's embedding module was and returns h_0 = down_0(e).
 
     Some model forwards read an attribute off their embedding module (ViT reads the patch
@@ -122,17 +123,19 @@ class SideInput(nn.Module):
 
     def __init__(self, ladder: Ladder, replaced: nn.Module):
         super().__init__()
-        self._held = (ladder, replaced)  # a tuple: neither is registered as a submodule
+        # held, not registered; neither is a frozen weight of the side stack (`held_names`)
+        self._hold("ladder", ladder)
+        self._hold("replaced", replaced)
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
-        ladder = self._held[0]
+        ladder = self._held("ladder")
         return ladder.first(ladder.read()[0])
 
     def __getattr__(self, name):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self.__dict__["_held"][1], name)
+            return getattr(self._held("replaced"), name)
 
 
 def attach_ladder(side_stack: nn.Module, family: Family, ladder: Ladder) -> None:

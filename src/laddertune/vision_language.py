@@ -41,13 +41,14 @@ from torch import nn
 from .checkpoint import load_json, load_weights, save_json, save_weights
 from .config import LSTConfig
 from .errors import BackboneMismatchError, CheckpointError, MissingInputError, UnsupportedModelError
+from .held import HeldModules
 from .model import LSTModel, decay_groups, frozen
 
 PROJECTION_NAME = "visual_projection.safetensors"
 VISION_CONFIG_NAME = "vision_tower.json"
 
 
-class LSTVisionLanguageModel(nn.Module):
+class LSTVisionLanguageModel(HeldModules, nn.Module):
     """A T5 backbone with a ladder side network that also reads images through CLIP.
 
     Args:
@@ -69,14 +70,20 @@ class LSTVisionLanguageModel(nn.Module):
                 "a vision-language model generates answers with an encoder-decoder backbone; "
                 "pass a T5 model and LSTConfig(task_type='SEQ_2_SEQ_LM')")
         self.lst = LSTModel(backbone, config)
-        object.__setattr__(self, "vision_tower", vision_tower)  # held, not registered: frozen
+        self._hold("vision_tower", vision_tower)  # held, not registered: frozen
         vision_width = vision_tower.config.hidden_size
         self.visual_projection = nn.Linear(vision_width, self.lst.width)  # (b, p, c) -> (b, p, d)
         self.visual_projection.to(device=next(backbone.parameters()).device)
 
+    # the vision tower moves with the model here; T5 moves with `self.lst`, which holds it
+    held_names = ("vision_tower",)
+
     @property
     def backbone(self):
         return self.lst.backbone
+
+    def held_backbone(self):
+        return self.lst.held_backbone()
 
     @property
     def config(self) -> LSTConfig:
@@ -164,12 +171,6 @@ class LSTVisionLanguageModel(nn.Module):
         trainable, total = self.get_nb_trainable_parameters()
         print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
               f"trainable%: {100 * trainable / total:.4f}")
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)            # moves the side network and, through lst, T5
-        if "vision_tower" in self.__dict__:
-            self.vision_tower._apply(fn, recurse)
-        return self
 
     def save_pretrained(self, save_directory: str | Path) -> None:
         """The side network, the projection and the vision tower's type and width."""

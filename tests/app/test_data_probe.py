@@ -212,3 +212,20 @@ def test_eval_and_predict_refuse_the_label_column_as_text(files, run_without_tec
                  str(files / "eval.csv"), "--text-column", "label", *output]) == 2
     assert "--text-column and --label-column both name 'label'" in _one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_text_to_text_macro_f1_is_scikit_learns_over_the_classes_present():
+    """A generate run scored as a classifier averages F1 as classification_metrics does."""
+    from types import SimpleNamespace
+
+    from laddertune.app.generate_task import GenerateTask
+    task = SimpleNamespace(labels=["money", "sport", "tech"],
+                           words={"money": "money", "sport": "sport", "tech": "tech"})
+    references = ["money", "money", "sport", "sport"]            # no tech in the eval data
+    answers = ["money", "sport", "sport", "weather"]              # one answer names no class
+    with pytest.warns(DataWarning, match=r"no example of 1 of 3 classes \(tech\)"):
+        scores = GenerateTask.class_scores(task, answers, references)
+    expected = f1_score([0, 0, 1, 1], [0, 1, 1, -1], labels=[0, 1], average="macro")
+    assert scores["macro_f1"] == pytest.approx(expected, abs=1e-6)
+    assert scores["classes_absent_from_eval"] == ["tech"]
+    assert scores["unmatched"] == 1

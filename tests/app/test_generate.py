@@ -12,8 +12,9 @@ from transformers import AutoTokenizer
 
 from laddertune.app.cli import TextStream, main
 from laddertune.app.data import PairDataset
-from laddertune.app.generate_task import PromptFormat, collate_pairs, parse_verbalizer
+from laddertune.app.generate_task import parse_verbalizer
 from laddertune.app.options import UsageError
+from laddertune.app.prompts import PromptFormat, collate_pairs
 from laddertune.app.text_metrics import exact_match, generation_scores, normalize_answer, token_f1
 from laddertune.errors import DataError
 

@@ -5,6 +5,7 @@ model starts as the pretrained one, only the method's parameters change in train
 save -> load gives identical logits from a folder without backbone weights.
 """
 
+import dataclasses
 import json
 import os
 import socket
@@ -30,11 +31,14 @@ from laddertune.app.adapters import (
 from laddertune.app.methods import (
     DEFAULT_LR,
     METHODS,
+    REGISTRY,
     build_method,
+    get_method,
     ia3_config,
     load_trained,
     save_trained,
 )
+from laddertune.app.options import TrainConfig
 from laddertune.errors import CheckpointError, LSTConfigError
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -99,6 +103,18 @@ def test_methods_and_default_learning_rates_cover_the_new_baselines():
     assert {"adapter", "ia3"} <= set(METHODS)
     assert set(DEFAULT_LR) == set(METHODS)
     assert DEFAULT_LR["adapter"] == 3e-4 and DEFAULT_LR["ia3"] == 3e-3
+
+
+def test_every_registry_entry_names_real_settings_a_known_head_and_its_own_rate():
+    settings = {f.name for f in dataclasses.fields(TrainConfig)}
+    for method in REGISTRY.values():
+        assert set(method.fields) <= settings, method.name
+        assert method.head in ("bare", "classifier")
+        assert TrainConfig(method=method.name).lr == method.default_lr
+    # only LST takes the backbone's states as an input, so only it may cache or share them
+    assert [m.name for m in REGISTRY.values() if m.reads_backbone_states] == ["lst"]
+    with pytest.raises(LSTConfigError, match="unknown; use one of lst, full"):
+        get_method("qlora")
 
 
 # ---- bottleneck adapters ------------------------------------------------------------------------

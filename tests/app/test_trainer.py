@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
 import torch
-from tiny_models import tiny_backbone, tiny_inputs
+from tiny_models import save_tiny_text_model, tiny_backbone, tiny_inputs, topic_rows, write_csv
 
 from laddertune import LSTConfig, get_lst_model
-from laddertune.app.trainer import Optimization, epoch_batches, train_step
+from laddertune.app.options import TrainConfig
+from laddertune.app.trainer import Optimization, epoch_batches, train, train_step
 
 
 def test_epoch_batches_are_a_permutation_fixed_by_seed_and_epoch():
@@ -77,3 +80,18 @@ def test_train_step_changes_only_trainable_weights():
     assert math.isfinite(loss) and norm > 0
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
     assert all(torch.equal(frozen[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_a_run_leaves_its_config_as_given_and_records_the_fitted_max_length(tmp_path):
+    save_tiny_text_model(tmp_path / "tiny")
+    write_csv(tmp_path / "train.csv", topic_rows(16))
+    cfg = TrainConfig(model=str(tmp_path / "tiny"), train=str(tmp_path / "train.csv"),
+                      epochs=1, batch_size=8, reduction_factor=2, output=str(tmp_path / "run"),
+                      device="cpu", progress=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.max_length = 8
+    before = dataclasses.asdict(cfg)
+    metrics = train(cfg, log=lambda *a: None)
+    assert dataclasses.asdict(cfg) == before and cfg.max_length is None
+    fitted = json.loads((tmp_path / "run" / "run.json").read_text())["max_length"]
+    assert fitted == metrics["truncated"]["max_length"] == 64   # the tiny model's positions

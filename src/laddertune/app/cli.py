@@ -17,7 +17,12 @@ import sys
 import warnings
 from pathlib import Path
 
+from .. import __version__
+from ..checkpoint import atomic_write_bytes
 from ..errors import LSTError, LSTWarning
+from .data import BUILTIN, columns
+from .demo import run_demo as demo
+from .inference import load_run
 from .options import (
     DemoConfig,
     EvalConfig,
@@ -29,6 +34,10 @@ from .options import (
     explicit_values,
 )
 from .run_folder import RunFolder, check_can_write
+from .runtime import pick_device
+from .sweep import parse_grid, sweep
+from .tasks import task_of_run
+from .trainer import train
 
 EPILOG = """examples:
   laddertune demo
@@ -48,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "Side-Tuning (LST): the pretrained model stays frozen and runs without "
                     "autograd; a small side network learns.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from .. import __version__
     parser.add_argument("--version", action="version", version=f"laddertune {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, config_class, run, summary in COMMANDS:
@@ -82,7 +90,6 @@ def _add_bench(commands) -> None:
 # ---- commands -----------------------------------------------------------------------------------
 
 def run_train(args) -> int:
-    from .trainer import train
     train(train_config(explicit_values(args, TrainConfig)))
     return 0
 
@@ -104,69 +111,28 @@ def train_config(explicit: dict) -> TrainConfig:
     return TrainConfig(**explicit)
 
 
-def _load_for_inference(config: EvalConfig, need_labels: bool):
-    """The run's model and tokenizer, and the data file read and checked first (a bad file is
-    reported before any model loads)."""
-    from .data import BUILTIN, check_known_labels, load_builtin, load_texts, tokenize
-    from .inference import load_run
-    info = RunFolder(config.checkpoint).info()
-    if config.data in BUILTIN:
-        data = load_builtin(config.data)[1]
-    else:
-        data = load_texts(config.data, config.text_column or info["text_column"],
-                          config.label_column or info["label_column"], need_labels=need_labels,
-                          id_column=getattr(config, "id_column", None))
-    if need_labels:
-        check_known_labels(data.labels, info["labels"], data.source)
-    else:
-        data.labels = []
+def _load_run_and_data(config, need_targets: bool):
+    """The run's model and its task (`tasks.task_of_run`, with the flags' columns and
+    generation settings), and the data file encoded as training did; the file is read and
+    checked first, so a bad file is reported before any model loads."""
+    task = task_of_run(RunFolder(config.checkpoint).info(), config)
+    data = task.read_data(config.data, need_targets, getattr(config, "id_column", None))
     model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
-    encoded = tokenize(tokenizer, data, info["max_length"], info["labels"])
-    return model, tokenizer, info, data, encoded
-
-
-def _is_generate_run(config) -> bool:
-    return RunFolder(config.checkpoint).info().get("task") == "generate"
-
-
-def _load_generate_run(config, need_targets: bool):
-    """A generate run's model, its task (`GenerateTask`, with the flags' generation settings)
-    and the data encoded as training did; the file is checked before the model loads."""
-    from .inference import generate_task, load_run
-    info = RunFolder(config.checkpoint).info()
-    data = generate_task(info, config).read_prompts(
-        config.data, need_targets, getattr(config, "id_column", None))
-    model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
-    task = generate_task(info, config, model, tokenizer)
-    encoded = task.format.encode(data, info["max_length"], task.settings["max_new_tokens"])
-    return model, task, info, data, encoded
+    task.attach(model, tokenizer, info)
+    return model, task, data, task.encode(data)
 
 
 def run_eval(args) -> int:
-    from .inference import predict_probs
-    from .report import classification_metrics
-    from .runtime import pick_device
     config = EvalConfig(**explicit_values(args, EvalConfig))
-    if _is_generate_run(config):
-        model, task, _, _, encoded = _load_generate_run(config, need_targets=True)
-        metrics = task.evaluate(model, encoded, task.pad, config.batch_size,
-                                pick_device(config.device))
-        metrics.pop("samples")
-        print(json.dumps({**metrics, "truncated": encoded.truncated}, indent=2))
-        return 0
-    model, tokenizer, info, _, encoded = _load_for_inference(config, need_labels=True)
-    probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
-                          pick_device(config.device))
-    metrics = classification_metrics(probs, encoded.labels, info["labels"])
-    metrics["truncated"] = encoded.truncated
-    print(json.dumps(metrics, indent=2))
+    model, task, _, encoded = _load_run_and_data(config, need_targets=True)
+    metrics = task.evaluate(model, encoded, task.pad, config.batch_size,
+                            pick_device(config.device))
+    metrics.pop("samples", None)          # a generate run's few answers, kept for its report
+    print(json.dumps({**metrics, "truncated": encoded.truncated}, indent=2))
     return 0
 
 
 def run_predict(args) -> int:
-    from ..checkpoint import atomic_write_bytes
-    from .inference import predict_probs
-    from .runtime import pick_device
     config = PredictConfig(**explicit_values(args, PredictConfig))
     path = Path(config.output)
     if path.is_dir():
@@ -178,30 +144,21 @@ def run_predict(args) -> int:
     check_can_write(path)
     if "id_column" in explicit_values(args, PredictConfig):
         _check_id_column(config.data, config.id_column)
-    if _is_generate_run(config):
-        model, task, _, data, encoded = _load_generate_run(config, need_targets=False)
-        return _predict_generated(config, model, task, data, encoded, path)
-    model, tokenizer, info, data, encoded = _load_for_inference(config, need_labels=False)
-    probs = predict_probs(model, encoded, tokenizer.pad_token_id, config.batch_size,
-                          pick_device(config.device))
-    names = info["labels"]
+    model, task, data, encoded = _load_run_and_data(config, need_targets=False)
+    columns, rows = task.predict(model, encoded, config.batch_size, pick_device(config.device))
     ids = data.ids
     handle = io.StringIO()
     writer = csv.writer(handle)
-    writer.writerow([config.id_column if ids else "row", "label",
-                     *(f"prob_{name}" for name in names)])
-    for row, p in enumerate(probs.tolist()):
-        best = max(range(len(names)), key=p.__getitem__)
-        writer.writerow([ids[row] if ids else row, names[best], *(f"{v:.6f}" for v in p)])
+    writer.writerow([config.id_column if ids else "row", *columns])
+    for row, values in enumerate(rows):
+        writer.writerow([ids[row] if ids else row, *values])
     atomic_write_bytes(path, handle.getvalue().encode("utf-8"))
-    print(f"wrote {len(encoded)} predictions to {path} ({encoded.truncated} texts truncated to "
-          f"{info['max_length']} tokens)")
+    print(f"wrote {len(rows)} {task.outputs} to {path} ({task.cut_note(encoded)})")
     return 0
 
 
 def _check_id_column(data: str, id_column: str) -> None:
     """An --id-column the file lacks is refused, not replaced by row numbers unasked."""
-    from .data import BUILTIN, columns
     if data in BUILTIN:
         raise UsageError(f"{data} is a built-in data set without ids; drop --id-column (rows "
                          "are numbered)")
@@ -209,34 +166,11 @@ def _check_id_column(data: str, id_column: str) -> None:
     if id_column not in have:
         raise UsageError(f"{data} has no column {id_column!r} (it has: {', '.join(have)}); pass "
                          "one of those to --id-column, or drop it to number the rows")
-
-
-def _predict_generated(config, model, task, data, encoded, path: Path) -> int:
-    """A generate run's answers: an id (or row) column, `generated`, and for a run trained on
-    a classification file the `label` the answer names (blank when it names none)."""
-    from ..checkpoint import atomic_write_bytes
-    from .runtime import pick_device
-    answers = task.generate_texts(model, encoded.prompt_ids, pick_device(config.device),
-                                  config.batch_size)
-    ids = data.ids
-    by_word = {word: label for label, word in (task.words or {}).items()}
-    handle = io.StringIO()
-    writer = csv.writer(handle)
-    writer.writerow([config.id_column if ids else "row", "generated",
-                     *(["label"] if task.words else [])])
-    for row, answer in enumerate(answers):
-        writer.writerow([ids[row] if ids else row, answer,
-                         *([by_word.get(answer, "")] if task.words else [])])
-    atomic_write_bytes(path, handle.getvalue().encode("utf-8"))
-    print(f"wrote {len(answers)} answers to {path} ({encoded.truncated} prompts cut to fit "
-          f"{task.settings['max_length']} tokens)")
     return 0
 
 
 def run_generate(args) -> int:
     """One completion of --prompt, printed as its tokens come."""
-    from .inference import generate_task, load_run
-    from .runtime import pick_device
     config = GenerateConfig(**explicit_values(args, GenerateConfig))
     prompt = sys.stdin.read() if config.prompt == "-" else config.prompt
     if not prompt.strip():
@@ -247,8 +181,9 @@ def run_generate(args) -> int:
         raise UsageError(f"{config.checkpoint} is a --task classify run, which labels texts; "
                          "`laddertune generate` needs a --task generate run (label texts with "
                          "`laddertune predict`)")
+    task = task_of_run(info, config)
     model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
-    task = generate_task(info, config, model, tokenizer)
+    task.attach(model, tokenizer, info)
     room = task.settings["max_new_tokens"] if task.task_type == "CAUSAL_LM" else 0
     ids, cut = task.format.prompt(prompt, info["max_length"] - room)
     if cut:
@@ -286,7 +221,6 @@ class TextStream:
 
 
 def run_sweep(args) -> int:
-    from .sweep import parse_grid, sweep
     explicit = explicit_values(args, TrainConfig)
     if explicit.get("task", "classify") != "classify":
         raise UsageError("laddertune sweep trains --task classify runs; train each generate "
@@ -300,7 +234,6 @@ def run_sweep(args) -> int:
 
 
 def run_demo(args) -> int:
-    from .demo import run_demo as demo
     demo(DemoConfig(**explicit_values(args, DemoConfig)))
     return 0
 

@@ -20,6 +20,7 @@ import torch
 
 from ..checkpoint import save_json
 from .data import BBC_NEWS
+from .demo_headlines import run_headline_demo
 from .memory import training_memory_account
 from .methods import DEFAULT_LR
 from .options import DemoConfig, TrainConfig
@@ -37,7 +38,6 @@ COMPARE_STEPS = 3
 def run_demo(demo: DemoConfig | None = None) -> dict:
     demo = demo or DemoConfig()
     if demo.task == "generate":
-        from .demo_headlines import run_headline_demo
         return run_headline_demo(demo)
     started = time.perf_counter()
     out = Path(demo.output)

@@ -2,188 +2,51 @@
 
 The data are prompt -> target pairs, or a classification file whose labels become words (the
 paper's text-to-text classification: each label answers with its own text, or the word
---verbalizer gives it). How an example becomes tokens:
-
-    prompt     head + prompt tokens + tail, where head and tail are the tokenizer's special
-               tokens around a text (BOS; T5's EOS), or with --chat-template the tokenizer's
-               chat template around a user turn, up to the start of the assistant's answer; a
-               decoder-only model without a template reads a line break after the prompt
-    target     the target's tokens, then the end-of-text token, so the model learns to stop
-    too long   a decoder-only model reads prompt and target as one sequence of at most
-               --max-length tokens; an encoder-decoder's encoder reads at most --max-length
-               prompt tokens. A prompt is cut from the left (the end of a prompt, where its
-               question or instruction usually is, stays), never the target; the cut prompts
-               are counted in a warning and in metrics.json
-
-Training batches are right-padded; the loss is on the target tokens only (labels -100 on the
-prompt and the padding). Generation reads the prompts alone, left-padded for a decoder-only
-model, with key/value caches (`laddertune.generation` for LST, transformers' `generate` for
-the baselines), and evaluation scores the answers by exact match, token F1 and ROUGE-L
+--verbalizer gives it). `prompts.py` turns them into tokens and batches. Generation reads the
+prompts alone, with key/value caches (`laddertune.generation` for LST, transformers' `generate`
+for the baselines), and evaluation scores the answers by exact match, token F1 and ROUGE-L
 (`text_metrics`) beside the loss on the targets.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import DataError, DataWarning, LSTWarning
+from ..backbones import DECODER, ENCODER_DECODER, detect_family, max_positions
+from ..errors import DataError, DataWarning
+from ..held import HeldModules
+from ..model import LSTModel
+from ..text2text import Verbalizer
 from .data import (
     BUILTIN,
     PairDataset,
     TextDataset,
     has_columns,
     label_names,
+    load_builtin,
     load_pairs,
     load_texts,
     load_train_eval,
     random_split,
 )
+from .evaluation import eval_batches, evaluating
 from .options import TrainConfig, UsageError
-from .tasks import fit_max_length
+from .prompts import PairEncoded, PromptFormat, collate_pairs, pad_rows
+from .report import warn_absent_classes
 from .text_metrics import generation_scores
 
 SAMPLES = 5            # answers kept in the metrics, for the report
-_MARK = "\uE000laddertune-prompt\uE000"   # stands for the prompt inside the chat template
 
 # The settings of a generate run, as run.json records them; eval, predict and generate may
 # override the last five.
 SETTINGS = ("prompt_column", "target_column", "text_column", "label_column", "chat_template",
             "max_length", "max_new_tokens", "num_beams", "temperature", "top_p", "seed")
-
-
-@dataclass
-class PairEncoded:
-    """Token ids of prompts and targets (target ids end with the end-of-text token), the
-    target texts the answers are scored against, and how many prompts were cut."""
-
-    prompt_ids: list[list[int]]
-    target_ids: list[list[int]]
-    references: list[str]
-    truncated: int
-    seq2seq: bool
-
-    def __len__(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def input_ids(self) -> list[list[int]]:
-        """What the model's first stack reads in training: the prompt, then (decoder-only)
-        the target."""
-        if self.seq2seq:
-            return self.prompt_ids
-        return [p + t for p, t in zip(self.prompt_ids, self.target_ids)]
-
-    @property
-    def cache_ids(self) -> list[list[int]]:
-        """Every token that decides an example's backbone states: prompt and target."""
-        return [p + t for p, t in zip(self.prompt_ids, self.target_ids)]
-
-
-def collate_pairs(encoded: PairEncoded, indices, pad_token_id: int) -> dict[str, torch.Tensor]:
-    """A right-padded training batch; labels are -100 on the prompt and the padding."""
-    indices = list(indices)
-    if encoded.seq2seq:
-        input_ids, mask = pad_rows([encoded.prompt_ids[i] for i in indices], pad_token_id)
-        labels, _ = pad_rows([encoded.target_ids[i] for i in indices], -100)
-        return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-    rows = [encoded.prompt_ids[i] + encoded.target_ids[i] for i in indices]
-    input_ids, mask = pad_rows(rows, pad_token_id)                        # (b, t) each
-    labels = input_ids.masked_fill(mask == 0, -100)
-    for row, i in enumerate(indices):
-        labels[row, :len(encoded.prompt_ids[i])] = -100
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-
-
-def pad_rows(rows: Sequence[Sequence[int]], pad: int, left: bool = False
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask), (b, t) each: `rows` padded on the right, or on the left."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, span] = 1
-    return ids, mask
-
-
-class PromptFormat:
-    """How one tokenizer, for one kind of model, turns prompts and targets into token ids."""
-
-    def __init__(self, tokenizer, seq2seq: bool, chat_template: bool, eos_token_id: int,
-                 model_name: str):
-        self.tokenizer, self.seq2seq, self.eos = tokenizer, seq2seq, eos_token_id
-        if chat_template and not getattr(tokenizer, "chat_template", None):
-            warnings.warn(f"--chat-template: {model_name}'s tokenizer has no chat template; "
-                          "prompts are used as they are", LSTWarning, stacklevel=3)
-            chat_template = False
-        if chat_template:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": _MARK}],
-                                                 tokenize=False, add_generation_prompt=True)
-            if text.count(_MARK) != 1:
-                raise UsageError(f"{model_name}'s chat template does not show the prompt once; "
-                                 "drop --chat-template and write the template into the prompts")
-            head, tail = text.split(_MARK)
-            self.head, self.tail = self._plain(head), self._plain(tail)
-        else:
-            self.head, self.tail = self._specials()
-            if not seq2seq:          # where the prompt ends and the answer begins
-                self.tail = self.tail + self._plain("\n")
-
-    def _plain(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
-
-    def _specials(self) -> tuple[list[int], list[int]]:
-        """The special tokens the tokenizer puts before and after a text."""
-        plain = self._plain("a")
-        full = list(self.tokenizer("a")["input_ids"])
-        for start in range(len(full) - len(plain) + 1):
-            if full[start:start + len(plain)] == plain:
-                return full[:start], full[start + len(plain):]
-        return [], []
-
-    def prompt(self, text: str, budget: int) -> tuple[list[int], bool]:
-        """The prompt's ids within `budget` tokens (template included), cut from the left."""
-        content = self._plain(text)
-        room = max(budget - len(self.head) - len(self.tail), 1)
-        cut = len(content) > room
-        return self.head + (content[len(content) - room:] if cut else content) + self.tail, cut
-
-    def target(self, text: str) -> list[int]:
-        return self._plain(text) + [self.eos]
-
-    def encode(self, data: PairDataset, max_length: int, answer_room: int = 0) -> PairEncoded:
-        """Tokenize `data`, cutting prompts from the left to fit `max_length` (see module doc).
-        A decoder-only prompt without its target leaves `answer_room` tokens for the answer.
-
-        Raises:
-            DataError: a target leaves no room for the prompt within `max_length`.
-        """
-        targets = [self.target(text) for text in data.targets] if data.targets else []
-        reserved = len(self.head) + len(self.tail) + 1      # one prompt token at least
-        too_long = [i for i, ids in enumerate(targets)
-                    if not self.seq2seq and len(ids) + reserved > max_length]
-        if too_long:
-            longest = max(len(targets[i]) for i in too_long)
-            raise DataError(
-                f"{data.source}: {len(too_long)} targets are too long for --max-length "
-                f"{max_length} (the longest takes {longest} tokens, and the prompt needs "
-                f"{reserved} at least; first at row {too_long[0] + 1}); targets are never cut: "
-                f"pass --max-length {longest + reserved} or more, or shorten them")
-        prompts, cut = [], 0
-        for i, text in enumerate(data.prompts):
-            budget = max_length - (0 if self.seq2seq else len(targets[i]) if targets
-                                   else answer_room)
-            ids, was_cut = self.prompt(text, budget)
-            prompts.append(ids)
-            cut += was_cut
-        return PairEncoded(prompts, targets, list(data.targets), cut, self.seq2seq)
 
 
 class GenerateTask:
@@ -194,6 +57,7 @@ class GenerateTask:
 
     name = "generate"
     headline = ("rouge_l", "exact_match", "token_f1", "loss")
+    outputs = "answers"              # what `predict` writes a row of per example
 
     def __init__(self, settings, words: dict[str, str] | None = None,
                  labels: list[str] | None = None):
@@ -203,6 +67,22 @@ class GenerateTask:
         self.task_type = None
         self.tokenizer = self.format = None
         self.eos = self.pad = None
+
+    @classmethod
+    def for_training(cls, cfg: TrainConfig) -> GenerateTask:
+        return cls(cfg)
+
+    @classmethod
+    def from_run(cls, info: dict, config=None) -> GenerateTask:
+        """The task of a finished run (run.json's `info`), with the generation settings that
+        `config` (eval, predict or generate flags) overrides."""
+        settings = {**info}
+        for name in ("prompt_column", "target_column", "max_new_tokens", "num_beams",
+                     "temperature", "top_p", "seed"):
+            value = getattr(config, name, None)
+            if value is not None:
+                settings[name] = value
+        return cls(settings, info.get("label_words"), info["labels"])
 
     @property
     def num_labels(self) -> int:
@@ -236,7 +116,6 @@ class GenerateTask:
                 raise DataError(f"{data.source} has label {missing[0]!r} with no --verbalizer "
                                 f"entry ({len(missing)} labels lack one); add {missing[0]}=WORD "
                                 "to --verbalizer")
-        from ..text2text import Verbalizer
         Verbalizer(self.labels, self.words)      # two labels answered with one word: refused
         self.train_data, self.eval_data = (self.as_pairs(data) for data in (train, evaluation))
 
@@ -245,13 +124,12 @@ class GenerateTask:
         targets = [self.words[label] for label in data.labels] if data.labels else []
         return PairDataset(data.texts, targets, data.source, data.ids, data.labels or None)
 
-    def read_prompts(self, source: str, need_targets: bool, id_column: str | None = None
-                     ) -> PairDataset:
+    def read_data(self, source: str, need_targets: bool, id_column: str | None = None
+                  ) -> PairDataset:
         """Data to evaluate (`need_targets`) or to generate for, read as the run's data was."""
         s = self.settings
         if self.words is not None:
             if source in BUILTIN:
-                from .data import load_builtin
                 data = load_builtin(source)[1]
             else:
                 data = load_texts(source, s["text_column"], s["label_column"], need_targets,
@@ -267,37 +145,42 @@ class GenerateTask:
 
     # ---- the model ------------------------------------------------------------------------------
 
-    def head(self, method: str) -> str:
+    def head(self, method) -> str:
         return "lm"
 
-    def prepare(self, backbone, tokenizer, cfg: TrainConfig) -> tuple[PairEncoded, PairEncoded]:
-        """Fit the lengths to `backbone`, tokenize both sets, resolve --max-new-tokens."""
-        self.attach(backbone, tokenizer, cfg.model)
-        cfg.max_length = fit_max_length(backbone, cfg.max_length, cfg.model, tokenizer)
-        self.settings["max_length"] = cfg.max_length
-        train, evaluation = (self.format.encode(data, cfg.max_length)
+    def prepare(self, backbone, tokenizer, cfg: TrainConfig, max_length: int
+                ) -> tuple[PairEncoded, PairEncoded]:
+        """Tokenize both sets within the run's fitted `max_length`, resolve --max-new-tokens."""
+        self.attach_backbone(backbone, tokenizer, cfg.model)
+        self.settings["max_length"] = max_length
+        train, evaluation = (self.format.encode(data, max_length)
                              for data in (self.train_data, self.eval_data))
         for data, encoded in ((self.train_data, train), (self.eval_data, evaluation)):
             if encoded.truncated:
                 what = "prompts plus targets" if not encoded.seq2seq else "prompts"
                 warnings.warn(f"{data.source}: {encoded.truncated} of {len(encoded)} {what} are "
-                              f"longer than --max-length {cfg.max_length} tokens; their prompts "
+                              f"longer than --max-length {max_length} tokens; their prompts "
                               "were cut from the left, the targets kept whole", DataWarning,
                               stacklevel=2)
-        if cfg.max_new_tokens is None:
-            cfg.max_new_tokens = max(len(ids) for ids in train.target_ids)
-        self.settings["max_new_tokens"] = cfg.max_new_tokens
+        if self.settings["max_new_tokens"] is None:
+            self.settings["max_new_tokens"] = max(len(ids) for ids in train.target_ids)
         self.check_room(backbone, max(len(ids) for ids in evaluation.prompt_ids), cfg.model)
         return train, evaluation
 
-    def attach(self, backbone, tokenizer, model_name: str, eos_token_id: int | None = None
-               ) -> None:
+    def attach(self, model, tokenizer, info: dict) -> None:
+        """A finished run's `model` and `tokenizer` (`inference.load_run`), ready to encode and
+        generate."""
+        backbone = (model.held_backbone() if isinstance(model, HeldModules)    # LST's own
+                    else model.get_base_model() if hasattr(model, "get_base_model") else model)
+        self.attach_backbone(backbone, tokenizer, info["model"], info.get("eos_token_id"))
+
+    def attach_backbone(self, backbone, tokenizer, model_name: str,
+                        eos_token_id: int | None = None) -> None:
         """Read the model kind and special tokens off `backbone` and `tokenizer`.
 
         Raises:
             UsageError: the model does not write text (an encoder), or names no end token.
         """
-        from ..backbones import DECODER, ENCODER_DECODER, detect_family
         kind = detect_family(backbone).kind
         if kind not in (DECODER, ENCODER_DECODER):
             raise UsageError(f"--task generate needs a model that writes text, decoder-only or "
@@ -320,7 +203,6 @@ class GenerateTask:
 
     def check_room(self, backbone, longest_prompt: int, model_name: str) -> None:
         """A decoder-only model's positions hold the longest prompt and the answer."""
-        from ..backbones import max_positions
         limit = max_positions(backbone)
         new = self.settings["max_new_tokens"]
         if self.task_type == "CAUSAL_LM" and limit and longest_prompt + new > limit:
@@ -330,24 +212,43 @@ class GenerateTask:
 
     def record(self) -> dict:
         """What run.json keeps so that eval, predict and generate read data as training did."""
-        return {"task_type": self.task_type, "eos_token_id": self.eos, "label_words": self.words}
+        return {"task_type": self.task_type, "eos_token_id": self.eos, "label_words": self.words,
+                "max_new_tokens": self.settings["max_new_tokens"]}
+
+    def outline(self) -> str:
+        return f"{self.task_type}" + (f", {len(self.labels)} classes as words"
+                                      if self.labels else "")
 
     def collate(self, encoded: PairEncoded, indices, pad_token_id: int) -> dict:
         return collate_pairs(encoded, indices, pad_token_id)
 
+    def encode(self, data: PairDataset) -> PairEncoded:
+        """A finished run's data, encoded as training did, leaving room for the answers."""
+        return self.format.encode(data, self.settings["max_length"],
+                                  self.settings["max_new_tokens"])
+
+    def predict(self, model, encoded: PairEncoded, batch_size: int, device: torch.device
+                ) -> tuple[list[str], list[list]]:
+        """The columns (after the id), and per example the answer and, for a run trained on a
+        classification file, the `label` the answer names (blank when it names none)."""
+        answers = self.generate_texts(model, encoded.prompt_ids, device, batch_size)
+        by_word = {word: label for label, word in (self.words or {}).items()}
+        labelled = bool(self.words)
+        return (["generated", *(["label"] if labelled else [])],
+                [[answer, *([by_word.get(answer, "")] if labelled else [])]
+                 for answer in answers])
+
+    def cut_note(self, encoded: PairEncoded) -> str:
+        return f"{encoded.truncated} prompts cut to fit {self.settings['max_length']} tokens"
+
     # ---- evaluation -----------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self, model, encoded: PairEncoded, pad_token_id: int, batch_size: int,
                  device: torch.device, states=None) -> dict:
         """The loss on the targets, then an answer generated for every prompt, scored."""
-        was_training = model.training
-        model.eval()
-        try:
+        with evaluating(model):
             loss = self.target_loss(model, encoded, pad_token_id, batch_size, device, states)
             answers = self.generate_texts(model, encoded.prompt_ids, device, batch_size)
-        finally:
-            model.train(was_training)
         return {**self.score(answers, encoded.references), "loss": round(loss, 6)}
 
     def score(self, answers: list[str], references: list[str]) -> dict:
@@ -362,32 +263,31 @@ class GenerateTask:
     def class_scores(self, answers: list[str], references: list[str]) -> dict:
         """Text-to-text classification: the class each answer names, scored as a classifier is
         (an answer that names no class is wrong)."""
-        from sklearn.metrics import f1_score
+        from sklearn.metrics import f1_score  # here, as in report.py: slow to import
         word_class = {word: i for i, word in enumerate(self.words[label] for label in self.labels)}
         truth = [word_class[r] for r in references]
         predicted = [word_class.get(a.strip(), -1) for a in answers]
-        classes = list(range(len(self.labels)))
+        # scikit-learn's macro-F1: over the classes the references or the answers hold (an
+        # answer naming no class, -1, still counts against its reference's recall)
+        present = sorted(set(truth) | {p for p in predicted if p >= 0})
+        absent = [name for i, name in enumerate(self.labels) if i not in set(truth)]
+        warn_absent_classes(absent, len(self.labels))
         return {"accuracy": round(sum(t == p for t, p in zip(truth, predicted))
                                   / max(len(truth), 1), 6),
-                "macro_f1": round(float(f1_score(truth, predicted, labels=classes,
+                "macro_f1": round(float(f1_score(truth, predicted, labels=present,
                                                  average="macro", zero_division=0)), 6),
-                "unmatched": sum(p == -1 for p in predicted)}
+                "unmatched": sum(p == -1 for p in predicted),
+                "classes_absent_from_eval": absent}
 
     def target_loss(self, model, encoded: PairEncoded, pad_token_id: int, batch_size: int,
                     device: torch.device, states=None) -> float:
         """Mean cross-entropy per target token, teacher-forced."""
         total, count = 0.0, 0
-        for start in range(0, len(encoded), batch_size):
-            indices = list(range(start, min(start + batch_size, len(encoded))))
-            batch = {k: v.to(device) for k, v in
-                     collate_pairs(encoded, indices, pad_token_id).items()}
-            if states is not None:
-                batch["backbone_hidden_states"] = states(indices, batch)
+        for indices, batch in eval_batches(encoded, batch_size, pad_token_id, device, states,
+                                           collate_pairs):
             tokens = sum(len(encoded.target_ids[i]) for i in indices)
             total += float(model(**batch).loss) * tokens
             count += tokens
-        if states is not None:
-            states.end_of_pass(encoded)
         return total / max(count, 1)
 
     def generate_texts(self, model, prompt_ids: Sequence[Sequence[int]], device: torch.device,
@@ -406,7 +306,6 @@ class GenerateTask:
                      on_token=None) -> torch.Tensor:
         """The new tokens, (b, n): LST through laddertune's generator, the baselines through
         transformers' (both with key/value caches)."""
-        from ..model import LSTModel
         s = self.settings
         if isinstance(model, LSTModel):
             out = model.generate(input_ids, attention_mask, max_new_tokens=s["max_new_tokens"],
@@ -462,7 +361,6 @@ def parse_verbalizer(text: str) -> dict[str, str]:
 def _hf_generate(model, input_ids, attention_mask, settings: dict, eos: int, pad: int,
                  on_token) -> torch.Tensor:
     """transformers' own `generate` (peft models pass it through), with the same settings."""
-    import logging
     sample = settings["temperature"] > 0
     options = {"max_new_tokens": settings["max_new_tokens"], "num_beams": settings["num_beams"],
                "do_sample": sample, "eos_token_id": eos, "pad_token_id": pad}

@@ -1,4 +1,5 @@
-"""Using a finished run: rebuild its model from the run folder, and predict.
+"""Using a finished run: rebuild its model from the run folder (its task, `tasks.task_of_run`,
+then evaluates or predicts).
 
 `load_run` checks, before anything is computed, that the folder is a finished run, that its
 model files are the ones training wrote (sha256 recorded in metrics.json), and that the backbone
@@ -9,15 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..checkpoint import check_fingerprint, load_json
 from ..errors import BackboneMismatchError, CheckpointError
 from .aliases import ALIASES, backbone_signature, load_backbone, load_tokenizer, resolve_model
-from .data import Encoded, collate
-from .methods import load_trained
+from .methods import get_method, load_trained
 from .run_folder import RunFolder, recover
 from .runtime import pick_device
+from .tasks import task_of_run
 
 
 def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None):
@@ -52,8 +51,7 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
     source = resolve_model(name if name in ALIASES or model else info["model_path"])
     tokenizer = load_tokenizer(source)
     method, labels = info["method"], info["labels"]
-    head = ("lm" if info.get("task") == "generate" else "bare" if method == "lst"
-            else "classifier")
+    head = task_of_run(info).head(get_method(method))
     backbone = load_backbone(source, tokenizer.pad_token_id, head, len(labels))
     try:
         check_fingerprint(info["backbone_fingerprint"], backbone_signature(backbone), "run")
@@ -63,44 +61,3 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
             "weights or config differ); pass --model with the model it was trained on") from None
     trained = load_trained(backbone, method, folder.path)
     return trained.to(pick_device(device)).eval(), tokenizer, info
-
-
-def generate_task(info: dict, config=None, model=None, tokenizer=None):
-    """The `GenerateTask` of a finished generate run (run.json's `info`), with the generation
-    settings `config` (eval, predict or generate flags) overrides; given the `model` and
-    `tokenizer` `load_run` returned, ready to encode and generate."""
-    from .generate_task import GenerateTask
-    settings = {**info}
-    for name in ("prompt_column", "target_column", "max_new_tokens", "num_beams",
-                 "temperature", "top_p", "seed"):
-        value = getattr(config, name, None)
-        if value is not None:
-            settings[name] = value
-    task = GenerateTask(settings, info.get("label_words"), info["labels"])
-    if model is not None:
-        backbone = (model.__dict__.get("backbone")                   # LST holds its backbone
-                    or (model.get_base_model() if hasattr(model, "get_base_model") else model))
-        task.attach(backbone, tokenizer, info["model"], info.get("eos_token_id"))
-    return task
-
-
-@torch.no_grad()
-def predict_probs(model, encoded: Encoded, pad_token_id: int, batch_size: int,
-                  device: torch.device, states=None) -> torch.Tensor:
-    """Class probabilities of every example, in order: (n, num_labels). `states`, for LST, gives
-    each batch's backbone states (`trainer.BackboneStates`: computed, or read from a cache)."""
-    was_training = model.training
-    model.eval()
-    probs = []
-    for start in range(0, len(encoded), batch_size):
-        indices = list(range(start, min(start + batch_size, len(encoded))))
-        batch = {k: v.to(device) for k, v in collate(encoded, indices, pad_token_id).items()}
-        if states is not None:
-            batch["backbone_hidden_states"] = states(indices, batch)
-        batch.pop("labels", None)
-        logits = model(**batch).logits                                       # (b, num_labels)
-        probs.append(torch.softmax(logits.float(), -1).cpu())
-    if states is not None:
-        states.end_of_pass(encoded)
-    model.train(was_training)
-    return torch.cat(probs)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..held import held_modules
+
 
 @dataclass
 class SavedTensorMeter:
@@ -72,7 +74,7 @@ def training_memory_account(model: torch.nn.Module, loss_fn, optimizer_states: i
     """
     # An LSTModel holds its frozen backbone without registering it: the registered parameters
     # are what trains, the held ones only count as weights.
-    held = [model.__dict__["backbone"]] if "backbone" in model.__dict__ else []
+    held = held_modules(model)
     registered = {id(p): p for p in model.parameters()}
     trainable = [p for p in registered.values() if p.requires_grad]
     params = {**registered, **{id(p): p for m in held for p in m.parameters()}}
@@ -89,7 +91,6 @@ def training_memory_account(model: torch.nn.Module, loss_fn, optimizer_states: i
     account["total_bytes"] = sum(account.values())
     model.zero_grad(set_to_none=True)
     return account
-
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:

@@ -1,5 +1,10 @@
 """Fine-tuning methods side by side: LST and the baselines a user would pick instead.
 
+Each method is one `Method` entry of `REGISTRY`: how it builds, saves and loads, its default
+learning rate, the head it trains on, whether it reads the backbone's states as given (so they
+can be cached or shared), and the settings only it reads. A new method is one entry; no other
+module tests a method's name.
+
 `build_method` turns one freshly loaded task model (``...ForSequenceClassification``,
 ``...ForCausalLM``, ``...ForSeq2SeqLM``) into a trainable model for one method. Every result takes
 the same inputs (input_ids, attention_mask, labels) and returns ``.loss`` and ``.logits``, so the
@@ -13,6 +18,8 @@ adapter modules), so pass a fresh model to each method.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -20,6 +27,7 @@ from torch import nn
 from ..checkpoint import load_json, load_weights, save_weights, shared_file_mode
 from ..config import LSTConfig
 from ..errors import CheckpointError, LSTConfigError
+from ..model import LSTModel, get_lst_model
 from .adapters import (
     AdapterConfig,
     add_adapters,
@@ -28,15 +36,6 @@ from .adapters import (
     save_adapters,
     task_head_params,
 )
-
-METHODS = ("lst", "full", "lora", "bitfit", "prompt", "adapter", "ia3")
-
-# Learning rates from the paper's T5-base GLUE setting (../shared/LST.md): LST 3e-3, full FT,
-# LoRA, BitFit and Adapters 3e-4, prompt tuning 0.3. IA3 is not in the LST paper: 3e-3 is what
-# its authors trained (IA)3 with (T-Few, Liu et al. 2022, arXiv 2205.05638: Adafactor, lr 3e-3
-# in configs/ia3.json of their code, r-three/t-few).
-DEFAULT_LR = {"lst": 3e-3, "full": 3e-4, "lora": 3e-4, "bitfit": 3e-4, "prompt": 0.3,
-              "adapter": 3e-4, "ia3": 3e-3}
 
 # Full fine-tuning and BitFit ship the tensors they trained, as safetensors.
 TRAINED_WEIGHTS = "trained_weights.safetensors"
@@ -49,15 +48,11 @@ _PEFT_CONFIG = "adapter_config.json"
 _LM_TASKS = ("CAUSAL_LM", "SEQ_2_SEQ_LM")
 
 
-def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
-                 num_labels: int = 2, lst_config: LSTConfig | None = None, lora_rank: int = 32,
-                 prompt_tokens: int = 20, adapter_kind: str = "houlsby",
-                 adapter_reduction_factor: int = 16, init_data=None) -> nn.Module:
-    """A model that trains `task_model` by `method`.
+@dataclass(frozen=True)
+class BuildSettings:
+    """What building a method may read besides the task model (each method reads its own).
 
     Args:
-        method: one of ``lst``, ``full``, ``lora``, ``bitfit``, ``prompt``, ``adapter``, ``ia3``.
-        task_model: a freshly loaded Hugging Face task model.
         task_type: PEFT's task name (``SEQ_CLS``, ``CAUSAL_LM``, ``SEQ_2_SEQ_LM``, ...).
         num_labels: classes for classification tasks.
         lst_config: LST settings; defaults to ``LSTConfig(task_type, num_labels)``.
@@ -67,45 +62,198 @@ def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
             (feed-forward only).
         adapter_reduction_factor: adapter bottleneck = hidden size / this (the paper uses 16).
         init_data: examples for LST's Fisher initialisation.
+    """
+
+    task_type: str = "SEQ_CLS"
+    num_labels: int = 2
+    lst_config: LSTConfig | None = None
+    lora_rank: int = 32
+    prompt_tokens: int = 20
+    adapter_kind: str = "houlsby"
+    adapter_reduction_factor: int = 16
+    init_data: object = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One fine-tuning method, everything the application needs to know about it.
+
+    Args:
+        name: the --method value.
+        default_lr: its learning rate when --lr is not given.
+        build: (fresh task model, BuildSettings) -> the model to train.
+        save: (trained model, folder) -> writes what it trained, never the frozen backbone.
+        load: (fresh task model, folder) -> the trained model, in eval mode.
+        head: the head of the task model it trains on: ``bare`` (LST brings its own head) or
+            ``classifier`` (a new classification head).
+        reads_backbone_states: the model takes the frozen backbone's states as an input, so a
+            cache or a sweep can compute them once (only LST: the others train through the
+            backbone, whose states then change every step).
+        fields: the TrainConfig fields only this method reads (set for another method, they
+            draw a warning).
+    """
+
+    name: str
+    default_lr: float
+    build: Callable[[nn.Module, BuildSettings], nn.Module]
+    save: Callable[[nn.Module, Path], None]
+    load: Callable[[nn.Module, Path], nn.Module]
+    head: str = "classifier"
+    reads_backbone_states: bool = False
+    fields: tuple[str, ...] = ()
+
+    @property
+    def reads_lst_settings(self) -> bool:
+        """It trains an LST side network, configured by the --lst-* settings."""
+        return "lst" in self.fields
+
+    def settings(self, cfg, task_type: str, num_labels: int, init_data=None) -> BuildSettings:
+        """The BuildSettings of a training run's `cfg` (a TrainConfig); `init_data`, the
+        training examples one by one, is read only by a Fisher initialisation."""
+        lst_config = cfg.lst_config(num_labels, task_type) if self.reads_lst_settings else None
+        fisher = lst_config is not None and lst_config.side_init == "fisher"
+        return BuildSettings(task_type, num_labels, lst_config, adapter_kind=cfg.adapter_kind,
+                             adapter_reduction_factor=cfg.adapter_reduction_factor,
+                             init_data=init_data if fisher else None)
+
+
+# ---- build ---------------------------------------------------------------------------------------
+
+def _build_lst(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    config = s.lst_config or LSTConfig(task_type=s.task_type, num_labels=s.num_labels)
+    return get_lst_model(task_model, config, init_data=s.init_data)
+
+
+def _build_full(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    for param in task_model.parameters():
+        param.requires_grad_(True)
+    return task_model
+
+
+def _build_bitfit(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    if not any(name.endswith("bias") for name, _ in task_model.named_parameters()):
+        raise LSTConfigError(f"bitfit trains bias terms and {task_model.config.model_type} has "
+                             "none; use lora or lst")
+    head = set(task_head_params(task_model)) if s.task_type not in _LM_TASKS else set()
+    for name, param in task_model.named_parameters():
+        param.requires_grad_(name.endswith("bias") or name in head)
+    return task_model
+
+
+# peft is imported where it is used: it takes seconds to import, and most commands never do.
+def _build_lora(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+    lora = LoraConfig(task_type=s.task_type, r=s.lora_rank, lora_alpha=s.lora_rank,
+                      lora_dropout=0.0, target_modules="all-linear")
+    return get_peft_model(task_model, lora)
+
+
+def _build_prompt(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    from peft import PromptTuningConfig, get_peft_model
+    prompt = PromptTuningConfig(task_type=s.task_type, num_virtual_tokens=s.prompt_tokens)
+    return get_peft_model(task_model, prompt)
+
+
+def _build_ia3(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    from peft import get_peft_model
+    return get_peft_model(task_model, ia3_config(task_model, s.task_type))
+
+
+def _build_adapter(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    config = AdapterConfig(kind=s.adapter_kind, reduction_factor=s.adapter_reduction_factor,
+                           train_task_head=s.task_type not in _LM_TASKS)
+    return add_adapters(task_model, config)
+
+
+# ---- save and load -------------------------------------------------------------------------------
+
+def _save_pretrained(model: nn.Module, directory: Path) -> None:
+    model.save_pretrained(str(directory))
+
+
+def _save_tensors(model: nn.Module, directory: Path) -> None:
+    save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
+                 directory / TRAINED_WEIGHTS)
+
+
+def _load_lst(task_model: nn.Module, directory: Path) -> nn.Module:
+    return LSTModel.from_pretrained(task_model, directory)
+
+
+def _peft_loader(method: str) -> Callable[[nn.Module, Path], nn.Module]:
+    def load(task_model: nn.Module, directory: Path) -> nn.Module:
+        from peft import PeftModel
+        saved = load_json(directory / _PEFT_CONFIG).get("peft_type")
+        if saved != _PEFT_TYPES[method]:
+            raise CheckpointError(f"{directory} holds a peft {saved} adapter, not {method}; "
+                                  "load it with the method it was trained with")
+        return PeftModel.from_pretrained(task_model, str(directory)).eval()
+    return load
+
+
+def _load_tensors(task_model: nn.Module, directory: Path) -> nn.Module:
+    state = load_weights(directory / TRAINED_WEIGHTS)
+    unknown = set(state) - set(dict(task_model.named_parameters()))
+    if unknown:
+        raise CheckpointError(f"{directory / TRAINED_WEIGHTS} does not fit this model (e.g. "
+                              f"{sorted(unknown)[0]}); train the run again")
+    task_model.load_state_dict(state, strict=False)
+    return task_model.eval()
+
+
+# ---- the registry --------------------------------------------------------------------------------
+
+# Learning rates from the paper's T5-base GLUE setting (../shared/LST.md): LST 3e-3, full FT,
+# LoRA, BitFit and Adapters 3e-4, prompt tuning 0.3. IA3 is not in the LST paper: 3e-3 is what
+# its authors trained (IA)3 with (T-Few, Liu et al. 2022, arXiv 2205.05638: Adafactor, lr 3e-3
+# in configs/ia3.json of their code, r-three/t-few).
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("lst", 3e-3, _build_lst, _save_pretrained, _load_lst, head="bare",
+           reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst")),
+    Method("full", 3e-4, _build_full, _save_tensors, _load_tensors),
+    Method("lora", 3e-4, _build_lora, _save_pretrained, _peft_loader("lora")),
+    Method("bitfit", 3e-4, _build_bitfit, _save_tensors, _load_tensors),
+    Method("prompt", 0.3, _build_prompt, _save_pretrained, _peft_loader("prompt")),
+    Method("adapter", 3e-4, _build_adapter, save_adapters, load_adapters,
+           fields=("adapter_kind", "adapter_reduction_factor")),
+    Method("ia3", 3e-3, _build_ia3, _save_pretrained, _peft_loader("ia3")),
+)}
+
+# Views of the registry, by name
+METHODS = tuple(REGISTRY)
+DEFAULT_LR = {name: method.default_lr for name, method in REGISTRY.items()}
+
+
+def get_method(name: str) -> Method:
+    """The registry entry of `name`.
+
+    Raises:
+        LSTConfigError: no method has that name.
+    """
+    if name not in REGISTRY:
+        raise LSTConfigError(f"method {name!r} is unknown; use one of {', '.join(METHODS)}")
+    return REGISTRY[name]
+
+
+def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
+                 num_labels: int = 2, lst_config: LSTConfig | None = None, lora_rank: int = 32,
+                 prompt_tokens: int = 20, adapter_kind: str = "houlsby",
+                 adapter_reduction_factor: int = 16, init_data=None) -> nn.Module:
+    """A model that trains `task_model` by `method`.
+
+    Args:
+        method: one of ``lst``, ``full``, ``lora``, ``bitfit``, ``prompt``, ``adapter``, ``ia3``.
+        task_model: a freshly loaded Hugging Face task model.
+        task_type, num_labels, lst_config, lora_rank, prompt_tokens, adapter_kind,
+            adapter_reduction_factor, init_data: see `BuildSettings`.
 
     Raises:
         LSTConfigError: unknown method or adapter settings out of range.
         UnsupportedModelError: adapters or IA3 cannot find this model's transformer blocks.
     """
-    if method == "lst":
-        from ..model import get_lst_model
-        config = lst_config or LSTConfig(task_type=task_type, num_labels=num_labels)
-        return get_lst_model(task_model, config, init_data=init_data)
-    if method == "full":
-        for param in task_model.parameters():
-            param.requires_grad_(True)
-        return task_model
-    if method == "bitfit":
-        if not any(name.endswith("bias") for name, _ in task_model.named_parameters()):
-            raise LSTConfigError(
-                f"bitfit trains bias terms and {task_model.config.model_type} has none; "
-                "use lora or lst")
-        head = set(task_head_params(task_model)) if task_type not in _LM_TASKS else set()
-        for name, param in task_model.named_parameters():
-            param.requires_grad_(name.endswith("bias") or name in head)
-        return task_model
-    if method == "lora":
-        from peft import LoraConfig, get_peft_model
-        lora = LoraConfig(task_type=task_type, r=lora_rank, lora_alpha=lora_rank,
-                          lora_dropout=0.0, target_modules="all-linear")
-        return get_peft_model(task_model, lora)
-    if method == "prompt":
-        from peft import PromptTuningConfig, get_peft_model
-        prompt = PromptTuningConfig(task_type=task_type, num_virtual_tokens=prompt_tokens)
-        return get_peft_model(task_model, prompt)
-    if method == "adapter":
-        config = AdapterConfig(kind=adapter_kind, reduction_factor=adapter_reduction_factor,
-                               train_task_head=task_type not in _LM_TASKS)
-        return add_adapters(task_model, config)
-    if method == "ia3":
-        from peft import get_peft_model
-        return get_peft_model(task_model, ia3_config(task_model, task_type))
-    raise LSTConfigError(f"method {method!r} is unknown; use one of {', '.join(METHODS)}")
+    return get_method(method).build(task_model, BuildSettings(
+        task_type, num_labels, lst_config, lora_rank, prompt_tokens, adapter_kind,
+        adapter_reduction_factor, init_data))
 
 
 def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS"):
@@ -119,7 +267,7 @@ def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS"):
     feed-forward's output projection is the paper's feed-forward vector; keys get no vector.
     A new task head is trained whole (peft's modules_to_save).
     """
-    from peft import IA3Config
+    from peft import IA3Config  # imported here: see `_build_lora`
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
     heads = sorted({name.split(".")[0] for name in task_head_params(task_model)})
     modules_to_save = heads if task_type not in _LM_TASKS and heads else None
@@ -150,13 +298,7 @@ def save_trained(model: nn.Module, method: str, directory: Path) -> list[Path]:
     readable by others (peft writes 0600 files)."""
     directory = Path(directory)
     before = {p: p.stat().st_mtime_ns for p in directory.iterdir() if p.is_file()}
-    if method == "lst" or method in _PEFT_TYPES:
-        model.save_pretrained(str(directory))
-    elif method == "adapter":
-        save_adapters(model, directory)
-    else:
-        save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
-                     directory / TRAINED_WEIGHTS)
+    get_method(method).save(model, directory)
     written = sorted(p for p in directory.iterdir()
                      if p.is_file() and before.get(p) != p.stat().st_mtime_ns)
     for path in written:
@@ -171,23 +313,4 @@ def load_trained(task_model: nn.Module, method: str, directory: Path) -> nn.Modu
     Raises:
         CheckpointError: the folder's files are missing, damaged or do not fit `task_model`.
     """
-    directory = Path(directory)
-    if method == "lst":
-        from ..model import LSTModel
-        return LSTModel.from_pretrained(task_model, directory)
-    if method in _PEFT_TYPES:
-        from peft import PeftModel
-        saved = load_json(directory / _PEFT_CONFIG).get("peft_type")
-        if saved != _PEFT_TYPES[method]:
-            raise CheckpointError(f"{directory} holds a peft {saved} adapter, not {method}; "
-                                  "load it with the method it was trained with")
-        return PeftModel.from_pretrained(task_model, str(directory)).eval()
-    if method == "adapter":
-        return load_adapters(task_model, directory)
-    state = load_weights(directory / TRAINED_WEIGHTS)
-    unknown = set(state) - set(dict(task_model.named_parameters()))
-    if unknown:
-        raise CheckpointError(f"{directory / TRAINED_WEIGHTS} does not fit this model (e.g. "
-                              f"{sorted(unknown)[0]}); train the run again")
-    task_model.load_state_dict(state, strict=False)
-    return task_model.eval()
+    return get_method(method).load(task_model, Path(directory))

@@ -25,7 +25,7 @@ from ..config import LSTConfig
 from ..errors import LSTError, LSTWarning
 from .adapters import ADAPTER_KINDS
 from .data import BBC_NEWS, TWEET_SENTIMENT
-from .methods import DEFAULT_LR, METHODS
+from .methods import DEFAULT_LR, METHODS, REGISTRY, Method, get_method
 
 DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("classify", "generate")
@@ -45,11 +45,16 @@ def _flag(help: str, **meta) -> dict:
     return {"help": help, **meta}
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     """Fine-tune a pretrained model to classify texts (--task classify) or to answer prompts in
     words (--task generate): LST by default, or a baseline in the same loop. Writes the trained
     side network (or adapter), run.json, metrics.json, report.md and figures to --output.
+
+    Frozen once `__post_init__` has checked it and filled in the defaults that depend on other
+    fields (--lr, --output): what a run derives later (the --max-length fitted to the model,
+    --max-new-tokens) lives on the run, which records it in run.json. Change a setting with
+    `dataclasses.replace`, which checks the new config again.
 
     Args: one per field, each explained by its help (``laddertune train --help`` prints them).
     """
@@ -171,7 +176,7 @@ class TrainConfig:
         _check_choices(self)
         _check_sampling(self)
         if self.lr is None:
-            self.lr = DEFAULT_LR[self.method]
+            _fill(self, "lr", self.method_entry.default_lr)
         _check_finite(self, "lr", "weight_decay", "warmup_ratio", "max_grad_norm")
         if self.lr <= 0:
             raise UsageError(f"--lr must be > 0, got {self.lr:g}")
@@ -183,8 +188,10 @@ class TrainConfig:
             raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
         _check_seed(self.seed)
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
-        if self.cache_backbone and self.method != "lst":
-            raise UsageError(f"--cache-backbone is for --method lst: {self.method} trains "
+        if self.cache_backbone and not self.method_entry.reads_backbone_states:
+            readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
+                                  if m.reads_backbone_states)
+            raise UsageError(f"--cache-backbone is for {readers}: {self.method} trains "
                              "through the backbone, whose states then change every step")
         if self.cache_backbone and lst.head_residual:
             raise UsageError("--cache-backbone stores what the ladders read, not the backbone's "
@@ -202,26 +209,22 @@ class TrainConfig:
             raise UsageError("--resume and --overwrite contradict each other; pass one of them")
         if self.output is None:
             stem = self.train.rsplit("/", 1)[-1].rsplit(".", 1)[0] or "run"
-            self.output = f"runs/{stem}-{self.method}"
+            _fill(self, "output", f"runs/{stem}-{self.method}")
         # paths as absolute ones: a run resumed from another folder reads the same files
-        self.train, self.eval, self.model, self.cache_dir = (
-            _absolute(p) for p in (self.train, self.eval, self.model, self.cache_dir))
+        for name in ("train", "eval", "model", "cache_dir"):
+            _fill(self, name, _absolute(getattr(self, name)))
 
     def _warn_unused(self) -> None:
         """Settings of another method or task than the one trained do nothing: say so once."""
-        by_method = []
-        if self.method != "lst":
-            by_method += [name for name, changed in (
-                ("--reduction-factor", self.reduction_factor != 8),
-                ("--lst-preset", self.lst_preset != "default"), ("--lst-*", bool(self.lst)))
-                if changed]
-        if self.method != "adapter":
-            by_method += [name for name, changed in (
-                ("--adapter-kind", self.adapter_kind != "houlsby"),
-                ("--adapter-reduction-factor", self.adapter_reduction_factor != 16)) if changed]
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        defaults = {name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+                    for name, f in fields.items()}
+        others = [name for method in REGISTRY.values() if method is not self.method_entry
+                  for name in method.fields if name not in self.method_entry.fields]
+        by_method = [_flag_name(name) + ("-*" if fields[name].metadata.get("nested") else "")
+                     for name in dict.fromkeys(others) if getattr(self, name) != defaults[name]]
         by_task = []
         if self.task != "generate":
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
             by_task = [_flag_name(name) for name in GENERATE_ONLY
                        if getattr(self, name) != defaults[name]]
         for unused, what in ((by_method, f"--method {self.method}"),
@@ -229,6 +232,11 @@ class TrainConfig:
             if unused:
                 warnings.warn(f"{', '.join(unused)} set, but {what} does not use them",
                               LSTWarning, stacklevel=3)
+
+    @property
+    def method_entry(self) -> Method:
+        """--method's entry in the registry (`methods.REGISTRY`)."""
+        return get_method(self.method)
 
     def lst_config(self, num_labels: int = 2, task_type: str = "SEQ_CLS") -> LSTConfig:
         """The LSTConfig of a `task_type` model (a sequence classifier of `num_labels` classes,
@@ -371,6 +379,11 @@ class DemoConfig:
         _check_counts(self, "epochs")
         if self.output is None:
             self.output = "runs/demo" if self.task == "classify" else "runs/demo-generate"
+
+
+def _fill(config, name: str, value) -> None:
+    """Set a field of a frozen config while `__post_init__` completes it."""
+    object.__setattr__(config, name, value)
 
 
 def _absolute(value: str | None) -> str | None:

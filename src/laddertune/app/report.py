@@ -39,10 +39,7 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
             scores.update({key: None for key in undefined}, absent_from_eval=True)
             absent.append(name)
         per_class[name] = scores
-    if absent:
-        warnings.warn(f"the eval data has no example of {len(absent)} of {num_labels} classes "
-                      f"({', '.join(absent)}); macro-F1 averages over the classes it holds or "
-                      "predicts, as scikit-learn's does", DataWarning, stacklevel=2)
+    warn_absent_classes(absent, num_labels)
     return {
         "accuracy": round(sum(t == p for t, p in zip(truth, predicted)) / max(len(truth), 1), 6),
         "macro_f1": round(float(f1_score(truth, predicted, average="macro", zero_division=0)), 6),
@@ -52,6 +49,14 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor,
         "classes_absent_from_eval": absent,
         "confusion_matrix": confusion_matrix(truth, predicted, labels=classes).tolist(),
     }
+
+
+def warn_absent_classes(absent: list[str], num_labels: int) -> None:
+    """Say which classes the eval data lacks: macro-F1 then averages over fewer classes."""
+    if absent:
+        warnings.warn(f"the eval data has no example of {len(absent)} of {num_labels} classes "
+                      f"({', '.join(absent)}); macro-F1 averages over the classes it holds or "
+                      "predicts, as scikit-learn's does", DataWarning, stacklevel=3)
 
 
 def plot_confusion_matrix(scores: dict, path: Path) -> None:

@@ -172,7 +172,7 @@ class Destination:
                 raise UsageError(
                     f"{flag} {value!r} differs from the run's {saved[name]!r}, and a resumed run "
                     f"cannot change it; drop {flag} (the run's value is used) or --overwrite")
-        if "lst_settings" in saved and cfg.method == "lst":
+        if "lst_settings" in saved and cfg.method_entry.reads_lst_settings:
             task_type = saved.get("task_type", "SEQ_CLS")
             effective = cfg.lst_config(len(saved["labels"]) if task_type == "SEQ_CLS" else 2,
                                        task_type).to_dict()

@@ -2,7 +2,8 @@
 
 Launched by ``torchrun``, training runs one process per rank; `accelerate`'s `PartialState`
 joins the process group (gloo on CPU, nccl on GPUs) and tells each process its rank. Every rank
-sees the same batch order and takes its slice of each batch; only rank 0 writes files.
+sees the same batch order and takes its slice of each batch (`trainer.rank_shard`); only rank 0
+writes files.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 import time
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .options import UsageError
 
@@ -41,7 +43,7 @@ class Processes:
         self.state = None
         self.rank, self.world_size = 0, 1
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from accelerate import PartialState
+            from accelerate import PartialState  # only under torchrun: slow to import
             self.state = PartialState(cpu=device.type == "cpu")
             self.rank, self.world_size = self.state.process_index, self.state.num_processes
 
@@ -57,14 +59,13 @@ class Processes:
         """`value` from every rank, in rank order."""
         if self.state is None:
             return [value]
-        from accelerate.utils import gather_object
+        from accelerate.utils import gather_object  # see __init__
         return gather_object([value])
 
     def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """DistributedDataParallel around `model` when there are several ranks."""
         if self.state is None:
             return model
-        from torch.nn.parallel import DistributedDataParallel
         return DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)

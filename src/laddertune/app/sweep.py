@@ -25,13 +25,11 @@ import itertools
 import math
 from pathlib import Path
 
-import torch
-
 from ..checkpoint import save_json
 from ..config import LSTConfig
-from .data import collate
+from .methods import REGISTRY, get_method
 from .options import TrainConfig, UsageError
-from .report import classification_metrics
+from .report import _pyplot
 from .trainer import TrainingDiverged, TrainingRun, seed_everything
 
 # TrainConfig fields a sweep may vary, and the LST settings (lst.NAME) that keep the states
@@ -95,48 +93,26 @@ def configurations(base: TrainConfig, grid: dict[str, list]) -> list[tuple[str, 
     return out
 
 
-@torch.no_grad()
-def evaluate_together(runs: list[TrainingRun]) -> list[dict]:
-    """Every run's eval scores, the backbone states of each eval batch shared by all."""
-    lead = runs[0]
-    encoded, batch_size = lead.eval_set, lead.cfg.eval_batch_size
-    modes = [run.model.training for run in runs]
-    probs = [[] for _ in runs]
-    for run in runs:
-        run.model.eval()
-    for start in range(0, len(encoded), batch_size):
-        indices = list(range(start, min(start + batch_size, len(encoded))))
-        batch = {k: v.to(lead.device) for k, v in collate(encoded, indices, lead.pad).items()}
-        batch.pop("labels", None)
-        batch["backbone_hidden_states"] = lead.eval_states(indices, batch)
-        for k, run in enumerate(runs):
-            probs[k].append(torch.softmax(run.model(**batch).logits.float(), -1).cpu())
-    lead.eval_states.end_of_pass(encoded)
-    for run, mode in zip(runs, modes):
-        run.model.train(mode)
-    return [classification_metrics(torch.cat(p), encoded.labels, lead.labels) for p in probs]
-
-
 def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
     """Train every configuration of `grid` on `base`; the summary, with the best on eval."""
-    if base.method != "lst":
+    if not get_method(base.method).reads_backbone_states:
+        readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
+                              if m.reads_backbone_states)
         raise UsageError(f"a sweep shares the backbone's states between configurations, which "
-                         f"only --method lst reads; {base.method} cannot sweep this way")
+                         f"only {readers} reads; {base.method} cannot sweep this way")
     configs = configurations(base, grid)
     runs = [TrainingRun(cfg, log=lambda *a: None) for _, cfg in configs]
     try:   # from the first lock taken: a refusal lets every one go
         for run in runs:
-            run.destination = _destination(run)
+            run.open_destination()
         lead = runs[0]
         backbone = lead.load()
         for run in runs[1:]:
             run.share_data(lead)
-            if run.destination.resuming:
-                run._check_same_backbone()
         for run in runs:
             seed_everything(run.cfg.seed)    # as a run of its own: its seed, then its model
             run.build(backbone)
-            run.train_states, run.eval_states = lead.train_states, lead.eval_states
+            run.share_backbone_states(lead)
         _check_shared_states(runs)
         log(f"sweep of {len(runs)} configurations on {base.model}: {len(lead.train_set)} train / "
             f"{len(lead.eval_set)} eval examples; one backbone pass per batch for all")
@@ -158,7 +134,7 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
             lead.train_states.end_of_pass(lead.train_set)
             if not live:
                 raise TrainingDiverged("every configuration of the sweep diverged; lower --lr")
-            for run, progress, scores in zip(live, progresses, evaluate_together(live)):
+            for run, progress, scores in zip(live, progresses, lead.evaluate_together(live)):
                 run.end_epoch(epoch, progress, scores)
             log(f"epoch {epoch + 1}/{base.epochs}: eval accuracy " + ", ".join(
                 f"{Path(r.cfg.output).name} {r.state.history['eval'][-1]['accuracy']:.4f}"
@@ -169,11 +145,6 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
             if getattr(run, "destination", None) is not None:
                 run.destination.close()
     return _summarize(base, grid, configs, results, log)
-
-
-def _destination(run: TrainingRun):
-    from .run_folder import Destination
-    return Destination(run.cfg, run.processes.is_main)
 
 
 def _check_shared_states(runs: list[TrainingRun]) -> None:
@@ -188,7 +159,7 @@ def _summarize(base, grid, configs, results, log) -> dict:
     rows = []
     for run, metrics in results:
         name = Path(run.cfg.output).name
-        values = dict(next(c for n, c in configs if n == name).__dict__)
+        values = dataclasses.asdict(next(c for n, c in configs if n == name))
         rows.append({"name": name, "folder": str(folder / name),
                      "settings": {k: (values["lst"].get(k[4:]) if k.startswith("lst.")
                                       else values[k]) for k in grid},
@@ -218,7 +189,6 @@ def _summarize(base, grid, configs, results, log) -> dict:
 
 
 def _plot(rows: list[dict], best: dict, path: Path) -> None:
-    from .report import _pyplot
     plt = _pyplot()
     ordered = sorted(rows, key=lambda r: r["eval"]["accuracy"])
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.5))

@@ -1,90 +1,215 @@
-"""What a training run learns: the task decides the data, the model's head and the evaluation.
+"""What a run learns: the task decides the data, the model's head, batching, evaluation and
+prediction, in training and for a finished run alike.
 
 The one training loop (`trainer.TrainingRun`) asks its task, in order:
 
     read(cfg)                         the data files, read and checked before any model loads
     head(method)                      which head `aliases.load_backbone` loads
-    prepare(backbone, tokenizer, cfg) the task type of the model, and the tokenized train and
-                                      eval sets (fitting --max-length to the model)
+    prepare(backbone, tokenizer, cfg, max_length)
+                                      the task type of the model, and the tokenized train and
+                                      eval sets, at the run's fitted --max-length
     collate(encoded, indices, pad)    a training batch: inputs and the labels of the loss
     evaluate(model, encoded, ...)     the eval scores, `headline` first
     describe(scores)                  the scores in words, for the log
+    record()                          what run.json keeps beside the TrainConfig
+
+`eval` and `predict` rebuild the task of a finished run (`task_of_run`), then ask it:
+
+    read_data(source, need_targets, id_column)   the file, checked before the model loads
+    attach(model, tokenizer, info)               the loaded run
+    encode(data)                                 the examples as training encoded them
+    evaluate(...) / predict(...)                 scores, or a row per example
 
 `ClassifyTask` (--task classify) labels a text with a new classification head;
 `generate_task.GenerateTask` (--task generate) answers a prompt in words through the model's
-own LM head.
+own LM head. A new task is a class with these methods and one entry in `TASKS`.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
-from .data import Encoded, collate, label_names, load_train_eval, tokenize
-from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
+from .data import (
+    BUILTIN,
+    Encoded,
+    TextDataset,
+    check_known_labels,
+    collate,
+    label_names,
+    load_builtin,
+    load_texts,
+    load_train_eval,
+    tokenize,
+)
+from .evaluation import predict_probs_together
+from .generate_task import GenerateTask
+from .methods import Method
+from .options import TrainConfig
+from .report import classification_metrics
+
+
+class Task(Protocol):
+    """A kind of run (`--task`): its data, head, batches, evaluation and predictions."""
+
+    name: str
+    task_type: str | None       # PEFT's task name of the model: SEQ_CLS, CAUSAL_LM, ...
+    headline: tuple[str, ...]   # the eval scores the log and the learning curve show
+    labels: list[str]
+    pad: int | None             # the pad token id, once a tokenizer is attached
+    outputs: str                # what `predict` writes one row of per example, in words
+
+    @property
+    def num_labels(self) -> int: ...
+
+    # ---- training
+    def read(self, cfg: TrainConfig) -> None: ...
+    def head(self, method: Method) -> str: ...
+    def prepare(self, backbone, tokenizer, cfg: TrainConfig, max_length: int
+                ) -> tuple[object, object]: ...
+    def collate(self, encoded, indices, pad_token_id: int) -> dict[str, torch.Tensor]: ...
+    def evaluate(self, model, encoded, pad_token_id: int, batch_size: int,
+                 device: torch.device, states=None) -> dict: ...
+    def describe(self, scores: dict) -> str: ...
+    def outline(self) -> str: ...
+    def record(self) -> dict: ...
+
+    # ---- a finished run
+    def read_data(self, source: str, need_targets: bool, id_column: str | None = None): ...
+    def attach(self, model, tokenizer, info: dict) -> None: ...
+    def encode(self, data): ...
+    def predict(self, model, encoded, batch_size: int, device: torch.device
+                ) -> tuple[list[str], list[list]]: ...
+    def cut_note(self, encoded) -> str: ...
 
 
 class ClassifyTask:
-    """A label per text: accuracy, macro-F1, per-class scores and a confusion matrix."""
+    """A label per text: accuracy, macro-F1, per-class scores and a confusion matrix.
+
+    `settings`, for a finished run, is what run.json recorded (`info`), with the columns the
+    eval or predict flags override.
+    """
 
     name = "classify"
     task_type = "SEQ_CLS"
     headline = ("accuracy", "macro_f1", "loss")
+    outputs = "predictions"          # what `predict` writes a row of per example
+
+    def __init__(self, settings: dict | None = None):
+        self.settings = settings or {}
+        self.labels = list(self.settings.get("labels", []))
+        self.tokenizer = self.pad = None
+        self.max_length = self.settings.get("max_length")
+
+    @classmethod
+    def for_training(cls, cfg: TrainConfig) -> ClassifyTask:
+        return cls()
+
+    @classmethod
+    def from_run(cls, info: dict, config=None) -> ClassifyTask:
+        """The task of a finished run, reading files by `config`'s columns where given."""
+        settings = dict(info)
+        for name in ("text_column", "label_column"):
+            if getattr(config, name, None):
+                settings[name] = getattr(config, name)
+        return cls(settings)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    # ---- training -------------------------------------------------------------------------------
 
     def read(self, cfg: TrainConfig) -> None:
         self.train_data, self.eval_data = load_train_eval(
             cfg.train, cfg.eval, cfg.text_column, cfg.label_column, cfg.seed)
         self.labels = label_names(self.train_data.labels)
 
-    @property
-    def num_labels(self) -> int:
-        return len(self.labels)
+    def head(self, method: Method) -> str:
+        return method.head
 
-    def head(self, method: str) -> str:
-        return "bare" if method == "lst" else "classifier"
-
-    def prepare(self, backbone, tokenizer, cfg: TrainConfig) -> tuple[Encoded, Encoded]:
-        cfg.max_length = fit_max_length(backbone, cfg.max_length, cfg.model, tokenizer)
-        return (tokenize(tokenizer, self.train_data, cfg.max_length, self.labels),
-                tokenize(tokenizer, self.eval_data, cfg.max_length, self.labels))
+    def prepare(self, backbone, tokenizer, cfg: TrainConfig, max_length: int
+                ) -> tuple[Encoded, Encoded]:
+        self.tokenizer, self.pad, self.max_length = tokenizer, tokenizer.pad_token_id, max_length
+        return (tokenize(tokenizer, self.train_data, max_length, self.labels),
+                tokenize(tokenizer, self.eval_data, max_length, self.labels))
 
     def collate(self, encoded: Encoded, indices, pad_token_id: int) -> dict[str, torch.Tensor]:
         return collate(encoded, indices, pad_token_id)
 
     def evaluate(self, model, encoded: Encoded, pad_token_id: int, batch_size: int,
                  device: torch.device, states=None) -> dict:
-        from .inference import predict_probs
-        from .report import classification_metrics
-        probs = predict_probs(model, encoded, pad_token_id, batch_size, device, states)
-        return classification_metrics(probs, encoded.labels, self.labels)
+        return self.evaluate_together([model], encoded, pad_token_id, batch_size, device,
+                                      states)[0]
+
+    def evaluate_together(self, models: list, encoded: Encoded, pad_token_id: int,
+                          batch_size: int, device: torch.device, states=None) -> list[dict]:
+        """Each model's scores, from one pass: the backbone's states of a batch serve all."""
+        probs = predict_probs_together(models, encoded, pad_token_id, batch_size, device, states)
+        return [classification_metrics(p, encoded.labels, self.labels) for p in probs]
 
     @staticmethod
     def describe(scores: dict) -> str:
         return (f"accuracy {scores['accuracy']:.4f}, macro-F1 {scores['macro_f1']:.4f}, loss "
                 f"{scores['loss']:.4f}")
 
+    def outline(self) -> str:
+        return f"{len(self.labels)} classes"
 
-def make_task(cfg: TrainConfig):
-    """The task `cfg.task` names."""
-    if cfg.task == "generate":
-        from .generate_task import GenerateTask
-        return GenerateTask(cfg)
-    return ClassifyTask()
+    def record(self) -> dict:
+        return {}
+
+    # ---- a finished run -------------------------------------------------------------------------
+
+    def read_data(self, source: str, need_targets: bool, id_column: str | None = None
+                  ) -> TextDataset:
+        """A file (or a built-in set's held-out split) to evaluate or to label, its labels
+        checked against the run's."""
+        if source in BUILTIN:
+            data = load_builtin(source)[1]
+        else:
+            data = load_texts(source, self.settings["text_column"],
+                              self.settings["label_column"], need_labels=need_targets,
+                              id_column=id_column)
+        if need_targets:
+            check_known_labels(data.labels, self.labels, data.source)
+        else:
+            data.labels = []
+        return data
+
+    def attach(self, model, tokenizer, info: dict) -> None:
+        self.tokenizer, self.pad, self.max_length = (tokenizer, tokenizer.pad_token_id,
+                                                     info["max_length"])
+
+    def encode(self, data: TextDataset) -> Encoded:
+        return tokenize(self.tokenizer, data, self.max_length, self.labels)
+
+    def predict(self, model, encoded: Encoded, batch_size: int, device: torch.device
+                ) -> tuple[list[str], list[list]]:
+        """The columns (after the id), and per example the likeliest label and each class's
+        probability."""
+        probs = predict_probs_together([model], encoded, self.pad, batch_size, device)[0]
+        names = self.labels
+        rows = []
+        for p in probs.tolist():
+            best = max(range(len(names)), key=p.__getitem__)
+            rows.append([names[best], *(f"{v:.6f}" for v in p)])
+        return ["label", *(f"prob_{name}" for name in names)], rows
+
+    def cut_note(self, encoded: Encoded) -> str:
+        return f"{encoded.truncated} texts truncated to {self.max_length} tokens"
 
 
-def fit_max_length(backbone, max_length: int | None, model_name: str, tokenizer) -> int:
-    """--max-length as given, refused beyond the backbone's learned positions or below what
-    the tokenizer's special tokens take; when not given, `DEFAULT_MAX_LENGTH` or the
-    backbone's limit, whichever is smaller."""
-    from ..backbones import max_positions
-    limit = max_positions(backbone)
-    if max_length is None:
-        return min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
-    shortest = tokenizer.num_special_tokens_to_add() + 1
-    if max_length < shortest:
-        raise UsageError(f"--max-length {max_length} leaves no room for text: {model_name}'s "
-                         f"tokenizer adds {shortest - 1} special tokens; pass --max-length "
-                         f"{shortest} or more")
-    if limit is not None and max_length > limit:
-        raise UsageError(f"--max-length {max_length} exceeds the {limit} positions {model_name} "
-                         f"was trained with; pass --max-length {limit} or less")
-    return max_length
+TASKS = {task.name: task for task in (ClassifyTask, GenerateTask)}
+
+
+def make_task(cfg: TrainConfig) -> Task:
+    """The task `cfg.task` names, for a run to train."""
+    return TASKS[cfg.task].for_training(cfg)
+
+
+def task_of_run(info: dict, config=None) -> Task:
+    """The task of a finished run (run.json's `info`), with the columns and generation
+    settings that `config` (eval, predict or generate flags) overrides."""
+    return TASKS[info.get("task", ClassifyTask.name)].from_run(info, config)

@@ -22,11 +22,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ..backbones import max_positions
 from ..cache import (
     StateCache,
     cache_key,
@@ -35,18 +39,18 @@ from ..cache import (
     examples_digest,
     free_bytes,
 )
-from ..checkpoint import save_json, sha256_file
-from ..errors import LSTError
-from .aliases import backbone_signature, load_backbone, load_tokenizer, resolve_model
+from ..checkpoint import check_fingerprint, save_json, sha256_file
+from ..errors import BackboneMismatchError, LSTError
+from .aliases import ModelSource, backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate
 from .memory import current_rss_mb, peak_memory_mb, peak_rss_mb, reset_peak_rss
-from .methods import build_method, count_parameters, save_trained, trainable_parameters
-from .options import TrainConfig, UsageError
+from .methods import count_parameters, get_method, save_trained, trainable_parameters
+from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
 from .report import plot_confusion_matrix, plot_learning_curve, write_report
 from .run_folder import Destination, data_digests
 from .runtime import EpochProgress, Processes, local_rank, pick_device
 from .state import TrainState, load_checkpoint, save_checkpoint
-from .tasks import make_task
+from .tasks import Task, make_task
 
 
 class TrainingDiverged(LSTError):
@@ -73,6 +77,7 @@ class Optimization:
 
     def __init__(self, model, lr: float, total_steps: int, warmup_ratio: float = 0.1,
                  weight_decay: float = 0.01, max_grad_norm: float = 1.0):
+        # here: transformers' optimization module imports peft, seconds at CLI start-up
         from transformers import get_linear_schedule_with_warmup
         self.params = trainable_parameters(model)
         groups = (model.parameter_groups(weight_decay) if hasattr(model, "parameter_groups")
@@ -92,12 +97,32 @@ class Optimization:
         return norm
 
 
-def train_step(model, batch: dict, optimization: Optimization) -> tuple[float, float]:
-    """Forward, backward and one optimizer step: (loss, gradient norm). A non-finite gradient
-    norm leaves the weights as they were (the caller decides what to do about it)."""
+def train_step(model, batch: dict, optimization: Optimization, loss_weight: float = 1.0
+               ) -> tuple[float, float]:
+    """Forward, backward and one optimizer step: (loss, gradient norm). The gradient is that
+    of the loss times `loss_weight` (a rank's share of a batch, `rank_shard`); the loss returned
+    is not weighted. A non-finite gradient norm leaves the weights as they were (the caller
+    decides what to do about it)."""
     loss = model(**batch).loss
-    loss.backward()
+    (loss if loss_weight == 1.0 else loss * loss_weight).backward()
     return loss.item(), optimization.step()
+
+
+def rank_shard(indices: list[int], rank: int, world_size: int) -> tuple[list[int], float]:
+    """This rank's examples of the batch at `indices`, and the weight of its loss.
+
+    Every rank sees the same batches and takes every `world_size`-th example. DDP averages the
+    ranks' gradients, and each rank's loss is the mean over its own examples; weighting that
+    loss by its share of the batch (examples here x world_size / examples in the batch) makes
+    the average the gradient of the whole batch's mean loss, also when the shares differ (a
+    last batch that does not divide evenly). A rank left without an example (a last batch
+    smaller than the world) must still join DDP's all-reduce, or every rank waits forever: it
+    runs the batch's first example at weight 0, adding nothing to the gradient.
+    """
+    shard = indices[rank::world_size]
+    if not shard:
+        return indices[:1], 0.0
+    return shard, len(shard) * world_size / len(indices)
 
 
 class BackboneStates:
@@ -168,9 +193,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -179,15 +201,27 @@ def seed_everything(seed: int) -> None:
 def build_model(backbone, cfg: TrainConfig, task, init_data=None):
     """The model `cfg.method` trains on `backbone` (freshly loaded; the method may own it) for
     `task`. `init_data`, the training set, is what LST's Fisher pruning ranks weights on."""
-    extra = {}
-    if cfg.method == "lst":
-        extra["lst_config"] = cfg.lst_config(task.num_labels, task.task_type)
-        if extra["lst_config"].side_init == "fisher" and init_data is not None:
-            extra["init_data"] = single_examples(init_data, task.collate)
-    elif cfg.method == "adapter":
-        extra.update(adapter_kind=cfg.adapter_kind,
-                     adapter_reduction_factor=cfg.adapter_reduction_factor)
-    return build_method(cfg.method, backbone, task.task_type, task.num_labels, **extra)
+    method = get_method(cfg.method)
+    examples = single_examples(init_data, task.collate) if init_data is not None else None
+    return method.build(backbone, method.settings(cfg, task.task_type, task.num_labels, examples))
+
+
+def fit_max_length(backbone, max_length: int | None, model_name: str, tokenizer) -> int:
+    """--max-length as given, refused beyond the backbone's learned positions or below what
+    the tokenizer's special tokens take; when not given, `DEFAULT_MAX_LENGTH` or the
+    backbone's limit, whichever is smaller."""
+    limit = max_positions(backbone)
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, limit or DEFAULT_MAX_LENGTH)
+    shortest = tokenizer.num_special_tokens_to_add() + 1
+    if max_length < shortest:
+        raise UsageError(f"--max-length {max_length} leaves no room for text: {model_name}'s "
+                         f"tokenizer adds {shortest - 1} special tokens; pass --max-length "
+                         f"{shortest} or more")
+    if limit is not None and max_length > limit:
+        raise UsageError(f"--max-length {max_length} exceeds the {limit} positions {model_name} "
+                         f"was trained with; pass --max-length {limit} or less")
+    return max_length
 
 
 def single_examples(encoded, collate_fn=collate):
@@ -198,48 +232,95 @@ def single_examples(encoded, collate_fn=collate):
 
 # ---- the recipe ---------------------------------------------------------------------------------
 
+@dataclass
+class RunData:
+    """What a run loads before its model, shared by the runs of a sweep: the task with its data
+    tokenized at the fitted --max-length, the tokenizer and the backbone's fingerprint."""
+
+    task: Task
+    source: ModelSource
+    tokenizer: object
+    fingerprint: dict
+    max_length: int            # --max-length fitted to the backbone (run.json records it)
+    train_set: Encoded
+    eval_set: Encoded
+    rss_before_model_mb: float
+
+
 class TrainingRun:
     """One `laddertune train`: `setup()`, then `run_epoch(e)` for each remaining epoch, then
-    `finish()`. `train(cfg)` does all three; the demo and the bench call the steps they need."""
+    `finish()`. `train(cfg)` does all three; the demo and the bench call the steps they need.
+
+    Several runs can train on one loaded backbone (a sweep, the demo's comparison): the first
+    `load()`s it, the others `share_data(first)`; each then `build(backbone)`s its own model,
+    and runs whose models read the backbone's states may `share_backbone_states(first)`.
+    """
 
     def __init__(self, cfg: TrainConfig, log=print):
         self.cfg, self.log = cfg, log
+        self.method = get_method(cfg.method)
         self.device = pick_device(cfg.device, local_rank())
         self.processes = Processes(self.device)
+        self.destination = None
+
+    # the loaded data, by name
+    task = property(lambda self: self.data.task)
+    labels = property(lambda self: self.data.task.labels)
+    tokenizer = property(lambda self: self.data.tokenizer)
+    pad = property(lambda self: self.data.tokenizer.pad_token_id)
+    train_set = property(lambda self: self.data.train_set)
+    eval_set = property(lambda self: self.data.eval_set)
+    max_length = property(lambda self: self.data.max_length)
 
     # ---- setup ----------------------------------------------------------------------------------
 
     def setup(self, write: bool = True) -> TrainingRun:
         """Everything before the first step. With `write=False` (demo, bench) no folder is
         touched: the run only builds its data, model and optimizer."""
-        self.destination = Destination(self.cfg, self.processes.is_main) if write else None
+        if write:
+            self.open_destination()
         return self.build(self.load(), write)
+
+    def open_destination(self) -> None:
+        """Decide where the run writes, and check that it may (nothing is written yet).
+
+        Raises:
+            UsageError: --output holds another run, or --resume finds nothing to continue.
+        """
+        self.destination = Destination(self.cfg, self.processes.is_main)
 
     def load(self):
         """The data, tokenized, and the pretrained backbone (returned) the model is built on."""
         cfg = self.cfg
-        self.task = make_task(cfg)
-        self.task.read(cfg)                        # the data, checked before any model loads
-        self.labels = self.task.labels
-        self.source = resolve_model(cfg.model)
-        self.tokenizer = load_tokenizer(self.source)
-        self.pad = self.tokenizer.pad_token_id
+        task = make_task(cfg)
+        task.read(cfg)                             # the data, checked before any model loads
+        source = resolve_model(cfg.model)
+        tokenizer = load_tokenizer(source)
         seed_everything(cfg.seed)
-        self.rss_before_model_mb = current_rss_mb()
-        backbone = load_backbone(self.source, self.pad, self.task.head(cfg.method),
-                                 len(self.labels))
-        self.fingerprint = backbone_signature(backbone)
-        if self.destination is not None and self.destination.resuming:
-            self._check_same_backbone()
-        self.train_set, self.eval_set = self.task.prepare(backbone, self.tokenizer, cfg)
+        rss_before_model_mb = current_rss_mb()
+        backbone = load_backbone(source, tokenizer.pad_token_id, task.head(self.method),
+                                 len(task.labels))
+        fingerprint = backbone_signature(backbone)
+        self._check_same_backbone(fingerprint)
+        max_length = fit_max_length(backbone, cfg.max_length, cfg.model, tokenizer)
+        train_set, eval_set = task.prepare(backbone, tokenizer, cfg, max_length)
+        self.data = RunData(task, source, tokenizer, fingerprint, max_length, train_set,
+                            eval_set, rss_before_model_mb)
         return backbone
 
     def share_data(self, lead: TrainingRun) -> None:
-        """Take `lead`'s loaded data and tokenizer instead of loading them again (a sweep)."""
-        for name in ("task", "labels", "source", "tokenizer", "pad", "rss_before_model_mb",
-                     "fingerprint", "train_set", "eval_set"):
-            setattr(self, name, getattr(lead, name))
-        self.cfg.max_length = lead.cfg.max_length
+        """Take `lead`'s loaded data and tokenizer instead of loading them again.
+
+        Raises:
+            UsageError: this run resumes one that started on another backbone.
+        """
+        self._check_same_backbone(lead.data.fingerprint)
+        self.data = lead.data
+
+    def share_backbone_states(self, lead: TrainingRun) -> None:
+        """Read the backbone's states through `lead`'s (built) run: computed or read from its
+        cache once per batch for both."""
+        self.train_states, self.eval_states = lead.train_states, lead.eval_states
 
     def build(self, backbone, write: bool = True) -> TrainingRun:
         """The model on `backbone`, its optimizer and, with `write`, the run folder."""
@@ -247,7 +328,7 @@ class TrainingRun:
         self.model = build_model(backbone, cfg, self.task, self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
-        if cfg.method == "lst":
+        if self.method.reads_backbone_states:
             if cfg.cache_backbone and self.processes.world_size > 1:
                 raise UsageError("--cache-backbone runs in one process; drop it under torchrun "
                                  "or train on one device")
@@ -281,12 +362,13 @@ class TrainingRun:
         now = peak_rss_mb() - self.rss_built_mb
         return now if self.training_peak_mb is None else max(self.training_peak_mb, now)
 
-    def _check_same_backbone(self) -> None:
-        from ..checkpoint import check_fingerprint
-        from ..errors import BackboneMismatchError
+    def _check_same_backbone(self, fingerprint: dict) -> None:
+        """A resumed run continues on the backbone it started on."""
+        if self.destination is None or not self.destination.resuming:
+            return
         saved = self.destination.target.info()["backbone_fingerprint"]
         try:
-            check_fingerprint(saved, self.fingerprint, "run")
+            check_fingerprint(saved, fingerprint, "run")
         except BackboneMismatchError:
             raise UsageError(f"--model {self.cfg.model} is not the backbone "
                              f"{self.destination.target.path} started training on; resume with "
@@ -305,21 +387,19 @@ class TrainingRun:
             self.destination.prepare()
             task = self.task
             lst_settings = (cfg.lst_config(task.num_labels, task.task_type).to_dict()
-                            if cfg.method == "lst" else None)
-            save_json({**dataclasses.asdict(cfg), "model_path": self.source.path,
-                       "gguf_file": self.source.gguf_file, "labels": self.labels,
-                       "backbone_fingerprint": self.fingerprint, "task_type": task.task_type,
-                       **(task.record() if hasattr(task, "record") else {}),
+                            if self.method.reads_lst_settings else None)
+            source = self.data.source
+            save_json({**dataclasses.asdict(cfg), "max_length": self.max_length,
+                       "model_path": source.path, "gguf_file": source.gguf_file,
+                       "labels": self.labels, "backbone_fingerprint": self.data.fingerprint,
+                       "task_type": task.task_type, **task.record(),
                        "lst_settings": lst_settings, "data_sha256": data_digests(cfg)},
                       folder.run_file)
-            what = (f"{len(self.labels)} classes" if cfg.task == "classify" else
-                    f"{task.task_type}" + (f", {len(self.labels)} classes as words"
-                                           if self.labels else ""))
             self.log(f"{cfg.method} on {cfg.model}: {len(self.train_set)} train / "
-                     f"{len(self.eval_set)} eval examples, {what}; trainable "
+                     f"{len(self.eval_set)} eval examples, {task.outline()}; trainable "
                      f"params {self.trainable:,} of {self.total:,} "
                      f"({100 * self.trainable / self.total:.2f}%)")
-            if cfg.tensorboard:
+            if cfg.tensorboard:   # imported only when asked for: it takes seconds
                 from torch.utils.tensorboard import SummaryWriter
                 self.writer = SummaryWriter(str(folder.path / "tensorboard"))
         self.processes.barrier()
@@ -330,9 +410,9 @@ class TrainingRun:
         return range(self.state.epochs_done, self.cfg.epochs)
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        """This rank's slice of the batch at `indices`, on the device; for LST with the
-        backbone's states for it (computed, or read from the cache)."""
-        shard = indices[self.processes.rank::self.processes.world_size] or indices
+        """This rank's slice of the batch at `indices` (`rank_shard`), on the device; for LST
+        with the backbone's states for it (computed, or read from the cache)."""
+        shard, _ = rank_shard(indices, self.processes.rank, self.processes.world_size)
         batch = {k: v.to(self.device)
                  for k, v in self.task.collate(self.train_set, shard, self.pad).items()}
         if self.train_states is not None:
@@ -371,7 +451,8 @@ class TrainingRun:
         """One optimizer step on `batch` (the examples at `indices`), and its bookkeeping."""
         cfg, state = self.cfg, self.state
         tick = time.perf_counter()
-        loss, norm = train_step(self.stepper, batch, self.optimization)
+        _, weight = rank_shard(indices, self.processes.rank, self.processes.world_size)
+        loss, norm = train_step(self.stepper, batch, self.optimization, weight)
         state.step_seconds += time.perf_counter() - tick
         state.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -419,12 +500,19 @@ class TrainingRun:
     def _training_memory_mb(self) -> float:
         if self.device.type == "cuda":
             return peak_memory_mb(self.device)
-        return peak_memory_mb(self.device) - self.rss_before_model_mb
+        return peak_memory_mb(self.device) - self.data.rss_before_model_mb
 
     def _memory_mb(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device) / 2**20
         return current_rss_mb()
+
+    def evaluate_together(self, runs: list[TrainingRun]) -> list[dict]:
+        """The eval scores of each of `runs` (sharing this run's data and backbone states), from
+        one pass over the eval set: each batch's backbone states serve every model."""
+        return self.task.evaluate_together([run.model for run in runs], self.eval_set,
+                                           self.pad, self.cfg.eval_batch_size, self.device,
+                                           self.eval_states)
 
     def evaluate(self, encoded: Encoded | None = None) -> dict:
         """The task's scores of the model on `encoded` (the eval set by default)."""
@@ -472,7 +560,7 @@ class TrainingRun:
             "seed": cfg.seed,
             "device": str(self.device),
             "truncated": {"train": self.train_set.truncated, "eval": self.eval_set.truncated,
-                          "max_length": cfg.max_length},
+                          "max_length": self.max_length},
             "world_size": self.processes.world_size,
             "weights_sha256_per_rank": self.processes.gather(weights_sha),
             "history": state.history,
