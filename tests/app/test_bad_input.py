@@ -9,35 +9,17 @@ import os
 import stat
 
 import pytest
+from cli_helpers import interrupt_at_step, one_line_error, train_cli
 from tiny_models import save_tiny_text_model, topic_rows, write_csv
 
-from laddertune.app import trainer
 from laddertune.app.cli import main
 
 FLAGS = ["--epochs", "1", "--batch-size", "8", "--lr", "1e-2", "--reduction-factor", "2",
          "--device", "cpu", "--no-progress", "--save-every", "2"]
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad")
-    save_tiny_text_model(root / "tiny")
-    write_csv(root / "train.csv", topic_rows(48, seed=0))
-    write_csv(root / "eval.csv", topic_rows(24, seed=1))
-    return root
-
-
 def train(files, output, *extra):
-    return main(["train", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
-                 "--eval", str(files / "eval.csv"), "--output", str(output), *FLAGS, *extra])
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1, err
-    assert "Traceback" not in "\n".join(err)
-    return errors[0]
+    return train_cli(files, output, *FLAGS, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -101,15 +83,7 @@ def test_a_folder_holding_a_run_is_never_mixed_with_another(files, finished, cap
 
 def test_interrupted_overwrite_leaves_the_old_run_whole(files, finished, monkeypatch, capsys):
     before = snapshot(finished)
-    real_step, calls = trainer.train_step, []
-
-    def interrupted_step(*args):
-        calls.append(1)
-        if len(calls) == 3:   # after the first checkpoint of the new run
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    interrupt_at_step(monkeypatch, 3)   # after the first checkpoint of the new run
     assert train(files, finished, "--overwrite", "--seed", "7") == 130
     assert "still holds the old run, unchanged" in capsys.readouterr().err
     assert snapshot(finished) == before
@@ -146,15 +120,7 @@ def test_kill_between_the_two_renames_of_an_overwrite_is_completed(files, tmp_pa
 def unfinished(files, tmp_path, monkeypatch):
     """A run stopped by Ctrl-C after its checkpoint at step 4 (of 6 steps in 1 epoch)."""
     out = tmp_path / "unfinished"
-    real_step, calls = trainer.train_step, []
-
-    def interrupted_step(*args):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    interrupt_at_step(monkeypatch, 5)
     assert train(files, out, "--epochs", "2", "--lr", "5e-3") == 130
     monkeypatch.undo()
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 4
@@ -279,15 +245,7 @@ def test_an_interrupted_write_leaves_no_temporary_file(tmp_path, monkeypatch):
 
 def test_resume_from_another_folder_reads_the_same_files(files, tmp_path, monkeypatch):
     monkeypatch.chdir(files)
-    real_step, calls = trainer.train_step, []
-
-    def interrupted_step(*args):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    interrupt_at_step(monkeypatch, 5)
     out = tmp_path / "moved"
     assert main(["train", "--model", "tiny", "--train", "train.csv", "--output", str(out),
                  *FLAGS, "--epochs", "2"]) == 130
@@ -321,15 +279,7 @@ def test_resume_and_overwrite_together_are_refused_on_an_existing_run(files, fin
 
 
 def test_resume_compares_the_effective_lst_settings(files, tmp_path, monkeypatch, capsys):
-    real_step, calls = trainer.train_step, []
-
-    def interrupted_step(*args):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    interrupt_at_step(monkeypatch, 5)
     out = tmp_path / "lst"
     assert train(files, out, "--epochs", "2", "--lst-gate-temperature", "0.5") == 130
     monkeypatch.undo()
@@ -362,10 +312,7 @@ def test_a_max_length_with_no_room_for_text_is_refused(files, tmp_path, capsys):
 
 
 def test_ctrl_c_before_the_first_checkpoint_keeps_nothing(files, tmp_path, monkeypatch, capsys):
-    def interrupted_step(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    interrupt_at_step(monkeypatch, 1)
     out = tmp_path / "early"
     assert train(files, out) == 130
     assert "nothing was kept; run the same command again" in capsys.readouterr().err

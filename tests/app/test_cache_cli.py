@@ -6,28 +6,24 @@ import json
 
 import pytest
 import torch
+from cli_helpers import interrupt_at_step, train_cli
 from safetensors.torch import load_file
-from tiny_models import save_tiny_text_model, topic_rows, write_csv
+from tiny_models import topic_rows, write_csv
 
 from laddertune.app import trainer
-from laddertune.app.cli import main
 
 FLAGS = ["--epochs", "3", "--batch-size", "8", "--lr", "1e-2", "--reduction-factor", "2",
          "--device", "cpu", "--no-progress", "--save-every", "2"]
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    save_tiny_text_model(root / "tiny")
-    write_csv(root / "train.csv", topic_rows(48, seed=0))
-    write_csv(root / "eval.csv", topic_rows(600, seed=1))
-    return root
+def files(files):
+    write_csv(files / "eval.csv", topic_rows(600, seed=1))
+    return files
 
 
 def train(files, output, *extra):
-    return main(["train", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
-                 "--eval", str(files / "eval.csv"), "--output", str(output), *FLAGS, *extra])
+    return train_cli(files, output, *FLAGS, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -86,15 +82,7 @@ def test_a_changed_key_builds_a_new_cache(files, tmp_path, capsys):
 
 def test_a_cache_killed_mid_epoch_is_completed_on_resume(files, tmp_path, monkeypatch, capsys):
     states = str(tmp_path / "states")
-    real_step, calls = trainer.train_step, []
-
-    def interrupted_step(*args):
-        calls.append(1)
-        if len(calls) == 4:               # after the checkpoint at step 2, before any shard
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(trainer, "train_step", interrupted_step)
+    interrupt_at_step(monkeypatch, 4)   # after the checkpoint at step 2, before any shard
     out = tmp_path / "killed"
     assert train(files, out, "--cache-backbone", "--cache-dir", states) == 130
     monkeypatch.undo()

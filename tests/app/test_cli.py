@@ -4,6 +4,7 @@ import csv
 import json
 
 import pytest
+from cli_helpers import train_cli
 from tiny_models import save_tiny_text_model, topic_rows, write_csv
 
 from laddertune.app.cli import main
@@ -13,21 +14,14 @@ TRAIN_FLAGS = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--reductio
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cli")
-    save_tiny_text_model(root / "tiny")
-    save_tiny_text_model(root / "other", seed=1)          # same architecture, other weights
-    write_csv(root / "train.csv", topic_rows(48, seed=0))
-    write_csv(root / "eval.csv", topic_rows(24, seed=1))
-    return root
+def workdir(files):
+    save_tiny_text_model(files / "other", seed=1)         # same architecture, other weights
+    return files
 
 
 @pytest.fixture(scope="module")
 def lst_run(workdir):
-    code = main(["train", "--model", str(workdir / "tiny"), "--train", str(workdir / "train.csv"),
-                 "--eval", str(workdir / "eval.csv"), "--output", str(workdir / "run"),
-                 *TRAIN_FLAGS])
-    assert code == 0
+    assert train_cli(workdir, workdir / "run", *TRAIN_FLAGS) == 0
     return workdir / "run"
 
 

@@ -10,8 +10,9 @@ import warnings
 
 import pytest
 import torch
+from cli_helpers import one_line_error
 from sklearn.metrics import f1_score
-from tiny_models import save_tiny_text_model, topic_rows, write_csv
+from tiny_models import topic_rows, write_csv
 
 from laddertune.app.cli import main
 from laddertune.app.data import load_texts
@@ -138,20 +139,9 @@ def test_with_every_class_in_the_eval_data_nothing_changes(recwarn):
 # ---- through the command line --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("probe")
-    save_tiny_text_model(root / "tiny")
-    write_csv(root / "train.csv", topic_rows(48, seed=0))
-    write_csv(root / "eval.csv", topic_rows(24, seed=1))
-    write_csv(root / "no_tech.csv", topic_rows(16, seed=2, topics=["money", "sport"]))
-    return root
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    errors = [line for line in err if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in "\n".join(err), err
-    return errors[0]
+def files(files):
+    write_csv(files / "no_tech.csv", topic_rows(16, seed=2, topics=["money", "sport"]))
+    return files
 
 
 @pytest.mark.parametrize("name, content, extra, words", [
@@ -168,7 +158,7 @@ def test_train_refuses_before_writing_anything(files, tmp_path, capsys, name, co
     code = main(["train", "--model", str(files / "tiny"), "--train", train,
                  "--output", str(tmp_path / "run"), *FLAGS, *extra])
     assert code == 2
-    assert words in _one_line_error(capsys)
+    assert words in one_line_error(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == before      # no run, lock or temp file
 
 
@@ -210,7 +200,7 @@ def test_eval_and_predict_refuse_the_label_column_as_text(files, run_without_tec
     output = ["--output", str(tmp_path / "p.csv")] if command == "predict" else []
     assert main([command, "--checkpoint", str(run_without_tech_in_eval), "--data",
                  str(files / "eval.csv"), "--text-column", "label", *output]) == 2
-    assert "--text-column and --label-column both name 'label'" in _one_line_error(capsys)
+    assert "--text-column and --label-column both name 'label'" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from cli_helpers import interrupt_at_step
 from tiny_models import save_tiny_lm, save_tiny_text_model, symbol_pairs, topic_rows, write_csv
 from transformers import AutoTokenizer
 
@@ -232,18 +233,11 @@ def test_encoder_decoder_models_train_with_every_kind_of_method(method, workdir)
 
 
 def test_resume_of_a_generate_run_ends_as_an_uninterrupted_one(workdir, monkeypatch):
-    from laddertune.app import trainer
     args = ("--save-every", "3", "--lr", "1e-2")
     assert _train(workdir, "whole", *args, epochs="2") == 0
-    original = trainer.TrainingRun.train_on
-
-    def interrupted(self, epoch, indices, batch, progress):
-        if self.state.step == 20:
-            raise KeyboardInterrupt
-        original(self, epoch, indices, batch, progress)
-    monkeypatch.setattr(trainer.TrainingRun, "train_on", interrupted)
+    interrupt_at_step(monkeypatch, 21)                      # Ctrl-C after step 20
     assert _train(workdir, "halves", *args, epochs="2") == 130
-    monkeypatch.setattr(trainer.TrainingRun, "train_on", original)
+    monkeypatch.undo()
     assert main(["train", "--output", str(workdir / "halves"), "--resume"]) == 0
     whole, halves = (json.loads((workdir / name / "metrics.json").read_text())
                      for name in ("whole", "halves"))

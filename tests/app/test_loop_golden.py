@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]))  # tiny_models, when run as a script
 
-from tiny_models import save_tiny_text_model, topic_rows, write_csv  # noqa: E402
+from cli_helpers import write_tiny_files  # noqa: E402
 
 from laddertune.app.options import TrainConfig  # noqa: E402
 from laddertune.app.trainer import TrainingRun  # noqa: E402
@@ -36,18 +36,6 @@ SETTINGS = {"lst": {"lr": 1e-2, "reduction_factor": 2}, "full": {"lr": 3e-3}}
 # float32 rounding differs by CPU kernel (ATEN_CPU_CAPABILITY) and AdamW carries it over steps;
 # a change to the loop moves these numbers by far more
 RTOL, ATOL = 1e-4, 1e-6
-
-
-def write_files(root: Path) -> Path:
-    save_tiny_text_model(root / "tiny")
-    write_csv(root / "train.csv", topic_rows(48, seed=0))
-    write_csv(root / "eval.csv", topic_rows(24, seed=1))
-    return root
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory) -> Path:
-    return write_files(tmp_path_factory.mktemp("loop"))
 
 
 def tiny_run(files: Path, method: str, **settings) -> TrainingRun:
@@ -160,5 +148,5 @@ def test_the_clipping_check_fails_when_max_grad_norm_is_ignored(files, monkeypat
 if __name__ == "__main__":
     import tempfile
     with tempfile.TemporaryDirectory() as folder:
-        root = write_files(Path(folder))
+        root = write_tiny_files(Path(folder))
         print({method: losses(root, method) for method in sorted(GOLDEN)})

@@ -20,9 +20,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from cli_helpers import interrupt_at_step
 from tiny_models import save_tiny_lm, save_tiny_text_model, symbol_pairs, topic_rows, write_csv
 
-from laddertune.app import trainer
 from laddertune.app.cli import main
 
 T = ["--epochs", "1", "--max-length", "32", "--no-progress", "--batch-size", "16",
@@ -177,14 +177,7 @@ def no_cuda(probe, out, monkeypatch):
 
 def ctrl_c_at_step(n):
     def setup(probe, out, monkeypatch):
-        real_step, calls = trainer.train_step, []
-
-        def interrupted_step(*args):
-            calls.append(1)
-            if len(calls) == n:
-                raise KeyboardInterrupt
-            return real_step(*args)
-        monkeypatch.setattr(trainer, "train_step", interrupted_step)
+        interrupt_at_step(monkeypatch, n)
     return setup
 
 
