@@ -36,6 +36,7 @@ from .adapters import (
     save_adapters,
     task_head_params,
 )
+from .probe import build_probe, fit_probe, load_probe, save_probe
 
 # Full fine-tuning and BitFit ship the tensors they trained, as safetensors.
 TRAINED_WEIGHTS = "trained_weights.safetensors"
@@ -91,6 +92,11 @@ class Method:
             backbone, whose states then change every step).
         fields: the TrainConfig fields only this method reads (set for another method, they
             draw a warning).
+        tasks: the --task values it can train.
+        fit: a full-batch method's fit, which the training loop calls once instead of its
+            epochs of optimizer steps: (built TrainingRun) -> the record metrics.json keeps
+            as "fit". None: the method trains by steps.
+        top_layers: it can train only the top K backbone layers (--top-layers).
     """
 
     name: str
@@ -101,6 +107,9 @@ class Method:
     head: str = "classifier"
     reads_backbone_states: bool = False
     fields: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ("classify", "generate")
+    fit: Callable | None = None
+    top_layers: bool = False
 
     @property
     def reads_lst_settings(self) -> bool:
@@ -217,6 +226,9 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("adapter", 3e-4, _build_adapter, save_adapters, load_adapters,
            fields=("adapter_kind", "adapter_reduction_factor")),
     Method("ia3", 3e-3, _build_ia3, _save_pretrained, _peft_loader("ia3")),
+    # fitted to convergence (`probe.fit_probe`), not stepped: the learning rate goes unused
+    Method("probe", 1.0, build_probe, save_probe, load_probe, head="bare",
+           reads_backbone_states=True, tasks=("classify",), fit=fit_probe),
 )}
 
 # Views of the registry, by name

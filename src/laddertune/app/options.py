@@ -174,6 +174,10 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _check_counts(self, name)
         _check_choices(self)
+        if self.task not in self.method_entry.tasks:
+            raise UsageError(f"--method {self.method} trains for --task "
+                             f"{' or '.join(self.method_entry.tasks)} only (a probe labels "
+                             f"texts); use --task classify or another --method")
         _check_sampling(self)
         if self.lr is None:
             _fill(self, "lr", self.method_entry.default_lr)
