@@ -138,6 +138,11 @@ class TrainConfig:
         "feed-forward)", choices=ADAPTER_KINDS))
     adapter_reduction_factor: int = field(default=16, metadata=_flag(
         "adapter only: the bottleneck is this many times narrower than the model", metavar="R"))
+    top_layers: int | None = field(default=None, metadata=_flag(
+        "full, lora, adapter, ia3: train only the top K backbone layers (and the head); the "
+        "layers below get no trainable parameter, so backward keeps nothing for them and "
+        "memory falls with K (the paper's low-memory baselines). Default: every layer",
+        metavar="K"))
     cache_backbone: bool = field(default=False, metadata=_flag(
         "LST only: store the frozen backbone's states the first time it computes them, so "
         "later epochs, evaluations and runs on the same data never run it again"))
@@ -191,6 +196,7 @@ class TrainConfig:
         if self.max_grad_norm <= 0:
             raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
         _check_seed(self.seed)
+        self._check_top_layers()
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
         if self.cache_backbone and not self.method_entry.reads_backbone_states:
             readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
@@ -217,6 +223,20 @@ class TrainConfig:
         # paths as absolute ones: a run resumed from another folder reads the same files
         for name in ("train", "eval", "model", "cache_dir"):
             _fill(self, name, _absolute(getattr(self, name)))
+
+    def _check_top_layers(self) -> None:
+        """--top-layers K (1..L is checked once the model is loaded) for the methods that can."""
+        if self.top_layers is None:
+            return
+        _check_counts(self, "top_layers")
+        if not self.method_entry.top_layers:
+            able = ", ".join(m.name for m in REGISTRY.values() if m.top_layers)
+            raise UsageError(f"--top-layers is for --method {able}, not {self.method}; drop it "
+                             "or pick one of those")
+        if self.cache_backbone:
+            raise UsageError("--cache-backbone cannot serve --top-layers: laddertune does not "
+                             "feed cached states into a model's middle layers (rotary positions "
+                             "and attention masks differ by family); drop one of them")
 
     def _warn_unused(self) -> None:
         """Settings of another method or task than the one trained do nothing: say so once."""

@@ -567,6 +567,7 @@ class TrainingRun:
             "all_params": self.total,
             "task": cfg.task,
             "method": cfg.method,
+            "top_layers": cfg.top_layers,
             "model": cfg.model,
             "labels": self.labels,
             "train_data": cfg.train,
