@@ -105,7 +105,8 @@ class TrainConfig:
         "to P", metavar="P", resumable=True))
     method: str = field(default="lst", metadata=_flag(
         "lst, or a baseline trained in the same loop: full fine-tuning, lora, prompt and ia3 "
-        "(through peft), bitfit, adapter (bottleneck adapters, Houlsby or Pfeiffer)",
+        "(through peft), bitfit, adapter (bottleneck adapters, Houlsby or Pfeiffer), probe (a "
+        "logistic regression on the frozen pooled final state, fitted to convergence)",
         choices=METHODS))
     epochs: int = field(default=3, metadata=_flag("passes over --train", metavar="N"))
     batch_size: int = field(default=16, metadata=_flag("examples per optimizer step",
@@ -144,8 +145,8 @@ class TrainConfig:
         "memory falls with K (the paper's low-memory baselines). Default: every layer",
         metavar="K"))
     cache_backbone: bool = field(default=False, metadata=_flag(
-        "LST only: store the frozen backbone's states the first time it computes them, so "
-        "later epochs, evaluations and runs on the same data never run it again"))
+        "LST and probe only: store the frozen backbone's states the first time it computes "
+        "them, so later epochs, evaluations and runs on the same data never run it again"))
     cache_dir: str | None = field(default=None, metadata=_flag(
         "where --cache-backbone keeps its caches, shared by runs (default: "
         "$LADDERTUNE_CACHE/states, ~/.cache/laddertune/states)", metavar="DIR",
