@@ -181,9 +181,10 @@ class TrainConfig:
                 _check_counts(self, name)
         _check_choices(self)
         if self.task not in self.method_entry.tasks:
-            raise UsageError(f"--method {self.method} trains for --task "
-                             f"{' or '.join(self.method_entry.tasks)} only (a probe labels "
-                             f"texts); use --task classify or another --method")
+            tasks = self.method_entry.tasks
+            raise UsageError(f"--method {self.method} trains only for --task "
+                             f"{' or '.join(tasks)}, not --task {self.task}; use --task "
+                             f"{tasks[0]} or another --method")
         _check_sampling(self)
         if self.lr is None:
             _fill(self, "lr", self.method_entry.default_lr)

@@ -344,6 +344,7 @@ class TrainingRun:
             self.model, cfg.lr, self.steps_per_epoch * cfg.epochs, cfg.warmup_ratio,
             cfg.weight_decay, cfg.max_grad_norm)
         self.state = TrainState()
+        self.fit_record = None             # what a full-batch method's fit reports (fit_whole)
         self._backbone_before = 0.0        # backbone seconds of the run before a resume
         self.stepper = self.processes.wrap(self.model, self.device)
         self.writer = None
@@ -584,7 +585,7 @@ class TrainingRun:
             "weights_sha256_per_rank": self.processes.gather(weights_sha),
             "history": state.history,
         }
-        if getattr(self, "fit_record", None) is not None:
+        if self.fit_record is not None:
             metrics["fit"] = self.fit_record
         if self.destination is not None and self.processes.is_main:
             folder = self.destination.folder
