@@ -448,6 +448,9 @@ class TrainingRun:
         scores = self.evaluate()
         self.state.history["eval"].append({"epoch": 1, "step": 0, **scores})
         self.state.epochs_done = 1
+        if self.train_states is not None:
+            self.state.backbone_seconds = round(self.train_states.seconds
+                                                + self.eval_states.seconds, 3)
         if self.processes.is_main:
             self.log(f"fitted {self.cfg.method} in {self.state.train_seconds:.1f} s, eval "
                      f"{self.task.describe(scores)}")
