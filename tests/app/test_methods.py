@@ -111,8 +111,9 @@ def test_every_registry_entry_names_real_settings_a_known_head_and_its_own_rate(
         assert set(method.fields) <= settings, method.name
         assert method.head in ("bare", "classifier")
         assert TrainConfig(method=method.name).lr == method.default_lr
-    # only LST takes the backbone's states as an input, so only it may cache or share them
-    assert [m.name for m in REGISTRY.values() if m.reads_backbone_states] == ["lst"]
+    # only LST and the probe take the backbone's states as an input, so only they may cache or
+    # share them
+    assert [m.name for m in REGISTRY.values() if m.reads_backbone_states] == ["lst", "probe"]
     with pytest.raises(LSTConfigError, match="unknown; use one of lst, full"):
         get_method("qlora")
 

@@ -34,6 +34,7 @@ from torch import nn
 
 from ..checkpoint import load_json, load_weights, save_json, save_weights
 from ..errors import CheckpointError, LSTConfigError, UnsupportedModelError
+from .top_layers import below_parameters, in_top_layers
 
 ADAPTER_KINDS = ("houlsby", "pfeiffer")
 ADAPTER_WEIGHTS = "bottleneck_adapters.safetensors"
@@ -62,6 +63,9 @@ class AdapterConfig:
                 "parameters (the paper's baseline uses 16)"})
     train_task_head: bool = field(default=True, metadata={
         "help": "also train the task head (a new classifier); keep off for a pretrained LM head"})
+    top_layers: int | None = field(default=None, metadata={
+        "help": "adapters (and trained layer norms) in the top K layers only, none below; "
+                "None: every layer"})
 
     def __post_init__(self):
         if self.kind not in ADAPTER_KINDS:
@@ -70,6 +74,8 @@ class AdapterConfig:
         if self.reduction_factor < 1:
             raise LSTConfigError(f"adapter reduction_factor {self.reduction_factor} must be at "
                                  "least 1; pass e.g. 16")
+        if self.top_layers is not None and self.top_layers < 1:
+            raise LSTConfigError(f"adapter top_layers {self.top_layers} must be at least 1")
 
 
 class BottleneckAdapter(nn.Module):
@@ -178,7 +184,7 @@ def add_adapters(task_model: nn.Module, config: AdapterConfig) -> nn.Module:
     """
     if getattr(task_model, "bottleneck_adapter_config", None) is not None:
         raise LSTConfigError("this model has bottleneck adapters already; load a fresh model")
-    for site in find_adapter_sites(task_model, config.kind):
+    for site in adapter_sites(task_model, config):
         bottleneck = site.width // config.reduction_factor
         if bottleneck == 0:
             raise LSTConfigError(f"adapter reduction_factor {config.reduction_factor} leaves no "
@@ -193,12 +199,24 @@ def add_adapters(task_model: nn.Module, config: AdapterConfig) -> nn.Module:
     return task_model
 
 
+def adapter_sites(model: nn.Module, config: AdapterConfig) -> list[AdapterSite]:
+    """The sites `config` puts adapters on: all of its kind, or those in the top K layers."""
+    sites = find_adapter_sites(model, config.kind)
+    if config.top_layers is None:
+        return sites
+    return [s for s in sites if in_top_layers(model, config.top_layers, s.path)]
+
+
 def trainable_parameter_names(model: nn.Module) -> set[str]:
     """Names of what an adapter model trains: adapters, layer norms, and the task head when
-    its config says so."""
+    its config says so; with `top_layers`, nothing below the top K layers."""
     config = model.bottleneck_adapter_config
-    return (set(adapter_params(model)) | set(layer_norm_params(model))
-            | (set(task_head_params(model)) if config.train_task_head else set()))
+    names = (set(adapter_params(model)) | set(layer_norm_params(model))
+             | (set(task_head_params(model)) if config.train_task_head else set()))
+    if config.top_layers is None:
+        return names
+    below = below_parameters(model, config.top_layers)
+    return {n for n, p in model.named_parameters() if n in names and id(p) not in below}
 
 
 def adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -236,7 +254,7 @@ def save_adapters(model: nn.Module, directory: Path) -> None:
     config = model.bottleneck_adapter_config
     save_json({**asdict(config), "model_type": model.config.model_type,
                "base_model_name_or_path": model.config.name_or_path,
-               "sites": [s.path for s in find_adapter_sites(model, config.kind)]},
+               "sites": [s.path for s in adapter_sites(model, config)]},
               directory / ADAPTER_CONFIG)
 
 
@@ -249,11 +267,12 @@ def load_adapters(task_model: nn.Module, directory: Path) -> nn.Module:
     directory = Path(directory)
     saved = load_json(directory / ADAPTER_CONFIG)
     try:
-        config = AdapterConfig(saved["kind"], saved["reduction_factor"], saved["train_task_head"])
+        config = AdapterConfig(saved["kind"], saved["reduction_factor"], saved["train_task_head"],
+                               saved.get("top_layers"))
     except (KeyError, TypeError, LSTConfigError) as err:
         raise CheckpointError(f"{directory / ADAPTER_CONFIG} is not a valid adapter config "
                               f"({err}); save the model again") from None
-    sites = [s.path for s in find_adapter_sites(task_model, config.kind)]
+    sites = [s.path for s in adapter_sites(task_model, config)]
     if saved.get("model_type") != task_model.config.model_type or saved.get("sites") != sites:
         raise CheckpointError(
             f"{directory} holds adapters for a {saved.get('model_type')} with "

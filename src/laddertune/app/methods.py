@@ -36,6 +36,14 @@ from .adapters import (
     save_adapters,
     task_head_params,
 )
+from .probe import build_probe, fit_probe, load_probe, save_probe
+from .top_layers import (
+    freeze_below,
+    layer_linear_names,
+    peft_layers,
+    restricts,
+    top_layer_modules,
+)
 
 # Full fine-tuning and BitFit ship the tensors they trained, as safetensors.
 TRAINED_WEIGHTS = "trained_weights.safetensors"
@@ -62,6 +70,7 @@ class BuildSettings:
             (feed-forward only).
         adapter_reduction_factor: adapter bottleneck = hidden size / this (the paper uses 16).
         init_data: examples for LST's Fisher initialisation.
+        top_layers: train only the top K backbone layers (`top_layers.py`); None: every layer.
     """
 
     task_type: str = "SEQ_CLS"
@@ -72,6 +81,7 @@ class BuildSettings:
     adapter_kind: str = "houlsby"
     adapter_reduction_factor: int = 16
     init_data: object = None
+    top_layers: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,11 @@ class Method:
             backbone, whose states then change every step).
         fields: the TrainConfig fields only this method reads (set for another method, they
             draw a warning).
+        tasks: the --task values it can train.
+        fit: a full-batch method's fit, which the training loop calls once instead of its
+            epochs of optimizer steps: (built TrainingRun) -> the record metrics.json keeps
+            as "fit". None: the method trains by steps.
+        top_layers: it can train only the top K backbone layers (--top-layers).
     """
 
     name: str
@@ -101,6 +116,9 @@ class Method:
     head: str = "classifier"
     reads_backbone_states: bool = False
     fields: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ("classify", "generate")
+    fit: Callable | None = None
+    top_layers: bool = False
 
     @property
     def reads_lst_settings(self) -> bool:
@@ -114,7 +132,8 @@ class Method:
         fisher = lst_config is not None and lst_config.side_init == "fisher"
         return BuildSettings(task_type, num_labels, lst_config, adapter_kind=cfg.adapter_kind,
                              adapter_reduction_factor=cfg.adapter_reduction_factor,
-                             init_data=init_data if fisher else None)
+                             init_data=init_data if fisher else None,
+                             top_layers=cfg.top_layers)
 
 
 # ---- build ---------------------------------------------------------------------------------------
@@ -127,6 +146,8 @@ def _build_lst(task_model: nn.Module, s: BuildSettings) -> nn.Module:
 def _build_full(task_model: nn.Module, s: BuildSettings) -> nn.Module:
     for param in task_model.parameters():
         param.requires_grad_(True)
+    if restricts(task_model, s.top_layers):
+        freeze_below(task_model, s.top_layers)
     return task_model
 
 
@@ -143,8 +164,12 @@ def _build_bitfit(task_model: nn.Module, s: BuildSettings) -> nn.Module:
 # peft is imported where it is used: it takes seconds to import, and most commands never do.
 def _build_lora(task_model: nn.Module, s: BuildSettings) -> nn.Module:
     from peft import LoraConfig, get_peft_model
+    targets = {"target_modules": "all-linear"}
+    if restricts(task_model, s.top_layers):
+        targets = {"target_modules": layer_linear_names(task_model),
+                   **peft_layers(task_model, s.top_layers)}
     lora = LoraConfig(task_type=s.task_type, r=s.lora_rank, lora_alpha=s.lora_rank,
-                      lora_dropout=0.0, target_modules="all-linear")
+                      lora_dropout=0.0, **targets)
     return get_peft_model(task_model, lora)
 
 
@@ -156,12 +181,13 @@ def _build_prompt(task_model: nn.Module, s: BuildSettings) -> nn.Module:
 
 def _build_ia3(task_model: nn.Module, s: BuildSettings) -> nn.Module:
     from peft import get_peft_model
-    return get_peft_model(task_model, ia3_config(task_model, s.task_type))
+    return get_peft_model(task_model, ia3_config(task_model, s.task_type, s.top_layers))
 
 
 def _build_adapter(task_model: nn.Module, s: BuildSettings) -> nn.Module:
     config = AdapterConfig(kind=s.adapter_kind, reduction_factor=s.adapter_reduction_factor,
-                           train_task_head=s.task_type not in _LM_TASKS)
+                           train_task_head=s.task_type not in _LM_TASKS,
+                           top_layers=s.top_layers if restricts(task_model, s.top_layers) else None)
     return add_adapters(task_model, config)
 
 
@@ -210,13 +236,16 @@ def _load_tensors(task_model: nn.Module, directory: Path) -> nn.Module:
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("lst", 3e-3, _build_lst, _save_pretrained, _load_lst, head="bare",
            reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst")),
-    Method("full", 3e-4, _build_full, _save_tensors, _load_tensors),
-    Method("lora", 3e-4, _build_lora, _save_pretrained, _peft_loader("lora")),
+    Method("full", 3e-4, _build_full, _save_tensors, _load_tensors, top_layers=True),
+    Method("lora", 3e-4, _build_lora, _save_pretrained, _peft_loader("lora"), top_layers=True),
     Method("bitfit", 3e-4, _build_bitfit, _save_tensors, _load_tensors),
     Method("prompt", 0.3, _build_prompt, _save_pretrained, _peft_loader("prompt")),
     Method("adapter", 3e-4, _build_adapter, save_adapters, load_adapters,
-           fields=("adapter_kind", "adapter_reduction_factor")),
-    Method("ia3", 3e-3, _build_ia3, _save_pretrained, _peft_loader("ia3")),
+           fields=("adapter_kind", "adapter_reduction_factor"), top_layers=True),
+    Method("ia3", 3e-3, _build_ia3, _save_pretrained, _peft_loader("ia3"), top_layers=True),
+    # fitted to convergence (`probe.fit_probe`), not stepped: the learning rate goes unused
+    Method("probe", 1.0, build_probe, save_probe, load_probe, head="bare",
+           reads_backbone_states=True, tasks=("classify",), fit=fit_probe),
 )}
 
 # Views of the registry, by name
@@ -238,14 +267,15 @@ def get_method(name: str) -> Method:
 def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
                  num_labels: int = 2, lst_config: LSTConfig | None = None, lora_rank: int = 32,
                  prompt_tokens: int = 20, adapter_kind: str = "houlsby",
-                 adapter_reduction_factor: int = 16, init_data=None) -> nn.Module:
+                 adapter_reduction_factor: int = 16, init_data=None,
+                 top_layers: int | None = None) -> nn.Module:
     """A model that trains `task_model` by `method`.
 
     Args:
         method: one of ``lst``, ``full``, ``lora``, ``bitfit``, ``prompt``, ``adapter``, ``ia3``.
         task_model: a freshly loaded Hugging Face task model.
         task_type, num_labels, lst_config, lora_rank, prompt_tokens, adapter_kind,
-            adapter_reduction_factor, init_data: see `BuildSettings`.
+            adapter_reduction_factor, init_data, top_layers: see `BuildSettings`.
 
     Raises:
         LSTConfigError: unknown method or adapter settings out of range.
@@ -253,10 +283,10 @@ def build_method(method: str, task_model: nn.Module, task_type: str = "SEQ_CLS",
     """
     return get_method(method).build(task_model, BuildSettings(
         task_type, num_labels, lst_config, lora_rank, prompt_tokens, adapter_kind,
-        adapter_reduction_factor, init_data))
+        adapter_reduction_factor, init_data, top_layers))
 
 
-def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS"):
+def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS", top_layers: int | None = None):
     """peft's IA3Config for `task_model`.
 
     (IA)3 learns a vector that rescales the keys, the values and the feed-forward's inner
@@ -265,17 +295,29 @@ def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS"):
     bottleneck adapters follow: scaling the input of an attention output projection is scaling
     the values channel by channel (attention only mixes positions), and scaling the input of the
     feed-forward's output projection is the paper's feed-forward vector; keys get no vector.
-    A new task head is trained whole (peft's modules_to_save).
+    A new task head is trained whole (peft's modules_to_save). With `top_layers`, only the
+    modules of the top K layers get vectors: peft's IA3Config has no layers_to_transform, so
+    they are listed by their full names.
     """
     from peft import IA3Config  # imported here: see `_build_lora`
-    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+    from peft.utils.constants import (
+        TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
+    )
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS
     heads = sorted({name.split(".")[0] for name in task_head_params(task_model)})
     modules_to_save = heads if task_type not in _LM_TASKS and heads else None
-    if task_model.config.model_type in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
+    model_type = task_model.config.model_type
+    if model_type in TARGETS:
+        targets, feedforward = TARGETS[model_type], FEEDFORWARD[model_type]
+    else:
+        targets = feedforward = [site.path for site in find_adapter_sites(task_model, "houlsby")]
+    if restricts(task_model, top_layers):   # peft's IA3Config has no layers_to_transform
+        targets = top_layer_modules(task_model, top_layers, targets)
+        feedforward = [name for name in targets if any(name.endswith(f) for f in feedforward)]
+    elif model_type in TARGETS:
         return IA3Config(task_type=task_type, modules_to_save=modules_to_save)
-    projections = [site.path for site in find_adapter_sites(task_model, "houlsby")]
-    return IA3Config(task_type=task_type, target_modules=projections,
-                     feedforward_modules=projections, modules_to_save=modules_to_save)
+    return IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=feedforward,
+                     modules_to_save=modules_to_save)
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -105,7 +105,8 @@ class TrainConfig:
         "to P", metavar="P", resumable=True))
     method: str = field(default="lst", metadata=_flag(
         "lst, or a baseline trained in the same loop: full fine-tuning, lora, prompt and ia3 "
-        "(through peft), bitfit, adapter (bottleneck adapters, Houlsby or Pfeiffer)",
+        "(through peft), bitfit, adapter (bottleneck adapters, Houlsby or Pfeiffer), probe (a "
+        "logistic regression on the frozen pooled final state, fitted to convergence)",
         choices=METHODS))
     epochs: int = field(default=3, metadata=_flag("passes over --train", metavar="N"))
     batch_size: int = field(default=16, metadata=_flag("examples per optimizer step",
@@ -138,9 +139,14 @@ class TrainConfig:
         "feed-forward)", choices=ADAPTER_KINDS))
     adapter_reduction_factor: int = field(default=16, metadata=_flag(
         "adapter only: the bottleneck is this many times narrower than the model", metavar="R"))
+    top_layers: int | None = field(default=None, metadata=_flag(
+        "full, lora, adapter, ia3: train only the top K backbone layers (and the head); the "
+        "layers below get no trainable parameter, so backward keeps nothing for them and "
+        "memory falls with K (the paper's low-memory baselines). Default: every layer",
+        metavar="K"))
     cache_backbone: bool = field(default=False, metadata=_flag(
-        "LST only: store the frozen backbone's states the first time it computes them, so "
-        "later epochs, evaluations and runs on the same data never run it again"))
+        "LST and probe only: store the frozen backbone's states the first time it computes "
+        "them, so later epochs, evaluations and runs on the same data never run it again"))
     cache_dir: str | None = field(default=None, metadata=_flag(
         "where --cache-backbone keeps its caches, shared by runs (default: "
         "$LADDERTUNE_CACHE/states, ~/.cache/laddertune/states)", metavar="DIR",
@@ -174,6 +180,11 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _check_counts(self, name)
         _check_choices(self)
+        if self.task not in self.method_entry.tasks:
+            tasks = self.method_entry.tasks
+            raise UsageError(f"--method {self.method} trains only for --task "
+                             f"{' or '.join(tasks)}, not --task {self.task}; use --task "
+                             f"{tasks[0]} or another --method")
         _check_sampling(self)
         if self.lr is None:
             _fill(self, "lr", self.method_entry.default_lr)
@@ -187,6 +198,7 @@ class TrainConfig:
         if self.max_grad_norm <= 0:
             raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
         _check_seed(self.seed)
+        self._check_top_layers()
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
         if self.cache_backbone and not self.method_entry.reads_backbone_states:
             readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
@@ -213,6 +225,20 @@ class TrainConfig:
         # paths as absolute ones: a run resumed from another folder reads the same files
         for name in ("train", "eval", "model", "cache_dir"):
             _fill(self, name, _absolute(getattr(self, name)))
+
+    def _check_top_layers(self) -> None:
+        """--top-layers K (1..L is checked once the model is loaded) for the methods that can."""
+        if self.top_layers is None:
+            return
+        _check_counts(self, "top_layers")
+        if not self.method_entry.top_layers:
+            able = ", ".join(m.name for m in REGISTRY.values() if m.top_layers)
+            raise UsageError(f"--top-layers is for --method {able}, not {self.method}; drop it "
+                             "or pick one of those")
+        if self.cache_backbone:
+            raise UsageError("--cache-backbone cannot serve --top-layers: laddertune does not "
+                             "feed cached states into a model's middle layers (rotary positions "
+                             "and attention masks differ by family); drop one of them")
 
     def _warn_unused(self) -> None:
         """Settings of another method or task than the one trained do nothing: say so once."""

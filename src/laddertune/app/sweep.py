@@ -100,6 +100,10 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
                               if m.reads_backbone_states)
         raise UsageError(f"a sweep shares the backbone's states between configurations, which "
                          f"only {readers} reads; {base.method} cannot sweep this way")
+    if get_method(base.method).fit is not None:
+        raise UsageError(f"--method {base.method} is fitted once and chooses its own "
+                         "regularisation on the eval set (see metrics.json's \"fit\"); train "
+                         "it with `laddertune train` instead of a sweep")
     configs = configurations(base, grid)
     runs = [TrainingRun(cfg, log=lambda *a: None) for _, cfg in configs]
     try:   # from the first lock taken: a refusal lets every one go

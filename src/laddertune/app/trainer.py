@@ -344,6 +344,7 @@ class TrainingRun:
             self.model, cfg.lr, self.steps_per_epoch * cfg.epochs, cfg.warmup_ratio,
             cfg.weight_decay, cfg.max_grad_norm)
         self.state = TrainState()
+        self.fit_record = None             # what a full-batch method's fit reports (fit_whole)
         self._backbone_before = 0.0        # backbone seconds of the run before a resume
         self.stepper = self.processes.wrap(self.model, self.device)
         self.writer = None
@@ -407,6 +408,8 @@ class TrainingRun:
     # ---- epochs ---------------------------------------------------------------------------------
 
     def remaining_epochs(self) -> range:
+        if self.method.fit is not None:     # a full-batch fit stands in for every epoch
+            return range(self.state.epochs_done, 1)
         return range(self.state.epochs_done, self.cfg.epochs)
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
@@ -421,6 +424,8 @@ class TrainingRun:
 
     def run_epoch(self, epoch: int) -> dict:
         """Train one epoch (the rest of it, when resuming), checkpoint, evaluate."""
+        if self.method.fit is not None:
+            return self.fit_whole()
         progress = self.begin_epoch(epoch)
         for indices in progress:
             self.train_on(epoch, indices, self.batch(indices), progress)
@@ -433,6 +438,23 @@ class TrainingRun:
         if self.peak_rss_reset:
             reset_peak_rss()
         return self.end_epoch(epoch, progress, scores)
+
+    def fit_whole(self) -> dict:
+        """A full-batch method's one fit (`Method.fit`, e.g. the probe's), then an eval; its
+        record goes into metrics.json as "fit"."""
+        tick = time.perf_counter()
+        self.fit_record = self.method.fit(self)
+        self.state.train_seconds = time.perf_counter() - tick
+        scores = self.evaluate()
+        self.state.history["eval"].append({"epoch": 1, "step": 0, **scores})
+        self.state.epochs_done = 1
+        if self.train_states is not None:
+            self.state.backbone_seconds = round(self.train_states.seconds
+                                                + self.eval_states.seconds, 3)
+        if self.processes.is_main:
+            self.log(f"fitted {self.cfg.method} in {self.state.train_seconds:.1f} s, eval "
+                     f"{self.task.describe(scores)}")
+        return scores
 
     def begin_epoch(self, epoch: int, show: bool = True) -> EpochProgress:
         """The epoch's batches still to do, as a progress display to iterate."""
@@ -549,6 +571,7 @@ class TrainingRun:
             "all_params": self.total,
             "task": cfg.task,
             "method": cfg.method,
+            "top_layers": cfg.top_layers,
             "model": cfg.model,
             "labels": self.labels,
             "train_data": cfg.train,
@@ -565,6 +588,8 @@ class TrainingRun:
             "weights_sha256_per_rank": self.processes.gather(weights_sha),
             "history": state.history,
         }
+        if self.fit_record is not None:
+            metrics["fit"] = self.fit_record
         if self.destination is not None and self.processes.is_main:
             folder = self.destination.folder
             written = save_trained(self.model, cfg.method, folder.path)

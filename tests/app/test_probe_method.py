@@ -1,0 +1,165 @@
+"""`--method probe`: a logistic regression on the frozen backbone's pooled final state, fitted
+to convergence, its penalty chosen on the eval split, in the one training loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny_models import save_tiny_text_model, tiny_backbone, topic_rows, write_csv
+
+from laddertune.app.cli import main
+from laddertune.app.options import TrainConfig, UsageError
+from laddertune.app.probe import (
+    C_GRID,
+    GRAD_TOLERANCE,
+    PROBE_WEIGHTS,
+    ProbeModel,
+    fit_logistic,
+    pool,
+)
+
+FLAGS = ["--device", "cpu", "--no-progress", "--method", "probe"]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probe")
+    save_tiny_text_model(root / "tiny")
+    write_csv(root / "train.csv", topic_rows(60, seed=0))
+    write_csv(root / "eval.csv", topic_rows(45, seed=1))
+    return root
+
+
+def train(files, output, *extra):
+    return main(["train", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
+                 "--eval", str(files / "eval.csv"), "--output", str(output), *FLAGS, *extra])
+
+
+@pytest.fixture(scope="module")
+def probe_run(files):
+    assert train(files, files / "run", "--cache-backbone", "--cache-dtype", "float32",
+                 "--cache-dir", str(files / "states")) == 0
+    return files / "run"
+
+
+def metrics(run):
+    return json.loads((run / "metrics.json").read_text())
+
+
+def _blobs(n: int = 300, d: int = 6, k: int = 3, seed: int = 0):
+    """Overlapping Gaussian classes: not separable, so the unpenalised optimum is finite."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % k
+    centres = torch.randn(k, d, generator=g)
+    x = centres[y] + 1.5 * torch.randn(n, d, generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("c", [1e-3, 1.0, 100.0])
+def test_the_fit_is_scikit_learns_multinomial_l2_logistic_regression(c):
+    from sklearn.linear_model import LogisticRegression
+    x, y = _blobs()
+    fit = fit_logistic(x, y, 3, c)
+    assert fit["converged"] and fit["grad_norm"] <= GRAD_TOLERANCE
+    reference = LogisticRegression(C=c, tol=1e-12, max_iter=100_000).fit(x.double().numpy(),
+                                                                        y.numpy())
+    ours = torch.softmax(x.double() @ fit["weight"].T + fit["bias"], -1)
+    # both solve one strictly convex problem; the tolerance covers the solvers' stopping points
+    torch.testing.assert_close(ours, torch.from_numpy(reference.predict_proba(x.double().numpy())),
+                               rtol=0, atol=1e-5)
+
+
+def test_a_warm_start_reaches_the_same_optimum_in_fewer_iterations():
+    x, y = _blobs()
+    cold = fit_logistic(x, y, 3, 10.0)
+    near = fit_logistic(x, y, 3, 1.0)
+    warm = fit_logistic(x, y, 3, 10.0, start=(near["weight"], near["bias"]))
+    assert warm["converged"] and warm["iterations"] <= cold["iterations"]
+    torch.testing.assert_close(warm["weight"], cold["weight"], rtol=0, atol=1e-4)
+
+
+def test_the_run_records_the_grid_each_fit_converged_and_the_choice(probe_run):
+    fit = metrics(probe_run)["fit"]
+    assert [row["C"] for row in fit["grid"]] == list(C_GRID) and len(C_GRID) >= 7
+    assert fit["all_converged"]
+    assert metrics(probe_run)["backbone_seconds"] > 0   # the first run fills the cache
+    for row in fit["grid"]:
+        assert row["converged"] and row["grad_norm"] <= GRAD_TOLERANCE and row["iterations"] > 0
+        assert 0 <= row["eval_accuracy"] <= 1 and 0 <= row["eval_macro_f1"] <= 1
+    best = max(fit["grid"], key=lambda r: (r["eval_accuracy"], r["eval_macro_f1"],
+                                           -r["eval_loss"]))
+    assert fit["chosen_C"] == best["C"]
+    # the saved probe (standardisation folded into the layer) scores what the grid recorded
+    scores = metrics(probe_run)["eval"]
+    assert scores["accuracy"] == best["eval_accuracy"]
+    assert scores["loss"] == pytest.approx(best["eval_loss"], abs=1e-4)
+
+
+def test_the_run_saves_safetensors_and_eval_and_predict_load_it(files, probe_run, capsys, tmp_path):
+    assert (probe_run / PROBE_WEIGHTS).is_file()
+    assert not list(probe_run.glob("*.bin")) and not list(probe_run.glob("*.pt"))
+    state = load_file(str(probe_run / PROBE_WEIGHTS))
+    assert set(state) == {"weight", "bias"} and state["weight"].shape == (3, 32)
+    info = json.loads((probe_run / "run.json").read_text())
+    assert info["method"] == "probe"
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(probe_run), "--data", str(files / "eval.csv"),
+                 "--device", "cpu"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == metrics(probe_run)["eval"]["accuracy"]
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", "--checkpoint", str(probe_run), "--data", str(files / "eval.csv"),
+                 "--output", str(out), "--device", "cpu"]) == 0
+    assert len(out.read_text().splitlines()) == 46
+
+
+def test_cached_features_fit_the_same_probe_as_the_backbone_run_live(files, probe_run):
+    live = files / "live"
+    assert train(files, live) == 0
+    cached = load_file(str(probe_run / PROBE_WEIGHTS))
+    uncached = load_file(str(live / PROBE_WEIGHTS))
+    assert metrics(live)["fit"]["chosen_C"] == metrics(probe_run)["fit"]["chosen_C"]
+    for name in cached:   # float32 cache: the same features, up to the order of float sums
+        torch.testing.assert_close(cached[name], uncached[name], rtol=1e-3, atol=1e-3)
+
+
+def test_the_probe_reads_only_the_final_state_and_trains_only_its_layer():
+    backbone = tiny_backbone("bert")
+    probe = ProbeModel(backbone, 3)
+    assert [n for n, p in probe.named_parameters() if p.requires_grad] == [
+        "classifier.weight", "classifier.bias"]
+    assert not any(p.requires_grad for p in backbone.parameters())
+    ids = torch.randint(3, 60, (2, 5))
+    states = probe.backbone_states(input_ids=ids, attention_mask=torch.ones_like(ids))[0]
+    assert probe.ladder_inputs() == [4] and states[:4] == (None,) * 4
+    torch.testing.assert_close(states[4], backbone(input_ids=ids).last_hidden_state)
+
+
+def test_pooling_follows_the_family():
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    assert pool(hidden, mask, "mean").flatten().tolist() == [1.0, 5.5]
+    assert pool(hidden, mask, "last").flatten().tolist() == [2.0, 7.0]
+    assert pool(hidden, mask, "first").flatten().tolist() == [0.0, 4.0]
+    assert ProbeModel(tiny_backbone("llama"), 2).family.pooling == "last"
+    assert ProbeModel(tiny_backbone("bert"), 2).family.pooling == "mean"
+
+
+def test_a_probe_cannot_generate(capsys):
+    with pytest.raises(UsageError, match="--task classify"):
+        TrainConfig(method="probe", task="generate")
+    assert main(["train", "--method", "probe", "--task", "generate", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+
+
+def test_a_sweep_refuses_the_probe_in_one_line(files, tmp_path, capsys):
+    code = main(["sweep", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
+                 "--output", str(tmp_path / "sweep"), *FLAGS, "--grid", "lr=1e-3,1e-2"])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "laddertune train" in err and "\n" not in err
+    assert not (tmp_path / "sweep").exists()

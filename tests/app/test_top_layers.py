@@ -1,0 +1,209 @@
+"""--top-layers K: full, lora, adapter and ia3 train only the top K layers (and what sits above
+them); below, nothing trains, nothing changes, and autograd keeps nothing for backward."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tiny_models import (
+    save_tiny_lm,
+    save_tiny_text_model,
+    symbol_pairs,
+    tiny_config,
+    topic_rows,
+    write_csv,
+)
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from laddertune.app.cli import main
+from laddertune.app.memory import training_memory_account
+from laddertune.app.methods import build_method, load_trained, save_trained
+from laddertune.app.options import TrainConfig, UsageError
+from laddertune.app.top_layers import below_parameters
+from laddertune.errors import LSTConfigError
+
+METHODS = ("full", "lora", "adapter", "ia3")
+FAMILIES = ("bert", "llama", "gpt2", "mpnet")
+DEPTH = 4   # every tiny model's layers
+FLAGS = ["--device", "cpu", "--no-progress", "--batch-size", "8", "--lr", "1e-2"]
+
+
+def _task_model(family: str, lm: bool = False):
+    """A freshly 'loaded' task model: the same weights every call."""
+    torch.manual_seed(0)
+    if family == "mpnet":   # read off its structure: no Family entry
+        config = AutoConfig.for_model("mpnet", hidden_size=32, num_hidden_layers=DEPTH,
+                                      num_attention_heads=4, intermediate_size=64, vocab_size=64,
+                                      pad_token_id=0)
+    else:
+        config = tiny_config(family, pad_token_id=0)
+    auto = AutoModelForCausalLM if lm else AutoModelForSequenceClassification
+    return auto.from_config(config)
+
+
+def _batch(lm: bool = False) -> dict:
+    ids = torch.randint(3, 64, (4, 8), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone() if lm else torch.tensor([0, 1, 0, 1])
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def _build(method: str, family: str, k: int | None, lm: bool = False):
+    task_model = _task_model(family, lm)
+    task_type = "CAUSAL_LM" if lm else "SEQ_CLS"
+    return task_model, build_method(method, task_model, task_type, top_layers=k)
+
+
+def _saved_bytes(method: str, family: str, k: int | None, lm: bool = False) -> int:
+    _, model = _build(method, family, k, lm)
+    model.train()
+    batch = _batch(lm)
+    return training_memory_account(model, lambda: model(**batch).loss)["saved_bytes"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_saved_bytes_fall_with_k_and_k_equal_to_depth_is_full_depth(method, family):
+    saved = [_saved_bytes(method, family, k) for k in (1, 2, 3, DEPTH)]
+    assert saved == sorted(set(saved)), saved          # strictly more kept with each layer
+    assert saved[-1] == _saved_bytes(method, family, None)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_nothing_below_the_top_layers_trains_or_changes(method, family):
+    task_model, model = _build(method, family, 2)
+    below = below_parameters(task_model, 2)
+    assert not any(p.requires_grad for p in task_model.parameters() if id(p) in below)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    for _ in range(3):
+        model(**_batch()).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and not changed & {by_id[i] for i in below if i in by_id}
+    # only the top two layers and what sits above them move
+    for name in changed:
+        assert not any(f".{i}." in name for i in (0, 1)) or "classifier" in name, name
+
+
+def test_peft_transforms_only_the_top_layers():
+    _, lora = _build("lora", "bert", 1)
+    adapted = {n.split(".layer.")[1].split(".")[0] for n, _ in lora.named_parameters()
+               if "lora_A" in n}
+    assert adapted == {str(DEPTH - 1)}
+    assert lora.peft_config["default"].layers_to_transform == [DEPTH - 1]
+    _, ia3 = _build("ia3", "llama", 2)
+    scaled = {n.split(".layers.")[1].split(".")[0] for n, _ in ia3.named_parameters()
+              if "ia3_l" in n}
+    assert scaled == {"2", "3"}
+
+
+def test_adapters_go_into_the_top_layers_only_and_reload(tmp_path):
+    _, model = _build("adapter", "bert", 1)
+    adapters = {n.split(".layer.")[1].split(".")[0] for n, _ in model.named_parameters()
+                if "bottleneck_adapter" in n}
+    assert adapters == {str(DEPTH - 1)}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01)
+    save_trained(model, "adapter", tmp_path)
+    loaded = load_trained(_task_model("bert"), "adapter", tmp_path)
+    batch = {k: v for k, v in _batch().items() if k != "labels"}
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model.eval()(**batch).logits)
+
+
+def test_top_layers_of_a_language_model_keep_its_tied_head_frozen():
+    task_model, model = _build("full", "llama", 1, lm=True)
+    if task_model.config.tie_word_embeddings:
+        assert not task_model.get_output_embeddings().weight.requires_grad
+    saved = [_saved_bytes("lora", "llama", k, lm=True) for k in (1, DEPTH)]
+    assert saved[0] < saved[1]
+
+
+def test_k_outside_the_depth_and_two_stacks_are_refused():
+    with pytest.raises(LSTConfigError, match=f"outside 1..{DEPTH}.*has {DEPTH} layers"):
+        _build("full", "bert", DEPTH + 1)
+    torch.manual_seed(0)
+    from transformers import AutoModelForSeq2SeqLM
+    t5 = AutoModelForSeq2SeqLM.from_config(tiny_config("t5"))
+    with pytest.raises(LSTConfigError, match="encoder and a decoder"):
+        build_method("lora", t5, "SEQ_2_SEQ_LM", top_layers=1)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--method", "lst", "--top-layers", "1"], "--top-layers is for --method full, lora"),
+    (["--method", "probe", "--top-layers", "1"], "--top-layers is for --method full, lora"),
+    (["--method", "lora", "--top-layers", "0"], "--top-layers must be a whole number >= 1"),
+    (["--method", "full", "--top-layers", "1", "--cache-backbone"], "--cache-backbone cannot"),
+])
+def test_bad_top_layers_are_one_line(flags, expected, capsys):
+    assert main(["train", "--device", "cpu", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("top")
+    save_tiny_text_model(root / "tiny")
+    write_csv(root / "train.csv", topic_rows(32, seed=0))
+    write_csv(root / "eval.csv", topic_rows(24, seed=1))
+    save_tiny_lm(root / "llama", "llama")
+    write_csv(root / "pairs.csv", symbol_pairs(32, seed=0, length=2))
+    write_csv(root / "pairs_eval.csv", symbol_pairs(16, seed=1, length=2))
+    return root
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_top_k_run_records_k_and_eval_reloads_it(method, files, capsys):
+    out = files / f"run-{method}"
+    assert main(["train", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
+                 "--eval", str(files / "eval.csv"), "--output", str(out), "--method", method,
+                 "--top-layers", "1", "--epochs", "1", *FLAGS]) == 0
+    assert json.loads((out / "run.json").read_text())["top_layers"] == 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["top_layers"] == 1
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", str(files / "eval.csv"),
+                 "--device", "cpu"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["loss"] == pytest.approx(metrics["eval"]["loss"], rel=1e-4, abs=1e-4)
+
+
+def test_a_run_past_the_depth_is_refused_naming_it(files, capsys):
+    out = files / "too-deep"
+    assert main(["train", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
+                 "--output", str(out), "--method", "full", "--top-layers", "9", *FLAGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"has {DEPTH} layers" in err and "\n" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_top_layers_train_a_generate_run_that_reloads(method, files, capsys):
+    out = files / f"gen-{method}"
+    assert main(["train", "--task", "generate", "--model", str(files / "llama"), "--train",
+                 str(files / "pairs.csv"), "--eval", str(files / "pairs_eval.csv"), "--output",
+                 str(out), "--method", method, "--top-layers", "2", "--epochs", "1",
+                 *FLAGS]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["top_layers"] == 2 and "rouge_l" in metrics["eval"]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out), "--data", str(files / "pairs_eval.csv"),
+                 "--device", "cpu"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["loss"] == pytest.approx(metrics["eval"]["loss"], rel=1e-4, abs=1e-4)
+
+
+def test_the_config_takes_k_for_the_methods_that_can():
+    assert TrainConfig(method="lora", top_layers=2).top_layers == 2
+    with pytest.raises(UsageError, match="--top-layers is for"):
+        TrainConfig(method="bitfit", top_layers=2)
