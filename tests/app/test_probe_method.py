@@ -163,3 +163,15 @@ def test_a_sweep_refuses_the_probe_in_one_line(files, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "laddertune train" in err and "\n" not in err
     assert not (tmp_path / "sweep").exists()
+
+
+def test_step_settings_given_to_a_probe_draw_one_warning_naming_them():
+    """The probe is fitted to convergence: --lr and --epochs do nothing, and the user hears so."""
+    from laddertune.errors import LSTWarning
+    with pytest.warns(LSTWarning, match=r"--lr, --epochs set, but --method probe, fitted to "
+                                        r"convergence, does not use them"):
+        TrainConfig(method="probe", lr=1e-3, epochs=5)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LSTWarning)
+        TrainConfig(method="probe")                 # defaults: nothing to warn about

@@ -253,8 +253,14 @@ class TrainConfig:
         if self.task != "generate":
             by_task = [_flag_name(name) for name in GENERATE_ONLY
                        if getattr(self, name) != defaults[name]]
+        by_fit = []
+        if self.method_entry.fit is not None:   # fitted in one go: no optimizer steps to set
+            set_by_user = {**defaults, "lr": self.method_entry.default_lr}
+            by_fit = [_flag_name(name) for name in STEP_SETTINGS
+                      if getattr(self, name) != set_by_user[name]]
         for unused, what in ((by_method, f"--method {self.method}"),
-                             (by_task, f"--task {self.task}")):
+                             (by_task, f"--task {self.task}"),
+                             (by_fit, f"--method {self.method}, fitted to convergence,")):
             if unused:
                 warnings.warn(f"{', '.join(unused)} set, but {what} does not use them",
                               LSTWarning, stacklevel=3)
@@ -278,6 +284,9 @@ class TrainConfig:
                 if not f.metadata.get("resumable")
                 and f.name not in ("output", "overwrite", "lst", "lst_preset")}
 
+
+# The optimizer-step settings a method fitted in one go (Method.fit) never reads
+STEP_SETTINGS = ("lr", "epochs", "weight_decay", "warmup_ratio", "max_grad_norm")
 
 # TrainConfig fields only --task generate reads
 GENERATE_ONLY = ("prompt_column", "target_column", "chat_template", "verbalizer",
