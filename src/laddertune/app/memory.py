@@ -161,8 +161,9 @@ def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, tas
 
 
 def _position_limit(model: torch.nn.Module) -> int | None:
-    """The backbone's position limit (`backbones.max_positions`): the held backbone of an LST
-    model, the base model of a peft one, else the model itself; None if nothing limits it."""
+    """The tokens a batch may hold: the backbone's position limit (`backbones.max_positions`;
+    the held backbone of an LST model, the base model of a peft one, else the model itself),
+    less prompt tuning's virtual tokens; None if nothing limits it."""
     from ..backbones import max_positions
     from ..errors import UnsupportedModelError
     backbone = next((m.held_backbone() for m in model.modules() if hasattr(m, "held_backbone")
@@ -170,9 +171,12 @@ def _position_limit(model: torch.nn.Module) -> int | None:
     if backbone is None:
         backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        return max_positions(backbone)
+        limit = max_positions(backbone)
     except (UnsupportedModelError, AttributeError):   # no config or no blocks: nothing to read
         return None
+    # prompt tuning puts its virtual tokens before the text, in the same positions
+    prompt = getattr(model, "active_peft_config", None)
+    return None if limit is None else limit - getattr(prompt, "num_virtual_tokens", 0)
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
