@@ -36,10 +36,10 @@ def load_bbc_headlines() -> tuple[TextDataset, TextDataset]:
     """
     train, test = load_bbc_news()
     seen = {part for text in train.texts for part in _headline_and_body(text)}
-    repeated = [i for i, text in enumerate(test.texts)
-                if any(part in seen for part in _headline_and_body(text))]
-    kept = [i for i in range(len(test)) if i not in set(repeated)]
-    moved = test.select(repeated, train.source)
+    repeated = {i for i, text in enumerate(test.texts)
+                if any(part in seen for part in _headline_and_body(text))}
+    kept = [i for i in range(len(test)) if i not in repeated]
+    moved = test.select(sorted(repeated), train.source)
     train = TextDataset(train.texts + moved.texts, train.labels + moved.labels, train.source,
                         train.ids + moved.ids)
     return _headline_pairs(train), _headline_pairs(test.select(kept, test.source))
