@@ -2,20 +2,28 @@
 
 `SavedTensorMeter` counts what autograd keeps for the backward pass, the part of training memory
 that LST removes. `training_memory_account` adds parameters, gradients and optimizer state, so two
-methods can be compared on any machine. `peak_memory_mb` reads the device's own figure: CUDA's
-allocator peak on a GPU, the process's peak resident set on a CPU; `reset_peak_rss` and
-`peak_rss_mb` measure a CPU peak from a chosen moment (after a model is loaded, say).
+methods can be compared on any machine; `reference_account` takes that account of a trained run
+at one fixed batch shape (`ACCOUNT_SHAPE`), the same for every method. `peak_memory_mb` reads
+the device's own figure: CUDA's allocator peak on a GPU, the process's peak resident set on a
+CPU; `reset_peak_rss` and `peak_rss_mb` measure a CPU peak from a chosen moment (after a model
+is loaded, say).
 """
 
 from __future__ import annotations
 
+import random
 import resource
 import sys
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..held import held_modules
+
+# The batch every run's memory account is taken at, whatever it trained with: at small batches
+# weights and optimizer state dominate and hide what is kept for backward, where LST saves.
+ACCOUNT_SHAPE = (32, 256)   # (examples, tokens)
 
 
 @dataclass
@@ -70,7 +78,8 @@ def training_memory_account(model: torch.nn.Module, loss_fn, optimizer_states: i
 
     Returns:
         dict with ``saved_bytes`` (activations kept for backward), ``parameter_bytes``,
-        ``gradient_bytes``, ``optimizer_bytes`` and their ``total_bytes``.
+        ``gradient_bytes``, ``optimizer_bytes`` and their ``total_bytes``; and, not in that sum,
+        ``parameter_bytes`` split into ``trainable_weight_bytes`` and ``frozen_weight_bytes``.
     """
     # An LSTModel holds its frozen backbone without registering it: the registered parameters
     # are what trains, the held ones only count as weights.
@@ -81,7 +90,8 @@ def training_memory_account(model: torch.nn.Module, loss_fn, optimizer_states: i
     meter = SavedTensorMeter().exclude_parameters(model, *held)
     with meter:
         loss = loss_fn()
-    loss.backward()
+    if loss.requires_grad:   # a model trained without autograd (a probe) keeps nothing for it
+        loss.backward()
     account = {
         "saved_bytes": meter.saved_bytes,
         "parameter_bytes": sum(p.numel() * p.element_size() for p in params.values()),
@@ -89,8 +99,84 @@ def training_memory_account(model: torch.nn.Module, loss_fn, optimizer_states: i
         "optimizer_bytes": optimizer_states * sum(p.numel() * 4 for p in trainable),
     }
     account["total_bytes"] = sum(account.values())
+    account["trainable_weight_bytes"] = account["gradient_bytes"]   # a gradient per weight
+    account["frozen_weight_bytes"] = account["parameter_bytes"] - account["gradient_bytes"]
     model.zero_grad(set_to_none=True)
     return account
+
+
+def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, task,
+                      tokenizer) -> dict | None:
+    """The memory account of one training step of `model` for `task` on a synthetic batch of
+    `shape` (examples, tokens): random token ids inside `tokenizer`'s vocabulary, a full
+    attention mask, and random class indices (a classifier) or the ids themselves as targets
+    (a language model). The tokens are clamped to the backbone's learned positions; ``shape``
+    records the shape used.
+
+    The model is left as it was: no optimizer step, gradients cleared, train/eval mode and every
+    RNG restored (dropout draws from them), so a run's results do not move. None if `shape` is,
+    or under DDP (whose gradient hooks expect its own forward pass).
+
+    Returns:
+        dict with ``shape``, ``saved_for_backward_bytes``, ``gradient_bytes``,
+        ``optimizer_bytes``, ``trainable_weight_bytes``, their sum ``training_bytes`` (what
+        training adds to the frozen weights), and ``frozen_weight_bytes`` apart.
+    """
+    if shape is None or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    num_labels = task.num_labels if task.task_type == "SEQ_CLS" else 0
+    vocab_size = tokenizer.vocab_size   # without added tokens: inside every embedding table
+    limit = _position_limit(model)
+    examples, tokens = shape[0], min(shape[1], limit or shape[1])
+    device = next(p.device for m in (model, *held_modules(model)) for p in m.parameters())
+    rng_states = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                  torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    modes = {m: m.training for m in (*model.modules(), *held_modules(model))}
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, vocab_size, (examples, tokens), generator=generator)
+    labels = (torch.randint(0, num_labels, (examples,), generator=generator) if num_labels
+              else input_ids.clone())
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+             "labels": labels}
+    batch = {k: v.to(device) for k, v in batch.items()}
+    model.zero_grad(set_to_none=True)
+    try:
+        model.train()
+        account = training_memory_account(model, lambda: model(**batch).loss)
+    finally:
+        model.zero_grad(set_to_none=True)
+        for module, training in modes.items():
+            module.train(training)
+        random.setstate(rng_states[0])
+        np.random.set_state(rng_states[1])
+        torch.set_rng_state(rng_states[2])
+        if rng_states[3] is not None:
+            torch.cuda.set_rng_state_all(rng_states[3])
+    parts = {"saved_for_backward_bytes": account["saved_bytes"],
+             "gradient_bytes": account["gradient_bytes"],
+             "optimizer_bytes": account["optimizer_bytes"],
+             "trainable_weight_bytes": account["trainable_weight_bytes"]}
+    return {"shape": [examples, tokens], **parts, "training_bytes": sum(parts.values()),
+            "frozen_weight_bytes": account["frozen_weight_bytes"]}
+
+
+def _position_limit(model: torch.nn.Module) -> int | None:
+    """The tokens a batch may hold: the backbone's position limit (`backbones.max_positions`;
+    the held backbone of an LST model, the base model of a peft one, else the model itself),
+    less prompt tuning's virtual tokens; None if nothing limits it."""
+    from ..backbones import max_positions
+    from ..errors import UnsupportedModelError
+    backbone = next((m.held_backbone() for m in model.modules() if hasattr(m, "held_backbone")
+                     and m.held_backbone() is not None), None)
+    if backbone is None:
+        backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        limit = max_positions(backbone)
+    except (UnsupportedModelError, AttributeError):   # no config or no blocks: nothing to read
+        return None
+    # prompt tuning puts its virtual tokens before the text, in the same positions
+    prompt = getattr(model, "active_peft_config", None)
+    return None if limit is None else limit - getattr(prompt, "num_virtual_tokens", 0)
 
 
 def peak_memory_mb(device: torch.device | str | None = None) -> float:

@@ -24,7 +24,8 @@ from pathlib import Path
 from ..config import LSTConfig
 from ..errors import LSTError, LSTWarning
 from .adapters import ADAPTER_KINDS
-from .data import BBC_NEWS, TWEET_SENTIMENT
+from .data import BBC_HEADLINES, BBC_NEWS, PAIR_COLUMNS, TWEET_SENTIMENT
+from .memory import ACCOUNT_SHAPE
 from .methods import DEFAULT_LR, METHODS, REGISTRY, Method, get_method
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -71,12 +72,17 @@ class TrainConfig:
     train: str = field(default=BBC_NEWS, metadata=_flag(
         f"training data: .csv, .tsv, .jsonl, .json or .parquet with a text and a label column "
         f"(--task generate: a prompt and a target column, or a text and a label column), or a "
-        f"built-in set: '{BBC_NEWS}' (2,225 articles, 5 topics) or '{TWEET_SENTIMENT}' "
-        f"(35,696 tweets, negative/neutral/positive)", metavar="FILE"))
+        f"built-in set: '{BBC_NEWS}' (2,225 articles, 5 topics), '{TWEET_SENTIMENT}' "
+        f"(35,696 tweets, negative/neutral/positive) or '{BBC_HEADLINES}' (4,450 article and "
+        f"headline pairs: match/mismatch)", metavar="FILE"))
     eval: str | None = field(default=None, metadata=_flag(
         "eval data; without it a stratified 20% of --train is held out", metavar="FILE"))
     text_column: str = field(default="text", metadata=_flag("column holding the text",
                                                              metavar="NAME"))
+    text_pair_column: str | None = field(default=None, metadata=_flag(
+        "--task classify on sentence pairs: column holding each text's second text (a "
+        "hypothesis, a paraphrase, a headline), read with the first as one pair; "
+        f"'{BBC_HEADLINES}' sets it itself", metavar="NAME"))
     label_column: str = field(default="label", metadata=_flag("column holding the label",
                                                                metavar="NAME"))
     prompt_column: str = field(default="prompt", metadata=_flag(
@@ -172,6 +178,11 @@ class TrainConfig:
         "log to TensorBoard in <output>/tensorboard", resumable=True))
     progress: bool = field(default=True, metadata=_flag(
         "progress bars on a terminal (a line per epoch otherwise)", resumable=True))
+    account_shape: str = field(default="x".join(map(str, ACCOUNT_SHAPE)), metadata=_flag(
+        "after training, account the bytes one training step keeps (for backward, gradients, "
+        "optimizer state, trainable and frozen weights) on a synthetic batch of BxT tokens, the "
+        "same for every method, into metrics.json; 'none' skips it", metavar="BxT",
+        resumable=True))
 
     def __post_init__(self):
         _check_counts(self, "epochs", "batch_size", "save_every", "eval_batch_size",
@@ -199,6 +210,17 @@ class TrainConfig:
             raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
         _check_seed(self.seed)
         self._check_top_layers()
+        _account_shape(self.account_shape)   # a bad one fails now, not after training
+        if self.train in PAIR_COLUMNS and self.task == "classify":   # recorded for eval, predict
+            _fill(self, "text_column", PAIR_COLUMNS[self.train][0])
+            _fill(self, "text_pair_column", PAIR_COLUMNS[self.train][1])
+        if self.text_pair_column is not None and self.task != "classify":
+            raise UsageError(f"--text-pair-column is for --task classify; --task {self.task} "
+                             "reads one prompt per example: drop it")
+        if self.text_pair_column in (self.text_column, self.label_column):
+            raise UsageError(f"--text-pair-column names {self.text_pair_column!r}, which is "
+                             "already the text or the label column; pass the column that holds "
+                             "the second text")
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
         if self.cache_backbone and not self.method_entry.reads_backbone_states:
             readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
@@ -266,6 +288,11 @@ class TrainConfig:
                               LSTWarning, stacklevel=3)
 
     @property
+    def account_batch_shape(self) -> tuple[int, int] | None:
+        """--account-shape as (examples, tokens), or None for 'none'."""
+        return _account_shape(self.account_shape)
+
+    @property
     def method_entry(self) -> Method:
         """--method's entry in the registry (`methods.REGISTRY`)."""
         return get_method(self.method)
@@ -308,10 +335,13 @@ class EvalConfig:
                                            metavar="DIR", required=True))
     data: str = field(metadata=_flag(
         f".csv, .tsv, .jsonl, .json or .parquet file, or a built-in set ('{BBC_NEWS}', "
-        f"'{TWEET_SENTIMENT}': its held-out split)",
+        f"'{TWEET_SENTIMENT}', '{BBC_HEADLINES}': its held-out split)",
         metavar="FILE", required=True))
     text_column: str | None = field(default=None, metadata=_flag(
         "column holding the text (default: the one used in training)", metavar="NAME"))
+    text_pair_column: str | None = field(default=None, metadata=_flag(
+        "runs trained on sentence pairs: column holding the second text (default: the one used "
+        "in training)", metavar="NAME"))
     label_column: str | None = field(default=None, metadata=_flag(
         "column holding the label (default: the one used in training)", metavar="NAME"))
     model: str | None = field(default=None, metadata=_flag(
@@ -470,6 +500,17 @@ def _check_sampling(config) -> None:
     if temperature and beams and beams > 1:
         raise UsageError(f"--temperature {temperature:g} samples and --num-beams {beams} "
                          "searches beams; they do not combine: drop one")
+
+
+def _account_shape(text: str) -> tuple[int, int] | None:
+    """BxT as (examples, tokens); 'none' as None."""
+    if text.strip().lower() == "none":
+        return None
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise UsageError(f"--account-shape {text!r} is not BxT (examples x tokens, e.g. 32x256) "
+                         "or none")
+    return int(parts[0]), int(parts[1])
 
 
 def _check_seed(seed) -> None:

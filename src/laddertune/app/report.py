@@ -151,6 +151,7 @@ def write_report(run_dir: Path, metrics: dict, comparison: list[dict] | None = N
         f"({100 * metrics['trainable_params'] / metrics['all_params']:.2f}%)",
         f"- training time {metrics['train_seconds']:.1f} s, peak memory "
         f"{metrics['peak_memory_mb']:.0f} MiB ({metrics['device']})",
+        *_account_lines(metrics.get("memory_account")),
         f"- {'prompts cut from the left to fit' if generate else 'texts truncated to'} "
         f"{trunc['max_length']} tokens: {trunc['train']} of "
         f"{metrics['train_examples']} train, {trunc['eval']} of {ev['examples']} eval",
@@ -187,6 +188,22 @@ def write_report(run_dir: Path, metrics: dict, comparison: list[dict] | None = N
     path = run_dir / "report.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     return path
+
+
+def _account_lines(account: dict | None) -> list[str]:
+    """The memory account (`memory.reference_account`) as a line of report.md, in MiB."""
+    if not account:
+        return []
+    examples, tokens = account["shape"]
+
+    def mib(key: str) -> str:
+        return f"{account[key] / 2**20:.1f}"
+    return [f"- training memory, device-independent, at {examples} x {tokens} tokens: "
+            f"**{mib('training_bytes')} MiB** (saved for backward "
+            f"{mib('saved_for_backward_bytes')}, "
+            f"gradients {mib('gradient_bytes')}, optimizer state {mib('optimizer_bytes')}, "
+            f"trainable weights {mib('trainable_weight_bytes')}), beside "
+            f"{mib('frozen_weight_bytes')} MiB of frozen weights"]
 
 
 def _score(value: float | None) -> str:

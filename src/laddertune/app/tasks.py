@@ -110,7 +110,7 @@ class ClassifyTask:
     def from_run(cls, info: dict, config=None) -> ClassifyTask:
         """The task of a finished run, reading files by `config`'s columns where given."""
         settings = dict(info)
-        for name in ("text_column", "label_column"):
+        for name in ("text_column", "text_pair_column", "label_column"):
             if getattr(config, name, None):
                 settings[name] = getattr(config, name)
         return cls(settings)
@@ -123,7 +123,8 @@ class ClassifyTask:
 
     def read(self, cfg: TrainConfig) -> None:
         self.train_data, self.eval_data = load_train_eval(
-            cfg.train, cfg.eval, cfg.text_column, cfg.label_column, cfg.seed)
+            cfg.train, cfg.eval, cfg.text_column, cfg.label_column, cfg.seed,
+            text_pair_column=cfg.text_pair_column)
         self.labels = label_names(self.train_data.labels)
 
     def head(self, method: Method) -> str:
@@ -171,7 +172,8 @@ class ClassifyTask:
         else:
             data = load_texts(source, self.settings["text_column"],
                               self.settings["label_column"], need_labels=need_targets,
-                              id_column=id_column)
+                              id_column=id_column,
+                              text_pair_column=self.settings.get("text_pair_column"))
         if need_targets:
             check_known_labels(data.labels, self.labels, data.source)
         else:

@@ -43,7 +43,7 @@ from ..checkpoint import check_fingerprint, save_json, sha256_file
 from ..errors import BackboneMismatchError, LSTError
 from .aliases import ModelSource, backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate
-from .memory import current_rss_mb, peak_memory_mb, peak_rss_mb, reset_peak_rss
+from .memory import current_rss_mb, peak_memory_mb, peak_rss_mb, reference_account, reset_peak_rss
 from .methods import count_parameters, get_method, save_trained, trainable_parameters
 from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
 from .report import plot_confusion_matrix, plot_learning_curve, write_report
@@ -567,6 +567,9 @@ class TrainingRun:
             "training_peak_rss_mb": (None if not self.peak_rss_reset else round(
                 self.training_peak_mb if self.training_peak_mb is not None
                 else self._training_peak(), 1)),
+            # bytes one step keeps at one shape for every method (--account-shape), anywhere
+            "memory_account": reference_account(self.model, cfg.account_batch_shape, self.task,
+                                                self.tokenizer),
             "trainable_params": self.trainable,
             "all_params": self.total,
             "task": cfg.task,

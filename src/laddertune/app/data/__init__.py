@@ -3,9 +3,12 @@ built-in data sets (`corpora`), eval splits (`splits`, `train_eval`), class name
 and token ids for the model (`encoding`)."""
 
 from .corpora import (
+    BBC_HEADLINES,
     BBC_NEWS,
     BUILTIN,
+    PAIR_COLUMNS,
     TWEET_SENTIMENT,
+    load_bbc_headlines,
     load_bbc_news,
     load_builtin,
     load_tweet_sentiment,
@@ -19,8 +22,9 @@ from .tables import SUFFIXES
 from .train_eval import load_train_eval
 
 __all__ = [
-    "BBC_NEWS", "BUILTIN", "SUFFIXES", "TWEET_SENTIMENT", "Encoded", "PairDataset", "TextDataset",
-    "check_classes", "check_known_labels", "collate", "columns", "encode_labels", "has_columns",
-    "label_names", "load_bbc_news", "load_builtin", "load_pairs", "load_texts",
-    "load_train_eval", "load_tweet_sentiment", "random_split", "stratified_split", "tokenize",
+    "BBC_HEADLINES", "BBC_NEWS", "BUILTIN", "PAIR_COLUMNS", "SUFFIXES", "TWEET_SENTIMENT",
+    "Encoded", "PairDataset", "TextDataset", "check_classes", "check_known_labels", "collate",
+    "columns", "encode_labels", "has_columns", "label_names", "load_bbc_headlines",
+    "load_bbc_news", "load_builtin", "load_pairs", "load_texts", "load_train_eval",
+    "load_tweet_sentiment", "random_split", "stratified_split", "tokenize",
 ]

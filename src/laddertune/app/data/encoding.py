@@ -35,14 +35,29 @@ def encode_labels(labels: list[str], names: list[str], source: str) -> torch.Ten
 
 
 def tokenize(tokenizer, data: TextDataset, max_length: int, names: list[str] | None) -> Encoded:
-    """Tokenize with truncation to `max_length`, counting the texts that were cut."""
+    """Tokenize with truncation to `max_length`, counting the texts that were cut.
+
+    Sentence pairs (`data.pairs`) are read with the tokenizer's pair encoding, truncating the
+    longer of the two first ('longest_first'). A tokenizer that marks no boundary between
+    the two (a decoder's, which only concatenates) gets a line break before the second text;
+    the last token, which a decoder's classifier pools, stays the pair's last.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    texts = (data.texts,) if data.pairs is None else (data.texts, _separated(tokenizer,
+                                                                            data.pairs))
     # One token longer than allowed tells which texts the real call truncates.
-    probe = tokenizer(data.texts, truncation=True, max_length=max_length + 1)["input_ids"]
+    probe = tokenizer(*texts, truncation=True, max_length=max_length + 1)["input_ids"]
     truncated = sum(len(ids) > max_length for ids in probe)
-    ids = tokenizer(data.texts, truncation=True, max_length=max_length)["input_ids"]
+    ids = tokenizer(*texts, truncation="longest_first", max_length=max_length)["input_ids"]
     labels = encode_labels(data.labels, names, data.source) if names and data.labels else None
     return Encoded(ids, labels, truncated)
+
+
+def _separated(tokenizer, pairs: list[str]) -> list[str]:
+    """The second texts, each after a line break when the tokenizer adds no token between."""
+    if tokenizer.num_special_tokens_to_add(pair=True) > tokenizer.num_special_tokens_to_add():
+        return pairs
+    return ["\n" + pair for pair in pairs]
 
 
 def collate(encoded: Encoded, indices, pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 
 @dataclass
 class TextDataset:
-    """Raw texts, their labels (as strings) and optional row ids from one source."""
+    """Raw texts, their labels (as strings) and optional row ids from one source; for sentence
+    pairs (`--text-pair-column`), each text's second text in `pairs`."""
 
     texts: list[str]
     labels: list[str]
     source: str
     ids: list[str] | None = None   # the file's id column, carried through to predictions
+    pairs: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -23,7 +25,8 @@ class TextDataset:
         return TextDataset([self.texts[i] for i in indices],
                            [self.labels[i] for i in indices] if self.labels else [],
                            source,
-                           [self.ids[i] for i in indices] if self.ids is not None else None)
+                           [self.ids[i] for i in indices] if self.ids is not None else None,
+                           [self.pairs[i] for i in indices] if self.pairs is not None else None)
 
 
 @dataclass

@@ -32,13 +32,16 @@ from .values import kind, label_name, listing, parse_number, preview
 
 
 def load_texts(source: str, text_column: str = "text", label_column: str = "label",
-               need_labels: bool = True, id_column: str | None = "id") -> TextDataset:
+               need_labels: bool = True, id_column: str | None = "id",
+               text_pair_column: str | None = None) -> TextDataset:
     """Read `source`, a .csv, .tsv, .jsonl, .json (an array of records) or .parquet file.
 
     Args:
         need_labels: False for data to predict on: the label column is not read, and rows with an
             empty text are kept rather than dropped.
         id_column: a column kept as `TextDataset.ids` when the file has it (None: ignore ids).
+        text_pair_column: sentence pairs: the column of each text's second text
+            (`TextDataset.pairs`); a missing one is an error, an empty one an empty text.
 
     Raises:
         DataError: `text_column` is `label_column`; the file is missing, empty, not UTF-8 or
@@ -51,12 +54,14 @@ def load_texts(source: str, text_column: str = "text", label_column: str = "labe
     path = check_file(source)
     table = read_table(path)
     has_ids = _check_needed(table, (text_column, "--text-column"),
-                            (label_column, "--label-column") if need_labels else None, id_column)
+                            (label_column, "--label-column") if need_labels else None, id_column,
+                            (text_pair_column, "--text-pair-column") if text_pair_column else None)
     texts = _texts(table, text_column)
     labels = _labels(table, label_column) if need_labels else []
     ids = _ids(table, id_column) if has_ids else None
-    data = _handle_empty_texts(TextDataset(texts, labels, str(source), ids), table, text_column,
-                               drop=need_labels)
+    pairs = _texts(table, text_pair_column) if text_pair_column else None
+    data = _handle_empty_texts(TextDataset(texts, labels, str(source), ids, pairs), table,
+                               text_column, drop=need_labels)
     _warn_if_texts_are_numbers(data.texts, data.source, text_column)
     _warn_case_clashes(data.labels, data.source)
     return data
@@ -88,10 +93,10 @@ def has_columns(source: str, *columns: str) -> bool:
 
 
 def _check_needed(table: Table, first: tuple[str, str], second: tuple[str, str] | None,
-                  id_column: str | None) -> bool:
+                  id_column: str | None, third: tuple[str, str] | None = None) -> bool:
     """Check the (column, flag) pairs a reader needs; whether the table has `id_column`."""
     has_ids = id_column in table.columns
-    _check_columns(table, dict([first, *([second] if second else [])]),
+    _check_columns(table, dict([first, *(pair for pair in (second, third) if pair)]),
                    [id_column] if has_ids else [])
     return has_ids
 

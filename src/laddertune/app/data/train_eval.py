@@ -11,7 +11,8 @@ from .splits import stratified_split
 
 def load_train_eval(train: str, eval_source: str | None = None, text_column: str = "text",
                     label_column: str = "label", seed: int = 0,
-                    id_column: str | None = "id") -> tuple[TextDataset, TextDataset]:
+                    id_column: str | None = "id", text_pair_column: str | None = None
+                    ) -> tuple[TextDataset, TextDataset]:
     """The training data and the data to evaluate on (a stratified 20% split without `eval`).
 
     Raises:
@@ -21,11 +22,13 @@ def load_train_eval(train: str, eval_source: str | None = None, text_column: str
     if train in BUILTIN:
         train_data, eval_data = load_builtin(train)
     else:
-        train_data = load_texts(train, text_column, label_column, id_column=id_column)
+        train_data = load_texts(train, text_column, label_column, id_column=id_column,
+                                text_pair_column=text_pair_column)
         check_classes(train_data.labels, train)
         eval_data = None
     if eval_source is not None:
-        eval_data = load_texts(eval_source, text_column, label_column, id_column=id_column)
+        eval_data = load_texts(eval_source, text_column, label_column, id_column=id_column,
+                               text_pair_column=text_pair_column)
         check_known_labels(eval_data.labels, label_names(train_data.labels), eval_source)
     elif train not in BUILTIN:
         train_data, eval_data = stratified_split(train_data, 0.2, seed)
