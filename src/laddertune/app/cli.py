@@ -18,11 +18,7 @@ import warnings
 from pathlib import Path
 
 from .. import __version__
-from ..checkpoint import atomic_write_bytes
 from ..errors import LSTError, LSTWarning
-from .data import BUILTIN, columns
-from .demo import run_demo as demo
-from .inference import load_run
 from .options import (
     DemoConfig,
     EvalConfig,
@@ -33,11 +29,9 @@ from .options import (
     add_arguments,
     explicit_values,
 )
-from .run_folder import RunFolder, check_can_write
-from .runtime import pick_device
-from .sweep import parse_grid, sweep
-from .tasks import task_of_run
-from .trainer import train
+
+# Only the flags' own module is imported at start-up: `--help`, `--version` and a flag error
+# answer at once. Each command imports torch, transformers and the rest where it runs.
 
 EPILOG = """examples:
   laddertune demo
@@ -50,7 +44,9 @@ EPILOG = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line. The bench command's own flags are added only when `command` is
+    "bench": they come from the benchmark module, which imports torch and transformers."""
     parser = argparse.ArgumentParser(
         prog="laddertune",
         description="Memory-efficient fine-tuning of Hugging Face transformers by Ladder "
@@ -70,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a setting and its values, repeatable: the sweep trains every "
                                   "combination (lr, seed, reduction-factor, weight-decay, "
                                   "warmup-ratio, max-grad-norm, lst-gate, lst-dropout, ...)")
-    _add_bench(commands)
+    _add_bench(commands, full=command == "bench")
     return parser
 
 
@@ -79,9 +75,13 @@ def _description(config_class) -> str:
     return " ".join((config_class.__doc__ or "").strip().split("\n\n")[0].split())
 
 
-def _add_bench(commands) -> None:
+def _add_bench(commands, full: bool) -> None:
+    summary = "memory and speed benchmarks of every method"
+    if not full:
+        commands.add_parser("bench", help=summary)
+        return
     from .bench import cli as bench_cli
-    p = commands.add_parser("bench", help="memory and speed benchmarks of every method",
+    p = commands.add_parser("bench", help=summary,
                             description=bench_cli.__doc__.strip().splitlines()[0])
     bench_cli.add_arguments(p)
     p.set_defaults(func=bench_cli.run)
@@ -90,14 +90,28 @@ def _add_bench(commands) -> None:
 # ---- commands -----------------------------------------------------------------------------------
 
 def run_train(args) -> int:
-    train(train_config(explicit_values(args, TrainConfig)))
+    config = train_config(explicit_values(args, TrainConfig))
+    check_data_files(config.train, config.eval)
+    from .trainer import train
+    train(config)
     return 0
+
+
+def check_data_files(*sources: str | None) -> None:
+    """A data file that is missing, empty or of an unknown type is refused now, before the
+    seconds that importing torch and transformers take."""
+    from .data import BUILTIN
+    from .data.tables import check_file
+    for source in sources:
+        if source is not None and source not in BUILTIN:
+            check_file(source)
 
 
 def train_config(explicit: dict) -> TrainConfig:
     """The TrainConfig of the flags given. With --resume, the flags left out are the run's own,
     so `laddertune train --output DIR --resume` continues exactly what DIR was training."""
     if explicit.get("resume"):
+        from .run_folder import RunFolder
         output = explicit.get("output") or TrainConfig(**{
             k: v for k, v in explicit.items() if k in ("train", "method")}).output
         folder = RunFolder(output)
@@ -115,6 +129,9 @@ def _load_run_and_data(config, need_targets: bool):
     """The run's model and its task (`tasks.task_of_run`, with the flags' columns and
     generation settings), and the data file encoded as training did; the file is read and
     checked first, so a bad file is reported before any model loads."""
+    from .inference import load_run
+    from .run_folder import RunFolder
+    from .tasks import task_of_run
     task = task_of_run(RunFolder(config.checkpoint).info(), config)
     data = task.read_data(config.data, need_targets, getattr(config, "id_column", None))
     model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
@@ -124,6 +141,8 @@ def _load_run_and_data(config, need_targets: bool):
 
 def run_eval(args) -> int:
     config = EvalConfig(**explicit_values(args, EvalConfig))
+    check_data_files(config.data)
+    from .runtime import pick_device
     model, task, _, encoded = _load_run_and_data(config, need_targets=True)
     metrics = task.evaluate(model, encoded, task.pad, config.batch_size,
                             pick_device(config.device))
@@ -134,6 +153,10 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     config = PredictConfig(**explicit_values(args, PredictConfig))
+    check_data_files(config.data)
+    from ..checkpoint import atomic_write_bytes
+    from .run_folder import check_can_write
+    from .runtime import pick_device
     path = Path(config.output)
     if path.is_dir():
         raise UsageError(f"--output {path} is a folder; pass a file path such as "
@@ -159,6 +182,7 @@ def run_predict(args) -> int:
 
 def _check_id_column(data: str, id_column: str) -> None:
     """An --id-column the file lacks is refused, not replaced by row numbers unasked."""
+    from .data import BUILTIN, columns
     if data in BUILTIN:
         raise UsageError(f"{data} is a built-in data set without ids; drop --id-column (rows "
                          "are numbered)")
@@ -176,6 +200,10 @@ def run_generate(args) -> int:
     if not prompt.strip():
         raise UsageError("the prompt is empty; pass the text to complete with --prompt TEXT (or "
                          "--prompt - to read it from standard input)")
+    from .inference import load_run
+    from .run_folder import RunFolder
+    from .runtime import pick_device
+    from .tasks import task_of_run
     info = RunFolder(config.checkpoint).info()
     if info.get("task") != "generate":
         raise UsageError(f"{config.checkpoint} is a --task classify run, which labels texts; "
@@ -221,6 +249,7 @@ class TextStream:
 
 
 def run_sweep(args) -> int:
+    from .sweep import parse_grid, sweep
     explicit = explicit_values(args, TrainConfig)
     if explicit.get("task", "classify") != "classify":
         raise UsageError("laddertune sweep trains --task classify runs; train each generate "
@@ -234,6 +263,7 @@ def run_sweep(args) -> int:
 
 
 def run_demo(args) -> int:
+    from .demo import run_demo as demo
     demo(DemoConfig(**explicit_values(args, DemoConfig)))
     return 0
 
@@ -277,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     # Deprecation notices between transformers and peft are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.showwarning = _one_line_warning
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     try:
         return args.func(args)
     except LSTError as err:

@@ -21,21 +21,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from ..checkpoint import load_json, load_weights, save_weights, shared_file_mode
 from ..config import LSTConfig
 from ..errors import CheckpointError, LSTConfigError
-from ..model import LSTModel, get_lst_model
-from .adapters import (
-    AdapterConfig,
-    add_adapters,
-    find_adapter_sites,
-    load_adapters,
-    save_adapters,
-    task_head_params,
-)
+
+# torch, the model and the adapters are imported where they are used: the CLI reads this
+# registry (names, learning rates) at start-up, before any of them is needed.
+if TYPE_CHECKING:
+    from torch import nn
 
 # Full fine-tuning and BitFit ship the tensors they trained, as safetensors.
 TRAINED_WEIGHTS = "trained_weights.safetensors"
@@ -120,6 +114,7 @@ class Method:
 # ---- build ---------------------------------------------------------------------------------------
 
 def _build_lst(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    from ..model import get_lst_model
     config = s.lst_config or LSTConfig(task_type=s.task_type, num_labels=s.num_labels)
     return get_lst_model(task_model, config, init_data=s.init_data)
 
@@ -134,6 +129,7 @@ def _build_bitfit(task_model: nn.Module, s: BuildSettings) -> nn.Module:
     if not any(name.endswith("bias") for name, _ in task_model.named_parameters()):
         raise LSTConfigError(f"bitfit trains bias terms and {task_model.config.model_type} has "
                              "none; use lora or lst")
+    from .adapters import task_head_params
     head = set(task_head_params(task_model)) if s.task_type not in _LM_TASKS else set()
     for name, param in task_model.named_parameters():
         param.requires_grad_(name.endswith("bias") or name in head)
@@ -160,6 +156,7 @@ def _build_ia3(task_model: nn.Module, s: BuildSettings) -> nn.Module:
 
 
 def _build_adapter(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    from .adapters import AdapterConfig, add_adapters
     config = AdapterConfig(kind=s.adapter_kind, reduction_factor=s.adapter_reduction_factor,
                            train_task_head=s.task_type not in _LM_TASKS)
     return add_adapters(task_model, config)
@@ -172,17 +169,21 @@ def _save_pretrained(model: nn.Module, directory: Path) -> None:
 
 
 def _save_tensors(model: nn.Module, directory: Path) -> None:
+    from ..checkpoint import save_weights
     save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
                  directory / TRAINED_WEIGHTS)
 
 
 def _load_lst(task_model: nn.Module, directory: Path) -> nn.Module:
+    from ..model import LSTModel
     return LSTModel.from_pretrained(task_model, directory)
 
 
 def _peft_loader(method: str) -> Callable[[nn.Module, Path], nn.Module]:
     def load(task_model: nn.Module, directory: Path) -> nn.Module:
         from peft import PeftModel
+
+        from ..checkpoint import load_json
         saved = load_json(directory / _PEFT_CONFIG).get("peft_type")
         if saved != _PEFT_TYPES[method]:
             raise CheckpointError(f"{directory} holds a peft {saved} adapter, not {method}; "
@@ -192,6 +193,7 @@ def _peft_loader(method: str) -> Callable[[nn.Module, Path], nn.Module]:
 
 
 def _load_tensors(task_model: nn.Module, directory: Path) -> nn.Module:
+    from ..checkpoint import load_weights
     state = load_weights(directory / TRAINED_WEIGHTS)
     unknown = set(state) - set(dict(task_model.named_parameters()))
     if unknown:
@@ -199,6 +201,16 @@ def _load_tensors(task_model: nn.Module, directory: Path) -> nn.Module:
                               f"{sorted(unknown)[0]}); train the run again")
     task_model.load_state_dict(state, strict=False)
     return task_model.eval()
+
+
+def _save_adapters(model: nn.Module, directory: Path) -> None:
+    from .adapters import save_adapters
+    save_adapters(model, directory)
+
+
+def _load_adapters(task_model: nn.Module, directory: Path) -> nn.Module:
+    from .adapters import load_adapters
+    return load_adapters(task_model, directory)
 
 
 # ---- the registry --------------------------------------------------------------------------------
@@ -214,7 +226,7 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("lora", 3e-4, _build_lora, _save_pretrained, _peft_loader("lora")),
     Method("bitfit", 3e-4, _build_bitfit, _save_tensors, _load_tensors),
     Method("prompt", 0.3, _build_prompt, _save_pretrained, _peft_loader("prompt")),
-    Method("adapter", 3e-4, _build_adapter, save_adapters, load_adapters,
+    Method("adapter", 3e-4, _build_adapter, _save_adapters, _load_adapters,
            fields=("adapter_kind", "adapter_reduction_factor")),
     Method("ia3", 3e-3, _build_ia3, _save_pretrained, _peft_loader("ia3")),
 )}
@@ -269,6 +281,8 @@ def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS"):
     """
     from peft import IA3Config  # imported here: see `_build_lora`
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING
+
+    from .adapters import find_adapter_sites, task_head_params
     heads = sorted({name.split(".")[0] for name in task_head_params(task_model)})
     modules_to_save = heads if task_type not in _LM_TASKS and heads else None
     if task_model.config.model_type in TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING:
@@ -296,6 +310,7 @@ def save_trained(model: nn.Module, method: str, directory: Path) -> list[Path]:
     bottleneck adapters (`adapters.ADAPTER_WEIGHTS` + `ADAPTER_CONFIG`), or the trained tensors
     (full fine-tuning, BitFit). Never the frozen backbone. Returns the files written, each
     readable by others (peft writes 0600 files)."""
+    from ..checkpoint import shared_file_mode
     directory = Path(directory)
     before = {p: p.stat().st_mtime_ns for p in directory.iterdir() if p.is_file()}
     get_method(method).save(model, directory)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 from ..config import LSTConfig
 from ..errors import LSTError, LSTWarning
-from .adapters import ADAPTER_KINDS
 from .data import BBC_NEWS, TWEET_SENTIMENT
 from .methods import DEFAULT_LR, METHODS, REGISTRY, Method, get_method
 
@@ -31,6 +30,9 @@ DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("classify", "generate")
 LST_PRESETS = ("default", "paper")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")
+# adapters.ADAPTER_KINDS, named here so that the CLI starts without importing torch (a test
+# pins that the two agree)
+ADAPTER_KINDS = ("houlsby", "pfeiffer")
 # LSTConfig fields the training run sets itself, so they get no --lst-* flag
 LST_SET_BY_RUN = ("task_type", "num_labels", "reduction_factor", "decoder_side_layers")
 DEFAULT_MAX_LENGTH = 256
@@ -455,7 +457,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_class) -> None:
             continue
         default = defaults[f.name]
         text = meta["help"]
-        if default not in (None, False, True, dataclasses.MISSING):
+        # by identity: 0 == False and 1.0 == True, yet --seed 0 and --top-p 1.0 are defaults
+        if not any(default is v for v in (None, False, True, dataclasses.MISSING)):
             text += f" (default: {default})"
         text = text.replace("%", "%%")   # argparse formats help with %
         if default is True:   # on by default: the flag turns it off
@@ -481,7 +484,15 @@ def _add_lst_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         group.add_argument(f"--lst-{f.name.replace('_', '-')}", dest=f"lst.{f.name}",
                            type=_lst_value_type(f), default=argparse.SUPPRESS,
-                           metavar=_lst_metavar(f), help=f.metadata["help"].replace("%", "%%"))
+                           metavar=_lst_metavar(f), help=_lst_help(f).replace("%", "%%"))
+
+
+def _lst_help(f: dataclasses.Field) -> str:
+    """An LSTConfig field's help, with its default (the 'paper' preset may choose another)."""
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    shown = ("none" if default is None else str(default).lower() if isinstance(default, bool)
+             else ",".join(map(str, default)) if isinstance(default, list) else default)
+    return f"{f.metadata['help']} (default: {shown})"
 
 
 def _lst_value_type(f: dataclasses.Field):
