@@ -162,6 +162,10 @@ class TrainConfig:
     save_every: int = field(default=50, metadata=_flag(
         "write a checkpoint every N steps (and at every epoch end)", metavar="N",
         resumable=True))
+    eval_every: int | None = field(default=None, metadata=_flag(
+        "evaluate every N optimizer steps as well as at each epoch end; metrics.json and the "
+        "learning curve get a point per evaluation (default: at each epoch end only)",
+        metavar="N"))
     eval_batch_size: int = field(default=64, metadata=_flag("examples per eval forward pass",
                                                             metavar="N", resumable=True))
     tensorboard: bool = field(default=False, metadata=_flag(
@@ -172,7 +176,7 @@ class TrainConfig:
     def __post_init__(self):
         _check_counts(self, "epochs", "batch_size", "save_every", "eval_batch_size",
                       "reduction_factor", "adapter_reduction_factor", "num_beams")
-        for name in ("max_length", "max_new_tokens"):
+        for name in ("max_length", "max_new_tokens", "eval_every"):
             if getattr(self, name) is not None:
                 _check_counts(self, name)
         _check_choices(self)

@@ -6,8 +6,9 @@ run it; a benchmark measures what users run, never a private copy.
              run.json and, when resuming, restore the checkpoint. The task (`tasks.py`:
              classify, or generate) decides the data pipeline, the model's head and the eval
     epoch    the batches of a permutation fixed by (seed, epoch); each step is `train_step`:
-             forward, backward, clip the gradient norm, AdamW, the linear schedule. A
-             checkpoint every --save-every steps and at the epoch end, then an eval
+             forward, backward, clip the gradient norm, AdamW, the linear schedule. An eval
+             every --eval-every steps, a checkpoint every --save-every steps (and after each
+             eval), and at the epoch end an eval and a checkpoint
     finish   save what the method trained, metrics.json (last: it marks the run finished),
              report.md and figures; an overwrite is swapped into place only now
 
@@ -427,12 +428,16 @@ class TrainingRun:
         progress.close()
         if self.train_states is not None:
             self.train_states.end_of_pass(self.train_set)
+        return self.end_epoch(epoch, progress, self.evaluate_between_steps())
+
+    def evaluate_between_steps(self) -> dict:
+        """The eval scores now, the eval's memory peak kept apart from training's."""
         # an eval's peak (a generate run's answers, an eval batch's logits) is not training's
         self.training_peak_mb = self._training_peak()
         scores = self.evaluate()
         if self.peak_rss_reset:
             reset_peak_rss()
-        return self.end_epoch(epoch, progress, scores)
+        return scores
 
     def begin_epoch(self, epoch: int, show: bool = True) -> EpochProgress:
         """The epoch's batches still to do, as a progress display to iterate."""
@@ -463,14 +468,34 @@ class TrainingRun:
             self.writer.add_scalar("train/loss", loss, state.step)
             self.writer.add_scalar("train/lr", self.optimization.scheduler.get_last_lr()[0],
                                    state.step)
-        if state.step % cfg.save_every == 0 and state.step % self.steps_per_epoch != 0:
+        if state.step % self.steps_per_epoch == 0:
+            return                        # the epoch's end evaluates and checkpoints
+        evaluate = cfg.eval_every is not None and state.step % cfg.eval_every == 0
+        if evaluate:
+            scores = self.record_eval(epoch, self.evaluate_between_steps())
+            if self.processes.is_main:
+                self.log(f"step {state.step}: eval {self.task.describe(scores)}")
+        if evaluate or state.step % cfg.save_every == 0:
             state.train_seconds = time.perf_counter() - self._clock
             self._checkpoint()
+
+    def record_eval(self, epoch: int, scores: dict) -> dict:
+        """Add `scores`, the eval after this step, to the history (once per step)."""
+        state, evals = self.state, self.state.history["eval"]
+        if evals and evals[-1]["step"] == state.step:
+            return scores
+        at_end = state.step == (epoch + 1) * self.steps_per_epoch
+        evals.append({"epoch": epoch + 1 if at_end else round(state.step / self.steps_per_epoch, 3),
+                      "step": state.step, **scores})
+        if self.writer:
+            for key in self.task.headline:
+                self.writer.add_scalar(f"eval/{key}", scores[key], state.step)
+        return scores
 
     def end_epoch(self, epoch: int, progress: EpochProgress, scores: dict) -> dict:
         """Record the epoch's eval `scores`, checkpoint, say how it went."""
         cfg, state = self.cfg, self.state
-        state.history["eval"].append({"epoch": epoch + 1, "step": state.step, **scores})
+        self.record_eval(epoch, scores)
         state.train_seconds = time.perf_counter() - self._clock
         state.epoch_seconds.append(round(state.train_seconds - state.epoch_started, 3))
         state.epochs_done = epoch + 1
@@ -478,9 +503,6 @@ class TrainingRun:
         if self.processes.is_main:
             self.log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {progress.mean_loss():.4f}, "
                      f"{progress.rate():.1f} examples/s, eval {self.task.describe(scores)}")
-            if self.writer:
-                for key in self.task.headline:
-                    self.writer.add_scalar(f"eval/{key}", scores[key], state.step)
         return scores
 
     def _checkpoint(self) -> None:
