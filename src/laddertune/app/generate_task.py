@@ -57,6 +57,7 @@ class GenerateTask:
 
     name = "generate"
     headline = ("rouge_l", "exact_match", "token_f1", "loss")
+    best_metric = "rouge_l"
     outputs = "answers"              # what `predict` writes a row of per example
 
     def __init__(self, settings, words: dict[str, str] | None = None,

@@ -166,6 +166,14 @@ class TrainConfig:
         "evaluate every N optimizer steps as well as at each epoch end; metrics.json and the "
         "learning curve get a point per evaluation (default: at each epoch end only)",
         metavar="N"))
+    early_stopping_patience: int | None = field(default=None, metadata=_flag(
+        "stop once P evaluations in a row have not improved on the best --metric-for-best; "
+        "the run then keeps the weights of its best evaluation, which eval, predict and "
+        "generate use (default: no early stopping; every epoch trains)", metavar="P"))
+    metric_for_best: str | None = field(default=None, metadata=_flag(
+        "the eval score early stopping and metrics.json's best step judge by, higher is "
+        "better except for loss (default: the task's own, macro_f1 for classify, rouge_l for "
+        "generate)", metavar="NAME"))
     eval_batch_size: int = field(default=64, metadata=_flag("examples per eval forward pass",
                                                             metavar="N", resumable=True))
     tensorboard: bool = field(default=False, metadata=_flag(
@@ -176,7 +184,7 @@ class TrainConfig:
     def __post_init__(self):
         _check_counts(self, "epochs", "batch_size", "save_every", "eval_batch_size",
                       "reduction_factor", "adapter_reduction_factor", "num_beams")
-        for name in ("max_length", "max_new_tokens", "eval_every"):
+        for name in ("max_length", "max_new_tokens", "eval_every", "early_stopping_patience"):
             if getattr(self, name) is not None:
                 _check_counts(self, name)
         _check_choices(self)

@@ -56,6 +56,7 @@ class Task(Protocol):
     name: str
     task_type: str | None       # PEFT's task name of the model: SEQ_CLS, CAUSAL_LM, ...
     headline: tuple[str, ...]   # the eval scores the log and the learning curve show
+    best_metric: str            # the score early stopping judges by (--metric-for-best)
     labels: list[str]
     pad: int | None             # the pad token id, once a tokenizer is attached
     outputs: str                # what `predict` writes one row of per example, in words
@@ -94,6 +95,7 @@ class ClassifyTask:
     name = "classify"
     task_type = "SEQ_CLS"
     headline = ("accuracy", "macro_f1", "loss")
+    best_metric = "macro_f1"
     outputs = "predictions"          # what `predict` writes a row of per example
 
     def __init__(self, settings: dict | None = None):

@@ -9,8 +9,14 @@ run it; a benchmark measures what users run, never a private copy.
              forward, backward, clip the gradient norm, AdamW, the linear schedule. An eval
              every --eval-every steps, a checkpoint every --save-every steps (and after each
              eval), and at the epoch end an eval and a checkpoint
-    finish   save what the method trained, metrics.json (last: it marks the run finished),
-             report.md and figures; an overwrite is swapped into place only now
+    finish   save what the method trained (with --early-stopping-patience, the weights of the
+             best eval), metrics.json (last: it marks the run finished), report.md and
+             figures; an overwrite is swapped into place only now
+
+Early stopping judges every eval by the task's `best_metric` (or --metric-for-best); the run
+stops once --early-stopping-patience evals in a row have not beaten the best, whose weights are
+kept beside the checkpoint and saved at the end. Its counters live in the checkpoint's
+TrainState, so a resumed run stops where the uninterrupted one would.
 
 A resumed CPU run ends with the same weights and metrics as an uninterrupted one: the data
 order depends only on (seed, epoch), the checkpoint holds every RNG, and the batches already
@@ -40,7 +46,7 @@ from ..cache import (
     examples_digest,
     free_bytes,
 )
-from ..checkpoint import check_fingerprint, save_json, sha256_file
+from ..checkpoint import check_fingerprint, load_weights, save_json, save_weights, sha256_file
 from ..errors import BackboneMismatchError, LSTError
 from .aliases import ModelSource, backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate
@@ -50,8 +56,10 @@ from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
 from .report import plot_confusion_matrix, plot_learning_curve, write_report
 from .run_folder import Destination, data_digests
 from .runtime import EpochProgress, Processes, local_rank, pick_device
-from .state import TrainState, load_checkpoint, save_checkpoint
-from .tasks import Task, make_task
+from .state import BEST_FILE, TrainState, load_checkpoint, save_checkpoint, trained_state
+from .tasks import TASKS, Task, make_task
+
+LOWER_IS_BETTER = ("loss",)   # eval scores where less is better; higher is, for the others
 
 
 class TrainingDiverged(LSTError):
@@ -263,6 +271,12 @@ class TrainingRun:
         self.device = pick_device(cfg.device, local_rank())
         self.processes = Processes(self.device)
         self.destination = None
+        task = TASKS[cfg.task]
+        self.best_metric = cfg.metric_for_best or task.best_metric
+        if self.best_metric not in task.headline:
+            raise UsageError(f"--metric-for-best {self.best_metric} is not a --task {cfg.task} "
+                             f"eval score; use one of {', '.join(task.headline)}")
+        self.best_weights = None    # early stopping: the trained tensors of the best eval
 
     # the loaded data, by name
     task = property(lambda self: self.data.task)
@@ -382,6 +396,8 @@ class TrainingRun:
                                          self.optimization.optimizer,
                                          self.optimization.scheduler)
             self._backbone_before = self.state.backbone_seconds or 0.0
+            if self.state.best is not None and cfg.early_stopping_patience is not None:
+                self.best_weights = load_weights(folder.checkpoint_dir / BEST_FILE)
             self.log(f"resuming {folder.path} at step {self.state.step}/"
                      f"{self.steps_per_epoch * cfg.epochs}")
         if self.processes.is_main:
@@ -407,8 +423,12 @@ class TrainingRun:
 
     # ---- epochs ---------------------------------------------------------------------------------
 
-    def remaining_epochs(self) -> range:
-        return range(self.state.epochs_done, self.cfg.epochs)
+    def remaining_epochs(self):
+        """The epochs still to train, one at a time: none once early stopping has ended it."""
+        for epoch in range(self.state.epochs_done, self.cfg.epochs):
+            if self.state.stopped_early:
+                return
+            yield epoch
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """This rank's slice of the batch at `indices` (`rank_shard`), on the device; for LST
@@ -425,9 +445,13 @@ class TrainingRun:
         progress = self.begin_epoch(epoch)
         for indices in progress:
             self.train_on(epoch, indices, self.batch(indices), progress)
+            if self.state.stopped_early:
+                break
         progress.close()
         if self.train_states is not None:
             self.train_states.end_of_pass(self.train_set)
+        if self.state.stopped_early:      # the eval that stopped it is the epoch's last
+            return self.end_epoch(epoch, progress, self.state.history["eval"][-1])
         return self.end_epoch(epoch, progress, self.evaluate_between_steps())
 
     def evaluate_between_steps(self) -> dict:
@@ -490,7 +514,31 @@ class TrainingRun:
         if self.writer:
             for key in self.task.headline:
                 self.writer.add_scalar(f"eval/{key}", scores[key], state.step)
+        self._judge(evals[-1])
         return scores
+
+    def _judge(self, entry: dict) -> None:
+        """Early stopping's bookkeeping after the eval `entry`: a new best (its weights kept
+        when early stopping), or one more eval without one, which may end the run."""
+        state, name, patience = self.state, self.best_metric, self.cfg.early_stopping_patience
+        best = state.best
+        if best is None or (entry[name] < best["value"] if name in LOWER_IS_BETTER
+                            else entry[name] > best["value"]):
+            state.best = {"metric": name, "value": entry[name], "step": entry["step"],
+                          "epoch": entry["epoch"]}
+            state.evals_since_best = 0
+            if patience is not None:
+                self._keep_best()
+        else:
+            state.evals_since_best += 1
+        if patience is not None and state.evals_since_best >= patience:
+            state.stopped_early = True
+
+    def _keep_best(self) -> None:
+        """The trained tensors now, kept as the best; beside the checkpoint, for a resume."""
+        self.best_weights = trained_state(self.model)
+        if self.destination is not None and self.processes.is_main:
+            save_weights(self.best_weights, self.destination.folder.checkpoint_dir / BEST_FILE)
 
     def end_epoch(self, epoch: int, progress: EpochProgress, scores: dict) -> dict:
         """Record the epoch's eval `scores`, checkpoint, say how it went."""
@@ -503,6 +551,11 @@ class TrainingRun:
         if self.processes.is_main:
             self.log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {progress.mean_loss():.4f}, "
                      f"{progress.rate():.1f} examples/s, eval {self.task.describe(scores)}")
+            best = state.best
+            if state.stopped_early:
+                self.log(f"early stopping at step {state.step}: "
+                         f"{cfg.early_stopping_patience} evals without a better "
+                         f"{best['metric']} than {best['value']:.4f} (step {best['step']})")
         return scores
 
     def _checkpoint(self) -> None:
@@ -548,11 +601,17 @@ class TrainingRun:
     def finish(self) -> dict:
         """Save the trained model, metrics, report and figures; returns the metrics."""
         cfg, state = self.cfg, self.state
+        final_eval = state.history["eval"][-1] if state.history["eval"] else {}
+        if self.best_weights is not None:     # early stopping: the run is its best eval's
+            self.model.load_state_dict(self.best_weights, strict=False)
+            final_eval = next(e for e in state.history["eval"] if e["step"] == state.best["step"])
         weights_sha = hashlib.sha256(b"".join(
             p.detach().cpu().contiguous().numpy().tobytes()
             for p in trainable_parameters(self.model))).hexdigest()
         metrics = {
-            "eval": state.history["eval"][-1] if state.history["eval"] else {},
+            "eval": final_eval,
+            "best": state.best,
+            "stopped_early": state.stopped_early,
             "train_seconds": round(state.train_seconds, 2),
             "epoch_seconds": state.epoch_seconds,
             "backbone_seconds": state.backbone_seconds,
