@@ -110,8 +110,13 @@ class TrainConfig:
         "(through peft), bitfit, adapter (bottleneck adapters, Houlsby or Pfeiffer)",
         choices=METHODS))
     epochs: int = field(default=3, metadata=_flag("passes over --train", metavar="N"))
-    batch_size: int = field(default=16, metadata=_flag("examples per optimizer step",
-                                                       metavar="N"))
+    batch_size: int = field(default=16, metadata=_flag(
+        "examples per forward pass; an optimizer step takes --grad-accum-steps of them",
+        metavar="N"))
+    grad_accum_steps: int = field(default=1, metadata=_flag(
+        "micro-batches of --batch-size per optimizer step: the step sees their examples "
+        "together, in the memory of one, its loss averaged over all of them (--task generate: "
+        "over all their target tokens)", metavar="K"))
     lr: float | None = field(default=None, metadata=_flag(
         "peak learning rate; default per method: "
         + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items()), metavar="LR"))
@@ -182,8 +187,9 @@ class TrainConfig:
         "progress bars on a terminal (a line per epoch otherwise)", resumable=True))
 
     def __post_init__(self):
-        _check_counts(self, "epochs", "batch_size", "save_every", "eval_batch_size",
-                      "reduction_factor", "adapter_reduction_factor", "num_beams")
+        _check_counts(self, "epochs", "batch_size", "grad_accum_steps", "save_every",
+                      "eval_batch_size", "reduction_factor", "adapter_reduction_factor",
+                      "num_beams")
         for name in ("max_length", "max_new_tokens", "eval_every", "early_stopping_patience"):
             if getattr(self, name) is not None:
                 _check_counts(self, name)

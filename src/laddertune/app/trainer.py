@@ -6,7 +6,8 @@ run it; a benchmark measures what users run, never a private copy.
              run.json and, when resuming, restore the checkpoint. The task (`tasks.py`:
              classify, or generate) decides the data pipeline, the model's head and the eval
     epoch    the batches of a permutation fixed by (seed, epoch); each step is `train_step`:
-             forward, backward, clip the gradient norm, AdamW, the linear schedule. An eval
+             forward, backward, clip the gradient norm, AdamW, the linear schedule (with
+             --grad-accum-steps K, K micro-batches `accumulate` their gradients first). An eval
              every --eval-every steps, a checkpoint every --save-every steps (and after each
              eval), and at the epoch end an eval and a checkpoint
     finish   save what the method trained (with --early-stopping-patience, the weights of the
@@ -109,12 +110,23 @@ class Optimization:
 def train_step(model, batch: dict, optimization: Optimization, loss_weight: float = 1.0
                ) -> tuple[float, float]:
     """Forward, backward and one optimizer step: (loss, gradient norm). The gradient is that
-    of the loss times `loss_weight` (a rank's share of a batch, `rank_shard`); the loss returned
-    is not weighted. A non-finite gradient norm leaves the weights as they were (the caller
-    decides what to do about it)."""
+    of the loss times `loss_weight` (a rank's share of a batch, `rank_shard`, and a micro-batch's
+    share of an accumulated step); the loss returned is not weighted. A non-finite gradient
+    norm leaves the weights as they were (the caller decides what to do about it)."""
+    loss = accumulate(model, batch, loss_weight)
+    return loss, optimization.step()
+
+
+def accumulate(model, batch: dict, loss_weight: float = 1.0) -> float:
+    """Forward and backward: adds the gradient of the loss times `loss_weight` to the
+    parameters' gradients, for a later optimizer step; returns the loss, not weighted.
+
+    Gradient accumulation: the micro-batches of one step weighted by their shares of the
+    step's loss terms (examples, or target tokens: `Task.loss_terms`) sum to the gradient of
+    the mean loss over all of them, as one batch of them all would give."""
     loss = model(**batch).loss
     (loss if loss_weight == 1.0 else loss * loss_weight).backward()
-    return loss.item(), optimization.step()
+    return loss.item()
 
 
 def rank_shard(indices: list[int], rank: int, world_size: int) -> tuple[list[int], float]:
@@ -354,7 +366,9 @@ class TrainingRun:
                 BackboneStates(self.model, cache, self.pad, cfg.eval_batch_size,
                                self.task.collate) for cache in caches)
         self.trainable, self.total = count_parameters(self.model)
-        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        # optimizer steps: each takes --grad-accum-steps micro-batches (the last, what is left)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.train_set) / cfg.batch_size)
+                                         / cfg.grad_accum_steps)
         self.optimization = Optimization(
             self.model, cfg.lr, self.steps_per_epoch * cfg.epochs, cfg.warmup_ratio,
             cfg.weight_decay, cfg.max_grad_norm)
@@ -472,22 +486,41 @@ class TrainingRun:
         done = state.step - epoch * self.steps_per_epoch
         if done == 0:
             state.epoch_started = state.train_seconds
-        return EpochProgress(batches, done, epoch, cfg.epochs,
+        # the micro-batches of each optimizer step, and the loss terms of the step's whole
+        # batch, each micro-batch's loss weighted by its share of them
+        k = cfg.grad_accum_steps
+        self._step_terms = [sum(self.task.loss_terms(self.train_set, b) for b in batches[i:i + k])
+                            for i in range(0, len(batches), k)]
+        self._micro_batches, self._micro_done = len(batches), done * k
+        self._step_loss = 0.0
+        return EpochProgress(batches, done * k, epoch, cfg.epochs,
                              show and cfg.progress and self.processes.is_main)
 
     def train_on(self, epoch: int, indices: list[int], batch: dict,
                  progress: EpochProgress) -> None:
-        """One optimizer step on `batch` (the examples at `indices`), and its bookkeeping."""
+        """`batch` (the examples at `indices`), one micro-batch of an optimizer step: its
+        share of the step's gradient; after the step's last, the step and its bookkeeping."""
         cfg, state = self.cfg, self.state
         tick = time.perf_counter()
         _, weight = rank_shard(indices, self.processes.rank, self.processes.world_size)
-        loss, norm = train_step(self.stepper, batch, self.optimization, weight)
+        position = self._micro_done
+        self._micro_done += 1
+        share = (self.task.loss_terms(self.train_set, indices)
+                 / self._step_terms[position // cfg.grad_accum_steps])
+        if self._micro_done % cfg.grad_accum_steps and self._micro_done < self._micro_batches:
+            micro_loss = accumulate(self.stepper, batch, weight * share)
+            self._step_loss += share * micro_loss
+            state.step_seconds += time.perf_counter() - tick
+            progress.update(len(indices), micro_loss, self._memory_mb())
+            return
+        micro_loss, norm = train_step(self.stepper, batch, self.optimization, weight * share)
+        loss, self._step_loss = self._step_loss + share * micro_loss, 0.0
         state.step_seconds += time.perf_counter() - tick
         state.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self._diverged(loss, norm, epoch)
         state.history["train_loss"].append((state.step, round(loss, 6)))
-        progress.update(len(indices), loss, self._memory_mb())
+        progress.update(len(indices), micro_loss, self._memory_mb())
         if self.writer:
             self.writer.add_scalar("train/loss", loss, state.step)
             self.writer.add_scalar("train/lr", self.optimization.scheduler.get_last_lr()[0],
