@@ -167,17 +167,55 @@ def run_predict(args) -> int:
     check_can_write(path)
     if "id_column" in explicit_values(args, PredictConfig):
         _check_id_column(config.data, config.id_column)
+    kept, kept_rows = kept_columns(config.data, config.keep_columns, config.id_column)
     model, task, data, encoded = _load_run_and_data(config, need_targets=False)
     columns, rows = task.predict(model, encoded, config.batch_size, pick_device(config.device))
     ids = data.ids
+    first = config.id_column if ids else "row"
+    kept = [f"input_{name}" if name in (first, *columns) else name for name in kept]
     handle = io.StringIO()
     writer = csv.writer(handle)
-    writer.writerow([config.id_column if ids else "row", *columns])
+    writer.writerow([first, *kept, *columns])
     for row, values in enumerate(rows):
-        writer.writerow([ids[row] if ids else row, *values])
+        writer.writerow([ids[row] if ids else row, *(kept_rows[row] if kept else ()), *values])
     atomic_write_bytes(path, handle.getvalue().encode("utf-8"))
     print(f"wrote {len(rows)} {task.outputs} to {path} ({task.cut_note(encoded)})")
     return 0
+
+
+def kept_columns(data: str, keep: str | None, id_column: str) -> tuple[list[str], list[list]]:
+    """The input's columns `predict` copies into its output (--keep-columns: all of a file's
+    by default, none of a built-in set's), less the id column that leads every row, and their
+    values as text, row by row. Read and checked before any model loads.
+
+    Raises:
+        UsageError: --keep-columns names a column the file lacks.
+    """
+    from .data import BUILTIN
+    from .data.tables import check_file, read_table
+    if data in BUILTIN or keep == "none":
+        return [], []
+    table = read_table(check_file(data))
+    have = list(dict.fromkeys(table.columns))
+    wanted = have if keep is None else list(dict.fromkeys(
+        name.strip() for name in keep.split(",") if name.strip()))
+    unknown = [name for name in wanted if name not in have]
+    if unknown or not wanted:
+        raise UsageError(f"--keep-columns {keep!r} names no column "
+                         f"{unknown[0] + ' ' if unknown else ''}of {data} (it has: "
+                         f"{', '.join(have)}); pass some of those, or 'none'")
+    names = [name for name in wanted if name != id_column]
+    columns = [[_cell(value) for value in table.values(name)] for name in names]
+    return names, [list(row) for row in zip(*columns)]
+
+
+def _cell(value) -> str:
+    """A value of a data file as CSV text: JSON for a list or a dict, empty for none."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 def _check_id_column(data: str, id_column: str) -> None:

@@ -330,15 +330,19 @@ class EvalConfig:
 
 @dataclass
 class PredictConfig(EvalConfig):
-    """Label every row of a file with a finished run: a CSV with an id (or row) column and the
-    predicted label and one probability column per class, or, for a generate run, the
-    `generated` text."""
+    """Label every row of a file with a finished run: a CSV with an id (or row) column, the
+    input's columns (--keep-columns) and the predicted label and one probability column per
+    class, or, for a generate run, the `generated` text."""
 
     output: str = field(default="predictions.csv", metadata=_flag(
         "predictions CSV to write: an id (or row) column, then the label and one probability "
         "per class (classify) or the generated text (generate)", metavar="CSV"))
     id_column: str = field(default="id", metadata=_flag(
         "column passed through to the predictions when the file has it", metavar="NAME"))
+    keep_columns: str | None = field(default=None, metadata=_flag(
+        "the input's columns copied into the predictions, between the id (or row) and the "
+        "predicted ones, as NAME,NAME,... or 'none'; one named like a predicted column is "
+        "written as input_NAME (default: all of a file's columns)", metavar="NAMES"))
 
 
 @dataclass
