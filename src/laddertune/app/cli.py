@@ -339,9 +339,20 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 _python_showwarning = warnings.showwarning
 
 
+def quiet_progress_bars(stream=sys.stderr) -> None:
+    """Third-party progress bars (de-quantising a GGUF file, writing model shards, downloads)
+    stay off when `stream` is not a terminal: in a log they are lines of carriage returns.
+    tqdm reads TQDM_DISABLE when it is first imported, which the lazy imports leave to now."""
+    if not stream.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Local models load with local_files_only; only a Hub id --model goes online, unless the
+    # user has set HF_HUB_OFFLINE.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_progress_bars()
     # Deprecation notices between transformers and peft are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.showwarning = _one_line_warning

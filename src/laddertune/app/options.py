@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..config import LSTConfig
 from ..errors import LSTError, LSTWarning
+from .aliases import ALIASES
 from .data import BBC_NEWS, TWEET_SENTIMENT
 from .methods import DEFAULT_LR, METHODS, REGISTRY, Method, get_method
 
@@ -63,8 +64,12 @@ class TrainConfig:
 
     model: str = field(default="minilm", metadata=_flag(
         "'minilm' (MiniLM-L6, BERT encoder), 'smollm2' (SmolLM2-135M, Llama decoder), 'mpnet' "
-        "(all-mpnet-base-v2, installed on first use) or a local Hugging Face model folder",
-        metavar="MODEL"))
+        "(all-mpnet-base-v2, installed on first use), a local Hugging Face model folder or "
+        ".gguf file, or a Hugging Face Hub id ORG/NAME (downloaded once; offline, only a copy "
+        "already in the Hub's cache)", metavar="MODEL"))
+    revision: str | None = field(default=None, metadata=_flag(
+        "with a Hub id --model: the branch, tag or commit to load (default: main); run.json "
+        "records it and the commit loaded", metavar="REV"))
     task: str = field(default="classify", metadata=_flag(
         "classify: a label per text, from a new classification head; generate: text to text, "
         "through the model's own LM head (decoder-only or encoder-decoder models): prompt -> "
@@ -207,6 +212,10 @@ class TrainConfig:
         if self.max_grad_norm <= 0:
             raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
         _check_seed(self.seed)
+        if self.revision is not None and (self.model in ALIASES
+                                          or Path(self.model).expanduser().exists()):
+            raise UsageError(f"--revision is for a Hugging Face Hub id, and --model "
+                             f"{self.model} is a local model; drop --revision")
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
         if self.cache_backbone and not self.method_entry.reads_backbone_states:
             readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()

@@ -321,7 +321,7 @@ class TrainingRun:
         cfg = self.cfg
         task = make_task(cfg)
         task.read(cfg)                             # the data, checked before any model loads
-        source = resolve_model(cfg.model)
+        source = resolve_model(cfg.model, cfg.revision)
         tokenizer = load_tokenizer(source)
         seed_everything(cfg.seed)
         rss_before_model_mb = current_rss_mb()
@@ -422,6 +422,7 @@ class TrainingRun:
             source = self.data.source
             save_json({**dataclasses.asdict(cfg), "max_length": self.max_length,
                        "model_path": source.path, "gguf_file": source.gguf_file,
+                       "model_commit": source.commit,
                        "labels": self.labels, "backbone_fingerprint": self.data.fingerprint,
                        "task_type": task.task_type, **task.record(),
                        "lst_settings": lst_settings, "data_sha256": data_digests(cfg)},
