@@ -117,3 +117,12 @@ def test_an_unknown_metric_is_refused_before_anything_is_written(files, capsys):
         "error: --metric-for-best rouge_l is not a --task classify eval score; use one of "
         "accuracy, macro_f1, loss"]
     assert not (files / "refused").exists()
+
+
+def test_a_sweep_refuses_early_stopping(files, capsys):
+    assert main(["sweep", "--train", str(files / "train.csv"), "--grid", "lr=1e-3,1e-2",
+                 "--early-stopping-patience", "2", "--output", str(files / "sweep")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: laddertune sweep trains every configuration for all --epochs; drop "
+        "--early-stopping-patience, or train the best with `laddertune train`"]
+    assert not (files / "sweep").exists()

@@ -103,7 +103,7 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return dequantised(ModelSource(name, str(path.parent.resolve()), path.name))
-    if not path.exists() and HUB_ID.fullmatch(name):
+    if is_hub_id(name):
         return from_hub(name, revision)
     if not (path / "config.json").is_file():
         raise DataError(f"model {name!r} is neither an alias ({', '.join(ALIASES)}) nor a local "
@@ -115,6 +115,11 @@ def resolve_model(name: str, revision: str | None = None) -> ModelSource:
 
 # What a model folder needs; the Hub repo's other files (ONNX, TF, GGUF, ...) are not fetched.
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+
+def is_hub_id(name: str) -> bool:
+    """`name` is ORG/NAME and no local path: a model to look up on the Hub."""
+    return bool(HUB_ID.fullmatch(name)) and not Path(name).expanduser().exists()
 
 
 def from_hub(name: str, revision: str | None = None) -> ModelSource:

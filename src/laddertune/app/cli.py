@@ -292,6 +292,9 @@ def run_sweep(args) -> int:
     if explicit.get("task", "classify") != "classify":
         raise UsageError("laddertune sweep trains --task classify runs; train each generate "
                          "configuration with `laddertune train --task generate`")
+    if "early_stopping_patience" in explicit:   # the configurations train in step, together
+        raise UsageError("laddertune sweep trains every configuration for all --epochs; drop "
+                         "--early-stopping-patience, or train the best with `laddertune train`")
     grid = parse_grid(args.grid or [])
     if not explicit.get("output"):
         stem = Path(explicit.get("train", TrainConfig.train)).stem or "run"
@@ -349,8 +352,6 @@ def quiet_progress_bars(stream=sys.stderr) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Local models load with local_files_only; only a Hub id --model goes online, unless the
-    # user has set HF_HUB_OFFLINE.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     quiet_progress_bars()
     # Deprecation notices between transformers and peft are not the user's business.
@@ -358,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
+    from .aliases import is_hub_id
+    if not is_hub_id(getattr(args, "model", None) or ""):
+        # only a command naming a Hub model goes online (unless the user set HF_HUB_OFFLINE)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.func(args)
     except LSTError as err:
