@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import LSTError, LSTWarning
+from .aliases import is_hub_id
 from .options import (
     DemoConfig,
     EvalConfig,
@@ -359,7 +360,6 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
-    from .aliases import is_hub_id
     if not is_hub_id(getattr(args, "model", None) or ""):
         # only a command naming a Hub model goes online (unless the user set HF_HUB_OFFLINE)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
