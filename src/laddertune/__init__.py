@@ -13,9 +13,21 @@ from .errors import (  # noqa: E402
     MissingInputError,
     UnsupportedModelError,
 )
-from .model import LSTModel, LSTOutput, get_lst_model  # noqa: E402
-from .text2text import Verbalizer, evaluate_text2text  # noqa: E402
-from .vision_language import LSTVisionLanguageModel  # noqa: E402
+
+# The names that need torch are imported on first use, so `laddertune --help` starts at once.
+_LAZY = {"LSTModel": ".model", "LSTOutput": ".model", "get_lst_model": ".model",
+         "Verbalizer": ".text2text", "evaluate_text2text": ".text2text",
+         "LSTVisionLanguageModel": ".vision_language"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'laddertune' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "LSTConfig", "LSTModel", "LSTOutput", "get_lst_model", "LSTError", "LSTConfigError",

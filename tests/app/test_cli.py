@@ -86,7 +86,7 @@ def test_predict_writes_a_label_and_every_class_probability_per_row(lst_run, wor
     with open(out) as handle:
         preds = list(csv.DictReader(handle))
     assert [p["row"] for p in preds] == [str(i) for i in range(7)]
-    assert list(preds[0]) == ["row", "label", "prob_money", "prob_sport", "prob_tech"]
+    assert list(preds[0]) == ["row", "text", "label", "prob_money", "prob_sport", "prob_tech"]
     for p in preds:
         probs = {name: float(p[f"prob_{name}"]) for name in ("money", "sport", "tech")}
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)

@@ -270,7 +270,7 @@ def test_a_verbalizer_maps_labels_to_other_words(workdir, capsys):
                  str(workdir / "unlabelled.csv"), "--output", str(out)]) == 0
     with open(out) as handle:
         preds = list(csv.DictReader(handle))
-    assert list(preds[0]) == ["row", "generated", "label"]
+    assert list(preds[0]) == ["row", "text", "generated", "label"]
     for p in preds:     # a label is named exactly when the answer is one of the words
         assert p["label"] == {"bank": "money", "goal": "sport", "chip": "tech"}.get(
             p["generated"], "")

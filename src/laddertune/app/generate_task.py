@@ -57,6 +57,7 @@ class GenerateTask:
 
     name = "generate"
     headline = ("rouge_l", "exact_match", "token_f1", "loss")
+    best_metric = "rouge_l"
     outputs = "answers"              # what `predict` writes a row of per example
 
     def __init__(self, settings, words: dict[str, str] | None = None,
@@ -221,6 +222,14 @@ class GenerateTask:
 
     def collate(self, encoded: PairEncoded, indices, pad_token_id: int) -> dict:
         return collate_pairs(encoded, indices, pad_token_id)
+
+    @staticmethod
+    def loss_terms(encoded: PairEncoded, indices) -> int:
+        """What the loss of a batch of these examples is the mean of: their target tokens (a
+        decoder-only model predicts a token from the one before, so a target with no prompt
+        before it has its first token unscored)."""
+        return sum(len(encoded.target_ids[i])
+                   - (not encoded.seq2seq and not encoded.prompt_ids[i]) for i in indices)
 
     def encode(self, data: PairDataset) -> PairEncoded:
         """A finished run's data, encoded as training did, leaving room for the answers."""

@@ -3,10 +3,10 @@
 `SavedTensorMeter` counts what autograd keeps for the backward pass, the part of training memory
 that LST removes. `training_memory_account` adds parameters, gradients and optimizer state, so two
 methods can be compared on any machine; `reference_account` takes that account of a trained run
-at one fixed batch shape (`ACCOUNT_SHAPE`), the same for every method. `peak_memory_mb` reads
-the device's own figure: CUDA's allocator peak on a GPU, the process's peak resident set on a
-CPU; `reset_peak_rss` and `peak_rss_mb` measure a CPU peak from a chosen moment (after a model
-is loaded, say).
+at one fixed batch shape (`options.ACCOUNT_SHAPE`), the same for every method.
+`peak_memory_mb` reads the device's own figure: CUDA's allocator peak on a GPU, the process's
+peak resident set on a CPU; `reset_peak_rss` and `peak_rss_mb` measure a CPU peak from a chosen
+moment (after a model is loaded, say).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from ..held import held_modules
 
 # The batch every run's memory account is taken at, whatever it trained with: at small batches
 # weights and optimizer state dominate and hide what is kept for backward, where LST saves.
-ACCOUNT_SHAPE = (32, 256)   # (examples, tokens)
 
 
 @dataclass

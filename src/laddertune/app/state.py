@@ -19,6 +19,7 @@ from ..checkpoint import load_weights, save_json, save_weights
 from ..errors import CheckpointError
 
 STATE_FILE = "state.safetensors"
+BEST_FILE = "best.safetensors"         # early stopping: the trained tensors of the best eval
 PROGRESS_FILE = "trainer_state.json"  # step and epoch, readable without loading tensors
 
 
@@ -34,6 +35,11 @@ class TrainState:
     backbone_seconds: float | None = None   # LST: time the frozen backbone ran (none if cached)
     step_seconds: float = 0.0      # time in optimizer steps (forward, backward, update) alone
     history: dict = field(default_factory=lambda: {"train_loss": [], "eval": []})
+    # early stopping (and metrics.json's best step): the best eval so far, how many evals have
+    # not beaten it since, and whether that ended the run
+    best: dict | None = None       # {"metric", "value", "step", "epoch"}
+    evals_since_best: int = 0
+    stopped_early: bool = False
 
 
 def trained_state(model) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ The one training loop (`trainer.TrainingRun`) asks its task, in order:
                                       the task type of the model, and the tokenized train and
                                       eval sets, at the run's fitted --max-length
     collate(encoded, indices, pad)    a training batch: inputs and the labels of the loss
+    loss_terms(encoded, indices)      how many terms (examples, target tokens) its loss averages
     evaluate(model, encoded, ...)     the eval scores, `headline` first
     describe(scores)                  the scores in words, for the log
     record()                          what run.json keeps beside the TrainConfig
@@ -56,6 +57,7 @@ class Task(Protocol):
     name: str
     task_type: str | None       # PEFT's task name of the model: SEQ_CLS, CAUSAL_LM, ...
     headline: tuple[str, ...]   # the eval scores the log and the learning curve show
+    best_metric: str            # the score early stopping judges by (--metric-for-best)
     labels: list[str]
     pad: int | None             # the pad token id, once a tokenizer is attached
     outputs: str                # what `predict` writes one row of per example, in words
@@ -69,6 +71,7 @@ class Task(Protocol):
     def prepare(self, backbone, tokenizer, cfg: TrainConfig, max_length: int
                 ) -> tuple[object, object]: ...
     def collate(self, encoded, indices, pad_token_id: int) -> dict[str, torch.Tensor]: ...
+    def loss_terms(self, encoded, indices) -> int: ...
     def evaluate(self, model, encoded, pad_token_id: int, batch_size: int,
                  device: torch.device, states=None) -> dict: ...
     def describe(self, scores: dict) -> str: ...
@@ -94,6 +97,7 @@ class ClassifyTask:
     name = "classify"
     task_type = "SEQ_CLS"
     headline = ("accuracy", "macro_f1", "loss")
+    best_metric = "macro_f1"
     outputs = "predictions"          # what `predict` writes a row of per example
 
     def __init__(self, settings: dict | None = None):
@@ -138,6 +142,11 @@ class ClassifyTask:
 
     def collate(self, encoded: Encoded, indices, pad_token_id: int) -> dict[str, torch.Tensor]:
         return collate(encoded, indices, pad_token_id)
+
+    @staticmethod
+    def loss_terms(encoded: Encoded, indices) -> int:
+        """What the loss of a batch of these examples is the mean of: one term per example."""
+        return len(indices)
 
     def evaluate(self, model, encoded: Encoded, pad_token_id: int, batch_size: int,
                  device: torch.device, states=None) -> dict:

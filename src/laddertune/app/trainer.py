@@ -6,10 +6,18 @@ run it; a benchmark measures what users run, never a private copy.
              run.json and, when resuming, restore the checkpoint. The task (`tasks.py`:
              classify, or generate) decides the data pipeline, the model's head and the eval
     epoch    the batches of a permutation fixed by (seed, epoch); each step is `train_step`:
-             forward, backward, clip the gradient norm, AdamW, the linear schedule. A
-             checkpoint every --save-every steps and at the epoch end, then an eval
-    finish   save what the method trained, metrics.json (last: it marks the run finished),
-             report.md and figures; an overwrite is swapped into place only now
+             forward, backward, clip the gradient norm, AdamW, the linear schedule (with
+             --grad-accum-steps K, K micro-batches `accumulate` their gradients first). An eval
+             every --eval-every steps, a checkpoint every --save-every steps (and after each
+             eval), and at the epoch end an eval and a checkpoint
+    finish   save what the method trained (with --early-stopping-patience, the weights of the
+             best eval), metrics.json (last: it marks the run finished), report.md and
+             figures; an overwrite is swapped into place only now
+
+Early stopping judges every eval by the task's `best_metric` (or --metric-for-best); the run
+stops once --early-stopping-patience evals in a row have not beaten the best, whose weights are
+kept beside the checkpoint and saved at the end. Its counters live in the checkpoint's
+TrainState, so a resumed run stops where the uninterrupted one would.
 
 A resumed CPU run ends with the same weights and metrics as an uninterrupted one: the data
 order depends only on (seed, epoch), the checkpoint holds every RNG, and the batches already
@@ -39,7 +47,7 @@ from ..cache import (
     examples_digest,
     free_bytes,
 )
-from ..checkpoint import check_fingerprint, save_json, sha256_file
+from ..checkpoint import check_fingerprint, load_weights, save_json, save_weights, sha256_file
 from ..errors import BackboneMismatchError, LSTError
 from .aliases import ModelSource, backbone_signature, load_backbone, load_tokenizer, resolve_model
 from .data import Encoded, collate
@@ -49,8 +57,10 @@ from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
 from .report import plot_confusion_matrix, plot_learning_curve, write_report
 from .run_folder import Destination, data_digests
 from .runtime import EpochProgress, Processes, local_rank, pick_device
-from .state import TrainState, load_checkpoint, save_checkpoint
-from .tasks import Task, make_task
+from .state import BEST_FILE, TrainState, load_checkpoint, save_checkpoint, trained_state
+from .tasks import TASKS, Task, make_task
+
+LOWER_IS_BETTER = ("loss",)   # eval scores where less is better; higher is, for the others
 
 
 class TrainingDiverged(LSTError):
@@ -100,12 +110,23 @@ class Optimization:
 def train_step(model, batch: dict, optimization: Optimization, loss_weight: float = 1.0
                ) -> tuple[float, float]:
     """Forward, backward and one optimizer step: (loss, gradient norm). The gradient is that
-    of the loss times `loss_weight` (a rank's share of a batch, `rank_shard`); the loss returned
-    is not weighted. A non-finite gradient norm leaves the weights as they were (the caller
-    decides what to do about it)."""
+    of the loss times `loss_weight` (a rank's share of a batch, `rank_shard`, and a micro-batch's
+    share of an accumulated step); the loss returned is not weighted. A non-finite gradient
+    norm leaves the weights as they were (the caller decides what to do about it)."""
+    loss = accumulate(model, batch, loss_weight)
+    return loss, optimization.step()
+
+
+def accumulate(model, batch: dict, loss_weight: float = 1.0) -> float:
+    """Forward and backward: adds the gradient of the loss times `loss_weight` to the
+    parameters' gradients, for a later optimizer step; returns the loss, not weighted.
+
+    Gradient accumulation: the micro-batches of one step weighted by their shares of the
+    step's loss terms (examples, or target tokens: `Task.loss_terms`) sum to the gradient of
+    the mean loss over all of them, as one batch of them all would give."""
     loss = model(**batch).loss
     (loss if loss_weight == 1.0 else loss * loss_weight).backward()
-    return loss.item(), optimization.step()
+    return loss.item()
 
 
 def rank_shard(indices: list[int], rank: int, world_size: int) -> tuple[list[int], float]:
@@ -262,6 +283,12 @@ class TrainingRun:
         self.device = pick_device(cfg.device, local_rank())
         self.processes = Processes(self.device)
         self.destination = None
+        task = TASKS[cfg.task]
+        self.best_metric = cfg.metric_for_best or task.best_metric
+        if self.best_metric not in task.headline:
+            raise UsageError(f"--metric-for-best {self.best_metric} is not a --task {cfg.task} "
+                             f"eval score; use one of {', '.join(task.headline)}")
+        self.best_weights = None    # early stopping: the trained tensors of the best eval
 
     # the loaded data, by name
     task = property(lambda self: self.data.task)
@@ -294,7 +321,7 @@ class TrainingRun:
         cfg = self.cfg
         task = make_task(cfg)
         task.read(cfg)                             # the data, checked before any model loads
-        source = resolve_model(cfg.model)
+        source = resolve_model(cfg.model, cfg.revision)
         tokenizer = load_tokenizer(source)
         seed_everything(cfg.seed)
         rss_before_model_mb = current_rss_mb()
@@ -339,7 +366,9 @@ class TrainingRun:
                 BackboneStates(self.model, cache, self.pad, cfg.eval_batch_size,
                                self.task.collate) for cache in caches)
         self.trainable, self.total = count_parameters(self.model)
-        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        # optimizer steps: each takes --grad-accum-steps micro-batches (the last, what is left)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.train_set) / cfg.batch_size)
+                                         / cfg.grad_accum_steps)
         self.optimization = Optimization(
             self.model, cfg.lr, self.steps_per_epoch * cfg.epochs, cfg.warmup_ratio,
             cfg.weight_decay, cfg.max_grad_norm)
@@ -382,6 +411,8 @@ class TrainingRun:
                                          self.optimization.optimizer,
                                          self.optimization.scheduler)
             self._backbone_before = self.state.backbone_seconds or 0.0
+            if self.state.best is not None and cfg.early_stopping_patience is not None:
+                self.best_weights = load_weights(folder.checkpoint_dir / BEST_FILE)
             self.log(f"resuming {folder.path} at step {self.state.step}/"
                      f"{self.steps_per_epoch * cfg.epochs}")
         if self.processes.is_main:
@@ -392,6 +423,7 @@ class TrainingRun:
             source = self.data.source
             save_json({**dataclasses.asdict(cfg), "max_length": self.max_length,
                        "model_path": source.path, "gguf_file": source.gguf_file,
+                       "model_commit": source.commit,
                        "labels": self.labels, "backbone_fingerprint": self.data.fingerprint,
                        "task_type": task.task_type, **task.record(),
                        "lst_settings": lst_settings, "data_sha256": data_digests(cfg)},
@@ -407,10 +439,14 @@ class TrainingRun:
 
     # ---- epochs ---------------------------------------------------------------------------------
 
-    def remaining_epochs(self) -> range:
-        if self.method.fit is not None:     # a full-batch fit stands in for every epoch
-            return range(self.state.epochs_done, 1)
-        return range(self.state.epochs_done, self.cfg.epochs)
+    def remaining_epochs(self):
+        """The epochs still to train, one at a time: none once early stopping has ended it. A
+        full-batch fit (`Method.fit`) stands in for every epoch."""
+        last = 1 if self.method.fit is not None else self.cfg.epochs
+        for epoch in range(self.state.epochs_done, last):
+            if self.state.stopped_early:
+                return
+            yield epoch
 
     def batch(self, indices: list[int]) -> dict[str, torch.Tensor]:
         """This rank's slice of the batch at `indices` (`rank_shard`), on the device; for LST
@@ -429,15 +465,23 @@ class TrainingRun:
         progress = self.begin_epoch(epoch)
         for indices in progress:
             self.train_on(epoch, indices, self.batch(indices), progress)
+            if self.state.stopped_early:
+                break
         progress.close()
         if self.train_states is not None:
             self.train_states.end_of_pass(self.train_set)
+        if self.state.stopped_early:      # the eval that stopped it is the epoch's last
+            return self.end_epoch(epoch, progress, self.state.history["eval"][-1])
+        return self.end_epoch(epoch, progress, self.evaluate_between_steps())
+
+    def evaluate_between_steps(self) -> dict:
+        """The eval scores now, the eval's memory peak kept apart from training's."""
         # an eval's peak (a generate run's answers, an eval batch's logits) is not training's
         self.training_peak_mb = self._training_peak()
         scores = self.evaluate()
         if self.peak_rss_reset:
             reset_peak_rss()
-        return self.end_epoch(epoch, progress, scores)
+        return scores
 
     def fit_whole(self) -> dict:
         """A full-batch method's one fit (`Method.fit`, e.g. the probe's), then an eval; its
@@ -465,34 +509,97 @@ class TrainingRun:
         done = state.step - epoch * self.steps_per_epoch
         if done == 0:
             state.epoch_started = state.train_seconds
-        return EpochProgress(batches, done, epoch, cfg.epochs,
+        # the micro-batches of each optimizer step, and the loss terms of the step's whole
+        # batch, each micro-batch's loss weighted by its share of them
+        k = cfg.grad_accum_steps
+        self._step_terms = [sum(self.task.loss_terms(self.train_set, b) for b in batches[i:i + k])
+                            for i in range(0, len(batches), k)]
+        self._micro_batches, self._micro_done = len(batches), done * k
+        self._step_loss = 0.0
+        return EpochProgress(batches, done * k, epoch, cfg.epochs,
                              show and cfg.progress and self.processes.is_main)
 
     def train_on(self, epoch: int, indices: list[int], batch: dict,
                  progress: EpochProgress) -> None:
-        """One optimizer step on `batch` (the examples at `indices`), and its bookkeeping."""
+        """`batch` (the examples at `indices`), one micro-batch of an optimizer step: its
+        share of the step's gradient; after the step's last, the step and its bookkeeping."""
         cfg, state = self.cfg, self.state
         tick = time.perf_counter()
         _, weight = rank_shard(indices, self.processes.rank, self.processes.world_size)
-        loss, norm = train_step(self.stepper, batch, self.optimization, weight)
+        position = self._micro_done
+        self._micro_done += 1
+        share = (self.task.loss_terms(self.train_set, indices)
+                 / self._step_terms[position // cfg.grad_accum_steps])
+        if self._micro_done % cfg.grad_accum_steps and self._micro_done < self._micro_batches:
+            micro_loss = accumulate(self.stepper, batch, weight * share)
+            self._step_loss += share * micro_loss
+            state.step_seconds += time.perf_counter() - tick
+            progress.update(len(indices), micro_loss, self._memory_mb())
+            return
+        micro_loss, norm = train_step(self.stepper, batch, self.optimization, weight * share)
+        loss, self._step_loss = self._step_loss + share * micro_loss, 0.0
         state.step_seconds += time.perf_counter() - tick
         state.step += 1
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self._diverged(loss, norm, epoch)
         state.history["train_loss"].append((state.step, round(loss, 6)))
-        progress.update(len(indices), loss, self._memory_mb())
+        progress.update(len(indices), micro_loss, self._memory_mb())
         if self.writer:
             self.writer.add_scalar("train/loss", loss, state.step)
             self.writer.add_scalar("train/lr", self.optimization.scheduler.get_last_lr()[0],
                                    state.step)
-        if state.step % cfg.save_every == 0 and state.step % self.steps_per_epoch != 0:
+        if state.step % self.steps_per_epoch == 0:
+            return                        # the epoch's end evaluates and checkpoints
+        evaluate = cfg.eval_every is not None and state.step % cfg.eval_every == 0
+        if evaluate:
+            scores = self.record_eval(epoch, self.evaluate_between_steps())
+            if self.processes.is_main:
+                self.log(f"step {state.step}: eval {self.task.describe(scores)}")
+        if evaluate or state.step % cfg.save_every == 0:
             state.train_seconds = time.perf_counter() - self._clock
             self._checkpoint()
+
+    def record_eval(self, epoch: int, scores: dict) -> dict:
+        """Add `scores`, the eval after this step, to the history (once per step)."""
+        state, evals = self.state, self.state.history["eval"]
+        if evals and evals[-1]["step"] == state.step:
+            return scores
+        at_end = state.step == (epoch + 1) * self.steps_per_epoch
+        evals.append({"epoch": epoch + 1 if at_end else round(state.step / self.steps_per_epoch, 3),
+                      "step": state.step, **scores})
+        if self.writer:
+            for key in self.task.headline:
+                self.writer.add_scalar(f"eval/{key}", scores[key], state.step)
+        self._judge(evals[-1])
+        return scores
+
+    def _judge(self, entry: dict) -> None:
+        """Early stopping's bookkeeping after the eval `entry`: a new best (its weights kept
+        when early stopping), or one more eval without one, which may end the run."""
+        state, name, patience = self.state, self.best_metric, self.cfg.early_stopping_patience
+        best = state.best
+        if best is None or (entry[name] < best["value"] if name in LOWER_IS_BETTER
+                            else entry[name] > best["value"]):
+            state.best = {"metric": name, "value": entry[name], "step": entry["step"],
+                          "epoch": entry["epoch"]}
+            state.evals_since_best = 0
+            if patience is not None:
+                self._keep_best()
+        else:
+            state.evals_since_best += 1
+        if patience is not None and state.evals_since_best >= patience:
+            state.stopped_early = True
+
+    def _keep_best(self) -> None:
+        """The trained tensors now, kept as the best; beside the checkpoint, for a resume."""
+        self.best_weights = trained_state(self.model)
+        if self.destination is not None and self.processes.is_main:
+            save_weights(self.best_weights, self.destination.folder.checkpoint_dir / BEST_FILE)
 
     def end_epoch(self, epoch: int, progress: EpochProgress, scores: dict) -> dict:
         """Record the epoch's eval `scores`, checkpoint, say how it went."""
         cfg, state = self.cfg, self.state
-        state.history["eval"].append({"epoch": epoch + 1, "step": state.step, **scores})
+        self.record_eval(epoch, scores)
         state.train_seconds = time.perf_counter() - self._clock
         state.epoch_seconds.append(round(state.train_seconds - state.epoch_started, 3))
         state.epochs_done = epoch + 1
@@ -500,9 +607,11 @@ class TrainingRun:
         if self.processes.is_main:
             self.log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {progress.mean_loss():.4f}, "
                      f"{progress.rate():.1f} examples/s, eval {self.task.describe(scores)}")
-            if self.writer:
-                for key in self.task.headline:
-                    self.writer.add_scalar(f"eval/{key}", scores[key], state.step)
+            best = state.best
+            if state.stopped_early:
+                self.log(f"early stopping at step {state.step}: "
+                         f"{cfg.early_stopping_patience} evals without a better "
+                         f"{best['metric']} than {best['value']:.4f} (step {best['step']})")
         return scores
 
     def _checkpoint(self) -> None:
@@ -548,11 +657,17 @@ class TrainingRun:
     def finish(self) -> dict:
         """Save the trained model, metrics, report and figures; returns the metrics."""
         cfg, state = self.cfg, self.state
+        final_eval = state.history["eval"][-1] if state.history["eval"] else {}
+        if self.best_weights is not None:     # early stopping: the run is its best eval's
+            self.model.load_state_dict(self.best_weights, strict=False)
+            final_eval = next(e for e in state.history["eval"] if e["step"] == state.best["step"])
         weights_sha = hashlib.sha256(b"".join(
             p.detach().cpu().contiguous().numpy().tobytes()
             for p in trainable_parameters(self.model))).hexdigest()
         metrics = {
-            "eval": state.history["eval"][-1] if state.history["eval"] else {},
+            "eval": final_eval,
+            "best": state.best,
+            "stopped_early": state.stopped_early,
             "train_seconds": round(state.train_seconds, 2),
             "epoch_seconds": state.epoch_seconds,
             "backbone_seconds": state.backbone_seconds,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:   # torch is imported where it is used, so the CLI starts at once
+    import torch
 
 from .examples import TextDataset
 from .labels import check_known_labels
@@ -29,6 +31,7 @@ def encode_labels(labels: list[str], names: list[str], source: str) -> torch.Ten
     Raises:
         DataError: a label was never seen in training.
     """
+    import torch
     check_known_labels(labels, names, source)
     index = {name: i for i, name in enumerate(names)}
     return torch.tensor([index[label] for label in labels], dtype=torch.long)
@@ -62,6 +65,7 @@ def _separated(tokenizer, pairs: list[str]) -> list[str]:
 
 def collate(encoded: Encoded, indices, pad_token_id: int) -> dict[str, torch.Tensor]:
     """A right-padded batch of the examples at `indices`."""
+    import torch
     rows = [encoded.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)   # (b, t)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ...errors import DataError
 from .examples import PairDataset, TextDataset
 from .labels import check_classes
@@ -46,6 +44,7 @@ def random_split(data: PairDataset, test_fraction: float = 0.2,
     if len(data) < 2:
         raise DataError(f"{data.source} has {len(data)} row, too few to hold out an eval split; "
                         "add examples or pass --eval FILE")
+    import torch  # here: the CLI imports this package at start-up
     n_test = min(max(round(len(data) * test_fraction), 1), len(data) - 1)
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
     test = set(order[:n_test])
