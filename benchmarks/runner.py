@@ -59,9 +59,10 @@ def _in_process(args: list[str], shown: str) -> str:
     return out.getvalue()
 
 
-def laddertune_json(*args, threads: int | None = None, timeout: float | None = None) -> dict:
+def laddertune_json(*args, threads: int | None = None, timeout: float | None = None,
+                    in_process: bool = False) -> dict:
     """The JSON a `laddertune` command prints (all of its stdout)."""
-    return json.loads(laddertune(*args, threads=threads, timeout=timeout))
+    return json.loads(laddertune(*args, threads=threads, timeout=timeout, in_process=in_process))
 
 
 def timed_laddertune(*args, threads: int | None = None) -> float:
