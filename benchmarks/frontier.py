@@ -167,8 +167,9 @@ def rate_grid(method: str) -> tuple[float, ...]:
 
 
 def reads_backbone_states(method: str) -> bool:
-    from laddertune.app.methods import get_method
-    return get_method(method).reads_backbone_states
+    """From the registry; False for a method it lacks (the run then fails in one line)."""
+    from laddertune.app.methods import REGISTRY
+    return method in REGISTRY and REGISTRY[method].reads_backbone_states
 
 
 # ---- selection: dev only ------------------------------------------------------------------------
@@ -455,7 +456,8 @@ def summarize(choice: dict, task: str) -> dict:
             "peak_rss_mb": _mean(r.get("peak_rss_mb") for r in runs),
             "train_seconds": _mean(r.get("train_seconds") for r in runs),
             "epochs": runs[0]["epochs"], "steps": runs[0].get("steps"),
-            "device": runs[0].get("device")}
+            "device": runs[0].get("device"),
+            "budget_seconds": runs[0].get("wall_clock_budget_seconds")}
 
 
 def _mean(values) -> float | None:
@@ -471,7 +473,7 @@ def write_report(suite: Frontier, cells=None, methods=None) -> Path:
            "Training sets are not capped.")
     lines = ["# The accuracy-memory frontier", "",
              "Rebuilt by `python benchmarks/frontier.py --report` from the files in `runs/`. "
-             f"Every run trains {suite.epochs} epochs (the equal-wall-clock arm excepted); 3 "
+             f"Every run trains {suite.epochs} epoch(s) (the equal-wall-clock arm excepted); 3 "
              "rates on seed 0, seeds 1 and 2 at the best 2, chosen on the 3-seed dev mean "
              "(accuracy, then macro-F1; generation: ROUGE-L, then loss); test is the chosen "
              "rate's 3 seeds, never used to choose. Training account: bytes training adds to "
@@ -519,6 +521,10 @@ def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list, methods
             f"{'own (dev)' if r['lr'] is None else format(r['lr'], 'g')} | {r['epochs']} | "
             f"{mark} |")
     lines += ["", budget_sentence(points, front)]
+    for name, r in rows.items():
+        if r["budget_seconds"] is not None:
+            lines.append(f"{name}: {r['epochs']} epochs on the cached backbone, as many as fit "
+                         f"in LoRA's {r['budget_seconds']:.0f} s of training.")
     short = [n for n, r in rows.items() if task == "generate" and (r["steps"] or 0) <
              MIN_GENERATE_STEPS]
     if short:

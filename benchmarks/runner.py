@@ -52,7 +52,10 @@ def _in_process(args: list[str], shown: str) -> str:
     from laddertune.app.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(args)
+        try:
+            code = main(args)
+        except SystemExit as exit:       # argparse refuses a flag or a choice this way
+            code = exit.code if isinstance(exit.code, int) else 1
     if code:
         last = (err.getvalue().strip().splitlines() or [f"exit status {code}"])[-1]
         raise RunFailed(f"laddertune {shown} ... failed: {last}")

@@ -108,6 +108,23 @@ def test_the_equal_wall_clock_arm_trains_as_many_epochs_as_fit_in_loras_time(tmp
         ("lst@lora-time", [lst], s, 3) for s in range(3)]
     chosen = frontier.choose(suite.records(CELL, "lst@lora-time"), "classify")
     assert [r["epochs"] for r in chosen["runs"]] == [3, 3, 3]
+    assert ("lst@lora-time: 3 epochs on the cached backbone, as many as fit in LoRA's 10 s"
+            in frontier.write_report(suite).read_text())
+
+
+def test_a_train_size_cap_cuts_training_and_keeps_dev_and_test(tmp_path):
+    import csv
+
+    import data
+    spec = frontier.DATASETS["bbc-news"].spec
+    whole, capped = data.write_data(spec, tmp_path / "a"), data.write_data(spec, tmp_path / "b",
+                                                                            train_cap=200)
+    def ids(path):
+        return [row["id"] for row in csv.DictReader(open(path))]
+    assert (len(ids(whole["train"])), len(ids(capped["train"]))) == (1000, 200)
+    assert set(ids(capped["train"])) < set(ids(whole["train"]))
+    assert ids(whole["dev"]) == ids(capped["dev"]) and len(ids(whole["dev"])) == 780
+    assert ids(whole["test"]) == ids(capped["test"])
 
 
 def test_pareto_front_keeps_only_points_nothing_beats():
