@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import shlex
 import statistics
@@ -219,7 +220,7 @@ class Frontier:
     device: str = "auto"
     commit: bool = False
     in_process: bool = False          # tests: the CLI in this process
-    log: object = print
+    log: object = functools.partial(print, flush=True)
     backbones: dict = field(default_factory=lambda: dict(BACKBONES))
     datasets: dict = field(default_factory=lambda: dict(DATASETS))
     grid: dict = field(default_factory=lambda: dict(GRID))
@@ -304,8 +305,7 @@ class Frontier:
         done = {lr: found for lr in lrs if (found := self.files.get(keys[lr])) is not None}
         todo = [lr for lr in lrs if lr not in done]
         if todo:
-            trained = self.train(cell, cfg, todo, seed, epochs)
-            for lr, result in trained.items():
+            for lr, result in self.train(cell, cfg, todo, seed, epochs):
                 result = {"key": keys[lr], "backbone": cell[0], "dataset": cell[1],
                           "config": cfg.name, "method": cfg.method, "lr": lr, "seed": seed,
                           "epochs": epochs, "suite_epochs": self.epochs,
@@ -327,9 +327,9 @@ class Frontier:
             commit_file(path, f"frontier: {line}")
         return result
 
-    def train(self, cell, cfg: Config, lrs: list, seed: int, epochs: int) -> dict:
-        """Train `cfg` at `lrs` (one sweep, or one run each) and score each on test; {lr: the
-        run's result without its key}."""
+    def train(self, cell, cfg: Config, lrs: list, seed: int, epochs: int):
+        """Train `cfg` at `lrs` (one sweep, or one run each) and score each on test; yields
+        (lr, the run's result without its key) as each is scored."""
         dataset = self.datasets[cell[1]]
         files = self.data(cell[1])
         out = self.work / cell[0] / cell[1] / cfg.name / f"s{seed}-e{epochs}"
@@ -340,16 +340,15 @@ class Frontier:
             command = ["sweep", *args, "--output", out, "--overwrite", "--grid", f"lr={grid}"]
             folders = {lr: out / f"lr-{float(f'{lr:g}')}" for lr in lrs}   # the sweep's names
             wall = self._timed(command)
-            return {lr: self.result(folders[lr], files, command, wall, len(lrs), dataset.task)
-                    for lr in lrs}
-        found = {}
+            for lr in lrs:
+                yield lr, self.result(folders[lr], files, command, wall, len(lrs), dataset.task)
+            return
         for lr in lrs:
             folder = out / ("no-lr" if lr is None else f"lr-{lr:g}")
             command = ["train", *args, *(["--lr", f"{lr:g}"] if lr is not None else []),
                        "--output", folder, "--overwrite"]
             wall = self._timed(command)
-            found[lr] = self.result(folder, files, command, wall, 1, dataset.task)
-        return found
+            yield lr, self.result(folder, files, command, wall, 1, dataset.task)
 
     def common(self, cell, cfg: Config, files: dict, epochs: int) -> list:
         """The flags every run of `cfg` in `cell` shares."""

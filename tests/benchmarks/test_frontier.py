@@ -35,7 +35,7 @@ def fake_suite(tmp_path, dev, test=None, configs=("lora",), **kw) -> tuple[Front
                        "train_seconds": 10.0 if cfg.method == "lora" else 2.0 * epochs,
                        "epoch_seconds": [3.0] * epochs, "steps": 10, "device": "cpu",
                        "epochs": epochs}
-        return out
+        return out.items()
     suite = Frontier(tmp_path / "results", tmp_path / "work", epochs=2, log=lambda *a: None,
                      backbones={"tiny": Backbone("tiny", 4)},
                      datasets={"topics": Dataset(DataSpec("topics", 10, 10, None, 32))},
