@@ -1,8 +1,10 @@
 """The frontier suite: accuracy per byte of training memory, every method tuned the same way.
 
 For each cell of `GRID` (a backbone and a data set) and each method configuration in it, the
-product itself trains (`laddertune train`, or `laddertune sweep` for a method that reads the
-frozen backbone's states, on its cache) and scores (`laddertune eval` on the test split):
+product itself trains and scores. A method that reads the frozen backbone's states (the
+registry's `reads_backbone_states`: LST, the probe) runs on the backbone cache, and its rates of
+one seed train together in one `laddertune sweep`; the others run `laddertune train` once per
+rate. Every run is scored on the test split by `laddertune eval` as soon as it finishes:
 
     rates     seed 0 at 3 learning rates, centred on the method's default rate
               (`laddertune.app.methods.DEFAULT_LR`), a factor of about 3 apart
