@@ -466,8 +466,9 @@ def _mean(values) -> float | None:
     return statistics.mean(values) if values else None
 
 
-def write_report(suite: Frontier, cells=None, methods=None) -> Path:
-    """report.md and one pareto-<backbone>-<data set>.png per cell, from the result files."""
+def write_report(suite: Frontier) -> Path:
+    """report.md and one pareto-<backbone>-<data set>.png per cell of the whole grid, from the
+    result files alone."""
     out = Path(suite.results)
     cap = (f"Training sets are capped at {suite.train_size:,} examples (`--train-size`), cut "
            "before seeds; dev and test are the uncapped splits." if suite.train_size else
@@ -481,17 +482,17 @@ def write_report(suite: Frontier, cells=None, methods=None) -> Path:
              "the weights (saved for backward, gradients, optimizer state, trained weights) at "
              "the reference shape 32 × 256 tokens; frozen weights beside it. " + cap, ""]
     missing = []
-    for cell in cells or suite.grid:
-        lines += _cell_report(suite, cell, out, missing, methods)
+    for cell in suite.grid:
+        lines += _cell_report(suite, cell, out, missing)
     lines += ["## Not yet run", ""]
     lines += [f"- {m}" for m in missing] or ["Every cell of the grid has finished."]
     return write_text(out / "report.md", "\n".join(lines))
 
 
-def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list, methods) -> list[str]:
+def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list) -> list[str]:
     task = suite.datasets[cell[1]].task
     metric = "ROUGE-L" if task == "generate" else "accuracy"
-    names = [n for n in suite.grid[cell] if selected(n, methods)]
+    names = suite.grid[cell]
     rows = {}
     for name in names:
         records = suite.records(cell, name)
@@ -596,18 +597,17 @@ def main(argv=None) -> None:
     parser.add_argument("--commit", action="store_true",
                         help="git add and git commit each run's file as it finishes")
     parser.add_argument("--report", action="store_true",
-                        help="train nothing: rebuild the report from the result files")
+                        help="train nothing: rebuild the report from the result files (the "
+                             "report always covers the whole grid)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--work", default=str(WORK), help="run folders, data, backbone cache")
     args = parser.parse_args(argv)
     suite = Frontier(Path(args.results), Path(args.work), args.epochs, args.train_size,
                      args.threads, args.device, args.commit)
-    cells = selected_cells(suite.grid, comma_list(args.cells), comma_list(args.models),
-                           comma_list(args.datasets))
-    methods = comma_list(args.methods)
     if not args.report:
-        suite.run(cells, methods)
-    print(write_report(suite, cells if not args.report else None, methods))
+        suite.run(selected_cells(suite.grid, comma_list(args.cells), comma_list(args.models),
+                                 comma_list(args.datasets)), comma_list(args.methods))
+    print(write_report(suite))
 
 
 if __name__ == "__main__":

@@ -217,3 +217,22 @@ def test_the_suite_runs_the_product_and_a_rerun_trains_nothing(tmp_path, monkeyp
     monkeypatch.setattr(runner, "laddertune", lambda *a, **k: pytest.fail("scored again"))
     suite.run()
     assert "| lst |" in frontier.write_report(suite).read_text()
+
+
+def test_report_on_the_command_line_trains_nothing_and_lists_the_whole_grid(tmp_path, capsys):
+    frontier.main(["--report", "--results", str(tmp_path), "--work", str(tmp_path / "w")])
+    report = (tmp_path / "report.md").read_text()
+    missing = report.split("## Not yet run")[1]
+    assert missing.count("0 runs finished") == sum(map(len, frontier.GRID.values()))
+    assert "- smollm2/headline-generation lora-tophalf: 0 runs finished" in missing
+    assert not (tmp_path / "w").exists() and not (tmp_path / "runs").exists()
+
+
+def test_filters_pick_cells_and_configurations():
+    cells = frontier.selected_cells(frontier.GRID, models=("mpnet",))
+    assert cells == [("mpnet", "tweet-sentiment"), ("mpnet", "bbc-headlines")]
+    assert frontier.selected_cells(frontier.GRID, cells=("minilm/bbc-news",),
+                                   datasets=("bbc-news",)) == [("minilm", "bbc-news")]
+    assert frontier.selected("lora-top1", ("lora",)) and frontier.selected("lora-top1", ())
+    assert not frontier.selected("lst-every@lora-time", ("lst",))      # the arm: by name only
+    assert frontier.selected("lst-every@lora-time", ("lst-every@lora-time",))
