@@ -425,6 +425,15 @@ def pareto_front(points: dict[str, tuple[float, float]]) -> list[str]:
     return sorted(front, key=lambda n: points[n])
 
 
+def beaten_by(points: dict, name: str) -> str | None:
+    """The least-memory point that beats `name` (as low or lower memory, as high or higher
+    score, one strictly), or None on the front."""
+    m, s = points[name]
+    beaters = [o for o, (m2, s2) in points.items()
+               if o != name and m2 <= m and s2 >= s and (m2 < m or s2 > s)]
+    return min(beaters, key=lambda o: points[o]) if beaters else None
+
+
 def budget_sentence(points: dict, front: list[str], unit: str = "MiB") -> str:
     """Which configuration wins at each training-memory budget, read off the front."""
     if not front:
@@ -458,7 +467,8 @@ def summarize(choice: dict, task: str) -> dict:
             "train_seconds": _mean(r.get("train_seconds") for r in runs),
             "epochs": runs[0]["epochs"], "steps": runs[0].get("steps"),
             "device": runs[0].get("device"),
-            "budget_seconds": runs[0].get("wall_clock_budget_seconds")}
+            "budget_seconds": runs[0].get("wall_clock_budget_seconds"),
+            "shared": any(r.get("runs_in_command", 1) > 1 for r in runs)}
 
 
 def _mean(values) -> float | None:
@@ -505,24 +515,31 @@ def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list) -> list
               if r["training_mib"] is not None}
     front = pareto_front(points)
     lines = [f"## {cell[0]} on {cell[1]}", "",
-             f"| configuration | test {metric} (mean ± std, 3 seeds) | dev mean | dev → test "
-             "drop | test loss | training account MiB | frozen weights MiB | peak RSS MiB | "
-             "train s | lr | epochs | Pareto |", "|" + "---|" * 12]
+             f"| configuration | test {metric} (mean ± std, 3 seeds) | vs probe | dev mean | "
+             "dev → test drop | test loss | training account MiB | frozen weights MiB | "
+             "peak RSS MiB | train s | lr | epochs | Pareto |", "|" + "---|" * 13]
     if "probe" not in names:
-        lines.append("| probe | refused for --task generate (no floor here) |" + " |" * 10)
+        lines.append("| probe | refused for --task generate (no floor here) |" + " |" * 11)
+    floor = rows["probe"]["test_mean"] if "probe" in rows else None
     for name in names:
         r = rows.get(name)
         if r is None:
-            lines.append(f"| {name} | not yet run |" + " |" * 10)
+            lines.append(f"| {name} | not yet run |" + " |" * 11)
             continue
-        mark = "front" if name in front else ("no account" if name not in points else "off")
+        mark = ("front" if name in front else "no account" if name not in points
+                else f"off (beaten by {beaten_by(points, name)})")
         lines.append(
-            f"| {name} | {r['test_mean']:.2f} ± {r['test_std']:.2f} | {r['dev_mean']:.2f} | "
-            f"{r['drop']:+.2f} | {r['test_loss']:.4f} | {_num(r['training_mib'])} | "
-            f"{_num(r['frozen_mib'])} | {_num(r['peak_rss_mb'])} | {_num(r['train_seconds'])} | "
+            f"| {name} | {r['test_mean']:.2f} ± {r['test_std']:.2f} | "
+            f"{'—' if floor is None else format(r['test_mean'] - floor, '+.2f')} | "
+            f"{r['dev_mean']:.2f} | {r['drop']:+.2f} | {r['test_loss']:.4f} | "
+            f"{_num(r['training_mib'])} | {_num(r['frozen_mib'])} | {_num(r['peak_rss_mb'])} | "
+            f"{_num(r['train_seconds'])}{'*' if r['shared'] else ''} | "
             f"{'own (dev)' if r['lr'] is None else format(r['lr'], 'g')} | {r['epochs']} | "
             f"{mark} |")
     lines += ["", budget_sentence(points, front)]
+    if any(r["shared"] for r in rows.values()):
+        lines.append("train s marked * is that of a `laddertune sweep`: the whole sweep's loop, "
+                     "shared by the configurations it trained together.")
     for name, r in rows.items():
         if r["budget_seconds"] is not None:
             lines.append(f"{name}: {r['epochs']} epochs on the cached backbone, as many as fit "

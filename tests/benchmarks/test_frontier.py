@@ -149,9 +149,11 @@ def test_the_report_is_rebuilt_from_the_files_and_lists_what_has_not_run(tmp_pat
     assert "## Not yet run\n\n- tiny/topics lora: 0 runs finished" in report
     rows = {line.split(" | ")[0][2:]: line for line in report.splitlines()
             if line.startswith("| ") and " | " in line}
-    assert rows["probe"].startswith("| probe | 39.00 ± 1.00 | 61.00 | +22.00 |")  # test: 1 - dev
+    assert rows["probe"].startswith("| probe | 39.00 ± 1.00 | +0.00 | 61.00 | +22.00 |")  # 1 - dev
+    assert rows["lst"].startswith("| lst | 70.00 ± 0.00 | +31.00 | 30.00 | -40.00 |")
     assert rows["lora"].startswith("| lora | not yet run |")
-    assert rows["full"].endswith("| off |") and rows["probe"].endswith("| front |")
+    assert rows["full"].endswith("| off (beaten by probe) |")
+    assert rows["probe"].endswith("| front |")
     assert "from 1 to 40 MiB, probe (39.00); from 40 MiB up, lst (70.00)." in report
     assert (tmp_path / "results" / "pareto-tiny-topics.png").stat().st_size > 1000
 
