@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from accuracy_suite import _lr_name, next_rate
+from accuracy_suite import next_rate
 from data import PAIR_COLUMN, DataSpec, write_data, write_headlines
 from runner import (
     ResultFiles,
@@ -290,7 +290,7 @@ class Frontier:
     # -- one batch of runs --
 
     def key(self, cell, cfg: Config, lr, seed: int, epochs: int, stage: str) -> str:
-        parts = [*cell, cfg.name, "no-lr" if lr is None else f"lr{_lr_name(lr)}", f"s{seed}",
+        parts = [*cell, cfg.name, "no-lr" if lr is None else f"lr{lr:g}", f"s{seed}",
                  f"e{epochs}"]
         if self.epochs != epochs:
             parts.append(f"of{self.epochs}")
