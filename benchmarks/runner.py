@@ -52,16 +52,20 @@ def _in_process(args: list[str], shown: str) -> str:
     from laddertune.app.cli import main
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(args)
+        try:
+            code = main(args)
+        except SystemExit as exit:       # argparse refuses a flag or a choice this way
+            code = exit.code if isinstance(exit.code, int) else 1
     if code:
         last = (err.getvalue().strip().splitlines() or [f"exit status {code}"])[-1]
         raise RunFailed(f"laddertune {shown} ... failed: {last}")
     return out.getvalue()
 
 
-def laddertune_json(*args, threads: int | None = None, timeout: float | None = None) -> dict:
+def laddertune_json(*args, threads: int | None = None, timeout: float | None = None,
+                    in_process: bool = False) -> dict:
     """The JSON a `laddertune` command prints (all of its stdout)."""
-    return json.loads(laddertune(*args, threads=threads, timeout=timeout))
+    return json.loads(laddertune(*args, threads=threads, timeout=timeout, in_process=in_process))
 
 
 def timed_laddertune(*args, threads: int | None = None) -> float:

@@ -18,6 +18,8 @@ def test_a_failed_laddertune_command_is_one_line_naming_the_command():
 def test_in_process_fails_the_same_way(capsys):
     with pytest.raises(runner.RunFailed, match="error:"):
         runner.laddertune("train", "--epochs", "0", "--train", "nowhere.csv", in_process=True)
+    with pytest.raises(runner.RunFailed, match="invalid choice"):   # argparse exits instead
+        runner.laddertune("train", "--method", "no-such-method", in_process=True)
 
 
 def test_result_files_are_whole_and_one_per_run(tmp_path):
