@@ -343,11 +343,13 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 _python_showwarning = warnings.showwarning
 
 
-def quiet_progress_bars(stream=sys.stderr) -> None:
+def quiet_progress_bars(stream=None) -> None:
     """Third-party progress bars (de-quantising a GGUF file, writing model shards, downloads)
-    stay off when `stream` is not a terminal: in a log they are lines of carriage returns.
-    tqdm reads TQDM_DISABLE when it is first imported, which the lazy imports leave to now."""
-    if not stream.isatty():
+    stay off when `stream` (standard error, as it is now) is not a terminal: in a log they are
+    lines of carriage returns. tqdm reads TQDM_DISABLE when it is first imported, which the lazy
+    imports leave to now."""
+    stream = sys.stderr if stream is None else stream
+    if stream.closed or not stream.isatty():
         os.environ.setdefault("TQDM_DISABLE", "1")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
