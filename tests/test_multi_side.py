@@ -2,6 +2,8 @@
 as it would alone."""
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,3 +154,13 @@ def test_bad_side_names_are_refused():
         model.add_side("b", LSTConfig(task_type="SEQ_CLS"))
     with pytest.raises(InputError, match="cannot be deleted"):
         model.delete_side(DEFAULT_SIDE)
+
+
+def test_the_serving_docs_python_example_runs(tmp_path, monkeypatch, capsys):
+    docs = Path(__file__).parent.parent / "docs" / "serving.md"
+    block = re.findall(r"```python\n(.*?)```", docs.read_text(), flags=re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "serving.md", "exec"), {"__name__": "docs_example"})
+    out = capsys.readouterr().out
+    assert "['default', 'sentiment', 'sentiment-again']" in out
+    assert "'default': torch.Size([2, 5])" in out and "'sentiment': torch.Size([2, 3])" in out

@@ -647,16 +647,18 @@ class LSTModel(HeldModules, nn.Module):
         if position_ids is not None:
             inputs["position_ids"] = position_ids
         states, raw_last = self._shared_backbone_states(inputs)
+        batch = self._batch_size(input_ids, pixel_values)
         outputs = {}
         for name, side in sides.items():
-            index = torch.tensor(rows[name], device=states[0].device)
             side_states = list(states)
             if raw_last is not None and side.reads_raw_last():
                 side_states[-2] = raw_last
-            picked = {k: v.index_select(0, index) for k, v in inputs.items()
-                      if isinstance(v, torch.Tensor)}
-            outputs[name] = side(**picked, backbone_hidden_states=tuple(
-                s.index_select(0, index) for s in side_states))
+            picked = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+            if len(rows[name]) < batch:                  # a side named on some rows only
+                index = torch.tensor(rows[name], device=states[0].device)
+                picked = {k: v.index_select(0, index) for k, v in picked.items()}
+                side_states = [s.index_select(0, index) for s in side_states]
+            outputs[name] = side(**picked, backbone_hidden_states=tuple(side_states))
         return SidesOutput(outputs, rows)
 
     def reads_raw_last(self) -> bool:

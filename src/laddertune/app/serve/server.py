@@ -68,12 +68,16 @@ class ServerState:
         self.generation = ThreadPoolExecutor(1, thread_name_prefix="laddertune-generate")
         self.pending = 0
 
-    @contextlib.contextmanager
-    def admitted(self):
-        """A place in the queue, or 429 when --max-queue requests wait already."""
+    def check_room(self) -> None:
+        """429 when --max-queue requests are in already."""
         if self.pending >= self.limits.max_queue:
             raise ApiError(429, f"{self.pending} requests are waiting (--max-queue "
                                 f"{self.limits.max_queue}); retry after a moment")
+
+    @contextlib.contextmanager
+    def admitted(self):
+        """A place in the queue, or 429 (`check_room`)."""
+        self.check_room()
         self.pending += 1
         try:
             yield
@@ -238,6 +242,7 @@ async def _answer(state: ServerState, body: dict, prompt: str, chat: bool):
         answer = {**head, "choices": [{"index": 0, **choice, "finish_reason": _finish(
             served, tokens, settings)}], "usage": {**usage, "completion_tokens": len(tokens)}}
         return {**answer, "warning": warning} if warning else answer
+    state.check_room()               # before the stream begins: a 429 cannot come later
     return StreamingResponse(_stream(state, name, ids, settings, head, chat),
                              media_type="text/event-stream")
 
