@@ -121,36 +121,46 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(model: str, arm: str, run: Path, texts: list[str], args) -> dict:
-    server = Server(run, args.threads, args.concurrency)
+def measure(model: str, runs: dict[str, Path], texts: list[str], args) -> list[dict]:
+    """Every arm's figures, its servers up at once and measured in turn, setting by setting:
+    on a shared machine, load that drifts during the run then falls on every arm alike."""
+    servers = {arm: Server(run, args.threads, args.concurrency) for arm, run in runs.items()}
     names = [f"task{i:02d}" for i in range(TASKS)]
+    figures = {arm: {"model": model, "arm": arm, "same_text_ms": {}, "load": {}}
+               for arm in servers}
     try:
-        server.classify(["task00"], texts[:2])                         # warm
-        rss_one = server.rss_mib()
-        for name in names[1:]:
-            server.client.post("/v1/models", json={"name": name, "checkpoint": str(run)}
-                               ).raise_for_status()
-        server.classify(names, texts[:2])                               # every task warm
-        rss_all = server.rss_mib()
-        same_text = {}
+        for arm, server in servers.items():
+            server.classify(["task00"], texts[:2])                      # warm
+            figures[arm]["rss_mib_1_task"] = server.rss_mib()
+            for name in names[1:]:
+                server.client.post("/v1/models", json={"name": name, "checkpoint": str(runs[arm])}
+                                   ).raise_for_status()
+            server.classify(names, texts[:2])                           # every task warm
+            figures[arm]["rss_mib_16_tasks"] = server.rss_mib()
         for k in (1, 4, 16):
-            server.classify(names[:k], texts[:1])
-            same_text[k] = statistics.median(
-                server.classify(names[:k], texts[:1]) for _ in range(args.repeats)) * 1000
-        load = {}
+            times = {arm: [] for arm in servers}
+            for server in servers.values():
+                server.classify(names[:k], texts[:1])
+            for _ in range(args.repeats):
+                for arm, server in servers.items():
+                    times[arm].append(server.classify(names[:k], texts[:1]))
+            for arm in servers:
+                figures[arm]["same_text_ms"][k] = statistics.median(times[arm]) * 1000
         for k in (1, 4, 16):
             requests = [{"model": names[i % k], "input": [texts[i % len(texts)]]}
                         for i in range(args.requests)]
-            wall, latencies = asyncio.run(_load(server.url, requests, args.concurrency))
-            load[k] = {"requests_per_s": args.requests / wall,
-                       "p50_ms": percentile(latencies, 0.5) * 1000,
-                       "p95_ms": percentile(latencies, 0.95) * 1000}
-        health = server.client.get("/health").json()
+            for arm, server in servers.items():
+                wall, latencies = asyncio.run(_load(server.url, requests, args.concurrency))
+                figures[arm]["load"][k] = {"requests_per_s": args.requests / wall,
+                                           "p50_ms": percentile(latencies, 0.5) * 1000,
+                                           "p95_ms": percentile(latencies, 0.95) * 1000}
+        for arm, server in servers.items():
+            figures[arm]["backbone_passes"] = server.client.get("/health").json()[
+                "backbone_passes"]
     finally:
-        code = server.stop()
-    return {"model": model, "arm": arm, "rss_mib_1_task": rss_one, "rss_mib_16_tasks": rss_all,
-            "same_text_ms": same_text, "load": load, "backbone_passes": health["backbone_passes"],
-            "sigterm_exit": code}
+        for arm, server in servers.items():
+            figures[arm]["sigterm_exit"] = server.stop()
+    return list(figures.values())
 
 
 def report(results: list[dict], args, command: str) -> str:
@@ -163,7 +173,9 @@ def report(results: list[dict], args, command: str) -> str:
         f"{SPEC.train_size} BBC News examples, {SPEC.max_length} tokens: 4 steps) and served "
         "under 16 names, each its own side network (LST) or LoRA adapter (r=32, all linear "
         "layers, through PEFT's `adapter_names`) in memory. The same server code serves both "
-        f"arms. Requests: one text each, {args.requests} per setting, {args.concurrency} in "
+        "arms; both servers run at once and are measured in turn, setting by setting, so load "
+        f"from other jobs falls on both alike. Requests: one text each, {args.requests} per "
+        f"setting, {args.concurrency} in "
         "flight at once, spread round-robin over the first k tasks; the texts are the first "
         f"{WORDS} words of BBC News test articles.", "",
         "| backbone | arm | RSS 1 task MiB | RSS 16 tasks MiB | 16/1 | k=1 ms | k=4 ms | "
@@ -221,10 +233,10 @@ def main() -> None:
         texts = [" ".join(row["text"].split()[:WORDS]) for row in csv.DictReader(handle)]
     results = []
     for model in args.models.split(","):
-        for arm in args.arms.split(","):
-            run = train(model, arm, paths, work / f"{model}-{arm}", args.threads)
-            results.append(measure(model, arm, run, texts, args))
-            print(json.dumps(results[-1]), flush=True)
+        runs = {arm: train(model, arm, paths, work / f"{model}-{arm}", args.threads)
+                for arm in args.arms.split(",")}
+        results += measure(model, runs, texts, args)
+        print(json.dumps(results[-len(runs):]), flush=True)
     output.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(sys.argv)
     (output / "results.json").write_text(json.dumps(

@@ -51,7 +51,9 @@ def runs(tmp_path_factory):
     for out, model, data, extra in (
             ("topics", "lm", "topics.csv", []), ("duo", "lm", "duo.csv", ["--seed", "3"]),
             ("chat", "lm", "pairs.csv", ["--task", "generate", "--chat-template"]),
-            ("stranger", "other-lm", "topics.csv", [])):
+            ("stranger", "other-lm", "topics.csv", []),
+            ("lora-a", "lm", "topics.csv", ["--method", "lora"]),
+            ("lora-b", "lm", "topics.csv", ["--method", "lora", "--seed", "5"])):
         assert main(["train", "--model", str(root / model), "--train", str(root / data),
                      "--output", str(root / out), *common, *extra]) == 0
     return root
@@ -277,7 +279,7 @@ def test_malformed_json_and_an_oversized_body_are_refused(server):
 # ---- limits and shutdown ---------------------------------------------------------------------
 
 def test_a_full_queue_answers_429_and_a_slow_answer_503(runs):
-    live = Server(runs, "--max-queue", "2", "--timeout", "0.05", "--max-wait-ms", "200",
+    live = Server(runs, "--max-queue", "2", "--timeout", "0.5", "--max-wait-ms", "2000",
                   checkpoints=("topics",))
     try:
         async def flood():
@@ -307,6 +309,23 @@ def test_sigterm_drains_the_requests_in_flight_and_exits_0(runs):
     assert answers and answers[0].status_code == 200
     assert len(answers[0].json()["data"]) == len(TEXTS)
     live.client.close()
+
+
+# ---- the PEFT LoRA pool, the benchmark's baseline ------------------------------------------
+
+def test_lora_runs_are_served_as_adapters_of_one_base_model_through_adapter_names(runs):
+    import torch
+
+    from laddertune.app.serve.pool import TaskPool
+    pool = TaskPool([("a", str(runs / "lora-a")), ("b", str(runs / "lora-b"))],
+                    torch.device("cpu"))
+    ids = pool.tokenizer(TEXTS)["input_ids"]
+    answers = pool.classify([(row, ["a", "b"]) for row in ids], max_batch_size=8)
+    assert pool.backbone_passes == 1
+    for name, run in (("a", "lora-a"), ("b", "lora-b")):
+        for answer, row in zip(answers, _predict(runs, run)):
+            for label, p in zip(pool.tasks[name].labels, answer[name]):
+                assert abs(p - float(row[f"prob_{label}"])) < PROBS
 
 
 # ---- the command line ------------------------------------------------------------------------
