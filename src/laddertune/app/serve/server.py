@@ -15,7 +15,6 @@ import contextlib
 import json
 import signal
 import socket
-import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -278,18 +277,23 @@ async def _stream(state: ServerState, name: str, ids, settings, head: dict, chat
         work.add_done_callback(lambda _: loop.call_soon_threadsafe(pieces.put_nowait, None))
         while (piece := await _next_piece(pieces, state.limits.timeout)) is not None:
             if piece is TimeoutError:
-                yield f"data: {json.dumps({'error': {'message': 'no token within --timeout', 'code': 503}})}\n\n"  # noqa: E501
+                yield _error_event(f"no token within --timeout {state.limits.timeout:g} s", 503)
                 return
             yield chunk(piece, None)
         try:
             text, tokens = work.result()
         except Exception as err:  # noqa: BLE001 - the stream has begun: report it in-band
-            yield f"data: {json.dumps({'error': {'message': str(err), 'code': 500}})}\n\n"
+            yield _error_event(str(err), 500)
             return
     if text.startswith(stream.shown) and text != stream.shown:
         yield chunk(text[len(stream.shown):], None)
     yield chunk(None, _finish(served, tokens, settings))
     yield "data: [DONE]\n\n"
+
+
+def _error_event(message: str, code: int) -> str:
+    """An error once a stream has begun (its status is sent already): as OpenAI sends it."""
+    return f"data: {json.dumps({'error': {'message': message, 'code': code}})}\n\n"
 
 
 async def _next_piece(pieces: asyncio.Queue, timeout: float):
@@ -386,23 +390,6 @@ def _task(pool: TaskPool, name: str):
 
 # ---- running ----------------------------------------------------------------------------------
 
-class _DrainingServer:
-    """uvicorn's server, with SIGTERM meaning: stop accepting, finish what is in, exit 0
-    (uvicorn re-raises the signal after draining, which would end the process with 143)."""
-
-    def __new__(cls, config):
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            def handle_exit(self, sig, frame):
-                if sig == signal.SIGTERM:
-                    self.should_exit = True
-                else:
-                    super().handle_exit(sig, frame)
-
-        return Server(config)
-
-
 def run_server(pool: TaskPool, limits: Limits, host: str, port: int) -> None:
     """Serve until SIGTERM (drains, then returns) or SIGINT."""
     import uvicorn
@@ -412,7 +399,17 @@ def run_server(pool: TaskPool, limits: Limits, host: str, port: int) -> None:
     bound = sock.getsockname()[1]
     app = create_app(pool, limits)
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=limits.timeout)
+
+    class DrainingServer(uvicorn.Server):
+        """SIGTERM: stop accepting, finish what is in, exit 0 (uvicorn itself re-raises the
+        signal once drained, which would end the process with status 143)."""
+
+        def handle_exit(self, sig, frame):
+            if sig == signal.SIGTERM:
+                self.should_exit = True
+            else:
+                super().handle_exit(sig, frame)
+
     print(f"laddertune serve: {len(pool.tasks)} tasks on one {pool.model_name} backbone, "
           f"listening on http://{host}:{bound}", flush=True)
-    sys.stdout.flush()
-    _DrainingServer(config).run(sockets=[sock])
+    DrainingServer(config).run(sockets=[sock])
