@@ -214,6 +214,23 @@ def test_mixed_tasks_sent_at_once_share_batches_and_answer_as_alone(server):
                 assert abs(g["probs"][label] - w["probs"][label]) < 1e-5
 
 
+def test_greedy_completions_sent_at_once_share_a_generation_and_answer_as_alone(server):
+    prompts = ["copy red blue", "reverse gold pink", "copy green", "reverse red gray blue",
+               "copy pink pink", "reverse blue"]
+    alone = [server.client.post("/v1/completions", json={"model": "chat", "prompt": p}
+                                ).json()["choices"][0]["text"] for p in prompts]
+    before = server.client.get("/health").json()["completion_batches"]
+
+    async def send_all():
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            return await asyncio.gather(*(client.post("/v1/completions", json={
+                "model": "chat", "prompt": p}) for p in prompts))
+
+    answers = asyncio.run(asyncio.wait_for(send_all(), 120))
+    assert [a.json()["choices"][0]["text"] for a in answers] == alone
+    assert server.client.get("/health").json()["completion_batches"] - before < len(prompts)
+
+
 def test_tasks_load_and_unload_while_serving_and_another_backbone_is_refused(server, runs):
     loaded = server.client.post("/v1/models", json={"name": "topics2",
                                                     "checkpoint": str(runs / "topics")})

@@ -3,8 +3,8 @@ for any tasks, share one forward, and so one backbone pass.
 
 Requests queue on the event loop; one loop task gathers them into a batch of at most
 `max_batch_size` rows (or whatever came within the wait) and runs it on the batch thread, so
-the event loop keeps accepting requests while the model computes. Generation runs on a thread
-of its own (`Lanes.generate`), so a long answer never holds up classification.
+the event loop keeps accepting requests while the model computes. Completions have a batcher
+(and so a thread) of their own, so a long answer never holds up classification.
 """
 
 from __future__ import annotations

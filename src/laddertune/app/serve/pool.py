@@ -222,20 +222,43 @@ class TaskPool:
             answers[row][name] = probs[i].tolist()
         return answers
 
-    @torch.no_grad()
     def generate(self, name: str, prompt_ids: list[int], settings: dict, on_token=None
                  ) -> tuple[str, list[int]]:
         """One answer by generate task `name` with `settings` (max_new_tokens, temperature,
         top_p, seed) over the run's own: its text and its new token ids."""
+        return self._generate(name, [prompt_ids], settings, on_token)[0]
+
+    def generate_batch(self, rows: list[tuple[str, list[int], dict]]
+                       ) -> list[tuple[str, list[int]]]:
+        """Per row (task name, prompt ids, settings), its answer: greedy rows of one task and
+        settings share one generation; a sampled row runs alone, so its seed gives the answer
+        it gives alone."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (name, _, settings) in enumerate(rows):
+            key = (name, *sorted(settings.items())) if not settings["temperature"] else (i,)
+            groups.setdefault(key, []).append(i)
+        answers: list = [None] * len(rows)
+        for members in groups.values():
+            name, _, settings = rows[members[0]]
+            for i, answer in zip(members, self._generate(
+                    name, [rows[i][1] for i in members], settings)):
+                answers[i] = answer
+        return answers
+
+    @torch.no_grad()
+    def _generate(self, name, prompts, settings, on_token=None) -> list[tuple[str, list[int]]]:
         served = self.get(name)
         task = copy.copy(served.task)
         task.settings = {**served.task.settings, **settings}
         with self.lock:
             side = self.model.side(served.side)
-        ids, mask = pad_rows([prompt_ids], self.pad, left=True)
+        ids, mask = pad_rows(prompts, self.pad, left=task.task_type == "CAUSAL_LM")
         new = task.generate_ids(side, ids.to(self.device), mask.to(self.device), on_token)
-        tokens = new[0].tolist()
-        return task.decode(tokens), tokens
+        answers = []
+        for row in new.tolist():
+            tokens = row[:row.index(task.eos) + 1] if task.eos in row else row
+            answers.append((task.decode(tokens), tokens))
+        return answers
 
 
 def _finished_info(directory: str | Path) -> dict:

@@ -58,13 +58,16 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 class ServerState:
-    """The pool, its batcher, the generation thread, and how many requests are in."""
+    """The pool, its batchers (classification, completions), the streaming thread, and how
+    many requests are in."""
 
     def __init__(self, pool: TaskPool, limits: Limits):
         self.pool, self.limits = pool, limits
         self.batcher = Batcher(lambda rows: pool.classify(rows, limits.max_batch_size),
                                limits.max_batch_size, limits.max_wait_ms)
-        self.generation = ThreadPoolExecutor(1, thread_name_prefix="laddertune-generate")
+        self.completions = Batcher(pool.generate_batch, limits.max_batch_size,
+                                   limits.max_wait_ms)
+        self.generation = ThreadPoolExecutor(1, thread_name_prefix="laddertune-stream")
         self.pending = 0
 
     def check_room(self) -> None:
@@ -96,10 +99,12 @@ def create_app(pool: TaskPool, limits: Limits) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batching = asyncio.create_task(state.batcher.run())
+        batching = [asyncio.create_task(b.run()) for b in (state.batcher, state.completions)]
         yield
-        batching.cancel()
+        for task in batching:
+            task.cancel()
         state.batcher.close()
+        state.completions.close()
         state.generation.shutdown(wait=True)
 
     app = FastAPI(title="laddertune serve", lifespan=lifespan)
@@ -124,7 +129,8 @@ def create_app(pool: TaskPool, limits: Limits) -> FastAPI:
     @app.get("/health")
     async def health():
         return {"status": "ok", "tasks": len(pool.tasks), "backbone_passes": pool.backbone_passes,
-                "batches": state.batcher.batches, "waiting": state.pending}
+                "batches": state.batcher.batches,
+                "completion_batches": state.completions.batches, "waiting": state.pending}
 
     @app.get("/v1/models")
     async def list_models():
@@ -231,11 +237,10 @@ async def _answer(state: ServerState, body: dict, prompt: str, chat: bool):
     head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "object": kind,
             "created": int(time.time()), "model": name}
     usage = {"prompt_tokens": len(ids)}
-    loop = asyncio.get_running_loop()
     if not _field(body, "stream", bool, required=False, default=False):
         with state.admitted():
-            text, tokens = await state.within_timeout(loop.run_in_executor(
-                state.generation, pool.generate, name, ids, settings))
+            [(text, tokens)] = await state.within_timeout(
+                state.completions.submit([(name, ids, settings)]))
         choice = ({"message": {"role": "assistant", "content": text}} if chat
                   else {"text": text})
         answer = {**head, "choices": [{"index": 0, **choice, "finish_reason": _finish(
