@@ -13,6 +13,8 @@ from laddertune.errors import BackboneMismatchError, InputError, LSTWarning
 from laddertune.model import DEFAULT_SIDE
 from tests.tiny_models import tiny_backbone, tiny_inputs
 
+pytestmark = pytest.mark.numerics   # equalities within a tolerance: rerun on every CPU kernel
+
 # Each side alone runs on its own rows; together, on rows sliced from the whole batch's
 # backbone states. The same numbers up to float summation order: 1e-5 on probabilities.
 PROBS = dict(rtol=0, atol=1e-5)
