@@ -410,8 +410,11 @@ def commit_file(path: Path, message: str) -> None:
     path = Path(path).resolve()
     def git(*args):
         subprocess.run(["git", *args], cwd=path.parent, check=True, capture_output=True)
-    git("add", "--", str(path))
-    git("commit", "--quiet", "-m", message, "--", str(path))
+    try:
+        git("add", "--", str(path))
+        git("commit", "--quiet", "-m", message, "--", str(path))
+    except subprocess.CalledProcessError as err:   # the file is written: a rerun skips the run
+        print(f"warning: could not commit {path}: {err.stderr.decode().strip()}")
 
 
 # ---- the report, from the result files alone ----------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from .errors import (
     CheckpointError,
     InputError,
     LSTConfigError,
+    LSTWarning,
     MissingInputError,
     UnsupportedModelError,
 )
@@ -69,6 +71,38 @@ class LSTOutput(ModelOutput):
     logits: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
     cache: tuple | None = None
+
+
+DEFAULT_SIDE = "default"   # the name of an LSTModel's own side network, as in PEFT
+
+
+@dataclass
+class SidesOutput:
+    """What `LSTModel.forward_sides` returns: each side network's `LSTOutput` over the rows that
+    named it (`rows[name]`, in batch order)."""
+
+    outputs: dict[str, LSTOutput]
+    rows: dict[str, list[int]]
+
+    def logits_of_row(self, row: int) -> dict[str, torch.Tensor]:
+        """The logits of batch row `row`, by the name of each side network that read it."""
+        return {name: self.outputs[name].logits[rows.index(row)]
+                for name, rows in self.rows.items() if row in rows}
+
+
+def _rows_of_sides(side_names, batch: int) -> dict[str, list[int]]:
+    """{name: the rows that name it}, from one name or a list of names per row."""
+    if isinstance(side_names, str) or len(side_names) != batch:
+        raise InputError(f"side_names needs one entry per row ({batch} rows): a name, or a list "
+                         "of names, for each")
+    rows: dict[str, list[int]] = {}
+    for row, names in enumerate(side_names):
+        names = [names] if isinstance(names, str) else list(names)
+        if not names:
+            raise InputError(f"row {row} names no side network; give it at least one name")
+        for name in dict.fromkeys(names):
+            rows.setdefault(name, []).append(row)
+    return rows
 
 
 class LSTModel(HeldModules, nn.Module):
@@ -185,7 +219,8 @@ class LSTModel(HeldModules, nn.Module):
     def forward(self, input_ids=None, attention_mask=None, pixel_values=None, token_type_ids=None,
                 labels=None, decoder_input_ids=None, decoder_attention_mask=None,
                 encoder_outputs=None, cache=None, use_cache=False, return_loss=False,
-                position_ids=None, backbone_hidden_states=None, **kwargs) -> LSTOutput:
+                position_ids=None, backbone_hidden_states=None, side_names=None,
+                **kwargs) -> LSTOutput:
         """Run backbone (no autograd) and side network; compute the loss when labels are given.
 
         `return_loss=True` asks for a loss and raises `MissingInputError` if labels are absent.
@@ -193,7 +228,16 @@ class LSTModel(HeldModules, nn.Module):
         passes them so left-padded prompts get the positions they would have unpadded.
         `backbone_hidden_states` (what `backbone_states` returns for these inputs, or a cache of
         it) stands in for the backbone: the side network reads them and the backbone never runs.
+        `side_names` runs several side networks on one backbone pass (`forward_sides`).
         """
+        if side_names is not None:
+            return self.forward_sides(side_names, input_ids, attention_mask, pixel_values,
+                                      token_type_ids, position_ids)
+        if self._active_side_name() != DEFAULT_SIDE:
+            return self.side(self._active_side_name())(
+                input_ids, attention_mask, pixel_values, token_type_ids, labels,
+                decoder_input_ids, decoder_attention_mask, encoder_outputs, cache, use_cache,
+                return_loss, position_ids, backbone_hidden_states, **kwargs)
         unknown = set(kwargs) - _TOLERATED_KWARGS
         if unknown:
             raise InputError(f"forward got unknown argument(s) {sorted(unknown)}; "
@@ -470,6 +514,10 @@ class LSTModel(HeldModules, nn.Module):
                  num_beams: int = 1, **kwargs) -> torch.Tensor:
         """Greedy, sampled or beam-search decoding with key/value caches; see
         `laddertune.generation`."""
+        if self._active_side_name() != DEFAULT_SIDE:
+            return self.side(self._active_side_name()).generate(
+                input_ids, attention_mask, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                **kwargs)
         from .generation import generate
         return generate(self, input_ids, attention_mask, max_new_tokens=max_new_tokens,
                         num_beams=num_beams, **kwargs)
@@ -483,6 +531,160 @@ class LSTModel(HeldModules, nn.Module):
         shifted = ids.new_full(ids.shape, start)
         shifted[:, 1:] = ids[:, :-1]
         return shifted.masked_fill(shifted == -100, config.pad_token_id)
+
+    # ---- several side networks on one backbone ------------------------------------------------
+    # This model's own side network is DEFAULT_SIDE; the others are LSTModels on the same
+    # backbone object (no copy), held outside the module tree like the backbone, so
+    # `parameters()`, `state_dict()` and `save_pretrained` stay this side network's own.
+
+    def _extra_sides(self) -> dict[str, LSTModel]:
+        return self.__dict__.setdefault("_sides", {})
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for side in self._extra_sides().values():
+            nn.Module._apply(side, fn, recurse)   # their backbone is ours: moved once, above
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for side in self._extra_sides().values():
+            side.train(mode)
+        return self
+
+    def _active_side_name(self) -> str:
+        return self.__dict__.get("_active_side", DEFAULT_SIDE)
+
+    @property
+    def side_names(self) -> list[str]:
+        """The side networks this backbone serves: DEFAULT_SIDE (this model's own) first."""
+        return [DEFAULT_SIDE, *self._extra_sides()]
+
+    @property
+    def active_side(self) -> str:
+        """The side network a plain `forward` or `generate` runs (`set_side`)."""
+        return self._active_side_name()
+
+    def side(self, name: str) -> LSTModel:
+        """The side network `name`, as an LSTModel over this model's backbone."""
+        if name == DEFAULT_SIDE:
+            return self
+        sides = self._extra_sides()
+        if name not in sides:
+            raise InputError(f"no side network named {name!r}; this model has "
+                             f"{', '.join(map(repr, self.side_names))} (add_side or load_side "
+                             "adds one)")
+        return sides[name]
+
+    def add_side(self, name: str, config: LSTConfig, init_data=None) -> LSTModel:
+        """A new, untrained side network `name` on this model's backbone; returns it (train it
+        as any LSTModel, through the returned model or after `set_side(name)`)."""
+        return self._keep_side(name, LSTModel(self.backbone, config, init_data=init_data))
+
+    def load_side(self, name: str, directory: str | Path) -> LSTModel:
+        """The side network `save_pretrained` wrote to `directory`, added as `name` for
+        inference (eval mode, frozen); returns it.
+
+        Raises:
+            BackboneMismatchError: it was trained on another backbone (fingerprint).
+            CheckpointError: the folder is missing a file or damaged.
+        Warns:
+            LSTWarning: it was trained with the backbone in another dtype.
+        """
+        self._check_new_name(name)
+        side = LSTModel.from_pretrained(self.backbone, directory)
+        trained = load_json(Path(directory) / CONFIG_NAME).get("backbone_dtype")
+        now = str(next(self.backbone.parameters()).dtype).removeprefix("torch.")
+        if trained and str(trained).removeprefix("torch.") != now:
+            warnings.warn(f"side network {name!r} ({directory}) was trained with the backbone in "
+                          f"{trained} and now reads it in {now}; its outputs may differ "
+                          "slightly", LSTWarning, stacklevel=2)
+        return self._keep_side(name, side)
+
+    def delete_side(self, name: str) -> None:
+        """Forget the side network `name` (not DEFAULT_SIDE)."""
+        self.side(name)
+        if name == DEFAULT_SIDE:
+            raise InputError("the default side network is this model's own; it cannot be "
+                             "deleted")
+        del self._extra_sides()[name]
+        if self._active_side_name() == name:
+            self.set_side(DEFAULT_SIDE)
+
+    def set_side(self, name: str) -> None:
+        """Make `name` the side network a plain `forward` and `generate` run."""
+        self.side(name)
+        self.__dict__["_active_side"] = name
+
+    def _check_new_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or name in self.side_names:
+            raise InputError(f"side network name {name!r} is empty or taken; pick a new name "
+                             f"(taken: {', '.join(self.side_names)})")
+
+    def _keep_side(self, name: str, side: LSTModel) -> LSTModel:
+        self._check_new_name(name)
+        if side.family.kind == bb.ENCODER_DECODER:
+            raise UnsupportedModelError("several side networks share one backbone pass on "
+                                        "encoder-only, decoder-only and vision models; "
+                                        "load each text-to-text run as its own LSTModel")
+        self._extra_sides()[name] = side
+        return side
+
+    def forward_sides(self, side_names, input_ids=None, attention_mask=None, pixel_values=None,
+                      token_type_ids=None, position_ids=None) -> SidesOutput:
+        """Several side networks over one backbone pass of the batch.
+
+        Args:
+            side_names: one entry per row: a side network's name, or a list of names (every
+                one of them reads that row's backbone states; the backbone still runs once).
+
+        Returns:
+            `SidesOutput`: per side network, its output over the rows that named it.
+        """
+        rows = _rows_of_sides(side_names, self._batch_size(input_ids, pixel_values))
+        sides = {name: self.side(name) for name in rows}
+        inputs = self._stack_inputs(input_ids, attention_mask, pixel_values, token_type_ids)
+        if position_ids is not None:
+            inputs["position_ids"] = position_ids
+        states, raw_last = self._shared_backbone_states(inputs)
+        batch = self._batch_size(input_ids, pixel_values)
+        outputs = {}
+        for name, side in sides.items():
+            side_states = list(states)
+            if raw_last is not None and side.reads_raw_last():
+                side_states[-2] = raw_last
+            picked = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+            if len(rows[name]) < batch:                  # a side named on some rows only
+                index = torch.tensor(rows[name], device=states[0].device)
+                picked = {k: v.index_select(0, index) for k, v in picked.items()}
+                side_states = [s.index_select(0, index) for s in side_states]
+            outputs[name] = side(**picked, backbone_hidden_states=tuple(side_states))
+        return SidesOutput(outputs, rows)
+
+    def reads_raw_last(self) -> bool:
+        """Whether this side network's ladder reads the last block's output before the final
+        norm (`ladder_last_layer="raw"`)."""
+        last = bb.num_layers(self.stacks[0], self.family) - 1
+        return self.config.ladder_last_layer == "raw" and last in self.kept_layers[0]
+
+    def _shared_backbone_states(self, inputs) -> tuple[tuple, torch.Tensor | None]:
+        """One backbone pass for every side network: the embeddings, every layer's output and
+        the final state after them (what `head_residual` reads), (b, t, d) each; and the last
+        block's raw output when a side network reads it, else None."""
+        stack = self.stacks[0]
+        last_block = bb.get_path(stack, self.family.layers)[bb.num_layers(stack, self.family) - 1]
+        wants_raw = any(self.side(name).reads_raw_last() for name in self.side_names)
+        recording = block_outputs(last_block) if wants_raw else contextlib.nullcontext()
+        with frozen(self.backbone), recording as raw:
+            out = stack(**inputs, output_hidden_states=True, return_dict=True)
+        return (*out.hidden_states, out.last_hidden_state), (raw[-1] if wants_raw else None)
+
+    @staticmethod
+    def _batch_size(input_ids, pixel_values) -> int:
+        given = input_ids if input_ids is not None else pixel_values
+        if given is None:
+            raise MissingInputError("forward_sides needs input_ids (or pixel_values)")
+        return given.shape[0]
 
     # ---- parameters ---------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from .options import (
     EvalConfig,
     GenerateConfig,
     PredictConfig,
+    ServeConfig,
     TrainConfig,
     UsageError,
     add_arguments,
@@ -42,6 +43,7 @@ EPILOG = """examples:
   laddertune eval --checkpoint runs/bbc --data test.csv
   laddertune predict --checkpoint runs/bbc --data new.csv --output preds.csv
   laddertune generate --checkpoint runs/pairs-lst --prompt "..."
+  laddertune serve --checkpoint news=runs/bbc sentiment=runs/tweets --port 8000
 """
 
 
@@ -304,6 +306,12 @@ def run_sweep(args) -> int:
     return 0
 
 
+def run_serve(args) -> int:
+    from .serve import serve  # FastAPI and uvicorn: the `serve` extra, loaded on use
+    serve(ServeConfig(**explicit_values(args, ServeConfig)))
+    return 0
+
+
 def run_demo(args) -> int:
     from .demo import run_demo as demo
     demo(DemoConfig(**explicit_values(args, DemoConfig)))
@@ -327,6 +335,8 @@ COMMANDS = (
      "print one completion of a prompt by a generate run, as it is generated"),
     ("sweep", TrainConfig, run_sweep,
      "train many LST configurations at once, sharing each batch's backbone pass"),
+    ("serve", ServeConfig, run_serve,
+     "serve finished runs over HTTP, every task over one backbone pass"),
     ("demo", DemoConfig, run_demo,
      "LST on BBC News with MiniLM, then memory vs full fine-tuning and LoRA"),
 )

@@ -7,6 +7,7 @@ help and choices live in one place. Each field's metadata holds:
     choices     the allowed values, when there is a closed set
     metavar     what the value is (FILE, N, ...)
     resumable   may differ when `--resume` continues a run (it does not change what is trained)
+    many        the flag takes several values, and may be repeated
 
 Values are checked in `__post_init__`, so a Python caller gets the same one-line errors as the
 command line.
@@ -481,6 +482,52 @@ class DemoConfig:
             self.output = "runs/demo" if self.task == "classify" else "runs/demo-generate"
 
 
+@dataclass
+class ServeConfig:
+    """Serve finished runs over HTTP, all over one copy of their backbone: classify and
+    generate tasks, OpenAI-shaped (/v1/models, /v1/classify, /v1/completions,
+    /v1/chat/completions, /health). Requests for any tasks that arrive together share one
+    backbone pass. SIGTERM drains the requests in flight, then exits 0."""
+
+    checkpoint: list[str] = field(metadata=_flag(
+        "run folders written by `laddertune train`, each served as a task named NAME (default: "
+        "the folder's name); all trained on one backbone", metavar="[NAME=]DIR", required=True,
+        many=True))
+    host: str = field(default="127.0.0.1", metadata=_flag(
+        "address to listen on (0.0.0.0: every interface; put a proxy in front, see "
+        "docs/serving.md)", metavar="HOST"))
+    port: int = field(default=8000, metadata=_flag("port to listen on (0: any free port)",
+                                                   metavar="N"))
+    device: str = field(default="auto", metadata=_flag("auto picks a CUDA GPU when there is one",
+                                                       choices=DEVICES))
+    max_batch_size: int = field(default=32, metadata=_flag(
+        "the most texts one forward answers: more amortises the backbone, fewer bounds latency",
+        metavar="N"))
+    max_wait_ms: float = field(default=5.0, metadata=_flag(
+        "how long a request waits for others to share its batch", metavar="MS"))
+    max_queue: int = field(default=256, metadata=_flag(
+        "requests in the server at once; one more is answered 429", metavar="N"))
+    timeout: float = field(default=30.0, metadata=_flag(
+        "seconds a request may wait for its answer before a 503", metavar="S"))
+    max_new_tokens_limit: int = field(default=256, metadata=_flag(
+        "the most tokens one completion may ask for (max_tokens is capped to it)", metavar="N"))
+    max_length: int | None = field(default=None, metadata=_flag(
+        "the longest text in tokens; longer ones are refused with a 400 (default: the "
+        "smallest --max-length the runs were trained with)", metavar="N"))
+    max_body_bytes: int = field(default=1_000_000, metadata=_flag(
+        "the largest request body; a larger one is answered 413", metavar="N"))
+
+    def __post_init__(self):
+        _check_counts(self, "max_batch_size", "max_queue", "max_new_tokens_limit",
+                      "max_body_bytes", *(["max_length"] if self.max_length is not None else []))
+        if not 0 <= self.port < 65536:
+            raise UsageError(f"--port must be 0..65535, got {self.port}")
+        _check_finite(self, "max_wait_ms", "timeout")
+        if self.max_wait_ms < 0 or self.timeout <= 0:
+            raise UsageError("--max-wait-ms must be at least 0 and --timeout above 0")
+        _check_choices(self)
+
+
 def _fill(config, name: str, value) -> None:
     """Set a field of a frozen config while `__post_init__` completes it."""
     object.__setattr__(config, name, value)
@@ -577,10 +624,11 @@ def add_arguments(parser: argparse.ArgumentParser, config_class) -> None:
             parser.add_argument(_flag_name(f.name), dest=f.name, action="store_true",
                                 default=argparse.SUPPRESS, help=text)
         else:
+            many = {"nargs": "+", "action": "extend"} if meta.get("many") else {}
             parser.add_argument(_flag_name(f.name), dest=f.name, type=_value_type(f),
                                 choices=meta.get("choices"), metavar=meta.get("metavar"),
                                 required=meta.get("required", False),
-                                default=argparse.SUPPRESS, help=text)
+                                default=argparse.SUPPRESS, help=text, **many)
 
 
 def _add_lst_arguments(parser: argparse.ArgumentParser) -> None:
