@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from . import backbones as bb
+from . import quant
 from .checkpoint import (
     backbone_fingerprint,
     check_fingerprint,
@@ -34,6 +36,7 @@ from .errors import (
     CheckpointError,
     InputError,
     LSTConfigError,
+    LSTWarning,
     MissingInputError,
     UnsupportedModelError,
 )
@@ -129,11 +132,19 @@ class LSTModel(HeldModules, nn.Module):
         for child in self.children():  # not self.to(): that would also move the backbone
             child.to(device=_device_of(backbone), dtype=dtype)
         self.prune_indices = None  # what pruning chose (prune.PruneIndices), if it ran
+        quant.check_convertible(backbone, config.backbone_dtype, config.side_init != "random")
         if config.side_init != "random":
             from .prune import init_side_from_backbone
             init_side_from_backbone(self, init_data)
+        # after pruning, which reads the original weights; one block at a time (laddertune.quant)
+        self.backbone_compute_dtype = quant.convert_backbone(
+            backbone, config.backbone_dtype, self._backbone_blocks(), fingerprint=self.fingerprint,
+            keep_lm_head=config.task_type in ("CAUSAL_LM", "SEQ_2_SEQ_LM"))
 
     # ---- construction -------------------------------------------------------------------------
+
+    def _backbone_blocks(self) -> list[nn.Module]:
+        return [block for stack in self.stacks for block in bb.get_path(stack, self.family.layers)]
 
     def _kept_layers(self, requested, stack, name) -> list[int]:
         depth = bb.num_layers(stack, self.family)
@@ -409,6 +420,8 @@ class LSTModel(HeldModules, nn.Module):
         if task == "FEATURE_EXTRACTION":
             return LSTOutput(None, None, up, cache)
         weight, bias, scale = bb.lm_head(self.backbone, self.family)
+        weight = quant.dense(weight, up.dtype)          # a bf16 backbone computing in fp32
+        bias = None if bias is None else bias.to(up.dtype)
         if labels is not None:
             labels = self._check_label_shape(labels, up.shape[:-1], "token")
             self._check_label_range(labels, weight.shape[0])
@@ -520,7 +533,9 @@ class LSTModel(HeldModules, nn.Module):
     # ---- save / load --------------------------------------------------------------------------
 
     def fingerprint(self) -> dict:
-        return backbone_fingerprint(self.backbone.config, self.stacks)
+        """Of the backbone's original weights, taken before a `backbone_dtype` converted them."""
+        return (quant.original_fingerprint(self.backbone)
+                or backbone_fingerprint(self.backbone.config, self.stacks))
 
     def save_pretrained(self, save_directory: str | Path, **_) -> None:
         """Write lst_config.json and lst_model.safetensors (side network only) atomically."""
@@ -536,6 +551,7 @@ class LSTModel(HeldModules, nn.Module):
             "backbone_fingerprint": self.fingerprint(),
             "resolved_side_layers": self.kept_layers,
             "side_blocks_built": self.side_blocks,
+            "backbone_compute_dtype": self.backbone_compute_dtype,
             "laddertune_version": __version__,
         }
         meta["weights_sha256"] = save_weights(self.state_dict(), directory / WEIGHTS_NAME)
@@ -572,12 +588,15 @@ class LSTModel(HeldModules, nn.Module):
                 f"{directory} holds a side network for a {meta['model_type']} backbone, not "
                 f"{backbone.config.model_type}; pass the backbone it was trained on")
         resolved = meta.get("resolved_side_layers") or [None, None]
+        stored = quant.stored_dtype(backbone)   # used as given: loading never converts it
         config = LSTConfig.from_dict({
             "ladder_last_layer": "normed",   # folders saved before the switch existed
             **meta, "side_init": "random", "side_blocks": meta.get("side_blocks_built", "auto"),
+            "backbone_dtype": stored,
             "side_layers": resolved[0],
             "decoder_side_layers": resolved[1] if len(resolved) > 1 else None})
         model = cls(backbone, config)
+        _warn_other_dtype(meta, model)
         check_fingerprint(meta.get("backbone_fingerprint", {}), model.fingerprint(), str(directory))
         if "weights_sha256" in meta and (directory / WEIGHTS_NAME).is_file():
             check_sha256(directory / WEIGHTS_NAME, meta["weights_sha256"])
@@ -597,6 +616,19 @@ class LSTModel(HeldModules, nn.Module):
         if not is_trainable:
             model.eval().requires_grad_(False)
         return model
+
+
+def _warn_other_dtype(meta: dict, model: LSTModel) -> None:
+    """Warn when the side network meets a backbone stored or computing in other dtypes than
+    the ones it was trained with: its outputs then differ a little."""
+    trained = (meta.get("backbone_dtype", "float32"),
+               meta.get("backbone_compute_dtype", "float32"))
+    now = (model.config.backbone_dtype, model.backbone_compute_dtype)
+    if trained != now:
+        warnings.warn(f"this side network was trained on a {trained[0]} backbone computing in "
+                      f"{trained[1]}; this backbone is {now[0]} computing in {now[1]}, so the "
+                      "outputs differ a little from training's",
+                      LSTWarning, stacklevel=3)
 
 
 def decay_groups(parameters, weight_decay: float, decays) -> list[dict]:

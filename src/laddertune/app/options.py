@@ -21,7 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import LSTConfig
+from ..config import BACKBONE_DTYPES, LSTConfig
 from ..errors import LSTError, LSTWarning
 from .adapters import ADAPTER_KINDS
 from .data import BBC_NEWS, TWEET_SENTIMENT
@@ -32,7 +32,8 @@ TASKS = ("classify", "generate")
 LST_PRESETS = ("default", "paper")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")
 # LSTConfig fields the training run sets itself, so they get no --lst-* flag
-LST_SET_BY_RUN = ("task_type", "num_labels", "reduction_factor", "decoder_side_layers")
+LST_SET_BY_RUN = ("task_type", "num_labels", "reduction_factor", "decoder_side_layers",
+                  "backbone_dtype")
 DEFAULT_MAX_LENGTH = 256
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 
@@ -131,6 +132,12 @@ class TrainConfig:
         "LST only: 'default' (laddertune's defaults) or 'paper' (the reference code's choices: "
         "Fisher pruning, backbone dropout, attention dropout; see LSTConfig.paper); --lst-* "
         "flags override either", choices=LST_PRESETS))
+    backbone_dtype: str = field(default="float32", metadata=_flag(
+        "LST only: how the frozen backbone is stored: float32; bfloat16 (half the weight "
+        "memory, computed in bf16 where the device has fast bf16 kernels, else upcast one layer "
+        "at a time); int8 (a quarter; torchao, `pip install laddertune[quant]`); nf4 "
+        "(bitsandbytes 4-bit, CUDA only). The side network stays float32",
+        choices=BACKBONE_DTYPES))
     lst: dict = field(default_factory=dict, metadata=_flag(
         "LST settings, one --lst-NAME flag per LSTConfig field", nested=True))
     adapter_kind: str = field(default="houlsby", metadata=_flag(
@@ -188,6 +195,7 @@ class TrainConfig:
             raise UsageError(f"--max-grad-norm must be > 0, got {self.max_grad_norm:g}")
         _check_seed(self.seed)
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
+        _check_backbone_dtype(self)
         if self.cache_backbone and not self.method_entry.reads_backbone_states:
             readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
                                   if m.reads_backbone_states)
@@ -243,7 +251,8 @@ class TrainConfig:
         or a language model): the preset, then the --lst-* flags, then --reduction-factor."""
         build = LSTConfig.paper if self.lst_preset == "paper" else LSTConfig
         return build(**{**self.lst, "task_type": task_type, "num_labels": num_labels,
-                        "reduction_factor": self.reduction_factor})
+                        "reduction_factor": self.reduction_factor,
+                        "backbone_dtype": self.backbone_dtype})
 
     def training_settings(self) -> dict:
         """The fields that decide what is trained: a resumed run must keep every one. (The LST
@@ -435,6 +444,28 @@ def _check_sampling(config) -> None:
     if temperature and beams and beams > 1:
         raise UsageError(f"--temperature {temperature:g} samples and --num-beams {beams} "
                          "searches beams; they do not combine: drop one")
+
+
+def _check_backbone_dtype(config) -> None:
+    """--backbone-dtype: LST's frozen backbone only, nf4 only where CUDA will run it, int8 only
+    with torchao installed."""
+    if config.backbone_dtype == "float32":
+        return
+    if not config.method_entry.reads_lst_settings:
+        raise UsageError(f"--backbone-dtype {config.backbone_dtype} stores LST's frozen "
+                         f"backbone; --method {config.method} trains the backbone in float32: "
+                         "drop --backbone-dtype")
+    import importlib.util
+
+    import torch
+    on_gpu = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if config.backbone_dtype == "nf4" and not on_gpu:
+        raise UsageError("--backbone-dtype nf4 (bitsandbytes 4-bit) needs a CUDA GPU; on this "
+                         "machine use --backbone-dtype int8")
+    needs = {"int8": "torchao", "nf4": "bitsandbytes"}.get(config.backbone_dtype)
+    if needs and importlib.util.find_spec(needs) is None:
+        raise UsageError(f"--backbone-dtype {config.backbone_dtype} needs {needs}; run `pip "
+                         "install laddertune[quant]`")
 
 
 def _check_seed(seed) -> None:

@@ -325,6 +325,7 @@ class TrainingRun:
     def build(self, backbone, write: bool = True) -> TrainingRun:
         """The model on `backbone`, its optimizer and, with `write`, the run folder."""
         cfg = self.cfg
+        self._check_same_compute_dtype()
         self.model = build_model(backbone, cfg, self.task, self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
@@ -374,6 +375,22 @@ class TrainingRun:
                              f"{self.destination.target.path} started training on; resume with "
                              "the run's own model (see run.json) or --overwrite") from None
 
+    def compute_dtype(self) -> str:
+        """What the backbone computes in on this run's device (--backbone-dtype)."""
+        from ..quant import compute_dtype
+        return compute_dtype(self.cfg.backbone_dtype, self.device)
+
+    def _check_same_compute_dtype(self) -> None:
+        """A resumed run continues computing in the dtype it started with."""
+        if self.destination is None or not self.destination.resuming:
+            return
+        started = self.destination.target.info().get("backbone_compute_dtype", "float32")
+        if started != self.compute_dtype():
+            raise UsageError(f"{self.destination.target.path} started with its backbone "
+                             f"computing in {started}; on {self.device.type} here it would "
+                             f"compute in {self.compute_dtype()}: resume on a machine like the "
+                             "first one, or start again with --overwrite")
+
     def _start_folder(self) -> None:
         cfg, folder = self.cfg, self.destination.folder
         if self.destination.resuming:
@@ -393,7 +410,8 @@ class TrainingRun:
                        "model_path": source.path, "gguf_file": source.gguf_file,
                        "labels": self.labels, "backbone_fingerprint": self.data.fingerprint,
                        "task_type": task.task_type, **task.record(),
-                       "lst_settings": lst_settings, "data_sha256": data_digests(cfg)},
+                       "lst_settings": lst_settings, "data_sha256": data_digests(cfg),
+                       "backbone_compute_dtype": self.compute_dtype()},
                       folder.run_file)
             self.log(f"{cfg.method} on {cfg.model}: {len(self.train_set)} train / "
                      f"{len(self.eval_set)} eval examples, {task.outline()}; trainable "

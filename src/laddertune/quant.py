@@ -1,0 +1,232 @@
+"""A frozen backbone stored in 16, 8 or 4 bits: LST never back-propagates through it, so any
+inference format will do, and its weights are most of LST's training memory.
+
+    float32   as loaded.
+    bfloat16  every parameter stored in bf16 (half the bytes). It computes in bf16 where the
+              device has fast bf16 kernels (CUDA; CPUs that oneDNN reports bf16-capable), and
+              elsewhere each layer is upcast to fp32 for its own forward call only, so one
+              layer's fp32 copy exists at a time.
+    int8      torchao weight-only int8 (one scale per output row) for Linear layers and
+              embeddings; it dequantises into the activations' dtype (fp32). Needs the
+              `laddertune[quant]` extra (torchao). The LM head stays as loaded.
+    nf4       bitsandbytes 4-bit NormalFloat Linear layers computing in bf16, CUDA only.
+
+The backbone is converted in place, one unit at a time (a transformer block, or a module outside
+the blocks), so a full second copy of the weights never exists. The side network stays fp32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+
+import torch
+from torch import nn
+
+from .config import BACKBONE_DTYPES
+from .errors import LSTConfigError
+
+# Fingerprints of backbones as loaded, taken before conversion: a converted backbone's weights
+# are no longer the original ones it must be recognised by.
+_ORIGINAL_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fast_bf16(device: torch.device | str) -> bool:
+    """Whether `device` has fast bf16 matrix kernels: a CUDA GPU that supports bf16, or a CPU
+    that oneDNN reports bf16-capable (AVX-512 BF16/AMX; torch has no public API for it yet)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check and check())
+
+
+def compute_dtype(storage: str, device: torch.device | str) -> str:
+    """The dtype a backbone stored as `storage` computes in on `device`."""
+    check_backbone_dtype(storage, device)
+    if storage == "bfloat16":
+        return "bfloat16" if fast_bf16(device) else "float32"
+    return "bfloat16" if storage == "nf4" else "float32"
+
+
+def check_backbone_dtype(storage: str, device: torch.device | str) -> None:
+    """Raises LSTConfigError for an unknown dtype, nf4 off CUDA or int8 without torchao."""
+    if storage not in BACKBONE_DTYPES:
+        raise LSTConfigError(f"backbone_dtype={storage!r} is unknown; use one of "
+                             f"{', '.join(BACKBONE_DTYPES)}")
+    if storage == "nf4" and torch.device(device).type != "cuda":
+        raise LSTConfigError("backbone dtype nf4 (bitsandbytes 4-bit) needs a CUDA GPU; on "
+                             "this device use int8")
+    if storage == "int8":
+        try:
+            import torchao  # noqa: F401
+        except ImportError:
+            raise LSTConfigError("backbone dtype int8 needs torchao; run `pip install "
+                                 "laddertune[quant]`") from None
+
+
+def stored_dtype(backbone: nn.Module) -> str:
+    """How `backbone`'s weights are stored now: nf4, int8, bfloat16 or float32."""
+    kinds = {type(p).__name__ for p in backbone.parameters()}
+    if "Params4bit" in kinds:
+        return "nf4"
+    if any(_is_int8(p) for p in backbone.parameters()):
+        return "int8"
+    floats = [p.dtype for p in backbone.parameters() if p.is_floating_point()]
+    return "bfloat16" if torch.bfloat16 in floats else "float32"
+
+
+def original_fingerprint(backbone: nn.Module) -> dict | None:
+    """The fingerprint `convert_backbone` took of `backbone` before converting it, if it did."""
+    return _ORIGINAL_FINGERPRINTS.get(backbone)
+
+
+def convert_backbone(backbone: nn.Module, storage: str, blocks: list[nn.Module],
+                     device: torch.device | str | None = None, fingerprint=None,
+                     keep_lm_head: bool = False) -> str:
+    """Store `backbone` as `storage`, in place, unit by unit: each of `blocks` (its transformer
+    blocks), then each module outside them that holds parameters. Returns the compute dtype.
+
+    Args:
+        keep_lm_head: leave the LM head (and an embedding tied to it) as loaded in int8 and
+            nf4: a language-model task reads it as a whole matrix every step.
+        fingerprint: called before anything changes; its result is what `original_fingerprint`
+            returns for this backbone from then on.
+
+    Raises:
+        LSTConfigError: see `check_backbone_dtype`; or the backbone is already stored in
+            another reduced dtype.
+    """
+    if storage == "float32":     # as loaded, whatever that is: nothing changes
+        floats = {p.dtype for p in backbone.parameters() if p.is_floating_point()}
+        return "bfloat16" if floats == {torch.bfloat16} else "float32"
+    device = torch.device(device) if device is not None else _device_of(backbone)
+    compute = compute_dtype(storage, device)
+    check_convertible(backbone, storage)
+    if fingerprint is not None and backbone not in _ORIGINAL_FINGERPRINTS:
+        _ORIGINAL_FINGERPRINTS[backbone] = fingerprint()
+    keep = _lm_head_weights(backbone) if keep_lm_head and storage != "bfloat16" else set()
+    if storage == "nf4":   # replaces modules, so it walks their parents: still one at a time
+        _to_nf4(backbone, keep)
+    else:
+        for unit in conversion_units(backbone, blocks):
+            convert_unit(unit, storage, compute, keep)
+    release_freed_memory()
+    return compute
+
+
+def check_convertible(backbone: nn.Module, storage: str, pruned: bool = False) -> None:
+    """Raises LSTConfigError when `backbone` is stored in another reduced dtype than `storage`,
+    or (`pruned`: pruning will read it) in int8 or nf4, whose original weights are gone."""
+    current = stored_dtype(backbone)
+    if storage != "float32" and current not in ("float32", storage):
+        raise LSTConfigError(f"the backbone is already stored in {current}; load it again in "
+                             f"float32 to store it in {storage}")
+    if pruned and current in ("int8", "nf4"):
+        raise LSTConfigError(f"the backbone is already stored in {current}, and pruning needs "
+                             "its original weights: pass a float32 backbone, or "
+                             "side_init='random'")
+
+
+def conversion_units(backbone: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:
+    """The blocks, then every module outside them with parameters of its own, in order."""
+    inside = {id(m) for block in blocks for m in block.modules()}
+    rest = [m for m in backbone.modules() if id(m) not in inside
+            and next(m.parameters(recurse=False), None) is not None]
+    return [*blocks, *rest]
+
+
+def convert_unit(unit: nn.Module, storage: str, compute: str, keep: set[int] = frozenset()
+                 ) -> None:
+    """Store one unit's weights as `storage`, bfloat16 or int8 (bf16 computing in fp32 gets
+    the upcast hooks).
+    Parameters whose id is in `keep` (a tied LM head) are left as they are."""
+    if storage == "bfloat16":
+        for param in _own_parameters(unit):
+            param.data = param.data.to(torch.bfloat16)
+        if compute == "float32" and not hasattr(unit, "_laddertune_upcast"):
+            unit._laddertune_upcast = (unit.register_forward_pre_hook(_upcast),
+                                       unit.register_forward_hook(_restore))
+    elif storage == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+        def chosen(module, _name):
+            return (isinstance(module, (nn.Linear, nn.Embedding)) and not _is_int8(module.weight)
+                    and id(module.weight) not in keep)
+
+        quantize_(unit, Int8WeightOnlyConfig(), filter_fn=chosen)
+
+
+def _own_parameters(unit: nn.Module):
+    """Every parameter under `unit` not yet bf16, each once (tied weights are shared)."""
+    return [p for p in {id(p): p for p in unit.parameters()}.values()
+            if p.is_floating_point() and p.dtype != torch.bfloat16]
+
+
+def _upcast(unit: nn.Module, args) -> None:
+    """Forward pre-hook: this unit's bf16 weights as fp32 copies, for this call only."""
+    unit._laddertune_stored = {}
+    for param in {id(p): p for p in unit.parameters()}.values():
+        if param.dtype == torch.bfloat16:
+            unit._laddertune_stored[param] = param.data
+            param.data = param.data.float()
+
+
+def _restore(unit: nn.Module, args, output) -> None:
+    """Forward hook: drop the fp32 copies, back to the stored bf16 weights."""
+    for param, stored in unit._laddertune_stored.items():
+        param.data = stored
+    unit._laddertune_stored = {}
+
+
+def _to_nf4(backbone: nn.Module, keep: set[int]) -> None:
+    """Each nn.Linear in `backbone`, in turn, as a bitsandbytes NF4 Linear4bit on the GPU
+    (computing in bf16). Not run in this repository's CPU tests: no GPU was lent."""
+    import bitsandbytes as bnb
+    for parent in list(backbone.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Linear) or id(child.weight) in keep:
+                continue
+            device = child.weight.device
+            layer = bnb.nn.Linear4bit(child.in_features, child.out_features,
+                                      bias=child.bias is not None, compute_dtype=torch.bfloat16,
+                                      quant_type="nf4", device=device)
+            layer.weight = bnb.nn.Params4bit(child.weight.data.cpu(), requires_grad=False,
+                                             quant_type="nf4").to(device)
+            if child.bias is not None:
+                layer.bias = nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, name, layer)
+
+
+def _lm_head_weights(backbone: nn.Module) -> set[int]:
+    """The LM head's weight (and the input embedding tied to it): LST reads it as a matrix."""
+    head = getattr(backbone, "get_output_embeddings", lambda: None)()
+    if head is None and getattr(backbone.config, "tie_word_embeddings", False):
+        head = backbone.get_input_embeddings()      # a bare model's head is its embedding
+    return {id(head.weight)} if head is not None and hasattr(head, "weight") else set()
+
+
+def _is_int8(param) -> bool:
+    return type(param).__name__ == "Int8Tensor"   # torchao's weight-only int8 tensor
+
+
+def dense(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A stored weight as a plain tensor of `dtype` (dequantised, when quantised)."""
+    if _is_int8(weight):
+        weight = weight.dequantize()
+    return weight.to(dtype)
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them otherwise, and the process's
+    resident memory would not show the saving)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _device_of(backbone: nn.Module) -> torch.device:
+    return next(backbone.parameters()).device
