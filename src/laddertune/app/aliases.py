@@ -253,6 +253,14 @@ def load_tokenizer(source: ModelSource):
     return tokenizer
 
 
+def load_config(source: ModelSource):
+    """The model's configuration alone (config.json, or a GGUF file's header): no weights."""
+    from transformers import AutoConfig
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with _quiet(), _unloadable(source, "config"):
+        return AutoConfig.from_pretrained(source.path, **_offline_kwargs(source))
+
+
 HEADS = ("bare", "classifier", "lm")
 
 

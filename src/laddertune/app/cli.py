@@ -27,6 +27,7 @@ from .options import (
     DemoConfig,
     EvalConfig,
     GenerateConfig,
+    PlanConfig,
     PredictConfig,
     TrainConfig,
     UsageError,
@@ -41,6 +42,7 @@ from .trainer import train
 
 EPILOG = """examples:
   laddertune demo
+  laddertune plan --model mpnet --batch-size 32 --max-length 128 --budget 2GiB
   laddertune train --model minilm --train bbc-news --output runs/bbc
   laddertune train --model smollm2 --train reviews.csv --method lora --epochs 2
   laddertune train --task generate --model smollm2 --train pairs.csv --chat-template
@@ -245,6 +247,12 @@ SWEEP_DESCRIPTION = (
     "eval and predict); sweep.json, summary.md and sweep.png name the best on the eval split. "
     "The other flags are laddertune train's and apply to every configuration.")
 
+def run_plan(args) -> int:
+    from .plan import plan_table
+    print(plan_table(PlanConfig(**explicit_values(args, PlanConfig))))
+    return 0
+
+
 COMMANDS = (
     ("train", TrainConfig, run_train,
      "fine-tune a model on a labelled text file, or on prompt -> target pairs"),
@@ -257,6 +265,8 @@ COMMANDS = (
      "train many LST configurations at once, sharing each batch's backbone pass"),
     ("demo", DemoConfig, run_demo,
      "LST on BBC News with MiniLM, then memory vs full fine-tuning and LoRA"),
+    ("plan", PlanConfig, run_plan, "predict a training run's memory, and whether it fits a "
+     "budget, before loading anything"),
 )
 
 

@@ -390,6 +390,47 @@ class DemoConfig:
             self.output = "runs/demo" if self.task == "classify" else "runs/demo-generate"
 
 
+@dataclass(frozen=True)
+class PlanConfig:
+    """Predict a training run's peak memory before loading anything: weights, the activations
+    autograd keeps (the attention term included), gradients and AdamW state, for every method or
+    the one named; with --budget, whether it fits and the largest batch that does. The figures
+    are above the runtime (Python, torch and the data), and come from the model's shapes and
+    formulas written out in laddertune/app/plan.py, not from fits to measurements."""
+
+    model: str = field(default="minilm", metadata=_flag(
+        "'minilm', 'smollm2', 'mpnet' or a local Hugging Face model folder (only its "
+        "config.json is read)", metavar="MODEL"))
+    method: str = field(default="all", metadata=_flag(
+        "the method to plan, or 'all'", choices=("all", *METHODS)))
+    batch_size: int = field(default=16, metadata=_flag("examples per optimizer step",
+                                                       metavar="N"))
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata=_flag(
+        "tokens per text (every batch padded to it: the worst case)", metavar="TOKENS"))
+    backbone_dtype: str = field(default="float32", metadata=_flag(
+        "LST's frozen backbone storage, as laddertune train's --backbone-dtype",
+        choices=BACKBONE_DTYPES))
+    budget: str | None = field(default=None, metadata=_flag(
+        "memory the run may take above the runtime, e.g. 8GiB or 512MB", metavar="SIZE"))
+    reduction_factor: int = field(default=8, metadata=_flag(
+        "LST only: the side network is this many times narrower than the model", metavar="R"))
+    num_labels: int = field(default=2, metadata=_flag("classes of the classifier",
+                                                      metavar="N"))
+    device: str = field(default="auto", metadata=_flag(
+        "where it would train: on a CPU attention with dropout keeps its probability matrix",
+        choices=DEVICES))
+
+    def __post_init__(self):
+        _check_counts(self, "batch_size", "max_length", "reduction_factor", "num_labels")
+        _check_choices(self)
+        if self.budget is not None:
+            from .plan import parse_bytes
+            try:
+                parse_bytes(self.budget)
+            except ValueError as err:
+                raise UsageError(f"--budget {err}") from None
+
+
 def _fill(config, name: str, value) -> None:
     """Set a field of a frozen config while `__post_init__` completes it."""
     object.__setattr__(config, name, value)

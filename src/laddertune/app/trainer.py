@@ -46,6 +46,7 @@ from .data import Encoded, collate
 from .memory import current_rss_mb, peak_memory_mb, peak_rss_mb, reset_peak_rss
 from .methods import count_parameters, get_method, save_trained, trainable_parameters
 from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
+from .plan import plan_line
 from .report import plot_confusion_matrix, plot_learning_curve, write_report
 from .run_folder import Destination, data_digests
 from .runtime import EpochProgress, Processes, local_rank, pick_device
@@ -303,6 +304,10 @@ class TrainingRun:
         fingerprint = backbone_signature(backbone)
         self._check_same_backbone(fingerprint)
         max_length = fit_max_length(backbone, cfg.max_length, cfg.model, tokenizer)
+        planned = plan_line(cfg, backbone.config, max_length, len(task.labels), task.task_type,
+                            self.device)
+        if planned and self.processes.is_main:
+            self.log(planned)
         train_set, eval_set = task.prepare(backbone, tokenizer, cfg, max_length)
         self.data = RunData(task, source, tokenizer, fingerprint, max_length, train_set,
                             eval_set, rss_before_model_mb)
