@@ -216,3 +216,83 @@ def test_bad_backbone_dtype_is_one_line(files, tmp_path, capsys, extra, words):
     assert _train(files, tmp_path / "run", *extra) == 2
     assert words in _one_error(capsys)
     assert not (tmp_path / "run").exists()
+
+
+# ---- converting as the backbone loads ---------------------------------------------------------
+
+def test_loading_converts_each_unit_as_it_arrives_with_one_unit_in_fp32(tmp_path):
+    from laddertune.app.aliases import ModelSource, backbone_signature, load_backbone
+    from laddertune.checkpoint import check_fingerprint
+    save_tiny_text_model(tmp_path / "model", hidden_size=64, intermediate_size=256)
+    source = ModelSource("tiny", str(tmp_path / "model"))
+    reference = load_backbone(source, 0, "bare")
+    largest_unit = max(sum(p.numel() * 4 for p in _loaded_matrices(unit))
+                       for unit in quant.conversion_units(reference, _blocks(reference)))
+    live_fp32, loading = [], {}
+    convert_unit, conversion_units = quant.convert_unit, quant.conversion_units
+
+    def units(model, blocks):
+        loading["model"] = model        # the skeleton being filled
+        return conversion_units(model, blocks)
+
+    def recording(unit, *args, **kwargs):
+        live_fp32.append(sum(p.numel() * 4 for p in _loaded_matrices(loading["model"])))
+        convert_unit(unit, *args, **kwargs)
+
+    with mock.patch.object(quant, "convert_unit", recording), \
+            mock.patch.object(quant, "conversion_units", units):
+        backbone = load_backbone(source, 0, "bare", backbone_dtype="int8")
+    assert quant.stored_dtype(backbone) == "int8"
+    assert len(live_fp32) == len(quant.conversion_units(backbone, _blocks(backbone)))
+    # when a unit converts, the only fp32 matrices in memory are its own
+    assert 0 < max(live_fp32) <= largest_unit
+    check_fingerprint(backbone_signature(reference), backbone_signature(backbone), "test")
+    inputs = {"input_ids": torch.randint(0, backbone.config.vocab_size, (2, 8),
+                                         generator=torch.Generator().manual_seed(0))}
+    with torch.no_grad():
+        out = backbone(**inputs).last_hidden_state
+        ref = reference(**inputs).last_hidden_state
+    # int8 weights, one scale per row: about 1% of the states' size on this model
+    assert (out - ref).norm() / ref.norm() < 0.05
+
+
+def test_the_streamed_fingerprint_is_the_float32_one(tmp_path):
+    from laddertune.app.aliases import ModelSource, backbone_signature, load_backbone
+    save_tiny_text_model(tmp_path / "model")
+    source = ModelSource("tiny", str(tmp_path / "model"))
+    reference = backbone_signature(load_backbone(source, 0, "bare"))
+    streamed = backbone_signature(load_backbone(source, 0, "bare", backbone_dtype="bfloat16"))
+    assert streamed["architecture_sha256"] == reference["architecture_sha256"]
+    assert streamed["weight_samples"] == reference["weight_samples"]       # the same numbers
+    torch.testing.assert_close(streamed["weight_abs_means"], reference["weight_abs_means"],
+                               rtol=1e-12, atol=0)                        # summed in chunks
+
+
+def test_a_random_side_init_run_loads_converted_and_keeps_the_fp32_fingerprint(files, tmp_path):
+    from laddertune.checkpoint import check_fingerprint
+    loads = []
+    load_converted = __import__("laddertune.app.aliases", fromlist=["x"]).load_converted
+
+    def counting(*args, **kwargs):
+        loads.append(args[1])
+        return load_converted(*args, **kwargs)
+
+    with mock.patch("laddertune.app.aliases.load_converted", counting):
+        assert _train(files, tmp_path / "int8", "--backbone-dtype", "int8",
+                      "--lst-side-init", "random") == 0
+        assert _train(files, tmp_path / "pruned", "--backbone-dtype", "int8") == 0
+    assert loads == ["int8"]            # pruning reads the float32 weights: converted later
+    assert _train(files, tmp_path / "fp32") == 0
+    fingerprints = [json.loads((tmp_path / run / "run.json").read_text())["backbone_fingerprint"]
+                    for run in ("int8", "pruned", "fp32")]
+    for fingerprint in fingerprints[:2]:
+        check_fingerprint(fingerprints[2], fingerprint, "run")
+
+
+def _blocks(backbone):
+    return list(backbone.encoder.layer)
+
+
+def _loaded_matrices(module):
+    return [p for p in module.parameters() if p.dtype == torch.float32 and not p.is_meta
+            and p.dim() >= 2 and not quant._is_int8(p)]

@@ -18,11 +18,14 @@ the blocks), so a full second copy of the weights never exists. The side network
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import json
 import weakref
 
 import torch
 from torch import nn
 
+from .checkpoint import _ARCHITECTURE_KEYS, _SAMPLES
 from .config import BACKBONE_DTYPES
 from .errors import LSTConfigError
 
@@ -83,6 +86,38 @@ def original_fingerprint(backbone: nn.Module) -> dict | None:
     return _ORIGINAL_FINGERPRINTS.get(backbone)
 
 
+def remember_fingerprint(backbone: nn.Module, fingerprint: dict) -> None:
+    """Record the fingerprint of `backbone`'s original weights (a loader that converted them
+    as they streamed past took it)."""
+    _ORIGINAL_FINGERPRINTS[backbone] = fingerprint
+
+
+def weight_stats(weight: torch.Tensor) -> tuple[float, list[float]] | None:
+    """What a fingerprint reads of one original weight: its mean |w| and evenly spaced samples
+    (as `checkpoint.backbone_fingerprint` computes them), or None for a vector or integers."""
+    if not weight.is_floating_point() or weight.dim() < 2:
+        return None
+    flat = weight.detach().reshape(-1)
+    chunk = 1 << 20    # summed a million at a time: no full-size temporaries while loading
+    abs_sum = sum(flat[i:i + chunk].abs().sum(dtype=torch.float64).item()
+                  for i in range(0, flat.numel(), chunk))
+    abs_mean = abs_sum / flat.numel()
+    index = torch.arange(_SAMPLES, device=flat.device) * (flat.numel() - 1) // (_SAMPLES - 1)
+    return abs_mean, flat[index].double().cpu().tolist()
+
+
+def streamed_fingerprint(config, backbone: nn.Module, stats: dict) -> dict:
+    """`checkpoint.backbone_fingerprint` of a backbone whose weights were converted as they
+    loaded, from `stats` (`weight_stats` of each original weight, by parameter name)."""
+    settings = {k: getattr(config, k) for k in _ARCHITECTURE_KEYS if hasattr(config, k)}
+    shapes = [[name, list(p.shape)] for name, p in backbone.named_parameters()]
+    text = json.dumps({"config": settings, "parameters": shapes}, sort_keys=True, default=str)
+    kept = [stats[name] for name, _ in backbone.named_parameters() if stats.get(name)]
+    return {"architecture_sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "weight_abs_means": [abs_mean for abs_mean, _ in kept],
+            "weight_samples": [s for _, samples in kept for s in samples]}
+
+
 def convert_backbone(backbone: nn.Module, storage: str, blocks: list[nn.Module],
                      device: torch.device | str | None = None, fingerprint=None,
                      keep_lm_head: bool = False) -> str:
@@ -113,7 +148,7 @@ def convert_backbone(backbone: nn.Module, storage: str, blocks: list[nn.Module],
     else:
         for unit in conversion_units(backbone, blocks):
             convert_unit(unit, storage, compute, keep)
-    release_freed_memory()
+            release_freed_memory()
     return compute
 
 
@@ -150,13 +185,23 @@ def convert_unit(unit: nn.Module, storage: str, compute: str, keep: set[int] = f
             unit._laddertune_upcast = (unit.register_forward_pre_hook(_upcast),
                                        unit.register_forward_hook(_restore))
     elif storage == "int8":
-        from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        for module in unit.modules():
+            if (isinstance(module, (nn.Linear, nn.Embedding)) and not _is_int8(module.weight)
+                    and id(module.weight) not in keep):
+                module.weight = nn.Parameter(int8_rows(module.weight.detach()),
+                                             requires_grad=False)
 
-        def chosen(module, _name):
-            return (isinstance(module, (nn.Linear, nn.Embedding)) and not _is_int8(module.weight)
-                    and id(module.weight) not in keep)
 
-        quantize_(unit, Int8WeightOnlyConfig(), filter_fn=chosen)
+def int8_rows(weight: torch.Tensor, rows_at_once: int = 4096) -> torch.Tensor:
+    """torchao's weight-only int8 tensor of `weight` (one scale per row, as
+    `Int8WeightOnlyConfig` makes), quantised a few thousand rows at a time so the temporaries
+    stay small beside a large embedding."""
+    from torchao.quantization import Int8Tensor, PerRow
+    parts = [Int8Tensor.from_hp(weight[i:i + rows_at_once], PerRow())
+             for i in range(0, weight.shape[0], rows_at_once)]
+    return Int8Tensor(torch.cat([p.qdata for p in parts]), torch.cat([p.scale for p in parts]),
+                      parts[0].block_size, weight.dtype,
+                      zero_point=torch.cat([p.zero_point for p in parts]))
 
 
 def _own_parameters(unit: nn.Module):

@@ -300,7 +300,7 @@ class TrainingRun:
         seed_everything(cfg.seed)
         rss_before_model_mb = current_rss_mb()
         backbone = load_backbone(source, tokenizer.pad_token_id, task.head(self.method),
-                                 len(task.labels))
+                                 len(task.labels), self._load_as(), self.device)
         fingerprint = backbone_signature(backbone)
         self._check_same_backbone(fingerprint)
         max_length = fit_max_length(backbone, cfg.max_length, cfg.model, tokenizer)
@@ -379,6 +379,14 @@ class TrainingRun:
             raise UsageError(f"--model {self.cfg.model} is not the backbone "
                              f"{self.destination.target.path} started training on; resume with "
                              "the run's own model (see run.json) or --overwrite") from None
+
+    def _load_as(self) -> str:
+        """--backbone-dtype converts as the backbone loads unless pruning is to read the
+        original weights first (then the model converts them after pruning)."""
+        if not self.method.reads_lst_settings:
+            return "float32"
+        prunes = self.cfg.lst_config().side_init != "random"
+        return "float32" if prunes else self.cfg.backbone_dtype
 
     def compute_dtype(self) -> str:
         """What the backbone computes in on this run's device (--backbone-dtype)."""
