@@ -58,23 +58,33 @@ def test_int8_quantises_linear_layers_and_embeddings_but_not_the_lm_head():
     model = _model("int8", family="llama", task="lm", task_type="CAUSAL_LM", side_init="random")
     backbone = model.backbone
     assert not quant._is_int8(backbone.get_output_embeddings().weight)
-    assert quant._is_int8(backbone.get_input_embeddings().weight)     # untied: an embedding
+    assert isinstance(backbone.get_input_embeddings(), quant.Int8Embedding)   # untied
     assert quant._is_int8(backbone.model.layers[0].mlp.up_proj.weight)
     with mock.patch.object(quant, "fast_bf16", lambda device: False):
         bare = get_lst_model(tiny_backbone("llama", tie_word_embeddings=True),
                              LSTConfig(backbone_dtype="int8", task_type="CAUSAL_LM",
                                        side_init="random")).backbone
-    assert not quant._is_int8(bare.get_input_embeddings().weight)   # the bare model's head
+    assert type(bare.get_input_embeddings()) is torch.nn.Embedding   # the bare model's head
     inputs = tiny_inputs("llama")
     out = model(**inputs, labels=inputs["input_ids"])
     assert torch.isfinite(out.loss)
 
 
-def test_int8_quantises_embeddings():
+def test_int8_embeddings_keep_int8_rows_and_dequantise_only_the_rows_looked_up():
+    reference = tiny_backbone("bert").embeddings.word_embeddings
     model = _model("int8")
     embeddings = model.backbone.embeddings
-    assert quant._is_int8(embeddings.word_embeddings.weight)
-    assert quant._is_int8(embeddings.position_embeddings.weight)
+    word = embeddings.word_embeddings
+    assert isinstance(word, quant.Int8Embedding)
+    assert isinstance(embeddings.position_embeddings, quant.Int8Embedding)
+    assert word.qdata.dtype == torch.int8 and word.scale.shape == (word.num_embeddings, 1)
+    ids = torch.tensor([[3, 5, 5, 60]])
+    torch.testing.assert_close(word(ids), word.dequantize()[ids], rtol=0, atol=0)
+    # absmax / 127 per row: each weight within half a step of its original
+    error = (word.dequantize() - reference.weight).abs()
+    assert bool((error <= word.scale / 2 + 1e-7).all())
+    with mock.patch.object(quant.Int8Embedding, "dequantize", side_effect=AssertionError):
+        word(ids)                                        # a lookup never builds the table
 
 
 def test_bf16_upcast_keeps_one_layer_in_fp32_at_a_time():
@@ -295,4 +305,4 @@ def _blocks(backbone):
 
 def _loaded_matrices(module):
     return [p for p in module.parameters() if p.dtype == torch.float32 and not p.is_meta
-            and p.dim() >= 2 and not quant._is_int8(p)]
+            and p.dim() >= 2 and min(p.shape) > 1 and not quant._is_int8(p)]   # not scales

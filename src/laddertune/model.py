@@ -78,7 +78,9 @@ class LSTModel(HeldModules, nn.Module):
     """A backbone wrapped with a ladder side network. Build it with `get_lst_model`.
 
     Args:
-        backbone: a Hugging Face `PreTrainedModel` (bare or with a task head). Never modified.
+        backbone: a Hugging Face `PreTrainedModel` (bare or with a task head). Never modified,
+            except that a `config.backbone_dtype` other than float32 converts its weights in
+            place, one block at a time, after the side network is initialised from them.
         config: the `LSTConfig`.
         init_data: examples for ``side_init="fisher"`` (an iterable of input dicts with labels).
 
@@ -644,7 +646,8 @@ _SAVED_KEYS = ("task_type", "reduction_factor", "model_type", "backbone_fingerpr
 
 
 def get_lst_model(backbone, config: LSTConfig, init_data=None) -> LSTModel:
-    """Wrap `backbone` with a ladder side network; the backbone is left untouched."""
+    """Wrap `backbone` with a ladder side network; the backbone is left untouched unless
+    `config.backbone_dtype` converts it in place (see `laddertune.quant`)."""
     return LSTModel(backbone, config, init_data=init_data)
 
 

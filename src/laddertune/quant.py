@@ -6,9 +6,10 @@ inference format will do, and its weights are most of LST's training memory.
               device has fast bf16 kernels (CUDA; CPUs that oneDNN reports bf16-capable), and
               elsewhere each layer is upcast to fp32 for its own forward call only, so one
               layer's fp32 copy exists at a time.
-    int8      torchao weight-only int8 (one scale per output row) for Linear layers and
-              embeddings; it dequantises into the activations' dtype (fp32). Needs the
-              `laddertune[quant]` extra (torchao). The LM head stays as loaded.
+    int8      torchao weight-only int8 (one scale per output row) for Linear layers, and int8
+              rows with one scale each for embeddings (`Int8Embedding`: a lookup dequantises
+              only the rows it reads); computed in fp32. Needs the `laddertune[quant]` extra
+              (torchao). The LM head stays as loaded.
     nf4       bitsandbytes 4-bit NormalFloat Linear layers computing in bf16, CUDA only.
 
 The backbone is converted in place, one unit at a time (a transformer block, or a module outside
@@ -20,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import logging
 import weakref
 
 import torch
@@ -64,7 +66,7 @@ def check_backbone_dtype(storage: str, device: torch.device | str) -> None:
                              "this device use int8")
     if storage == "int8":
         try:
-            import torchao  # noqa: F401
+            _import_torchao()
         except ImportError:
             raise LSTConfigError("backbone dtype int8 needs torchao; run `pip install "
                                  "laddertune[quant]`") from None
@@ -75,7 +77,8 @@ def stored_dtype(backbone: nn.Module) -> str:
     kinds = {type(p).__name__ for p in backbone.parameters()}
     if "Params4bit" in kinds:
         return "nf4"
-    if any(_is_int8(p) for p in backbone.parameters()):
+    if any(_is_int8(p) for p in backbone.parameters()) or any(
+            isinstance(m, Int8Embedding) for m in backbone.modules()):
         return "int8"
     floats = [p.dtype for p in backbone.parameters() if p.is_floating_point()]
     return "bfloat16" if torch.bfloat16 in floats else "float32"
@@ -106,13 +109,13 @@ def weight_stats(weight: torch.Tensor) -> tuple[float, list[float]] | None:
     return abs_mean, flat[index].double().cpu().tolist()
 
 
-def streamed_fingerprint(config, backbone: nn.Module, stats: dict) -> dict:
+def streamed_fingerprint(config, shapes: list[list], stats: dict) -> dict:
     """`checkpoint.backbone_fingerprint` of a backbone whose weights were converted as they
-    loaded, from `stats` (`weight_stats` of each original weight, by parameter name)."""
+    loaded: `shapes` are [name, shape] of its original parameters in order, `stats` the
+    `weight_stats` of each original weight, by name."""
     settings = {k: getattr(config, k) for k in _ARCHITECTURE_KEYS if hasattr(config, k)}
-    shapes = [[name, list(p.shape)] for name, p in backbone.named_parameters()]
     text = json.dumps({"config": settings, "parameters": shapes}, sort_keys=True, default=str)
-    kept = [stats[name] for name, _ in backbone.named_parameters() if stats.get(name)]
+    kept = [stats[name] for name, _ in shapes if stats.get(name)]
     return {"architecture_sha256": hashlib.sha256(text.encode()).hexdigest(),
             "weight_abs_means": [abs_mean for abs_mean, _ in kept],
             "weight_samples": [s for _, samples in kept for s in samples]}
@@ -146,8 +149,9 @@ def convert_backbone(backbone: nn.Module, storage: str, blocks: list[nn.Module],
     if storage == "nf4":   # replaces modules, so it walks their parents: still one at a time
         _to_nf4(backbone, keep)
     else:
+        parents = parent_map(backbone)
         for unit in conversion_units(backbone, blocks):
-            convert_unit(unit, storage, compute, keep)
+            convert_unit(unit, storage, compute, keep, parents)
             release_freed_memory()
     return compute
 
@@ -165,6 +169,12 @@ def check_convertible(backbone: nn.Module, storage: str, pruned: bool = False) -
                              "side_init='random'")
 
 
+def parent_map(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    """Each submodule's parent and its name there, by the submodule's id."""
+    return {id(child): (parent, name) for parent in model.modules()
+            for name, child in parent.named_children()}
+
+
 def conversion_units(backbone: nn.Module, blocks: list[nn.Module]) -> list[nn.Module]:
     """The blocks, then every module outside them with parameters of its own, in order."""
     inside = {id(m) for block in blocks for m in block.modules()}
@@ -173,10 +183,10 @@ def conversion_units(backbone: nn.Module, blocks: list[nn.Module]) -> list[nn.Mo
     return [*blocks, *rest]
 
 
-def convert_unit(unit: nn.Module, storage: str, compute: str, keep: set[int] = frozenset()
-                 ) -> None:
+def convert_unit(unit: nn.Module, storage: str, compute: str, keep: set[int] = frozenset(),
+                 parents: dict | None = None) -> None:
     """Store one unit's weights as `storage`, bfloat16 or int8 (bf16 computing in fp32 gets
-    the upcast hooks).
+    the upcast hooks; int8 replaces embeddings, found in `parents`, see `parent_map`).
     Parameters whose id is in `keep` (a tied LM head) are left as they are."""
     if storage == "bfloat16":
         for param in _own_parameters(unit):
@@ -185,23 +195,72 @@ def convert_unit(unit: nn.Module, storage: str, compute: str, keep: set[int] = f
             unit._laddertune_upcast = (unit.register_forward_pre_hook(_upcast),
                                        unit.register_forward_hook(_restore))
     elif storage == "int8":
-        for module in unit.modules():
-            if (isinstance(module, (nn.Linear, nn.Embedding)) and not _is_int8(module.weight)
-                    and id(module.weight) not in keep):
+        for module in list(unit.modules()):
+            if id(getattr(module, "weight", None)) in keep:
+                continue
+            if type(module) is nn.Linear and not _is_int8(module.weight):
                 module.weight = nn.Parameter(int8_rows(module.weight.detach()),
                                              requires_grad=False)
+            elif type(module) is nn.Embedding:
+                parent, name = parents[id(module)]
+                setattr(parent, name, Int8Embedding(module))
 
 
 def int8_rows(weight: torch.Tensor, rows_at_once: int = 4096) -> torch.Tensor:
     """torchao's weight-only int8 tensor of `weight` (one scale per row, as
     `Int8WeightOnlyConfig` makes), quantised a few thousand rows at a time so the temporaries
     stay small beside a large embedding."""
-    from torchao.quantization import Int8Tensor, PerRow
+    Int8Tensor, PerRow = _import_torchao().Int8Tensor, _import_torchao().PerRow
     parts = [Int8Tensor.from_hp(weight[i:i + rows_at_once], PerRow())
              for i in range(0, weight.shape[0], rows_at_once)]
     return Int8Tensor(torch.cat([p.qdata for p in parts]), torch.cat([p.scale for p in parts]),
                       parts[0].block_size, weight.dtype,
                       zero_point=torch.cat([p.zero_point for p in parts]))
+
+
+class Int8Embedding(nn.Module):
+    """An nn.Embedding stored as int8 rows with one fp32 scale per row (absmax / 127). A lookup
+    dequantises only the rows it reads; torchao's int8 embedding dequantises the whole table on
+    every call, a full fp32 copy of it each step."""
+
+    def __init__(self, embedding: nn.Embedding, rows_at_once: int = 4096):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = embedding.num_embeddings, embedding.embedding_dim
+        self.padding_idx = embedding.padding_idx
+        weight = embedding.weight.detach()
+        qdata = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+        scale = torch.empty(weight.shape[0], 1, dtype=torch.float32, device=weight.device)
+        for i in range(0, weight.shape[0], rows_at_once):       # small temporaries only
+            rows = weight[i:i + rows_at_once].float()
+            scale[i:i + rows_at_once] = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
+            qdata[i:i + rows_at_once] = (rows / scale[i:i + rows_at_once]).round().clamp(
+                -127, 127).to(torch.int8)
+        self.qdata = nn.Parameter(qdata, requires_grad=False)            # (vocab, d)
+        self.scale = nn.Parameter(scale, requires_grad=False)            # (vocab, 1)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.qdata[ids].float() * self.scale[ids]                 # (..., d)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.qdata.float() * self.scale
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"
+
+
+def _import_torchao():
+    """torchao.quantization, without the warnings its import logs about CUDA kernels a CPU
+    build cannot load (they are not used here)."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        import torchao.quantization
+        return torchao.quantization
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _own_parameters(unit: nn.Module):

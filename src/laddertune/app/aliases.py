@@ -336,6 +336,8 @@ def load_converted(source: ModelSource, storage: str, device):
                   for block in bb.get_path(stack, family.layers)]
         stats = {}
         names = {id(p): name for name, p in model.named_parameters()}
+        shapes = [[name, list(p.shape)] for name, p in model.named_parameters()]
+        parents = quant.parent_map(model)
         for unit in quant.conversion_units(model, blocks):
             for module in unit.modules():
                 for name, param in list(module._parameters.items()):
@@ -346,13 +348,13 @@ def load_converted(source: ModelSource, storage: str, device):
                     stats[full] = quant.weight_stats(value)
                     module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
             if storage != "nf4":
-                quant.convert_unit(unit, storage, compute)
+                quant.convert_unit(unit, storage, compute, parents=parents)
                 quant.release_freed_memory()
     model.tie_weights()
     if storage == "nf4":
         quant.convert_backbone(model, storage, blocks, device)
     quant.release_freed_memory()
-    quant.remember_fingerprint(model, quant.streamed_fingerprint(config, model, stats))
+    quant.remember_fingerprint(model, quant.streamed_fingerprint(config, shapes, stats))
     return model.eval()
 
 
