@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     parser.add_argument("--root", default="runs/lowbit", help="where the runs live")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=6, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per run")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per run")
     parser.add_argument("--output", default="benchmarks/results/lowbit")
     parser.add_argument("--again", action="store_true", help="train finished runs again")
