@@ -155,6 +155,18 @@ def test_a_converted_backbone_is_not_converted_again_to_another_dtype():
         get_lst_model(model.backbone, LSTConfig(backbone_dtype="bfloat16"))
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_a_backbone_converted_here_is_not_pruned_again(dtype):
+    """A sweep builds each configuration on one shared backbone: after the first converts it,
+    the originals pruning reads are gone, and a later pruned build says so."""
+    backbone = _model(dtype).backbone
+    with pytest.raises(LSTConfigError, match="--lst-side-init random"):
+        _ = get_lst_model(backbone, LSTConfig(backbone_dtype=dtype))
+    with mock.patch.object(quant, "fast_bf16", lambda device: False):
+        again = get_lst_model(backbone, LSTConfig(backbone_dtype=dtype, side_init="random"))
+    assert quant.stored_dtype(again.backbone) == dtype
+
+
 def test_side_network_on_a_backbone_in_another_dtype_warns_once_naming_its_own(tmp_path):
     trained = _model("bfloat16", fast_bf16=False)
     trained.save_pretrained(tmp_path)

@@ -158,15 +158,18 @@ def convert_backbone(backbone: nn.Module, storage: str, blocks: list[nn.Module],
 
 def check_convertible(backbone: nn.Module, storage: str, pruned: bool = False) -> None:
     """Raises LSTConfigError when `backbone` is stored in another reduced dtype than `storage`,
-    or (`pruned`: pruning will read it) in int8 or nf4, whose original weights are gone."""
+    or (`pruned`: pruning will read it) has lost its original weights: stored in int8 or nf4,
+    or converted to bf16 by `convert_backbone`."""
     current = stored_dtype(backbone)
     if storage != "float32" and current not in ("float32", storage):
         raise LSTConfigError(f"the backbone is already stored in {current}; load it again in "
                              f"float32 to store it in {storage}")
-    if pruned and current in ("int8", "nf4"):
+    # a backbone converted here (a sweep's later configurations share it) has lost them too
+    if pruned and (current in ("int8", "nf4") or (
+            current == "bfloat16" and backbone in _ORIGINAL_FINGERPRINTS)):
         raise LSTConfigError(f"the backbone is already stored in {current}, and pruning needs "
                              "its original weights: pass a float32 backbone, or "
-                             "side_init='random'")
+                             "side_init='random' (--lst-side-init random)")
 
 
 def parent_map(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
