@@ -230,6 +230,16 @@ def test_resume_on_a_machine_computing_in_another_dtype_is_refused(files, tmp_pa
     assert json.loads((run / "run.json").read_text()) == record
 
 
+def test_a_pruned_sweep_on_a_reduced_backbone_is_refused_before_writing(files, tmp_path,
+                                                                       capsys):
+    code = main(["sweep", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
+                 "--eval", str(files / "eval.csv"), "--output", str(tmp_path / "sweep"), *FLAGS,
+                 "--backbone-dtype", "int8", "--grid", "lr=1e-3,3e-3"])
+    assert code == 2
+    assert "--lst-side-init random" in _one_error(capsys)
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.parametrize("extra, words", [
     (["--backbone-dtype", "nf4"], "use --backbone-dtype int8"),
     (["--backbone-dtype", "int8", "--method", "lora"], "drop --backbone-dtype"),

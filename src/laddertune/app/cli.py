@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import os
 import sys
 import warnings
@@ -286,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Deprecation notices between transformers and peft are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    # torchao (the [quant] extra; peft imports it too) logs CUDA kernels a CPU build lacks
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.showwarning = _one_line_warning
     args = build_parser().parse_args(argv)
     try:
