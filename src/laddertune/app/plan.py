@@ -268,7 +268,12 @@ def plan_table(cfg) -> str:
         storage = cfg.backbone_dtype if method == "lst" else "float32"
         kwargs = dict(backbone_dtype=storage, num_labels=cfg.num_labels,
                       reduction_factor=cfg.reduction_factor, device=device)
-        one = plan(hf_config, method, cfg.batch_size, cfg.max_length, **kwargs)
+        try:
+            one = plan(hf_config, method, cfg.batch_size, cfg.max_length, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the method cannot build on this model
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:100]
+            lines.append(f"{method:<8} cannot be planned: {reason}")
+            continue
         row = (f"{method:<8} {storage:<9} {mib(one.weight_bytes):>12} "
                f"{mib(one.activation_bytes):>13} {mib(one.gradient_bytes):>12} "
                f"{mib(one.optimizer_bytes):>12} {mib(one.total_bytes):>12}")
@@ -287,8 +292,11 @@ def plan_line(cfg, hf_config, max_length: int, num_labels: int, task_type: str,
     plan's formulas are for classification heads), or None."""
     if task_type != "SEQ_CLS":
         return None
-    one = plan(hf_config, cfg.method, cfg.batch_size, max_length, cfg.backbone_dtype,
-               num_labels, cfg.reduction_factor, device.type)
+    try:
+        one = plan(hf_config, cfg.method, cfg.batch_size, max_length, cfg.backbone_dtype,
+                   num_labels, cfg.reduction_factor, device.type)
+    except Exception:  # noqa: BLE001 - a plan is advice: one that cannot be made stops nothing
+        return None
     return (f"plan: {cfg.method} at batch {cfg.batch_size} x {max_length} tokens should take "
             f"{mib(one.total_bytes)} above the runtime (weights {mib(one.weight_bytes)}, "
             f"activations {mib(one.activation_bytes)}, gradients and AdamW "
