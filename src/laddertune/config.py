@@ -15,6 +15,7 @@ GATE_KINDS = ("learnable", "fixed")
 SIDE_BLOCKS = ("auto", "native", "generic")
 POOLINGS = ("auto", "first", "last", "mean")
 LAST_LAYER_READINGS = ("raw", "normed")
+BACKBONE_DTYPES = ("float32", "bfloat16", "int8", "nf4")   # laddertune.quant explains each
 CONFIG_NAME = "lst_config.json"
 WEIGHTS_NAME = "lst_model.safetensors"
 
@@ -94,6 +95,13 @@ class LSTConfig:
             state is an input, like the ladders'. Refused for ``FEATURE_EXTRACTION``. False
             (the paper's): the head reads the side network alone, which must first learn to
             reproduce the backbone's predictions.
+        backbone_dtype: How the frozen backbone is stored: ``float32`` (as loaded), ``bfloat16``
+            (half the weight memory; computed in bf16 where the device has fast bf16 kernels,
+            else upcast to fp32 one layer at a time), ``int8`` (torchao weight-only int8 Linear
+            layers and embeddings, a quarter; needs ``laddertune[quant]``) or ``nf4``
+            (bitsandbytes 4-bit, CUDA only). The backbone is converted in place after the side
+            network is initialised from its original weights; the side network stays fp32.
+            See `laddertune.quant`.
     """
 
     task_type: str = field(
@@ -201,6 +209,13 @@ class LSTConfig:
                           "predictions and classifiers from a probe of the backbone. Off "
                           "(default, the paper's): the head reads the side network alone."},
     )
+    backbone_dtype: str = field(
+        default="float32",
+        metadata={"help": "How the frozen backbone is stored: 'float32' (default), 'bfloat16' "
+                          "(half the weight memory), 'int8' (a quarter; torchao, "
+                          "laddertune[quant]) or 'nf4' (bitsandbytes 4-bit, CUDA only). The "
+                          "side network stays float32."},
+    )
 
     def __post_init__(self):
         self.task_type = str(self.task_type).upper()
@@ -238,6 +253,9 @@ class LSTConfig:
         for name in ("dropout", "side_attention_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise LSTConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.backbone_dtype not in BACKBONE_DTYPES:
+            raise LSTConfigError(f"backbone_dtype={self.backbone_dtype!r} is unknown; use one of "
+                                 f"{', '.join(BACKBONE_DTYPES)}")
         if self.ladder_last_layer not in LAST_LAYER_READINGS:
             raise LSTConfigError(f"ladder_last_layer={self.ladder_last_layer!r} is unknown; use "
                                  "'raw' or 'normed'")

@@ -20,6 +20,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from . import backbones as bb
+from . import quant
 from .checkpoint import (
     backbone_fingerprint,
     check_fingerprint,
@@ -109,7 +110,9 @@ class LSTModel(HeldModules, nn.Module):
     """A backbone wrapped with a ladder side network. Build it with `get_lst_model`.
 
     Args:
-        backbone: a Hugging Face `PreTrainedModel` (bare or with a task head). Never modified.
+        backbone: a Hugging Face `PreTrainedModel` (bare or with a task head). Never modified,
+            except that a `config.backbone_dtype` other than float32 converts its weights in
+            place, one block at a time, after the side network is initialised from them.
         config: the `LSTConfig`.
         init_data: examples for ``side_init="fisher"`` (an iterable of input dicts with labels).
 
@@ -163,11 +166,19 @@ class LSTModel(HeldModules, nn.Module):
         for child in self.children():  # not self.to(): that would also move the backbone
             child.to(device=_device_of(backbone), dtype=dtype)
         self.prune_indices = None  # what pruning chose (prune.PruneIndices), if it ran
+        quant.check_convertible(backbone, config.backbone_dtype, config.side_init != "random")
         if config.side_init != "random":
             from .prune import init_side_from_backbone
             init_side_from_backbone(self, init_data)
+        # after pruning, which reads the original weights; one block at a time (laddertune.quant)
+        self.backbone_compute_dtype = quant.convert_backbone(
+            backbone, config.backbone_dtype, self._backbone_blocks(), fingerprint=self.fingerprint,
+            keep_lm_head=config.task_type in ("CAUSAL_LM", "SEQ_2_SEQ_LM"))
 
     # ---- construction -------------------------------------------------------------------------
+
+    def _backbone_blocks(self) -> list[nn.Module]:
+        return [block for stack in self.stacks for block in bb.get_path(stack, self.family.layers)]
 
     def _kept_layers(self, requested, stack, name) -> list[int]:
         depth = bb.num_layers(stack, self.family)
@@ -453,6 +464,8 @@ class LSTModel(HeldModules, nn.Module):
         if task == "FEATURE_EXTRACTION":
             return LSTOutput(None, None, up, cache)
         weight, bias, scale = bb.lm_head(self.backbone, self.family)
+        weight = quant.dense(weight, up.dtype)          # a bf16 backbone computing in fp32
+        bias = None if bias is None else bias.to(up.dtype)
         if labels is not None:
             labels = self._check_label_shape(labels, up.shape[:-1], "token")
             self._check_label_range(labels, weight.shape[0])
@@ -722,7 +735,9 @@ class LSTModel(HeldModules, nn.Module):
     # ---- save / load --------------------------------------------------------------------------
 
     def fingerprint(self) -> dict:
-        return backbone_fingerprint(self.backbone.config, self.stacks)
+        """Of the backbone's original weights, taken before a `backbone_dtype` converted them."""
+        return (quant.original_fingerprint(self.backbone)
+                or backbone_fingerprint(self.backbone.config, self.stacks))
 
     def save_pretrained(self, save_directory: str | Path, **_) -> None:
         """Write lst_config.json and lst_model.safetensors (side network only) atomically."""
@@ -738,6 +753,7 @@ class LSTModel(HeldModules, nn.Module):
             "backbone_fingerprint": self.fingerprint(),
             "resolved_side_layers": self.kept_layers,
             "side_blocks_built": self.side_blocks,
+            "backbone_compute_dtype": self.backbone_compute_dtype,
             "laddertune_version": __version__,
         }
         meta["weights_sha256"] = save_weights(self.state_dict(), directory / WEIGHTS_NAME)
@@ -774,12 +790,15 @@ class LSTModel(HeldModules, nn.Module):
                 f"{directory} holds a side network for a {meta['model_type']} backbone, not "
                 f"{backbone.config.model_type}; pass the backbone it was trained on")
         resolved = meta.get("resolved_side_layers") or [None, None]
+        stored = quant.stored_dtype(backbone)   # used as given: loading never converts it
         config = LSTConfig.from_dict({
             "ladder_last_layer": "normed",   # folders saved before the switch existed
             **meta, "side_init": "random", "side_blocks": meta.get("side_blocks_built", "auto"),
+            "backbone_dtype": stored,
             "side_layers": resolved[0],
             "decoder_side_layers": resolved[1] if len(resolved) > 1 else None})
         model = cls(backbone, config)
+        _warn_other_dtype(meta, model)
         check_fingerprint(meta.get("backbone_fingerprint", {}), model.fingerprint(), str(directory))
         if "weights_sha256" in meta and (directory / WEIGHTS_NAME).is_file():
             check_sha256(directory / WEIGHTS_NAME, meta["weights_sha256"])
@@ -801,6 +820,19 @@ class LSTModel(HeldModules, nn.Module):
         return model
 
 
+def _warn_other_dtype(meta: dict, model: LSTModel) -> None:
+    """Warn when the side network meets a backbone stored or computing in other dtypes than
+    the ones it was trained with: its outputs then differ a little."""
+    trained = (meta.get("backbone_dtype", "float32"),
+               meta.get("backbone_compute_dtype", "float32"))
+    now = (model.config.backbone_dtype, model.backbone_compute_dtype)
+    if trained != now:
+        warnings.warn(f"this side network was trained on a {trained[0]} backbone computing in "
+                      f"{trained[1]}; this backbone is {now[0]} computing in {now[1]}, so the "
+                      "outputs differ a little from training's",
+                      LSTWarning, stacklevel=3)
+
+
 def decay_groups(parameters, weight_decay: float, decays) -> list[dict]:
     """Two AdamW groups of the trainable `parameters`: those `decays` picks, and the rest."""
     trainable = [p for p in parameters if p.requires_grad]
@@ -814,7 +846,8 @@ _SAVED_KEYS = ("task_type", "reduction_factor", "model_type", "backbone_fingerpr
 
 
 def get_lst_model(backbone, config: LSTConfig, init_data=None) -> LSTModel:
-    """Wrap `backbone` with a ladder side network; the backbone is left untouched."""
+    """Wrap `backbone` with a ladder side network; the backbone is left untouched unless
+    `config.backbone_dtype` converts it in place (see `laddertune.quant`)."""
     return LSTModel(backbone, config, init_data=init_data)
 
 

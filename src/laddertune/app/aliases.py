@@ -374,14 +374,29 @@ def load_tokenizer(source: ModelSource):
     return tokenizer
 
 
+def load_config(source: ModelSource):
+    """The model's configuration alone (config.json, or a GGUF file's header): no weights."""
+    from transformers import AutoConfig
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with _quiet(), _unloadable(source, "config"):
+        return AutoConfig.from_pretrained(source.path, **_offline_kwargs(source))
+
+
 HEADS = ("bare", "classifier", "lm")
 
 
-def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels: int = 2):
+def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels: int = 2,
+                  backbone_dtype: str = "float32", device=None):
     """The backbone, with the head the task and method need: ``bare`` (``AutoModel``, what LST
     classifies from), ``classifier`` (a fresh classification head of `num_labels` classes) or
     ``lm``, the pretrained LM head (``AutoModelForSeq2SeqLM`` for an encoder-decoder,
     ``AutoModelForCausalLM`` otherwise), which generation reuses with every method.
+
+    A bare backbone stored as `backbone_dtype` (``laddertune.quant``, computing as `device`
+    can) is converted as it loads, one block at a time, from a model.safetensors file: the
+    fp32 weights are never all in memory, and its fingerprint is taken of the original weights
+    as they stream past. Other heads and files load in float32 and are converted afterwards,
+    one block at a time, by `get_lst_model`.
 
     Raises:
         DataError: the folder cannot be loaded, or has no LM head to generate with.
@@ -395,6 +410,12 @@ def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels:
         AutoModelForSequenceClassification,
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if backbone_dtype != "float32" and head == "bare":
+        model = load_converted(source, backbone_dtype, device or "cpu")
+        if model is not None:
+            if model.config.pad_token_id is None:
+                model.config.pad_token_id = pad_token_id
+            return model
     extra = {"num_labels": num_labels} if head == "classifier" else {}
     with _quiet(), _unloadable(source, "weights"):
         if head == "lm":
@@ -407,6 +428,96 @@ def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels:
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def load_converted(source: ModelSource, storage: str, device):
+    """A bare backbone converted to `storage` as it loads (see `load_backbone`), or None when
+    the folder's safetensors names do not map onto the model's parameters one to one (then it
+    loads in float32 and converts afterwards)."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModel
+
+    from .. import backbones as bb
+    from .. import quant
+    weights = Path(source.path) / _WEIGHTS
+    if source.gguf_file or not weights.is_file():
+        return None
+    compute = quant.compute_dtype(storage, device)
+    config = load_config(source)
+    with _quiet(), _unloadable(source, "weights"), open(weights, "rb") as handle:
+        table = _safetensors_table(handle)
+        with init_empty_weights(include_buffers=False):   # parameters on meta, buffers real
+            model = AutoModel.from_config(config)
+        keys = _checkpoint_keys(model, set(table))
+        if keys is None:
+            return None
+        family = bb.detect_family(model)
+        blocks = [block for stack in bb.backbone_stacks(model, family)
+                  for block in bb.get_path(stack, family.layers)]
+        stats = {}
+        names = {id(p): name for name, p in model.named_parameters()}
+        shapes = [[name, list(p.shape)] for name, p in model.named_parameters()]
+        parents = quant.parent_map(model)
+        for unit in quant.conversion_units(model, blocks):
+            for module in unit.modules():
+                for name, param in list(module._parameters.items()):
+                    if param is None or not param.is_meta:
+                        continue
+                    full = names[id(param)]
+                    value = _read_tensor(handle, table[keys[full]]).to(torch.float32)
+                    stats[full] = quant.weight_stats(value)
+                    module._parameters[name] = torch.nn.Parameter(value, requires_grad=False)
+            if storage != "nf4":
+                quant.convert_unit(unit, storage, compute, parents=parents)
+                quant.release_freed_memory()
+    model.tie_weights()
+    if storage == "nf4":
+        quant.convert_backbone(model, storage, blocks, device)
+    quant.release_freed_memory()
+    quant.remember_fingerprint(model, quant.streamed_fingerprint(config, shapes, stats))
+    return model.eval()
+
+
+_SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                       "I64": "int64", "I32": "int32", "I8": "int8", "U8": "uint8"}
+
+
+def _safetensors_table(handle) -> dict[str, dict]:
+    """A safetensors file's tensors: dtype, shape and absolute byte range of each."""
+    length = int.from_bytes(handle.read(8), "little")
+    header = json.loads(handle.read(length))
+    header.pop("__metadata__", None)
+    for entry in header.values():
+        start, end = entry["data_offsets"]
+        entry["range"] = (8 + length + start, 8 + length + end)
+    return header
+
+
+def _read_tensor(handle, entry: dict):
+    """One tensor read into memory of its own, not mapped: once converted and dropped, the
+    process no longer holds its pages (a mapped file would keep every page it touched)."""
+    import torch
+    start, end = entry["range"]
+    buffer = torch.empty(end - start, dtype=torch.uint8)
+    handle.seek(start)
+    handle.readinto(memoryview(buffer.numpy()))
+    dtype = getattr(torch, _SAFETENSORS_DTYPES[entry["dtype"]])
+    return buffer.view(dtype).reshape(entry["shape"])
+
+
+def _checkpoint_keys(model, stored: set[str]) -> dict[str, str] | None:
+    """Each parameter's name in the checkpoint (with or without the base model's prefix), or
+    None if one is missing."""
+    prefix = getattr(model, "base_model_prefix", "")
+    keys = {}
+    for name, _ in model.named_parameters():
+        found = [key for key in (name, f"{prefix}.{name}", name.removeprefix(f"{prefix}."))
+                 if key in stored]
+        if not found:
+            return None
+        keys[name] = found[0]
+    return keys
 
 
 @contextlib.contextmanager
@@ -425,9 +536,10 @@ def _unloadable(source: ModelSource, what: str):
 def backbone_signature(backbone) -> dict:
     """The fingerprint of the backbone's base model: the same with or without a task head,
     so a run's record matches whichever way its method loaded the model."""
+    from .. import quant
     from ..checkpoint import backbone_fingerprint
     base = backbone.base_model
-    return backbone_fingerprint(base.config, [base])
+    return quant.original_fingerprint(base) or backbone_fingerprint(base.config, [base])
 
 
 class _quiet:

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import os
 import sys
 import warnings
@@ -24,6 +25,7 @@ from .options import (
     DemoConfig,
     EvalConfig,
     GenerateConfig,
+    PlanConfig,
     PredictConfig,
     ServeConfig,
     TrainConfig,
@@ -37,6 +39,7 @@ from .options import (
 
 EPILOG = """examples:
   laddertune demo
+  laddertune plan --model mpnet --batch-size 32 --max-length 128 --budget 2GiB
   laddertune train --model minilm --train bbc-news --output runs/bbc
   laddertune train --model smollm2 --train reviews.csv --method lora --epochs 2
   laddertune train --task generate --model smollm2 --train pairs.csv --chat-template
@@ -325,6 +328,12 @@ SWEEP_DESCRIPTION = (
     "eval and predict); sweep.json, summary.md and sweep.png name the best on the eval split. "
     "The other flags are laddertune train's and apply to every configuration.")
 
+def run_plan(args) -> int:
+    from .plan import plan_table
+    print(plan_table(PlanConfig(**explicit_values(args, PlanConfig))))
+    return 0
+
+
 COMMANDS = (
     ("train", TrainConfig, run_train,
      "fine-tune a model on a labelled text file, or on prompt -> target pairs"),
@@ -339,6 +348,8 @@ COMMANDS = (
      "serve finished runs over HTTP, every task over one backbone pass"),
     ("demo", DemoConfig, run_demo,
      "LST on BBC News with MiniLM, then memory vs full fine-tuning and LoRA"),
+    ("plan", PlanConfig, run_plan, "predict a training run's memory, and whether it fits a "
+     "budget, before loading anything"),
 )
 
 
@@ -369,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet_progress_bars()
     # Deprecation notices between transformers and peft are not the user's business.
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    # torchao (the [quant] extra; peft imports it too) logs CUDA kernels a CPU build lacks
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.showwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)

@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import LSTConfig
+from ..config import BACKBONE_DTYPES, LSTConfig
 from ..errors import LSTError, LSTWarning
 from .aliases import ALIASES
 from .data import BBC_HEADLINES, BBC_NEWS, PAIR_COLUMNS, TWEET_SENTIMENT
@@ -39,7 +39,8 @@ ACCOUNT_SHAPE = (32, 256)
 # pins that the two agree)
 ADAPTER_KINDS = ("houlsby", "pfeiffer")
 # LSTConfig fields the training run sets itself, so they get no --lst-* flag
-LST_SET_BY_RUN = ("task_type", "num_labels", "reduction_factor", "decoder_side_layers")
+LST_SET_BY_RUN = ("task_type", "num_labels", "reduction_factor", "decoder_side_layers",
+                  "backbone_dtype")
 DEFAULT_MAX_LENGTH = 256
 SEED_LIMIT = 2**32  # numpy's seeds are 32-bit
 
@@ -153,6 +154,12 @@ class TrainConfig:
         "LST only: 'default' (laddertune's defaults) or 'paper' (the reference code's choices: "
         "Fisher pruning, backbone dropout, attention dropout; see LSTConfig.paper); --lst-* "
         "flags override either", choices=LST_PRESETS))
+    backbone_dtype: str = field(default="float32", metadata=_flag(
+        "LST only: how the frozen backbone is stored: float32; bfloat16 (half the weight "
+        "memory, computed in bf16 where the device has fast bf16 kernels, else upcast one layer "
+        "at a time); int8 (a quarter; torchao, `pip install laddertune[quant]`); nf4 "
+        "(bitsandbytes 4-bit, CUDA only). The side network stays float32",
+        choices=BACKBONE_DTYPES))
     lst: dict = field(default_factory=dict, metadata=_flag(
         "LST settings, one --lst-NAME flag per LSTConfig field", nested=True))
     adapter_kind: str = field(default="houlsby", metadata=_flag(
@@ -254,6 +261,7 @@ class TrainConfig:
             raise UsageError(f"--revision is for a Hugging Face Hub id, and --model "
                              f"{self.model} is a local model; drop --revision")
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
+        _check_backbone_dtype(self)
         if self.cache_backbone and not self.method_entry.reads_backbone_states:
             readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
                                   if m.reads_backbone_states)
@@ -334,7 +342,8 @@ class TrainConfig:
         or a language model): the preset, then the --lst-* flags, then --reduction-factor."""
         build = LSTConfig.paper if self.lst_preset == "paper" else LSTConfig
         return build(**{**self.lst, "task_type": task_type, "num_labels": num_labels,
-                        "reduction_factor": self.reduction_factor})
+                        "reduction_factor": self.reduction_factor,
+                        "backbone_dtype": self.backbone_dtype})
 
     def training_settings(self) -> dict:
         """The fields that decide what is trained: a resumed run must keep every one. (The LST
@@ -528,6 +537,47 @@ class ServeConfig:
         _check_choices(self)
 
 
+@dataclass(frozen=True)
+class PlanConfig:
+    """Predict a training run's peak memory before loading anything: weights, the activations
+    autograd keeps (the attention term included), gradients and AdamW state, for every method or
+    the one named; with --budget, whether it fits and the largest batch that does. The figures
+    are above the runtime (Python, torch and the data), and come from the model's shapes and
+    formulas written out in laddertune/app/plan.py, not from fits to measurements."""
+
+    model: str = field(default="minilm", metadata=_flag(
+        "'minilm', 'smollm2', 'mpnet' or a local Hugging Face model folder (only its "
+        "config.json is read)", metavar="MODEL"))
+    method: str = field(default="all", metadata=_flag(
+        "the method to plan, or 'all'", choices=("all", *METHODS)))
+    batch_size: int = field(default=16, metadata=_flag("examples per optimizer step",
+                                                       metavar="N"))
+    max_length: int = field(default=DEFAULT_MAX_LENGTH, metadata=_flag(
+        "tokens per text (every batch padded to it: the worst case)", metavar="TOKENS"))
+    backbone_dtype: str = field(default="float32", metadata=_flag(
+        "LST's frozen backbone storage, as laddertune train's --backbone-dtype",
+        choices=BACKBONE_DTYPES))
+    budget: str | None = field(default=None, metadata=_flag(
+        "memory the run may take above the runtime, e.g. 8GiB or 512MB", metavar="SIZE"))
+    reduction_factor: int = field(default=8, metadata=_flag(
+        "LST only: the side network is this many times narrower than the model", metavar="R"))
+    num_labels: int = field(default=2, metadata=_flag("classes of the classifier",
+                                                      metavar="N"))
+    device: str = field(default="auto", metadata=_flag(
+        "where it would train: on a CPU attention with dropout keeps its probability matrix",
+        choices=DEVICES))
+
+    def __post_init__(self):
+        _check_counts(self, "batch_size", "max_length", "reduction_factor", "num_labels")
+        _check_choices(self)
+        if self.budget is not None:
+            from .plan import parse_bytes
+            try:
+                parse_bytes(self.budget)
+            except ValueError as err:
+                raise UsageError(f"--budget {err}") from None
+
+
 def _fill(config, name: str, value) -> None:
     """Set a field of a frozen config while `__post_init__` completes it."""
     object.__setattr__(config, name, value)
@@ -593,6 +643,29 @@ def _account_shape(text: str) -> tuple[int, int] | None:
         raise UsageError(f"--account-shape {text!r} is not BxT (examples x tokens, e.g. 32x256) "
                          "or none")
     return int(parts[0]), int(parts[1])
+
+
+def _check_backbone_dtype(config) -> None:
+    """--backbone-dtype: LST's frozen backbone only, nf4 only where CUDA will run it, int8 only
+    with torchao installed."""
+    if config.backbone_dtype == "float32":
+        return
+    if not config.method_entry.reads_lst_settings:
+        raise UsageError(f"--backbone-dtype {config.backbone_dtype} stores LST's frozen "
+                         f"backbone; --method {config.method} trains the backbone in float32: "
+                         "drop --backbone-dtype")
+    import importlib.util
+
+    import torch
+    on_gpu = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
+    if config.backbone_dtype == "nf4" and not on_gpu:
+        raise UsageError("--backbone-dtype nf4 (bitsandbytes 4-bit) needs a CUDA GPU; on this "
+                         "machine use --backbone-dtype int8")
+    needs, extra = {"int8": ("torchao", "quant"),
+                    "nf4": ("bitsandbytes", "nf4")}.get(config.backbone_dtype, (None, None))
+    if needs and importlib.util.find_spec(needs) is None:
+        raise UsageError(f"--backbone-dtype {config.backbone_dtype} needs {needs}; run `pip "
+                         f"install laddertune[{extra}]`")
 
 
 def _check_seed(seed) -> None:

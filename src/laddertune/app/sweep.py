@@ -105,6 +105,11 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
                          "regularisation on the eval set (see metrics.json's \"fit\"); train "
                          "it with `laddertune train` instead of a sweep")
     configs = configurations(base, grid)
+    if base.backbone_dtype != "float32" and any(
+            cfg.lst_config().side_init != "random" for _, cfg in configs):
+        raise UsageError(f"a sweep builds every configuration on one backbone, which "
+                         f"--backbone-dtype {base.backbone_dtype} converts after the first "
+                         "prunes it, so the others cannot prune: add --lst-side-init random")
     runs = [TrainingRun(cfg, log=lambda *a: None) for _, cfg in configs]
     try:   # from the first lock taken: a refusal lets every one go
         for run in runs:

@@ -54,6 +54,7 @@ from .data import Encoded, collate
 from .memory import current_rss_mb, peak_memory_mb, peak_rss_mb, reference_account, reset_peak_rss
 from .methods import count_parameters, get_method, save_trained, trainable_parameters
 from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
+from .plan import plan_line
 from .report import plot_confusion_matrix, plot_learning_curve, write_report
 from .run_folder import Destination, data_digests
 from .runtime import EpochProgress, Processes, local_rank, pick_device
@@ -326,10 +327,14 @@ class TrainingRun:
         seed_everything(cfg.seed)
         rss_before_model_mb = current_rss_mb()
         backbone = load_backbone(source, tokenizer.pad_token_id, task.head(self.method),
-                                 len(task.labels))
+                                 len(task.labels), self._load_as(), self.device)
         fingerprint = backbone_signature(backbone)
         self._check_same_backbone(fingerprint)
         max_length = fit_max_length(backbone, cfg.max_length, cfg.model, tokenizer)
+        planned = plan_line(cfg, backbone.config, max_length, len(task.labels), task.task_type,
+                            self.device)
+        if planned and self.processes.is_main:
+            self.log(planned)
         train_set, eval_set = task.prepare(backbone, tokenizer, cfg, max_length)
         self.data = RunData(task, source, tokenizer, fingerprint, max_length, train_set,
                             eval_set, rss_before_model_mb)
@@ -352,6 +357,7 @@ class TrainingRun:
     def build(self, backbone, write: bool = True) -> TrainingRun:
         """The model on `backbone`, its optimizer and, with `write`, the run folder."""
         cfg = self.cfg
+        self._check_same_compute_dtype()
         self.model = build_model(backbone, cfg, self.task, self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
@@ -404,6 +410,30 @@ class TrainingRun:
                              f"{self.destination.target.path} started training on; resume with "
                              "the run's own model (see run.json) or --overwrite") from None
 
+    def _load_as(self) -> str:
+        """--backbone-dtype converts as the backbone loads unless pruning is to read the
+        original weights first (then the model converts them after pruning)."""
+        if not self.method.reads_lst_settings:
+            return "float32"
+        prunes = self.cfg.lst_config().side_init != "random"
+        return "float32" if prunes else self.cfg.backbone_dtype
+
+    def compute_dtype(self) -> str:
+        """What the backbone computes in on this run's device (--backbone-dtype)."""
+        from ..quant import compute_dtype
+        return compute_dtype(self.cfg.backbone_dtype, self.device)
+
+    def _check_same_compute_dtype(self) -> None:
+        """A resumed run continues computing in the dtype it started with."""
+        if self.destination is None or not self.destination.resuming:
+            return
+        started = self.destination.target.info().get("backbone_compute_dtype", "float32")
+        if started != self.compute_dtype():
+            raise UsageError(f"{self.destination.target.path} started with its backbone "
+                             f"computing in {started}; on {self.device.type} here it would "
+                             f"compute in {self.compute_dtype()}: resume on a machine like the "
+                             "first one, or start again with --overwrite")
+
     def _start_folder(self) -> None:
         cfg, folder = self.cfg, self.destination.folder
         if self.destination.resuming:
@@ -426,7 +456,8 @@ class TrainingRun:
                        "model_commit": source.commit,
                        "labels": self.labels, "backbone_fingerprint": self.data.fingerprint,
                        "task_type": task.task_type, **task.record(),
-                       "lst_settings": lst_settings, "data_sha256": data_digests(cfg)},
+                       "lst_settings": lst_settings, "data_sha256": data_digests(cfg),
+                       "backbone_compute_dtype": self.compute_dtype()},
                       folder.run_file)
             self.log(f"{cfg.method} on {cfg.model}: {len(self.train_set)} train / "
                      f"{len(self.eval_set)} eval examples, {task.outline()}; trainable "

@@ -1,0 +1,98 @@
+"""`laddertune plan`: its predictions against the memory account measured on tiny models, the
+budget's largest batch, and the command line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import save_tiny_text_model, tiny_config, topic_rows, write_csv
+from transformers import AutoModel, AutoModelForSequenceClassification
+
+from laddertune import LSTConfig
+from laddertune.app.cli import main
+from laddertune.app.memory import training_memory_account
+from laddertune.app.methods import build_method, get_method
+from laddertune.app.plan import largest_batch, parse_bytes, plan
+
+CONFIG = tiny_config("bert", hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                     max_position_embeddings=256)
+
+
+def _measured(method: str, batch: int, length: int) -> dict:
+    auto = AutoModel if get_method(method).head == "bare" else AutoModelForSequenceClassification
+    torch.manual_seed(0)
+    model = build_method(method, auto.from_config(CONFIG), lst_config=LSTConfig()).train()
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"input_ids": torch.randint(3, 64, (batch, length), generator=generator),
+              "attention_mask": torch.ones(batch, length, dtype=torch.long),
+              "labels": torch.randint(0, 2, (batch,), generator=generator)}
+    return training_memory_account(model, lambda: model(**inputs).loss)
+
+
+@pytest.mark.parametrize("method", ["lst", "lora", "full"])
+@pytest.mark.parametrize("batch, length", [(4, 32), (8, 128)])
+def test_plan_is_within_15_percent_of_the_measured_account(method, batch, length):
+    measured = _measured(method, batch, length)
+    predicted = plan(CONFIG, method, batch, length, device="cpu")
+    # the formulas count what a BERT block keeps; the tolerance is the issue's target
+    assert predicted.activation_bytes == pytest.approx(measured["saved_bytes"], rel=0.15)
+    assert predicted.total_bytes == pytest.approx(measured["total_bytes"], rel=0.15)
+    assert predicted.gradient_bytes == measured["gradient_bytes"]      # counted, not estimated
+    assert predicted.weight_bytes == measured["parameter_bytes"]
+
+
+def test_a_reduced_backbone_shrinks_the_planned_weights_only():
+    full = plan(CONFIG, "lst", 8, 64)
+    for dtype, most in (("bfloat16", 0.51), ("int8", 0.35)):
+        reduced = plan(CONFIG, "lst", 8, 64, backbone_dtype=dtype)
+        assert reduced.activation_bytes == full.activation_bytes
+        assert reduced.weight_bytes < most * full.weight_bytes + 0.02 * full.weight_bytes
+
+
+@pytest.mark.parametrize("method", ["lst", "full"])
+def test_largest_batch_is_the_last_that_fits(method):
+    at = {b: plan(CONFIG, method, b, 64) for b in (1, 2)}
+    budget = plan(CONFIG, method, 37, 64).total_bytes + 1
+    largest = largest_batch(at[1], at[2], budget)
+    assert largest == 37
+    assert plan(CONFIG, method, largest + 1, 64).total_bytes > budget
+    assert largest_batch(at[1], at[2], at[1].total_bytes - 1) == 0
+
+
+def test_sizes_parse_in_both_units():
+    assert parse_bytes("8GiB") == 8 * 2**30 and parse_bytes("512 MB") == 512 * 10**6
+    with pytest.raises(ValueError):
+        parse_bytes("lots")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan")
+    save_tiny_text_model(root / "tiny")
+    write_csv(root / "train.csv", topic_rows(24, seed=0))
+    write_csv(root / "eval.csv", topic_rows(12, seed=1))
+    return root
+
+
+def test_plan_command_answers_fits_and_largest_batch(files, capsys):
+    assert main(["plan", "--model", str(files / "tiny"), "--batch-size", "8", "--max-length",
+                 "32", "--budget", "1MiB", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in out[2:]}
+    assert set(rows) >= {"lst", "lora", "full"}
+    assert all(line.split()[-1].isdigit() or line.endswith("none fits") for line in rows.values())
+
+
+def test_plan_command_refuses_a_bad_budget_in_one_line(files, capsys):
+    assert main(["plan", "--model", str(files / "tiny"), "--budget", "lots"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --budget")
+
+
+def test_train_prints_its_own_plan_before_training(files, tmp_path, capsys):
+    assert main(["train", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
+                 "--eval", str(files / "eval.csv"), "--output", str(tmp_path / "run"),
+                 "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "plan: lst at batch 8" in out
+    assert out.index("plan: lst") < out.index("trainable params")
