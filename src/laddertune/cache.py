@@ -69,7 +69,9 @@ def cache_key(model, data_digest: str, dtype: str) -> dict:
            "ladder_inputs": [model.ladder_inputs(i) for i in range(len(model.stacks))],
            "ladder_last_layer": model.config.ladder_last_layer, "data": data_digest}
     # a reduced backbone computes other states; a float32 one keeps the keys it always had
-    dtypes = [model.config.backbone_dtype, model.backbone_compute_dtype]
+    # (a probe's frozen backbone is always float32: it has no dtype settings)
+    dtypes = [getattr(model.config, "backbone_dtype", "float32"),
+              getattr(model, "backbone_compute_dtype", "float32")]
     if dtypes != ["float32", "float32"]:
         key["backbone_dtypes"] = dtypes        # storage, compute
     return key

@@ -22,6 +22,7 @@ import ctypes
 import hashlib
 import json
 import logging
+import sys
 import weakref
 
 import torch
@@ -316,7 +317,9 @@ def _lm_head_weights(backbone: nn.Module) -> set[int]:
 
 
 def _is_int8(param) -> bool:
-    return type(param).__name__ == "Int8Tensor"   # torchao's weight-only int8 tensor
+    """torchao's weight-only int8 tensor (there is none unless torchao was imported)."""
+    quantization = sys.modules.get("torchao.quantization")
+    return quantization is not None and isinstance(param, quantization.Int8Tensor)
 
 
 def dense(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -39,7 +39,8 @@ def test_bench_writes_json_table_and_plot(tiny_results):
                     "examples_per_second", "inference_ms_per_example", "checkpoint_mb"):
             assert key in run_, key
         assert set(run_["account"]) == {"saved_mib", "parameter_mib", "gradient_mib",
-                                        "optimizer_mib", "total_mib"}
+                                        "optimizer_mib", "total_mib", "trainable_weight_mib",
+                                        "frozen_weight_mib"}
     table = (out / "results.md").read_text()
     assert "| tiny-bert | LST |" in table and "| tiny-bert | Full FT |" in table
     assert (out / "memory_bars.png").stat().st_size > 1000

@@ -168,7 +168,8 @@ def test_predict_writes_the_generated_answers(copy_run, workdir):
                  str(workdir / "questions.csv"), "--output", str(out)]) == 0
     with open(out) as handle:
         answers = list(csv.DictReader(handle))
-    assert list(answers[0]) == ["id", "generated"] and [a["id"] for a in answers] == [
+    # the input's columns are kept, between the id and the answer
+    assert list(answers[0]) == ["id", "prompt", "generated"] and [a["id"] for a in answers] == [
         f"q{i}" for i in range(6)]
     expected = [r["target"] for r in symbol_pairs(6, 7, length=2)]
     right = sum(a["generated"] == e for a, e in zip(answers, expected))

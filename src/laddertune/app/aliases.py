@@ -549,10 +549,12 @@ class _quiet:
         from transformers.utils import logging as hf_logging
         self.level = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
+        self.bars = hf_logging.is_progress_bar_enabled()
         hf_logging.disable_progress_bar()
         logging.getLogger("transformers").setLevel(logging.ERROR)
 
     def __exit__(self, *exc):
         from transformers.utils import logging as hf_logging
         hf_logging.set_verbosity(self.level)
-        hf_logging.enable_progress_bar()
+        if self.bars:   # as they were: off stays off (no output to a log, see cli)
+            hf_logging.enable_progress_bar()

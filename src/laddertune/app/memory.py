@@ -45,7 +45,7 @@ class SavedTensorMeter:
 
     def exclude_parameters(self, *modules: torch.nn.Module) -> SavedTensorMeter:
         for module in modules:
-            self._params.update(p.untyped_storage().data_ptr() for p in module.parameters())
+            self._params.update(ptr for p in module.parameters() for ptr in _storage_pointers(p))
         return self
 
     def _pack(self, tensor: torch.Tensor):
@@ -93,7 +93,7 @@ def training_memory_account(model: torch.nn.Module, loss_fn, optimizer_states: i
         loss.backward()
     account = {
         "saved_bytes": meter.saved_bytes,
-        "parameter_bytes": sum(p.numel() * p.element_size() for p in params.values()),
+        "parameter_bytes": sum(stored_bytes(p) for p in params.values()),
         "gradient_bytes": sum(p.numel() * p.element_size() for p in trainable),
         "optimizer_bytes": optimizer_states * sum(p.numel() * 4 for p in trainable),
     }
@@ -102,6 +102,26 @@ def training_memory_account(model: torch.nn.Module, loss_fn, optimizer_states: i
     account["frozen_weight_bytes"] = account["parameter_bytes"] - account["gradient_bytes"]
     model.zero_grad(set_to_none=True)
     return account
+
+
+def _inner_tensors(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors that hold `tensor`: itself, or a wrapper subclass's parts (torchao's
+    int8 weight keeps int8 values and float scales, and has no storage of its own)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+    if not is_traceable_wrapper_subclass(tensor):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [part for name in names for part in _inner_tensors(getattr(tensor, name))]
+
+
+def _storage_pointers(tensor: torch.Tensor) -> list[int]:
+    return [part.untyped_storage().data_ptr() for part in _inner_tensors(tensor)]
+
+
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """The bytes `tensor` takes as stored: an int8-quantised weight counts its int8 values and
+    scales, not 4 bytes per element of the float tensor it stands for."""
+    return sum(part.numel() * part.element_size() for part in _inner_tensors(tensor))
 
 
 def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, task,

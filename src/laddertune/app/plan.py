@@ -44,6 +44,7 @@ from torch import nn
 
 from .. import backbones as bb
 from ..config import LSTConfig
+from .methods import build_method, get_method
 
 FLOAT = 4               # bytes of an fp32 activation, gradient or optimizer moment
 ADAM_MOMENTS = 2
@@ -103,7 +104,6 @@ def meta_model(hf_config, method: str, num_labels: int = 2, reduction_factor: in
     reads weights, and chooses no shape)."""
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    from .methods import build_method, get_method
     head = get_method(method).head
     auto = AutoModel if head == "bare" else AutoModelForSequenceClassification
     extra = {} if head == "bare" else {"num_labels": num_labels}
@@ -133,7 +133,10 @@ def plan(hf_config, method: str, batch_size: int, max_length: int,
         if id(p) not in frozen_backbone)
     params = sum(p.numel() for p in trainable.values())
     length = max_length + (prompt_tokens if method == "prompt" else 0)
-    activations = _activation_bytes(model, method, batch_size, length, device, lora_rank)
+    if get_method(method).fit is not None:   # fitted on pooled features: a vector per example
+        activations = FLOAT * batch_size * bb.model_width(hf_config)
+    else:
+        activations = _activation_bytes(model, method, batch_size, length, device, lora_rank)
     return MemoryPlan(method, batch_size, max_length, backbone_dtype, weights, activations,
                       FLOAT * params, FLOAT * ADAM_MOMENTS * params)
 
