@@ -44,6 +44,8 @@ class Attention:
     o: str
     fused: str | None = None       # q, k, v are one linear: STACKED [q | k | v] or PER_HEAD
     position: tuple[str, ...] = ()  # relative-position projections to q/k rows (DeBERTa)
+    q_norm: str | None = None       # norm of q (Qwen3, Gemma 3: per head; OLMo 2: all heads)
+    k_norm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class BlockPlan:
     ffn_out: str                         # the linear back to the model width
     rotary: bool = False                 # rotary embedding: q, k keep fixed pairs
     conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
+    # the one ffn_in linear writes gate and up stacked, [gate | up] (Phi-3's gate_up_proj)
+    ffn_fused: bool = False
 
 
 # ---- the families -------------------------------------------------------------------------------
@@ -219,7 +223,14 @@ def detect_family(model) -> Family:
         kind = DECODER if _is_causal(model_type) else ENCODER
     pooling = {ENCODER: "mean", VISION: "first"}.get(kind, "last")
     unused = ("pooler",) if isinstance(getattr(stack, "pooler", None), nn.Module) else ()
-    return Family(kind, layers, side_input, unused, pooling)
+    return Family(kind, layers, side_input, unused, pooling,
+                  fused_qkv=_FUSED_QKV_LAYOUTS.get(model_type))
+
+
+# Layouts of the fused q/k/v linear of families without an entry (shapes cannot tell them):
+# Phi-3's qkv_proj slices [q | k | v] (k and v of the key/value heads' size), BLOOM's
+# query_key_value views its output as (heads, 3, head_dim).
+_FUSED_QKV_LAYOUTS = {"phi3": STACKED, "bloom": PER_HEAD}
 
 
 def _is_causal(model_type: str | None) -> bool:
@@ -393,19 +404,23 @@ def block_plan(stack: nn.Module, family: Family, width: int) -> BlockPlan:
     attentions = []
     for path in attention_paths:
         inside = {name: m for name, m in linears.items() if name.startswith(path + ".")}
-        attentions.append(_attention_roles(inside, family, width, type(block).__name__))
+        roles = _attention_roles(inside, family, width, type(block).__name__)
+        attentions.append(dataclasses.replace(roles, **_qk_norms(block, path)))
     feed_forward = {name: m for name, m in linears.items()
                     if not any(name.startswith(path + ".") for path in attention_paths)}
     ffn_in = tuple(name for name, m in feed_forward.items() if _in_out(m)[0] == width)
     ffn_out = [name for name, m in feed_forward.items() if _in_out(m)[1] == width]
     hidden_sizes = {_in_out(feed_forward[name])[1] for name in ffn_in}
+    intermediate = _in_out(feed_forward[ffn_out[0]])[0] if len(ffn_out) == 1 else None
+    ffn_fused = len(ffn_in) == 1 and hidden_sizes == {2 * intermediate}   # [gate | up]
     if (len(ffn_out) != 1 or len(ffn_in) not in (1, 2) or len(feed_forward) != len(ffn_in) + 1
-            or hidden_sizes != {_in_out(feed_forward[ffn_out[0]])[0]}):
+            or (hidden_sizes != {intermediate} and not ffn_fused)):
         raise UnsupportedModelError(
             f"cannot tell the feed-forward of {type(block).__name__} from its linears "
             f"{sorted(feed_forward)}")
-    return BlockPlan(_ranking_embedding(stack), tuple(attentions), ffn_in, ffn_out[0],
-                     rotary=_has_rotary(stack, block), conv1d=conv1d == {True})
+    return BlockPlan(_ranking_embedding(stack, family, width), tuple(attentions), ffn_in,
+                     ffn_out[0], rotary=_has_rotary(stack, block), conv1d=conv1d == {True},
+                     ffn_fused=ffn_fused)
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -434,10 +449,12 @@ _ROLE_WORDS = {"q": {"q", "query"}, "k": {"k", "key"}, "v": {"v", "value"}}
 
 def _attention_roles(linears: dict[str, nn.Module], family: Family, width: int,
                      block_name: str) -> Attention:
-    *inputs, o = linears
-    if _in_out(linears[o])[1] != width:
+    writers = [name for name, m in linears.items() if _in_out(m)[1] == width]
+    if not writers:
         raise UnsupportedModelError(
-            f"the last linear {o} of an attention in {block_name} does not write the model width")
+            f"no linear of an attention in {block_name} writes the model width")
+    o = writers[-1]   # registered last of those writing the model width (Phi-3 registers it first)
+    inputs = [name for name in linears if name != o]
     if len(inputs) == 1:
         if family.fused_qkv is None:
             raise UnsupportedModelError(
@@ -461,11 +478,33 @@ def _attention_roles(linears: dict[str, nn.Module], family: Family, width: int,
     return Attention(roles["q"], roles["k"], roles["v"], o, position=tuple(position))
 
 
-def _ranking_embedding(stack: nn.Module) -> str:
-    """Stack path of the token embedding, or of an image model's patch projection."""
+def _qk_norms(block: nn.Module, attention: str) -> dict[str, str]:
+    """Block paths of an attention's norms of q and of k, by name (q_norm, k_norm)."""
+    norms = {}
+    for name, module in block.named_modules():
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if not name.startswith(attention + ".") or "norm" not in leaf or _is_linear(module):
+            continue
+        words = set(re.split(r"[._]", leaf.replace("norm", "_norm")))
+        matched = [role for role in ("q", "k") if words & _ROLE_WORDS[role]]
+        if len(matched) == 1:
+            norms[f"{matched[0]}_norm"] = name
+    return norms
+
+
+def _ranking_embedding(stack: nn.Module, family: Family, width: int) -> str:
+    """Stack path of the module whose weight ranks the hidden dims: the token embedding, an
+    image model's patch projection, or, when the token embedding is narrower than the model
+    (ELECTRA, ALBERT, OPT-350m), the linear outside the blocks that projects it to the model
+    width, whose output rows are the hidden dims."""
     embedding = stack.get_input_embeddings() if hasattr(stack, "get_input_embeddings") else None
     if embedding is not None and not isinstance(embedding, nn.Embedding):
         embedding = next((m for m in embedding.modules() if isinstance(m, nn.Conv2d)), None)
+    if isinstance(embedding, nn.Embedding) and embedding.embedding_dim != width:
+        projections = [m for name, m in stack.named_modules()
+                       if _is_linear(m) and not name.startswith(family.layers + ".")
+                       and _in_out(m) == (embedding.embedding_dim, width)]
+        embedding = projections[0] if len(projections) == 1 else embedding
     path = next((name for name, m in stack.named_modules() if m is embedding and name), None)
     if path is None:
         raise UnsupportedModelError(

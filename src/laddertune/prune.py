@@ -304,10 +304,13 @@ class HeadIndex(NamedTuple):
 
 
 def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
-               keep_per_head: int, rotary: float | None = None) -> HeadIndex:
+               keep_per_head: int, rotary: float | None = None,
+               shared: bool = False) -> HeadIndex:
     """The kept dims of every head, from row scores of shape (heads * head_dim,) for q and
     (kv_heads * head_dim,) for k and v. `rotary` is the fraction of head dims that rotate (None
-    without rotary embeddings). See the module doc for the rule.
+    without rotary embeddings). With `shared`, q and k keep the same dims in every head (their
+    scores summed over heads), as a norm one head wide, shared by all heads, needs. See the
+    module doc for the rule.
 
     Raises:
         UnsupportedModelError: rotary, and the side head cannot keep the backbone's frequencies.
@@ -318,13 +321,13 @@ def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
     if rotary is not None:
         rotating = rotary_dims(head_dim, keep_per_head, rotary).expand(kv_heads, -1)
         first_still = int(head_dim * rotary)        # dims from here on do not rotate
-        still_score = (q_score * k.view(kv_heads, head_dim))[:, first_still:]
+        still_score = _shared((q_score * k.view(kv_heads, head_dim))[:, first_still:], shared)
         still = _top_per_head(still_score, keep_per_head - rotating.shape[1]) + first_still
         qk_dims = torch.cat([rotating, still], dim=1)           # (kv_heads, keep_per_head)
         v_dims = _top_per_head(v.view(kv_heads, head_dim), keep_per_head)
     else:
         score = q_score * k.view(kv_heads, head_dim) * v.view(kv_heads, head_dim)
-        qk_dims = v_dims = _top_per_head(score, keep_per_head)  # (kv_heads, keep_per_head)
+        qk_dims = v_dims = _top_per_head(_shared(score, shared), keep_per_head)  # (kv_heads, keep)
     return HeadIndex(q=_flat_rows(qk_dims.repeat_interleave(groups, dim=0), head_dim),
                      k=_flat_rows(qk_dims, head_dim),
                      v=_flat_rows(v_dims, head_dim),
@@ -372,6 +375,11 @@ def rotary_fraction(config) -> float:
 _HEAD_SIZE_FREE_ROPE = ("default", "linear", "llama3")
 
 
+def _shared(score: torch.Tensor, shared: bool) -> torch.Tensor:
+    """(heads, n) scores, summed over heads for every head when `shared`."""
+    return score.sum(0, keepdim=True).expand_as(score) if shared else score
+
+
 def _top_per_head(score: torch.Tensor, keep: int) -> torch.Tensor:
     """(heads, head_dim) scores -> (heads, keep) dims with the largest scores, in order."""
     return torch.topk(score, keep).indices.sort(dim=1).values
@@ -413,33 +421,49 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
                 return importance[bb.get_path(block, path).weight].cpu()   # (out,)
 
             for a, attention in enumerate(plan.attentions):
-                side_q_rows = _out_features(side_block, attention.q, plan)
+                rows = _out_features(block, attention.q, plan)
+                keep = head_dim * _out_features(side_block, attention.q, plan) // rows
                 q, kk, v = _qkv_scores(score(attention.q), score(attention.k),
-                                       score(attention.v), attention, head_dim)
-                if attention.fused:
-                    side_q_rows //= 3
-                heads = q.shape[0] // head_dim
-                indices.heads[s, layer, a] = head_index(q, kk, v, head_dim,
-                                                        side_q_rows // heads, rotary)
-            keep = _out_features(side_block, plan.ffn_in[0], plan)
-            indices.ffn[s, layer] = ffn_index([score(path) for path in plan.ffn_in], keep)
+                                       score(attention.v), attention, head_dim,
+                                       _in_features(block, attention.o, plan))
+                shared = _has_head_wide_norm(block, attention, head_dim)
+                indices.heads[s, layer, a] = head_index(q, kk, v, head_dim, keep, rotary, shared)
+            keep = _out_features(side_block, plan.ffn_out, plan, out=False)
+            in_scores = [score(path) for path in plan.ffn_in]
+            if plan.ffn_fused:                                 # [gate | up]: one score each
+                in_scores = list(in_scores[0].chunk(2))
+            indices.ffn[s, layer] = ffn_index(in_scores, keep)
     return indices
 
 
 def _qkv_scores(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: bb.Attention,
-                head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row scores of q, k and v, each (heads * head_dim,); a fused linear's q, k, v are all its
-    scores (3 * heads * head_dim,), split as its layout stacks them."""
+                head_dim: int, q_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row scores of q (heads * head_dim,), k and v (kv_heads * head_dim,); a fused linear's q,
+    k, v are all its scores, split as its layout stacks them. `q_rows` = heads * head_dim, the
+    width W_o reads."""
     if attention.fused == bb.STACKED:                       # [q | k | v]
-        return q.chunk(3)
+        kv_rows = (q.shape[0] - q_rows) // 2
+        return q.split([q_rows, kv_rows, kv_rows])
     if attention.fused == bb.PER_HEAD:                      # [q_h | k_h | v_h] for every head h
         per_head = q.view(-1, 3, head_dim)                  # (heads, 3, head_dim)
         return tuple(per_head[:, part].flatten() for part in range(3))
     return q, k, v
 
 
-def _out_features(block: nn.Module, path: str, plan: bb.BlockPlan) -> int:
-    return bb.get_path(block, path).weight.shape[1 if plan.conv1d else 0]
+def _has_head_wide_norm(block: nn.Module, attention: bb.Attention, head_dim: int) -> bool:
+    """Whether q or k has a norm one head wide, shared by every head (Qwen3, Gemma 3)."""
+    paths = [path for path in (attention.q_norm, attention.k_norm) if path]
+    return any(p.shape == (head_dim,) for path in paths
+               for p in bb.get_path(block, path).parameters())
+
+
+def _out_features(block: nn.Module, path: str, plan: bb.BlockPlan, out: bool = True) -> int:
+    """Output features of a linear of a block (input features with out=False)."""
+    return bb.get_path(block, path).weight.shape[int(plan.conv1d) ^ (not out)]
+
+
+def _in_features(block: nn.Module, path: str, plan: bb.BlockPlan) -> int:
+    return _out_features(block, path, plan, out=False)
 
 
 def _head_dim(config, width: int, stack_index: int) -> int:
@@ -470,14 +494,16 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
         side_blocks = bb.get_path(side_stack, model.family.layers)
         head_dim = _head_dim(model.backbone.config, model.width, s)
         for k, layer in enumerate(model.kept_layers[s]):
-            # (rows, columns) of every linear whose dims are not just the hidden index
-            linears = {}
+            # (rows, columns) of every linear whose dims are not just the hidden index, and the
+            # kept rows of q or k that the q and k norms follow
+            linears, norms = {}, {}
             for a, attention in enumerate(plan.attentions):
                 head = indices.heads[s, layer, a]
                 if attention.fused == bb.STACKED:
-                    d_attn = _out_features(blocks[layer], attention.q, plan) // 3
-                    linears[attention.q] = (torch.cat([head.q, head.k + d_attn,
-                                                       head.v + 2 * d_attn]), hidden)
+                    q_rows = _in_features(blocks[layer], attention.o, plan)
+                    kv_rows = (_out_features(blocks[layer], attention.q, plan) - q_rows) // 2
+                    linears[attention.q] = (torch.cat([head.q, head.k + q_rows,
+                                                       head.v + q_rows + kv_rows]), hidden)
                 elif attention.fused == bb.PER_HEAD:
                     heads = _out_features(blocks[layer], attention.q, plan) // (3 * head_dim)
                     linears[attention.q] = (_per_head_rows(head, head_dim, heads), hidden)
@@ -488,9 +514,17 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
                 for path in attention.position:   # DeBERTa: position rows meet q and k rows,
                     linears[path] = (head.q, hidden)   # one shared index without rotary
                 linears[attention.o] = (hidden, head.o)
-            for path in plan.ffn_in:
-                linears[path] = (indices.ffn[s, layer], hidden)
-            linears[plan.ffn_out] = (hidden, indices.ffn[s, layer])
+                for path, kept in ((attention.q_norm, head.q), (attention.k_norm, head.k)):
+                    if path:
+                        norms[path] = kept
+            ffn = indices.ffn[s, layer]
+            if plan.ffn_fused:                                   # [gate | up]
+                intermediate = _in_features(blocks[layer], plan.ffn_out, plan)
+                linears[plan.ffn_in[0]] = (torch.cat([ffn, ffn + intermediate]), hidden)
+            else:
+                for path in plan.ffn_in:
+                    linears[path] = (ffn, hidden)
+            linears[plan.ffn_out] = (hidden, ffn)
             twins = dict(blocks[layer].named_parameters())
             first_block = dict(blocks[0].named_parameters())  # T5 keeps its position bias here
             for name, side_param in side_blocks[k].named_parameters():
@@ -505,6 +539,9 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
                         value = _take(_take(twin, rows, row_dim), cols, col_dim)
                     else:
                         value = _take(twin, rows, 0)
+                elif (module_path in norms and (value := _norm_entries(
+                        twin, norms[module_path], head_dim)) is not None):
+                    pass
                 else:
                     value = _prune_by_width(twin, side_param.shape, hidden, model.width, name)
                 values.append((side_param, value))
@@ -518,6 +555,19 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
             values.append((side_param, _prune_by_width(twins[name], side_param.shape, hidden,
                                                        model.width, name)))
     return values
+
+
+def _norm_entries(twin: torch.Tensor, kept: torch.Tensor, head_dim: int) -> torch.Tensor | None:
+    """The kept entries of a q or k norm, from the kept rows of q or k: a norm one head wide
+    (Qwen3, Gemma 3) keeps the dims every head keeps, one as wide as q or k (OLMo 2) the rows.
+    None for any other shape."""
+    if twin.dim() != 1:
+        return None
+    if twin.shape[0] == head_dim:
+        return _take(twin, kept[kept < head_dim], 0)            # head 0's dims, as every head's
+    if twin.shape[0] == int(kept.max()) // head_dim * head_dim + head_dim:
+        return _take(twin, kept, 0)
+    return None
 
 
 def _per_head_rows(head: HeadIndex, head_dim: int, heads: int) -> torch.Tensor:
