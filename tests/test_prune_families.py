@@ -1,0 +1,192 @@
+"""Pruned side initialisation at real head sizes, for every family of the test zoo and for the
+structures the shapes alone do not tell: fused q/k/v in a family's own layout, q/k norms one head
+wide, token embeddings narrower than the model."""
+
+import logging
+
+import pytest
+import torch
+from tiny_models import ALL_FAMILIES, UNLISTED_FAMILIES, VISION_FAMILIES, VOCAB, tiny_inputs
+from transformers import AutoConfig, AutoModel
+
+from laddertune import LSTConfig, get_lst_model
+
+R = 4            # heads of 32 -> side heads of 8
+HEAD_DIM = 32
+WIDTH = 64       # 2 heads of 32
+
+# config keys of the tiny zoo, rescaled to heads of HEAD_DIM
+_WIDTH_KEYS = ("hidden_size", "d_model", "n_embd", "dim", "word_embed_proj_dim")
+_HEAD_KEYS = ("num_attention_heads", "n_head", "n_heads", "num_heads", "encoder_attention_heads",
+              "decoder_attention_heads")
+_FFN_KEYS = ("intermediate_size", "ffn_dim", "hidden_dim", "d_ff", "encoder_ffn_dim",
+             "decoder_ffn_dim")
+_DEPTH_KEYS = ("num_hidden_layers", "n_layers", "num_layers", "encoder_layers", "decoder_layers",
+               "n_layer")
+
+
+def _real_heads(model_type: str, overrides: dict) -> dict:
+    """The zoo's config with WIDTH // HEAD_DIM heads of HEAD_DIM dims (one key/value head),
+    feed-forwards 2 * WIDTH wide and 2 layers."""
+    config = dict(overrides)
+    for key in config:
+        if key in _WIDTH_KEYS:
+            config[key] = WIDTH
+        elif key in _HEAD_KEYS:
+            config[key] = WIDTH // HEAD_DIM
+        elif key in ("head_dim", "d_kv"):
+            config[key] = HEAD_DIM
+        elif key in _FFN_KEYS:
+            config[key] = 2 * WIDTH
+        elif key in _DEPTH_KEYS:
+            config[key] = 2
+        elif key == "num_key_value_heads":
+            config[key] = 1
+        elif key == "embedding_size":
+            config[key] = WIDTH // 2   # ELECTRA: narrower than the model
+    if model_type not in VISION_FAMILIES:
+        config["vocab_size"] = VOCAB
+    return config
+
+
+# families with a structure the zoo lacks, at heads of HEAD_DIM
+_LLAMA_SHAPE = dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, intermediate_size=128, vocab_size=VOCAB)
+EXTRA_FAMILIES = {
+    "qwen3": dict(_LLAMA_SHAPE, head_dim=HEAD_DIM),          # q/k norms one head wide
+    "gemma3_text": dict(_LLAMA_SHAPE, head_dim=HEAD_DIM),    # q/k norms one head wide
+    "olmo2": _LLAMA_SHAPE,                                   # q/k norms as wide as q and k
+    "phi3": dict(_LLAMA_SHAPE, pad_token_id=0),              # [q | k | v], [gate | up] fused
+    "bloom": dict(hidden_size=WIDTH, n_layer=2, n_head=2, vocab_size=VOCAB),  # (h, 3, d_h)
+    "opt": dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2, ffn_dim=128,
+                word_embed_proj_dim=WIDTH // 2, vocab_size=VOCAB),           # narrow embedding
+}
+FAMILIES = {**{t: _real_heads(t, c) for t, c in {**ALL_FAMILIES, **UNLISTED_FAMILIES}.items()},
+            **{f"{t} (extra)": c for t, c in EXTRA_FAMILIES.items()}}
+
+
+def backbone_of(name: str):
+    torch.manual_seed(0)
+    model_type = name.removesuffix(" (extra)")
+    return AutoModel.from_config(AutoConfig.for_model(model_type, **FAMILIES[name])).eval()
+
+
+def _inputs(name: str) -> dict:
+    model_type = name.removesuffix(" (extra)")
+    return tiny_inputs(model_type if model_type in VISION_FAMILIES else "bert")
+
+
+def _pruned(backbone, **config):
+    return get_lst_model(backbone, LSTConfig(task_type="FEATURE_EXTRACTION", reduction_factor=R,
+                                             side_init="magnitude", side_layers=[1], **config))
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_starts_pruned_at_real_head_sizes(name, caplog):
+    backbone = backbone_of(name)
+    with caplog.at_level(logging.WARNING, logger="laddertune"):
+        model = get_lst_model(backbone, LSTConfig(reduction_factor=R, num_labels=2))
+    assert "start random" not in caplog.text
+    assert model.prune_indices is not None
+    with torch.no_grad():
+        assert torch.isfinite(model(**_inputs(name)).logits).all()
+
+
+def _hidden(model):
+    return model.prune_indices.hidden
+
+
+def test_phi3_fused_qkv_and_gate_up_keep_their_slices():
+    """Phi-3's qkv_proj is [q | k | v] with k and v one key/value head each, as its forward
+    slices it; gate_up_proj is [gate | up], as its forward chunks it."""
+    backbone = backbone_of("phi3 (extra)")
+    model = _pruned(backbone)
+    block, side = backbone.layers[1], model.side_model.layers[0]
+    head = model.prune_indices.heads[0, 1, 0]
+    hidden, ffn = _hidden(model), model.prune_indices.ffn[0, 1]
+
+    full = block.self_attn.qkv_proj.weight.split([2 * HEAD_DIM, HEAD_DIM, HEAD_DIM])
+    side_q, side_k, side_v = side.self_attn.qkv_proj.weight.split([2 * 8, 8, 8])
+    assert torch.equal(side_q, full[0][head.q][:, hidden])
+    assert torch.equal(side_k, full[1][head.k][:, hidden])
+    assert torch.equal(side_v, full[2][head.v][:, hidden])
+    o_proj = block.self_attn.o_proj.weight
+    assert torch.equal(side.self_attn.o_proj.weight, o_proj[hidden][:, head.o])
+    gate, up = block.mlp.gate_up_proj.weight.chunk(2)
+    side_gate, side_up = side.mlp.gate_up_proj.weight.chunk(2)
+    assert torch.equal(side_gate, gate[ffn][:, hidden])
+    assert torch.equal(side_up, up[ffn][:, hidden])
+    assert torch.equal(side.mlp.down_proj.weight, block.mlp.down_proj.weight[hidden][:, ffn])
+
+
+def test_bloom_fused_qkv_keeps_each_heads_rows():
+    """BLOOM's query_key_value is viewed as (heads, 3, head_dim): every head's q, k, v."""
+    backbone = backbone_of("bloom (extra)")
+    model = _pruned(backbone)
+    attention, side = backbone.h[1].self_attention, model.side_model.h[0].self_attention
+    head = model.prune_indices.heads[0, 1, 0]
+    hidden = _hidden(model)
+    full = attention.query_key_value.weight.view(2, 3, HEAD_DIM, WIDTH)
+    got = side.query_key_value.weight.view(2, 3, 8, WIDTH // R)
+    bias = attention.query_key_value.bias.view(2, 3, HEAD_DIM)
+    got_bias = side.query_key_value.bias.view(2, 3, 8)
+    for h in range(2):
+        for part, kept in enumerate((head.q, head.k, head.v)):
+            dims = kept.view(2, 8)[h] - h * HEAD_DIM                    # dims inside head h
+            assert torch.equal(got[h, part], full[h, part][dims][:, hidden])
+            assert torch.equal(got_bias[h, part], bias[h, part][dims])
+
+
+@pytest.mark.parametrize("name", ["qwen3 (extra)", "gemma3_text (extra)"])
+def test_head_wide_qk_norms_keep_the_dims_every_head_keeps(name):
+    """A norm one head wide serves every head: q and k keep the same dims in each head, and
+    the side norm is the backbone's at those dims."""
+    backbone = backbone_of(name)
+    model = _pruned(backbone)
+    attention, side = backbone.layers[1].self_attn, model.side_model.layers[0].self_attn
+    head = model.prune_indices.heads[0, 1, 0]
+    q_dims = head.q.view(2, 8) - HEAD_DIM * torch.arange(2)[:, None]
+    assert torch.equal(q_dims[0], q_dims[1]) and torch.equal(head.k, q_dims[0])
+    assert torch.equal(side.q_norm.weight, attention.q_norm.weight[q_dims[0]])
+    assert torch.equal(side.k_norm.weight, attention.k_norm.weight[head.k])
+    assert torch.equal(side.q_proj.weight, attention.q_proj.weight[head.q][:, _hidden(model)])
+
+
+def test_shared_head_dims_sum_the_scores_over_heads():
+    """Without rotary embeddings a shared index is the top dims of the scores summed over heads."""
+    from laddertune.prune import head_index
+
+    q, k, v = torch.rand(8), torch.rand(8), torch.rand(8)            # 2 heads of 4
+    head = head_index(q, k, v, head_dim=4, keep_per_head=2, shared=True)
+    summed = (q * k * v).view(2, 4).sum(0)
+    dims = torch.topk(summed, 2).indices.sort().values
+    assert torch.equal(head.q, torch.cat([dims, dims + 4]))
+    assert torch.equal(head.v, head.q)
+
+
+def test_olmo2_qk_norms_as_wide_as_q_and_k_keep_their_rows():
+    backbone = backbone_of("olmo2 (extra)")
+    model = _pruned(backbone)
+    attention, side = backbone.layers[1].self_attn, model.side_model.layers[0].self_attn
+    head = model.prune_indices.heads[0, 1, 0]
+    assert torch.equal(side.q_norm.weight, attention.q_norm.weight[head.q])
+    assert torch.equal(side.k_norm.weight, attention.k_norm.weight[head.k])
+
+
+@pytest.mark.parametrize(("name", "projection"), [("electra", "embeddings_project"),
+                                                  ("opt (extra)", "decoder.project_in")])
+def test_narrow_embeddings_rank_hidden_dims_by_their_projection(name, projection):
+    """Token embeddings narrower than the model cannot rank its dims; the projection to the
+    model width can: its output rows are the hidden dims."""
+    from laddertune.backbones import get_path
+
+    backbone = backbone_of(name)
+    model = _pruned(backbone)
+    weight = get_path(backbone, projection).weight                      # (d, e)
+    assert weight.shape == (WIDTH, WIDTH // 2)
+    expected = torch.topk(weight.abs().sum(1), WIDTH // R).indices.sort().values
+    assert torch.equal(_hidden(model), expected)
+    examples = [{**_inputs(name), "labels": torch.tensor([0, 1, 0, 1])}]
+    fisher = get_lst_model(backbone, LSTConfig(reduction_factor=R, num_labels=2,
+                                               side_init="fisher"), init_data=examples)
+    assert fisher.prune_indices is not None
