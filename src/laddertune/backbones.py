@@ -380,13 +380,15 @@ def block_plan(stack: nn.Module, family: Family, width: int) -> BlockPlan:
     """Which linear of a block is which, read off the module structure.
 
     Attention modules are the outermost modules of a block whose class is named "...Attention":
-    their last linear is the output projection o (every family registers it last); the others
+    the last of their linears that writes the model width is the output projection o; the others
     are q, k, v by their names (query/q, key/k, value/v), or one fused q/k/v linear laid out as
-    the family entry says. Relative-position projections named pos_... (DeBERTa) follow q and k.
-    The other linears are the feed-forward: those reading the model width make the intermediate
-    (two when gated), the one writing it goes back. Rotary embeddings are a "...Rotary..."
-    module of the stack. The token embedding (for images the patch projection's out-channels)
-    ranks the hidden dims.
+    the family entry says. Relative-position projections named pos_... (DeBERTa) follow q and k;
+    norms named q_norm / k_norm (or query/key ... norm) are q's and k's. The other linears are
+    the feed-forward: those reading the model width make the intermediate (two when gated, or
+    one writing twice the intermediate: gate and up stacked), the one writing it goes back.
+    Rotary embeddings are a "...Rotary..." module of the stack. The token embedding (for images
+    the patch projection's out-channels, for a narrower embedding its projection) ranks the
+    hidden dims.
 
     Raises:
         UnsupportedModelError: a linear has no role, or a role has no linear.

@@ -7,7 +7,9 @@ twin, a set of indices, chained so the side network is a consistent narrow copy 
 
     hidden  d/r of the d model dims, ranked by the column L1 importance of the token embedding
             ("the embedding chooses the kept hidden dimensions"; for images the out-channels of
-            the patch projection). One index for the whole model:
+            the patch projection; for token embeddings narrower than the model, as in ELECTRA
+            and OPT-350m, the output rows of their projection to the model width). One index
+            for the whole model:
             every block's input and output dims, its norms, the stacks' final norms and position
             tables, and (encoder-decoder models share one embedding) cross-attention inputs.
     heads   per attention module: every head is kept, d_head/r dims inside each, chosen for two
@@ -29,11 +31,16 @@ twin, a set of indices, chained so the side network is a consistent narrow copy 
             Where only the first rot dims of a head rotate (GPT-NeoX: a quarter), the side
             head's first int(d_s * rot/d_head) dims keep pairs the same way, at stride
             rot / that, and the rest are the backbone's non-rotating dims of largest q_j * k_j.
-            A fused q/k/v linear keeps the same rows in its layout: [q | k | v] (GPT-2) or
-            [q_h | k_h | v_h] for each head h (GPT-NeoX). DeBERTa's relative-position
-            projections, which meet q and k, keep their rows.
+            A fused q/k/v linear keeps the same rows in its layout: [q | k | v] (GPT-2, and
+            Phi-3 with k and v of the key/value heads' size) or [q_h | k_h | v_h] for each head h
+            (GPT-NeoX, BLOOM). DeBERTa's relative-position projections, which meet q and k,
+            keep their rows. Norms of q and k keep q's and k's rows where they are as wide
+            (OLMo 2); where one norm a head wide serves every head (Qwen3, Gemma 3), q and k
+            keep the same dims in every head, their scores summed over heads, and the norm
+            keeps those dims.
     ffn     d_ff/r intermediate units, ranked by the row L1 importance of the input linear
-            (the product of the two for gated feed-forwards).
+            (the product of the two for gated feed-forwards; Phi-3 fuses them as [gate | up],
+            whose rows keep the index in both halves).
 
     side W_q = W_q[q, hidden]    side W_k = W_k[k, hidden]    side W_v = W_v[v, hidden]
     side W_o = W_o[hidden, o]    side W_in = W_in[ffn, hidden]    side W_out = W_out[hidden, ffn]
