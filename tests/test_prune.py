@@ -305,9 +305,9 @@ def test_fisher_without_init_data_raises():
 def test_default_falls_back_to_random_on_unsupported_families_but_explicit_raises(caplog):
     from transformers import AutoConfig, AutoModel
 
-    # GPT-BigCode's fused c_attn has no layout laddertune knows (it depends on multi_query)
+    # CodeGen's qkv_proj interleaves q, k and v in model-parallel groups, a layout not listed
     backbone = AutoModel.from_config(AutoConfig.for_model(
-        "gpt_bigcode", n_embd=32, n_layer=4, n_head=4, vocab_size=64))
+        "codegen", n_embd=32, n_layer=4, n_head=4, rotary_dim=4, vocab_size=64))
     with caplog.at_level(logging.WARNING, logger="laddertune"):
         model = get_lst_model(backbone, LSTConfig(reduction_factor=R))
     assert model.config.side_init == "magnitude"

@@ -58,6 +58,11 @@ EXTRA_FAMILIES = {
     "olmo2": _LLAMA_SHAPE,                                   # q/k norms as wide as q and k
     "phi3": dict(_LLAMA_SHAPE, pad_token_id=0),              # [q | k | v], [gate | up] fused
     "bloom": dict(hidden_size=WIDTH, n_layer=2, n_head=2, vocab_size=VOCAB),  # (h, 3, d_h)
+    "mpt": dict(d_model=WIDTH, n_layers=2, n_heads=2, vocab_size=VOCAB),      # [q | k | v]
+    # [q | k | v] with one key/value head; (h, 3, d_h) without multi_query
+    "gpt_bigcode": dict(n_embd=WIDTH, n_layer=2, n_head=2, vocab_size=VOCAB),
+    "gpt_bigcode per-head": dict(n_embd=WIDTH, n_layer=2, n_head=2, vocab_size=VOCAB,
+                                 multi_query=False),
     "opt": dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2, ffn_dim=128,
                 word_embed_proj_dim=WIDTH // 2, vocab_size=VOCAB),           # narrow embedding
 }
@@ -67,12 +72,12 @@ FAMILIES = {**{t: _real_heads(t, c) for t, c in {**ALL_FAMILIES, **UNLISTED_FAMI
 
 def backbone_of(name: str):
     torch.manual_seed(0)
-    model_type = name.removesuffix(" (extra)")
+    model_type = name.split()[0]
     return AutoModel.from_config(AutoConfig.for_model(model_type, **FAMILIES[name])).eval()
 
 
 def _inputs(name: str) -> dict:
-    model_type = name.removesuffix(" (extra)")
+    model_type = name.split()[0]
     return tiny_inputs(model_type if model_type in VISION_FAMILIES else "bert")
 
 
@@ -96,45 +101,62 @@ def _hidden(model):
     return model.prune_indices.hidden
 
 
-def test_phi3_fused_qkv_and_gate_up_keep_their_slices():
-    """Phi-3's qkv_proj is [q | k | v] with k and v one key/value head each, as its forward
-    slices it; gate_up_proj is [gate | up], as its forward chunks it."""
+def _stacked(rows: torch.Tensor, heads: int, kv_heads: int, head_dim: int):
+    """q, k, v of a [q | k | v] output, as Phi-3, MPT and multi-query GPT-BigCode slice it."""
+    return rows.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
+
+
+def _per_head(rows: torch.Tensor, heads: int, kv_heads: int, head_dim: int):
+    """q, k, v of an output viewed as (heads, 3, head_dim), as BLOOM and GPT-BigCode do."""
+    per_head = rows.view(heads, 3, head_dim, *rows.shape[1:])
+    return [per_head[:, part].flatten(0, 1) for part in range(3)]
+
+
+@pytest.mark.parametrize(("name", "attention", "fused", "split", "kv_heads"), [
+    ("phi3 (extra)", "layers.{}.self_attn", "qkv_proj", _stacked, 1),
+    ("mpt (extra)", "blocks.{}.attn", "Wqkv", _stacked, 2),
+    ("gpt_bigcode (extra)", "h.{}.attn", "c_attn", _stacked, 1),
+    ("bloom (extra)", "h.{}.self_attention", "query_key_value", _per_head, 2),
+    ("gpt_bigcode per-head (extra)", "h.{}.attn", "c_attn", _per_head, 2),
+])
+def test_fused_qkv_keeps_q_k_v_rows_in_the_familys_layout(name, attention, fused, split,
+                                                          kv_heads):
+    """The side's fused linear, split as the family's forward splits it at side width, is the
+    backbone's split the same way, at the kept rows of q, k, v and the kept hidden columns."""
+    from laddertune.backbones import get_path
+
+    backbone = backbone_of(name)
+    model = _pruned(backbone)
+    full = get_path(get_path(backbone, attention.format(1)), fused)
+    side = get_path(get_path(model.side_model, attention.format(0)), fused)
+    head = model.prune_indices.heads[0, 1, 0]
+    hidden = _hidden(model)
+    for name_ in ("weight", "bias"):
+        if getattr(full, name_) is None:
+            continue
+        full_parts = split(getattr(full, name_), 2, kv_heads, HEAD_DIM)
+        side_parts = split(getattr(side, name_), 2, kv_heads, HEAD_DIM // R)
+        for full_part, side_part, kept in zip(full_parts, side_parts, head):
+            expected = full_part[kept]
+            if name_ == "weight":
+                expected = expected[:, hidden]
+            assert torch.equal(side_part, expected), name_
+
+
+def test_phi3_fused_gate_up_keeps_the_intermediate_in_both_halves():
+    """Phi-3's gate_up_proj is [gate | up], as its forward chunks it."""
     backbone = backbone_of("phi3 (extra)")
     model = _pruned(backbone)
     block, side = backbone.layers[1], model.side_model.layers[0]
-    head = model.prune_indices.heads[0, 1, 0]
     hidden, ffn = _hidden(model), model.prune_indices.ffn[0, 1]
-
-    full = block.self_attn.qkv_proj.weight.split([2 * HEAD_DIM, HEAD_DIM, HEAD_DIM])
-    side_q, side_k, side_v = side.self_attn.qkv_proj.weight.split([2 * 8, 8, 8])
-    assert torch.equal(side_q, full[0][head.q][:, hidden])
-    assert torch.equal(side_k, full[1][head.k][:, hidden])
-    assert torch.equal(side_v, full[2][head.v][:, hidden])
-    o_proj = block.self_attn.o_proj.weight
-    assert torch.equal(side.self_attn.o_proj.weight, o_proj[hidden][:, head.o])
     gate, up = block.mlp.gate_up_proj.weight.chunk(2)
     side_gate, side_up = side.mlp.gate_up_proj.weight.chunk(2)
     assert torch.equal(side_gate, gate[ffn][:, hidden])
     assert torch.equal(side_up, up[ffn][:, hidden])
     assert torch.equal(side.mlp.down_proj.weight, block.mlp.down_proj.weight[hidden][:, ffn])
-
-
-def test_bloom_fused_qkv_keeps_each_heads_rows():
-    """BLOOM's query_key_value is viewed as (heads, 3, head_dim): every head's q, k, v."""
-    backbone = backbone_of("bloom (extra)")
-    model = _pruned(backbone)
-    attention, side = backbone.h[1].self_attention, model.side_model.h[0].self_attention
+    o_proj = block.self_attn.o_proj.weight
     head = model.prune_indices.heads[0, 1, 0]
-    hidden = _hidden(model)
-    full = attention.query_key_value.weight.view(2, 3, HEAD_DIM, WIDTH)
-    got = side.query_key_value.weight.view(2, 3, 8, WIDTH // R)
-    bias = attention.query_key_value.bias.view(2, 3, HEAD_DIM)
-    got_bias = side.query_key_value.bias.view(2, 3, 8)
-    for h in range(2):
-        for part, kept in enumerate((head.q, head.k, head.v)):
-            dims = kept.view(2, 8)[h] - h * HEAD_DIM                    # dims inside head h
-            assert torch.equal(got[h, part], full[h, part][dims][:, hidden])
-            assert torch.equal(got_bias[h, part], bias[h, part][dims])
+    assert torch.equal(side.self_attn.o_proj.weight, o_proj[hidden][:, head.o])
 
 
 @pytest.mark.parametrize("name", ["qwen3 (extra)", "gemma3_text (extra)"])

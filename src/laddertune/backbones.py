@@ -223,14 +223,18 @@ def detect_family(model) -> Family:
         kind = DECODER if _is_causal(model_type) else ENCODER
     pooling = {ENCODER: "mean", VISION: "first"}.get(kind, "last")
     unused = ("pooler",) if isinstance(getattr(stack, "pooler", None), nn.Module) else ()
+    layout = _FUSED_QKV_LAYOUTS.get(model_type)
     return Family(kind, layers, side_input, unused, pooling,
-                  fused_qkv=_FUSED_QKV_LAYOUTS.get(model_type))
+                  fused_qkv=layout(model.config) if callable(layout) else layout)
 
 
 # Layouts of the fused q/k/v linear of families without an entry (shapes cannot tell them):
-# Phi-3's qkv_proj slices [q | k | v] (k and v of the key/value heads' size), BLOOM's
-# query_key_value views its output as (heads, 3, head_dim).
-_FUSED_QKV_LAYOUTS = {"phi3": STACKED, "bloom": PER_HEAD}
+# Phi-3's qkv_proj slices [q | k | v] (k and v of the key/value heads' size), MPT's Wqkv
+# chunks [q | k | v], BLOOM's
+# query_key_value views its output as (heads, 3, head_dim); GPT-BigCode's c_attn does the first
+# with one key/value head (multi_query), else the second.
+_FUSED_QKV_LAYOUTS = {"phi3": STACKED, "mpt": STACKED, "bloom": PER_HEAD,
+                      "gpt_bigcode": lambda config: STACKED if config.multi_query else PER_HEAD}
 
 
 def _is_causal(model_type: str | None) -> bool:
