@@ -63,6 +63,13 @@ EXTRA_FAMILIES = {
     "gpt_bigcode": dict(n_embd=WIDTH, n_layer=2, n_head=2, vocab_size=VOCAB),
     "gpt_bigcode per-head": dict(n_embd=WIDTH, n_layer=2, n_head=2, vocab_size=VOCAB,
                                  multi_query=False),
+    # query_key_value grouped per key/value head, in each of Falcon's three layouts
+    "falcon": dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
+                   vocab_size=VOCAB),                                       # multi-query
+    "falcon per-head": dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
+                            multi_query=False, vocab_size=VOCAB),
+    "falcon grouped": dict(hidden_size=2 * WIDTH, num_hidden_layers=2, num_attention_heads=4,
+                           num_kv_heads=2, new_decoder_architecture=True, vocab_size=VOCAB),
     "opt": dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2, ffn_dim=128,
                 word_embed_proj_dim=WIDTH // 2, vocab_size=VOCAB),           # narrow embedding
 }
@@ -106,20 +113,26 @@ def _stacked(rows: torch.Tensor, heads: int, kv_heads: int, head_dim: int):
     return rows.split([heads * head_dim, kv_heads * head_dim, kv_heads * head_dim])
 
 
-def _per_head(rows: torch.Tensor, heads: int, kv_heads: int, head_dim: int):
-    """q, k, v of an output viewed as (heads, 3, head_dim), as BLOOM and GPT-BigCode do."""
-    per_head = rows.view(heads, 3, head_dim, *rows.shape[1:])
-    return [per_head[:, part].flatten(0, 1) for part in range(3)]
+def _grouped(rows: torch.Tensor, heads: int, kv_heads: int, head_dim: int):
+    """q, k, v of an output viewed as (kv_heads, heads // kv_heads + 2, head_dim), as Falcon
+    does; with one head per group, as (heads, 3, head_dim), as BLOOM and GPT-BigCode do."""
+    groups = heads // kv_heads
+    grouped = rows.view(kv_heads, groups + 2, head_dim, *rows.shape[1:])
+    return [grouped[:, :groups].flatten(0, 2), grouped[:, groups].flatten(0, 1),
+            grouped[:, groups + 1].flatten(0, 1)]
 
 
-@pytest.mark.parametrize(("name", "attention", "fused", "split", "kv_heads"), [
-    ("phi3 (extra)", "layers.{}.self_attn", "qkv_proj", _stacked, 1),
-    ("mpt (extra)", "blocks.{}.attn", "Wqkv", _stacked, 2),
-    ("gpt_bigcode (extra)", "h.{}.attn", "c_attn", _stacked, 1),
-    ("bloom (extra)", "h.{}.self_attention", "query_key_value", _per_head, 2),
-    ("gpt_bigcode per-head (extra)", "h.{}.attn", "c_attn", _per_head, 2),
+@pytest.mark.parametrize(("name", "attention", "fused", "split", "heads", "kv_heads"), [
+    ("phi3 (extra)", "layers.{}.self_attn", "qkv_proj", _stacked, 2, 1),
+    ("mpt (extra)", "blocks.{}.attn", "Wqkv", _stacked, 2, 2),
+    ("gpt_bigcode (extra)", "h.{}.attn", "c_attn", _stacked, 2, 1),
+    ("bloom (extra)", "h.{}.self_attention", "query_key_value", _grouped, 2, 2),
+    ("gpt_bigcode per-head (extra)", "h.{}.attn", "c_attn", _grouped, 2, 2),
+    ("falcon (extra)", "h.{}.self_attention", "query_key_value", _grouped, 2, 1),
+    ("falcon per-head (extra)", "h.{}.self_attention", "query_key_value", _grouped, 2, 2),
+    ("falcon grouped (extra)", "h.{}.self_attention", "query_key_value", _grouped, 4, 2),
 ])
-def test_fused_qkv_keeps_q_k_v_rows_in_the_familys_layout(name, attention, fused, split,
+def test_fused_qkv_keeps_q_k_v_rows_in_the_familys_layout(name, attention, fused, split, heads,
                                                           kv_heads):
     """The side's fused linear, split as the family's forward splits it at side width, is the
     backbone's split the same way, at the kept rows of q, k, v and the kept hidden columns."""
@@ -134,8 +147,8 @@ def test_fused_qkv_keeps_q_k_v_rows_in_the_familys_layout(name, attention, fused
     for name_ in ("weight", "bias"):
         if getattr(full, name_) is None:
             continue
-        full_parts = split(getattr(full, name_), 2, kv_heads, HEAD_DIM)
-        side_parts = split(getattr(side, name_), 2, kv_heads, HEAD_DIM // R)
+        full_parts = split(getattr(full, name_), heads, kv_heads, HEAD_DIM)
+        side_parts = split(getattr(side, name_), heads, kv_heads, HEAD_DIM // R)
         for full_part, side_part, kept in zip(full_parts, side_parts, head):
             expected = full_part[kept]
             if name_ == "weight":

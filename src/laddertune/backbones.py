@@ -42,7 +42,9 @@ class Attention:
     k: str
     v: str
     o: str
-    fused: str | None = None       # q, k, v are one linear: STACKED [q | k | v] or PER_HEAD
+    # q, k, v are one linear: STACKED [q | k | v], or PER_HEAD: for each key/value head, its
+    # query heads then its k and v ([q_h | k_h | v_h] for each head h without grouped queries)
+    fused: str | None = None
     position: tuple[str, ...] = ()  # relative-position projections to q/k rows (DeBERTa)
     q_norm: str | None = None       # norm of q (Qwen3, Gemma 3: per head; OLMo 2: all heads)
     k_norm: str | None = None
@@ -232,8 +234,9 @@ def detect_family(model) -> Family:
 # Phi-3's qkv_proj slices [q | k | v] (k and v of the key/value heads' size), MPT's Wqkv
 # chunks [q | k | v], BLOOM's
 # query_key_value views its output as (heads, 3, head_dim); GPT-BigCode's c_attn does the first
-# with one key/value head (multi_query), else the second.
-_FUSED_QKV_LAYOUTS = {"phi3": STACKED, "mpt": STACKED, "bloom": PER_HEAD,
+# with one key/value head (multi_query), else the second. Falcon's query_key_value is PER_HEAD
+# in all three of its layouts (grouped; multi-query, a single group; one head per group).
+_FUSED_QKV_LAYOUTS = {"phi3": STACKED, "mpt": STACKED, "bloom": PER_HEAD, "falcon": PER_HEAD,
                       "gpt_bigcode": lambda config: STACKED if config.multi_query else PER_HEAD}
 
 
@@ -295,6 +298,8 @@ def reduced_config(config, reduction_factor: int, encoder_layers: list[int],
             f"cannot split evenly; use one of {_valid_factors(config)}")
     for name in _WIDTHS:
         value = getattr(config, name, None)
+        if isinstance(getattr(type(config), name, None), property):
+            continue   # computed from the other fields (Falcon's head_dim)
         if isinstance(value, int) and not isinstance(value, bool):
             setattr(side, name, max(1, value // r))
     for name in _TIED_TO_WIDTH:

@@ -451,9 +451,12 @@ def _qkv_scores(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: bb
     if attention.fused == bb.STACKED:                       # [q | k | v]
         kv_rows = (q.shape[0] - q_rows) // 2
         return q.split([q_rows, kv_rows, kv_rows])
-    if attention.fused == bb.PER_HEAD:                      # [q_h | k_h | v_h] for every head h
-        per_head = q.view(-1, 3, head_dim)                  # (heads, 3, head_dim)
-        return tuple(per_head[:, part].flatten() for part in range(3))
+    if attention.fused == bb.PER_HEAD:   # per key/value head: its query heads, its k, its v
+        kv_rows = (q.shape[0] - q_rows) // 2
+        groups = q_rows // kv_rows                          # query heads per key/value head
+        per_group = q.view(kv_rows // head_dim, groups + 2, head_dim)
+        return (per_group[:, :groups].flatten(), per_group[:, groups].flatten(),
+                per_group[:, groups + 1].flatten())
     return q, k, v
 
 
@@ -512,8 +515,10 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
                     linears[attention.q] = (torch.cat([head.q, head.k + q_rows,
                                                        head.v + q_rows + kv_rows]), hidden)
                 elif attention.fused == bb.PER_HEAD:
-                    heads = _out_features(blocks[layer], attention.q, plan) // (3 * head_dim)
-                    linears[attention.q] = (_per_head_rows(head, head_dim, heads), hidden)
+                    q_rows = _in_features(blocks[layer], attention.o, plan)
+                    kv_rows = (_out_features(blocks[layer], attention.q, plan) - q_rows) // 2
+                    linears[attention.q] = (_per_head_rows(head, head_dim, kv_rows // head_dim),
+                                            hidden)
                 else:
                     linears[attention.q] = (head.q, hidden)
                     linears[attention.k] = (head.k, hidden)
@@ -577,11 +582,16 @@ def _norm_entries(twin: torch.Tensor, kept: torch.Tensor, head_dim: int) -> torc
     return None
 
 
-def _per_head_rows(head: HeadIndex, head_dim: int, heads: int) -> torch.Tensor:
-    """Kept rows of a fused linear laid out [q_h | k_h | v_h] for every head h (GPT-NeoX)."""
-    dims = [index.view(heads, -1) % head_dim for index in (head.q, head.k, head.v)]
-    start = torch.arange(heads)[:, None] * 3 * head_dim                    # (heads, 1)
-    return torch.cat([start + part * head_dim + d for part, d in enumerate(dims)], 1).flatten()
+def _per_head_rows(head: HeadIndex, head_dim: int, kv_heads: int) -> torch.Tensor:
+    """Kept rows of a fused linear laid out per key/value head g as [q heads of g | k_g | v_g]
+    ([q_h | k_h | v_h] for every head h without grouped queries: GPT-NeoX, BLOOM)."""
+    groups = head.q.shape[0] // head.k.shape[0]               # query heads per key/value head
+    q = head.q.view(kv_heads, groups, -1) % head_dim           # (kv_heads, groups, d_s)
+    k, v = (index.view(kv_heads, 1, -1) % head_dim for index in (head.k, head.v))
+    start = torch.arange(kv_heads)[:, None, None] * (groups + 2) * head_dim
+    q = q + torch.arange(groups)[None, :, None] * head_dim
+    rows = torch.cat([q, k + groups * head_dim, v + (groups + 1) * head_dim], dim=1)
+    return (start + rows).flatten()                            # (kv_heads * (groups + 2) * d_s,)
 
 
 def _take(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
