@@ -56,6 +56,8 @@ EXTRA_FAMILIES = {
     "qwen3": dict(_LLAMA_SHAPE, head_dim=HEAD_DIM),          # q/k norms one head wide
     "gemma3_text": dict(_LLAMA_SHAPE, head_dim=HEAD_DIM),    # q/k norms one head wide
     "olmo2": _LLAMA_SHAPE,                                   # q/k norms as wide as q and k
+    # q/k norms of one row per head; rotary pairs of adjacent dims (2j, 2j + 1)
+    "cohere": dict(_LLAMA_SHAPE, use_qk_norm=True),
     "phi3": dict(_LLAMA_SHAPE, pad_token_id=0),              # [q | k | v], [gate | up] fused
     "bloom": dict(hidden_size=WIDTH, n_layer=2, n_head=2, vocab_size=VOCAB),  # (h, 3, d_h)
     "mpt": dict(d_model=WIDTH, n_layers=2, n_heads=2, vocab_size=VOCAB),      # [q | k | v]
@@ -225,3 +227,34 @@ def test_narrow_embeddings_rank_hidden_dims_by_their_projection(name, projection
     fisher = get_lst_model(backbone, LSTConfig(reduction_factor=R, num_labels=2,
                                                side_init="fisher"), init_data=examples)
     assert fisher.prune_indices is not None
+
+
+def test_cohere_per_head_norm_rows_and_interleaved_rotary_pairs():
+    """Cohere pairs adjacent dims (2j, 2j + 1) for its rotary embedding: the side's rotary
+    embedding on the kept dims of q and k equals the backbone's on the full heads, cut to those
+    dims. Its q/k norms hold one row per head: each row keeps its head's dims."""
+    from transformers.models.cohere.modeling_cohere import apply_rotary_pos_emb
+
+    backbone = backbone_of("cohere (extra)")
+    model = _pruned(backbone)
+    attention, side = backbone.layers[1].self_attn, model.side_model.layers[0].self_attn
+    head = model.prune_indices.heads[0, 1, 0]
+    q_dims = head.q.view(2, 8) - HEAD_DIM * torch.arange(2)[:, None]
+    # side pairs (0, 1), (2, 3), ... are backbone pairs 0, 4, 8, 12 of 16: the same frequencies
+    assert torch.equal(q_dims[0], torch.tensor([0, 1, 8, 9, 16, 17, 24, 25]))
+    assert torch.equal(side.q_norm.weight, attention.q_norm.weight.gather(1, q_dims))
+    assert torch.equal(side.k_norm.weight, attention.k_norm.weight[:, head.k])
+
+    torch.manual_seed(0)
+    x, positions = torch.randn(1, 5, WIDTH), torch.tensor([[0, 1, 7, 30, 63]])
+
+    def split(t, heads):                                       # (1, t, heads*dh) -> (1, h, t, dh)
+        return t.view(1, 5, heads, -1).transpose(1, 2)
+
+    q, k = split(attention.q_proj(x), 2), split(attention.k_proj(x), 1)
+    full_q, full_k = apply_rotary_pos_emb(q, k, *backbone.rotary_emb(x, positions))
+    side_q = split(torch.nn.functional.linear(x, attention.q_proj.weight[head.q]), 2)
+    side_k = split(torch.nn.functional.linear(x, attention.k_proj.weight[head.k]), 1)
+    got_q, got_k = apply_rotary_pos_emb(side_q, side_k, *model.side_model.rotary_emb(x, positions))
+    torch.testing.assert_close(got_q, full_q[..., q_dims[0]])
+    torch.testing.assert_close(got_k, full_k[..., head.k])

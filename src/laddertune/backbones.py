@@ -59,6 +59,8 @@ class BlockPlan:
     ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
     ffn_out: str                         # the linear back to the model width
     rotary: bool = False                 # rotary embedding: q, k keep fixed pairs
+    # rotary pairs are adjacent dims (2j, 2j + 1) (Cohere, GLM), not rotate_half's (j, j + d/2)
+    rotary_interleaved: bool = False
     conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
     # the one ffn_in linear writes gate and up stacked, [gate | up] (Phi-3's gate_up_proj)
     ffn_fused: bool = False
@@ -429,9 +431,10 @@ def block_plan(stack: nn.Module, family: Family, width: int) -> BlockPlan:
         raise UnsupportedModelError(
             f"cannot tell the feed-forward of {type(block).__name__} from its linears "
             f"{sorted(feed_forward)}")
+    pairing = _rotary_pairing(stack, block)
     return BlockPlan(_ranking_embedding(stack, family, width), tuple(attentions), ffn_in,
-                     ffn_out[0], rotary=_has_rotary(stack, block), conv1d=conv1d == {True},
-                     ffn_fused=ffn_fused)
+                     ffn_out[0], rotary=pairing is not None, conv1d=conv1d == {True},
+                     ffn_fused=ffn_fused, rotary_interleaved=pairing == "interleaved")
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -524,19 +527,24 @@ def _ranking_embedding(stack: nn.Module, family: Family, width: int) -> str:
     return path
 
 
-def _has_rotary(stack: nn.Module, block: nn.Module) -> bool:
-    """Whether the stack rotates q and k, in transformers' rotate_half pairing (dims i, i + d/2).
+def _rotary_pairing(stack: nn.Module, block: nn.Module) -> str | None:
+    """How the stack's rotary embedding pairs the dims of q and k, read off its family's
+    rotate_half: "half" (dims j and j + d/2, Llama), "interleaved" (dims 2j and 2j + 1, Cohere,
+    GLM), or None without rotary embeddings.
 
     Raises:
-        UnsupportedModelError: a rotary embedding of another pairing (GPT-J's adjacent pairs).
+        UnsupportedModelError: a rotary embedding of another pairing, or without a rotate_half
+            (GPT-J).
     """
     if not any("Rotary" in type(m).__name__ for m in stack.modules()):
-        return False
-    modeling = sys.modules[type(block).__module__]
-    if not hasattr(modeling, "rotate_half"):
+        return None
+    rotate_half = getattr(sys.modules[type(block).__module__], "rotate_half", None)
+    rotated = rotate_half(torch.arange(4.0)).tolist() if rotate_half else None
+    pairing = {(-2.0, -3.0, 0.0, 1.0): "half", (-1.0, 0.0, -3.0, 2.0): "interleaved"}
+    if rotated is None or tuple(rotated) not in pairing:
         raise UnsupportedModelError(
             f"{type(block).__name__} rotates q and k by a pairing other than rotate_half")
-    return True
+    return pairing[tuple(rotated)]
 
 
 def max_positions(backbone) -> int | None:

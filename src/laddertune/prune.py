@@ -26,6 +26,8 @@ twin, a set of indices, chained so the side network is a consistent narrow copy 
             {i*r + d_head/2}, i = 0..d_s/2 - 1, so every side pair is a backbone pair at its own
             frequency and the pruned q.k is exactly the backbone's sum over those pairs. v (and
             W_o's columns) keep the d_s dims of largest v row importance per key/value head.
+            Families that pair adjacent dims (2j, 2j + 1) (Cohere, GLM) keep backbone pairs
+            i*r the same way: dims {2ir, 2ir + 1}.
             Exact for the default, linear and llama3 rope types, whose frequencies depend on
             the base frequency only (yarn, dynamic and longrope also depend on the head size).
             Where only the first rot dims of a head rotate (GPT-NeoX: a quarter), the side
@@ -93,7 +95,7 @@ def plans_for(model) -> tuple[bb.BlockPlan, ...]:
         if plan.rotary:   # the side head size must pair with the backbone's frequencies
             head_dim = _head_dim(config, model.width, stack_index)
             keep = head_dim // model.config.reduction_factor
-            rotary_dims(head_dim, keep, rotary_fraction(config))
+            rotary_dims(head_dim, keep, rotary_fraction(config), plan.rotary_interleaved)
     return plans
 
 
@@ -312,12 +314,12 @@ class HeadIndex(NamedTuple):
 
 def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
                keep_per_head: int, rotary: float | None = None,
-               shared: bool = False) -> HeadIndex:
+               shared: bool = False, interleaved: bool = False) -> HeadIndex:
     """The kept dims of every head, from row scores of shape (heads * head_dim,) for q and
     (kv_heads * head_dim,) for k and v. `rotary` is the fraction of head dims that rotate (None
-    without rotary embeddings). With `shared`, q and k keep the same dims in every head (their
-    scores summed over heads), as a norm one head wide, shared by all heads, needs. See the
-    module doc for the rule.
+    without rotary embeddings), paired as `rotary_dims` says. With `shared`, q and k keep the
+    same dims in every head (their scores summed over heads), as a norm one head wide, shared by
+    all heads, needs. See the module doc for the rule.
 
     Raises:
         UnsupportedModelError: rotary, and the side head cannot keep the backbone's frequencies.
@@ -326,7 +328,7 @@ def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
     groups = heads // kv_heads                                  # query heads per key/value head
     q_score = q.view(kv_heads, groups, head_dim).sum(1)          # (kv_heads, head_dim)
     if rotary is not None:
-        rotating = rotary_dims(head_dim, keep_per_head, rotary).expand(kv_heads, -1)
+        rotating = rotary_dims(head_dim, keep_per_head, rotary, interleaved).expand(kv_heads, -1)
         first_still = int(head_dim * rotary)        # dims from here on do not rotate
         still_score = _shared((q_score * k.view(kv_heads, head_dim))[:, first_still:], shared)
         still = _top_per_head(still_score, keep_per_head - rotating.shape[1]) + first_still
@@ -341,14 +343,17 @@ def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
                      o=_flat_rows(v_dims.repeat_interleave(groups, dim=0), head_dim))
 
 
-def rotary_dims(head_dim: int, keep: int, fraction: float = 1.0) -> torch.Tensor:
+def rotary_dims(head_dim: int, keep: int, fraction: float = 1.0,
+                interleaved: bool = False) -> torch.Tensor:
     """The rotating head dims a side head of `keep` dims keeps, shape (keep_rot,).
 
     The first rot = int(head_dim * fraction) dims of a backbone head rotate (rotate_half pairs
     dims j and j + rot/2 at theta^(-2j/rot)); the first keep_rot = int(keep * fraction) of a side
     head do. Side pair i rotates at theta^(-2i/keep_rot), the frequency of backbone pair i*m,
     m = rot / keep_rot, and of no other: so side dims i and i + keep_rot/2 are backbone dims i*m
-    and i*m + rot/2. The rest of the side head is filled with dims that do not rotate.
+    and i*m + rot/2. `interleaved` pairs are dims 2j and 2j + 1 instead (Cohere, GLM): side dims
+    2i and 2i + 1 are backbone dims 2im and 2im + 1. The rest of the side head is filled with
+    dims that do not rotate.
 
     Raises:
         UnsupportedModelError: keep_rot is odd or does not divide rot, or the backbone head has
@@ -359,8 +364,10 @@ def rotary_dims(head_dim: int, keep: int, fraction: float = 1.0) -> torch.Tensor
         raise UnsupportedModelError(
             f"rotary heads of size {head_dim} cannot be pruned to {keep} dims: that needs an "
             "even divisor of the head size, which another reduction_factor may give")
-    first = torch.arange(keep_rot // 2) * (rot // keep_rot if keep_rot else 0)  # first-half dims
-    return torch.cat([first, first + rot // 2])                   # (keep_rot,)
+    first = torch.arange(keep_rot // 2) * (rot // keep_rot if keep_rot else 0)  # backbone pairs
+    if interleaved:
+        return torch.stack([2 * first, 2 * first + 1], dim=1).flatten()   # (keep_rot,)
+    return torch.cat([first, first + rot // 2])                           # (keep_rot,)
 
 
 def rotary_fraction(config) -> float:
@@ -434,7 +441,8 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
                                        score(attention.v), attention, head_dim,
                                        _in_features(block, attention.o, plan))
                 shared = _has_head_wide_norm(block, attention, head_dim)
-                indices.heads[s, layer, a] = head_index(q, kk, v, head_dim, keep, rotary, shared)
+                indices.heads[s, layer, a] = head_index(q, kk, v, head_dim, keep, rotary, shared,
+                                                        plan.rotary_interleaved)
             keep = _out_features(side_block, plan.ffn_out, plan, out=False)
             in_scores = [score(path) for path in plan.ffn_in]
             if plan.ffn_fused:                                 # [gate | up]: one score each
@@ -572,7 +580,9 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
 def _norm_entries(twin: torch.Tensor, kept: torch.Tensor, head_dim: int) -> torch.Tensor | None:
     """The kept entries of a q or k norm, from the kept rows of q or k: a norm one head wide
     (Qwen3, Gemma 3) keeps the dims every head keeps, one as wide as q or k (OLMo 2) the rows.
-    None for any other shape."""
+    A norm of one row per head (Cohere) keeps each head's dims. None for any other shape."""
+    if twin.dim() == 2 and twin.shape[1] == head_dim:
+        return _take(twin.reshape(-1), kept, 0).view(twin.shape[0], -1)
     if twin.dim() != 1:
         return None
     if twin.shape[0] == head_dim:
