@@ -60,6 +60,9 @@ EXTRA_FAMILIES = {
     "cohere": dict(_LLAMA_SHAPE, use_qk_norm=True),
     "phi3": dict(_LLAMA_SHAPE, pad_token_id=0),              # [q | k | v], [gate | up] fused
     "bloom": dict(hidden_size=WIDTH, n_layer=2, n_head=2, vocab_size=VOCAB),  # (h, 3, d_h)
+    # (h, 3, d_h); q/k norms one head wide, half of each head rotating
+    "persimmon": dict(hidden_size=WIDTH, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=128, qk_layernorm=True, vocab_size=VOCAB),
     "mpt": dict(d_model=WIDTH, n_layers=2, n_heads=2, vocab_size=VOCAB),      # [q | k | v]
     # [q | k | v] with one key/value head; (h, 3, d_h) without multi_query
     "gpt_bigcode": dict(n_embd=WIDTH, n_layer=2, n_head=2, vocab_size=VOCAB),
@@ -133,6 +136,7 @@ def _grouped(rows: torch.Tensor, heads: int, kv_heads: int, head_dim: int):
     ("falcon (extra)", "h.{}.self_attention", "query_key_value", _grouped, 2, 1),
     ("falcon per-head (extra)", "h.{}.self_attention", "query_key_value", _grouped, 2, 2),
     ("falcon grouped (extra)", "h.{}.self_attention", "query_key_value", _grouped, 4, 2),
+    ("persimmon (extra)", "layers.{}.self_attn", "query_key_value", _grouped, 2, 2),
 ])
 def test_fused_qkv_keeps_q_k_v_rows_in_the_familys_layout(name, attention, fused, split, heads,
                                                           kv_heads):
@@ -187,6 +191,24 @@ def test_head_wide_qk_norms_keep_the_dims_every_head_keeps(name):
     assert torch.equal(side.q_norm.weight, attention.q_norm.weight[q_dims[0]])
     assert torch.equal(side.k_norm.weight, attention.k_norm.weight[head.k])
     assert torch.equal(side.q_proj.weight, attention.q_proj.weight[head.q][:, _hidden(model)])
+
+
+def test_head_wide_qk_norms_with_partial_rotary_share_the_dims_that_do_not_rotate():
+    """Persimmon: half of each head rotates and LayerNorms one head wide normalise q and k.
+    Every head keeps the same rotating pairs, and the same dims that do not rotate, chosen by
+    their scores summed over heads; the norms' weights and biases keep those dims."""
+    backbone = backbone_of("persimmon (extra)")
+    model = _pruned(backbone)
+    attention, side = backbone.layers[1].self_attn, model.side_model.layers[0].self_attn
+    head = model.prune_indices.heads[0, 1, 0]
+    q_dims = head.q.view(2, 8) - HEAD_DIM * torch.arange(2)[:, None]
+    assert torch.equal(q_dims[0], q_dims[1]) and torch.equal(head.k.view(2, 8), head.q.view(2, 8))
+    assert torch.equal(q_dims[0, :4], torch.tensor([0, 4, 8, 12]))    # pairs 0, 4 of 8
+    assert (q_dims[0, 4:] >= HEAD_DIM // 2).all()                       # dims that do not rotate
+    for norm in ("q_layernorm", "k_layernorm"):
+        for kind in ("weight", "bias"):
+            full = getattr(getattr(attention, norm), kind)
+            assert torch.equal(getattr(getattr(side, norm), kind), full[q_dims[0]]), norm
 
 
 def test_shared_head_dims_sum_the_scores_over_heads():

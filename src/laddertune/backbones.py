@@ -234,11 +234,12 @@ def detect_family(model) -> Family:
 
 # Layouts of the fused q/k/v linear of families without an entry (shapes cannot tell them):
 # Phi-3's qkv_proj slices [q | k | v] (k and v of the key/value heads' size), MPT's Wqkv
-# chunks [q | k | v], BLOOM's
-# query_key_value views its output as (heads, 3, head_dim); GPT-BigCode's c_attn does the first
-# with one key/value head (multi_query), else the second. Falcon's query_key_value is PER_HEAD
-# in all three of its layouts (grouped; multi-query, a single group; one head per group).
+# chunks [q | k | v]; BLOOM's and Persimmon's query_key_value view their output as
+# (heads, 3, head_dim); GPT-BigCode's c_attn does the first with one key/value head
+# (multi_query), else the second. Falcon's query_key_value is PER_HEAD in all three of its
+# layouts (grouped; multi-query, a single group; one head per group).
 _FUSED_QKV_LAYOUTS = {"phi3": STACKED, "mpt": STACKED, "bloom": PER_HEAD, "falcon": PER_HEAD,
+                      "persimmon": PER_HEAD,
                       "gpt_bigcode": lambda config: STACKED if config.multi_query else PER_HEAD}
 
 
