@@ -33,13 +33,14 @@ twin, a set of indices, chained so the side network is a consistent narrow copy 
             Where only the first rot dims of a head rotate (GPT-NeoX: a quarter), the side
             head's first int(d_s * rot/d_head) dims keep pairs the same way, at stride
             rot / that, and the rest are the backbone's non-rotating dims of largest q_j * k_j.
-            A fused q/k/v linear keeps the same rows in its layout: [q | k | v] (GPT-2, and
-            Phi-3 with k and v of the key/value heads' size) or [q_h | k_h | v_h] for each head h
-            (GPT-NeoX, BLOOM). DeBERTa's relative-position projections, which meet q and k,
+            A fused q/k/v linear keeps the same rows in its layout: [q | k | v] (GPT-2, MPT, and
+            Phi-3 with k and v of the key/value heads' size) or, for each key/value head, its
+            query heads then its k and v ([q_h | k_h | v_h] for each head h in GPT-NeoX, BLOOM;
+            grouped in Falcon). DeBERTa's relative-position projections, which meet q and k,
             keep their rows. Norms of q and k keep q's and k's rows where they are as wide
             (OLMo 2); where one norm a head wide serves every head (Qwen3, Gemma 3), q and k
             keep the same dims in every head, their scores summed over heads, and the norm
-            keeps those dims.
+            keeps those dims; a norm with a row per head (Cohere) keeps each head's dims.
     ffn     d_ff/r intermediate units, ranked by the row L1 importance of the input linear
             (the product of the two for gated feed-forwards; Phi-3 fuses them as [gate | up],
             whose rows keep the index in both halves).
