@@ -105,7 +105,9 @@ def _t5(wi):
 
 
 HAND_WRITTEN_PLANS = {
-    "bert": (_BERT,), "roberta": (_BERT,), "electra": (_BERT,),
+    "bert": (_BERT,), "roberta": (_BERT,),
+    # ELECTRA's embeddings are narrower than the model: their projection ranks the hidden dims
+    "electra": (BlockPlan("embeddings_project", _BERT.attentions, _BERT.ffn_in, _BERT.ffn_out),),
     "llama": (_LLAMA,), "qwen2": (_LLAMA,), "mistral": (_LLAMA,),
     "t5": _t5(["wi"]), "t5 gated": _t5(["wi_0", "wi_1"]),
     "bart": _BART, "mbart": _BART,

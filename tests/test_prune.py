@@ -303,7 +303,11 @@ def test_fisher_without_init_data_raises():
 
 
 def test_default_falls_back_to_random_on_unsupported_families_but_explicit_raises(caplog):
-    backbone = tiny_backbone("electra")   # embeddings of 16 dims cannot rank 32 hidden dims
+    from transformers import AutoConfig, AutoModel
+
+    # CodeGen's qkv_proj interleaves q, k and v in model-parallel groups, a layout not listed
+    backbone = AutoModel.from_config(AutoConfig.for_model(
+        "codegen", n_embd=32, n_layer=4, n_head=4, rotary_dim=4, vocab_size=64))
     with caplog.at_level(logging.WARNING, logger="laddertune"):
         model = get_lst_model(backbone, LSTConfig(reduction_factor=R))
     assert model.config.side_init == "magnitude"

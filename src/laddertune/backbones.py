@@ -42,8 +42,12 @@ class Attention:
     k: str
     v: str
     o: str
-    fused: str | None = None       # q, k, v are one linear: STACKED [q | k | v] or PER_HEAD
+    # q, k, v are one linear: STACKED [q | k | v], or PER_HEAD: for each key/value head, its
+    # query heads then its k and v ([q_h | k_h | v_h] for each head h without grouped queries)
+    fused: str | None = None
     position: tuple[str, ...] = ()  # relative-position projections to q/k rows (DeBERTa)
+    q_norm: str | None = None       # norm of q (Qwen3, Gemma 3: per head; OLMo 2: all heads)
+    k_norm: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,11 @@ class BlockPlan:
     ffn_in: tuple[str, ...]              # linears that make the intermediate (two when gated)
     ffn_out: str                         # the linear back to the model width
     rotary: bool = False                 # rotary embedding: q, k keep fixed pairs
+    # rotary pairs are adjacent dims (2j, 2j + 1) (Cohere, GLM), not rotate_half's (j, j + d/2)
+    rotary_interleaved: bool = False
     conv1d: bool = False                 # weights stored (in, out), as GPT-2's Conv1D does
+    # the one ffn_in linear writes gate and up stacked, [gate | up] (Phi-3's gate_up_proj)
+    ffn_fused: bool = False
 
 
 # ---- the families -------------------------------------------------------------------------------
@@ -219,7 +227,20 @@ def detect_family(model) -> Family:
         kind = DECODER if _is_causal(model_type) else ENCODER
     pooling = {ENCODER: "mean", VISION: "first"}.get(kind, "last")
     unused = ("pooler",) if isinstance(getattr(stack, "pooler", None), nn.Module) else ()
-    return Family(kind, layers, side_input, unused, pooling)
+    layout = _FUSED_QKV_LAYOUTS.get(model_type)
+    return Family(kind, layers, side_input, unused, pooling,
+                  fused_qkv=layout(model.config) if callable(layout) else layout)
+
+
+# Layouts of the fused q/k/v linear of families without an entry (shapes cannot tell them):
+# Phi-3's qkv_proj slices [q | k | v] (k and v of the key/value heads' size), MPT's Wqkv
+# chunks [q | k | v]; BLOOM's and Persimmon's query_key_value view their output as
+# (heads, 3, head_dim); GPT-BigCode's c_attn does the first with one key/value head
+# (multi_query), else the second. Falcon's query_key_value is PER_HEAD in all three of its
+# layouts (grouped; multi-query, a single group; one head per group).
+_FUSED_QKV_LAYOUTS = {"phi3": STACKED, "mpt": STACKED, "bloom": PER_HEAD, "falcon": PER_HEAD,
+                      "persimmon": PER_HEAD,
+                      "gpt_bigcode": lambda config: STACKED if config.multi_query else PER_HEAD}
 
 
 def _is_causal(model_type: str | None) -> bool:
@@ -280,6 +301,8 @@ def reduced_config(config, reduction_factor: int, encoder_layers: list[int],
             f"cannot split evenly; use one of {_valid_factors(config)}")
     for name in _WIDTHS:
         value = getattr(config, name, None)
+        if isinstance(getattr(type(config), name, None), property):
+            continue   # computed from the other fields (Falcon's head_dim)
         if isinstance(value, int) and not isinstance(value, bool):
             setattr(side, name, max(1, value // r))
     for name in _TIED_TO_WIDTH:
@@ -369,13 +392,15 @@ def block_plan(stack: nn.Module, family: Family, width: int) -> BlockPlan:
     """Which linear of a block is which, read off the module structure.
 
     Attention modules are the outermost modules of a block whose class is named "...Attention":
-    their last linear is the output projection o (every family registers it last); the others
+    the last of their linears that writes the model width is the output projection o; the others
     are q, k, v by their names (query/q, key/k, value/v), or one fused q/k/v linear laid out as
-    the family entry says. Relative-position projections named pos_... (DeBERTa) follow q and k.
-    The other linears are the feed-forward: those reading the model width make the intermediate
-    (two when gated), the one writing it goes back. Rotary embeddings are a "...Rotary..."
-    module of the stack. The token embedding (for images the patch projection's out-channels)
-    ranks the hidden dims.
+    the family entry says. Relative-position projections named pos_... (DeBERTa) follow q and k;
+    norms named q_norm / k_norm (or query/key ... norm) are q's and k's. The other linears are
+    the feed-forward: those reading the model width make the intermediate (two when gated, or
+    one writing twice the intermediate: gate and up stacked), the one writing it goes back.
+    Rotary embeddings are a "...Rotary..." module of the stack. The token embedding (for images
+    the patch projection's out-channels, for a narrower embedding its projection) ranks the
+    hidden dims.
 
     Raises:
         UnsupportedModelError: a linear has no role, or a role has no linear.
@@ -393,19 +418,24 @@ def block_plan(stack: nn.Module, family: Family, width: int) -> BlockPlan:
     attentions = []
     for path in attention_paths:
         inside = {name: m for name, m in linears.items() if name.startswith(path + ".")}
-        attentions.append(_attention_roles(inside, family, width, type(block).__name__))
+        roles = _attention_roles(inside, family, width, type(block).__name__)
+        attentions.append(dataclasses.replace(roles, **_qk_norms(block, path)))
     feed_forward = {name: m for name, m in linears.items()
                     if not any(name.startswith(path + ".") for path in attention_paths)}
     ffn_in = tuple(name for name, m in feed_forward.items() if _in_out(m)[0] == width)
     ffn_out = [name for name, m in feed_forward.items() if _in_out(m)[1] == width]
     hidden_sizes = {_in_out(feed_forward[name])[1] for name in ffn_in}
+    intermediate = _in_out(feed_forward[ffn_out[0]])[0] if len(ffn_out) == 1 else None
+    ffn_fused = len(ffn_in) == 1 and hidden_sizes == {2 * intermediate}   # [gate | up]
     if (len(ffn_out) != 1 or len(ffn_in) not in (1, 2) or len(feed_forward) != len(ffn_in) + 1
-            or hidden_sizes != {_in_out(feed_forward[ffn_out[0]])[0]}):
+            or (hidden_sizes != {intermediate} and not ffn_fused)):
         raise UnsupportedModelError(
             f"cannot tell the feed-forward of {type(block).__name__} from its linears "
             f"{sorted(feed_forward)}")
-    return BlockPlan(_ranking_embedding(stack), tuple(attentions), ffn_in, ffn_out[0],
-                     rotary=_has_rotary(stack, block), conv1d=conv1d == {True})
+    pairing = _rotary_pairing(stack, block)
+    return BlockPlan(_ranking_embedding(stack, family, width), tuple(attentions), ffn_in,
+                     ffn_out[0], rotary=pairing is not None, conv1d=conv1d == {True},
+                     ffn_fused=ffn_fused, rotary_interleaved=pairing == "interleaved")
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -434,10 +464,12 @@ _ROLE_WORDS = {"q": {"q", "query"}, "k": {"k", "key"}, "v": {"v", "value"}}
 
 def _attention_roles(linears: dict[str, nn.Module], family: Family, width: int,
                      block_name: str) -> Attention:
-    *inputs, o = linears
-    if _in_out(linears[o])[1] != width:
+    writers = [name for name, m in linears.items() if _in_out(m)[1] == width]
+    if not writers:
         raise UnsupportedModelError(
-            f"the last linear {o} of an attention in {block_name} does not write the model width")
+            f"no linear of an attention in {block_name} writes the model width")
+    o = writers[-1]   # registered last of those writing the model width (Phi-3 registers it first)
+    inputs = [name for name in linears if name != o]
     if len(inputs) == 1:
         if family.fused_qkv is None:
             raise UnsupportedModelError(
@@ -461,11 +493,33 @@ def _attention_roles(linears: dict[str, nn.Module], family: Family, width: int,
     return Attention(roles["q"], roles["k"], roles["v"], o, position=tuple(position))
 
 
-def _ranking_embedding(stack: nn.Module) -> str:
-    """Stack path of the token embedding, or of an image model's patch projection."""
+def _qk_norms(block: nn.Module, attention: str) -> dict[str, str]:
+    """Block paths of an attention's norms of q and of k, by name (q_norm, k_norm)."""
+    norms = {}
+    for name, module in block.named_modules():
+        leaf = name.rsplit(".", 1)[-1].lower()
+        if not name.startswith(attention + ".") or "norm" not in leaf or _is_linear(module):
+            continue
+        words = set(re.split(r"[._]", leaf.replace("norm", "_norm")))
+        matched = [role for role in ("q", "k") if words & _ROLE_WORDS[role]]
+        if len(matched) == 1:
+            norms[f"{matched[0]}_norm"] = name
+    return norms
+
+
+def _ranking_embedding(stack: nn.Module, family: Family, width: int) -> str:
+    """Stack path of the module whose weight ranks the hidden dims: the token embedding, an
+    image model's patch projection, or, when the token embedding is narrower than the model
+    (ELECTRA, ALBERT, OPT-350m), the linear outside the blocks that projects it to the model
+    width, whose output rows are the hidden dims."""
     embedding = stack.get_input_embeddings() if hasattr(stack, "get_input_embeddings") else None
     if embedding is not None and not isinstance(embedding, nn.Embedding):
         embedding = next((m for m in embedding.modules() if isinstance(m, nn.Conv2d)), None)
+    if isinstance(embedding, nn.Embedding) and embedding.embedding_dim != width:
+        projections = [m for name, m in stack.named_modules()
+                       if _is_linear(m) and not name.startswith(family.layers + ".")
+                       and _in_out(m) == (embedding.embedding_dim, width)]
+        embedding = projections[0] if len(projections) == 1 else embedding
     path = next((name for name, m in stack.named_modules() if m is embedding and name), None)
     if path is None:
         raise UnsupportedModelError(
@@ -474,19 +528,24 @@ def _ranking_embedding(stack: nn.Module) -> str:
     return path
 
 
-def _has_rotary(stack: nn.Module, block: nn.Module) -> bool:
-    """Whether the stack rotates q and k, in transformers' rotate_half pairing (dims i, i + d/2).
+def _rotary_pairing(stack: nn.Module, block: nn.Module) -> str | None:
+    """How the stack's rotary embedding pairs the dims of q and k, read off its family's
+    rotate_half: "half" (dims j and j + d/2, Llama), "interleaved" (dims 2j and 2j + 1, Cohere,
+    GLM), or None without rotary embeddings.
 
     Raises:
-        UnsupportedModelError: a rotary embedding of another pairing (GPT-J's adjacent pairs).
+        UnsupportedModelError: a rotary embedding of another pairing, or without a rotate_half
+            (GPT-J).
     """
     if not any("Rotary" in type(m).__name__ for m in stack.modules()):
-        return False
-    modeling = sys.modules[type(block).__module__]
-    if not hasattr(modeling, "rotate_half"):
+        return None
+    rotate_half = getattr(sys.modules[type(block).__module__], "rotate_half", None)
+    rotated = rotate_half(torch.arange(4.0)).tolist() if rotate_half else None
+    pairing = {(-2.0, -3.0, 0.0, 1.0): "half", (-1.0, 0.0, -3.0, 2.0): "interleaved"}
+    if rotated is None or tuple(rotated) not in pairing:
         raise UnsupportedModelError(
             f"{type(block).__name__} rotates q and k by a pairing other than rotate_half")
-    return True
+    return pairing[tuple(rotated)]
 
 
 def max_positions(backbone) -> int | None:

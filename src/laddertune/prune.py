@@ -7,7 +7,9 @@ twin, a set of indices, chained so the side network is a consistent narrow copy 
 
     hidden  d/r of the d model dims, ranked by the column L1 importance of the token embedding
             ("the embedding chooses the kept hidden dimensions"; for images the out-channels of
-            the patch projection). One index for the whole model:
+            the patch projection; for token embeddings narrower than the model, as in ELECTRA
+            and OPT-350m, the output rows of their projection to the model width). One index
+            for the whole model:
             every block's input and output dims, its norms, the stacks' final norms and position
             tables, and (encoder-decoder models share one embedding) cross-attention inputs.
     heads   per attention module: every head is kept, d_head/r dims inside each, chosen for two
@@ -24,16 +26,24 @@ twin, a set of indices, chained so the side network is a consistent narrow copy 
             {i*r + d_head/2}, i = 0..d_s/2 - 1, so every side pair is a backbone pair at its own
             frequency and the pruned q.k is exactly the backbone's sum over those pairs. v (and
             W_o's columns) keep the d_s dims of largest v row importance per key/value head.
+            Families that pair adjacent dims (2j, 2j + 1) (Cohere, GLM) keep backbone pairs
+            i*r the same way: dims {2ir, 2ir + 1}.
             Exact for the default, linear and llama3 rope types, whose frequencies depend on
             the base frequency only (yarn, dynamic and longrope also depend on the head size).
             Where only the first rot dims of a head rotate (GPT-NeoX: a quarter), the side
             head's first int(d_s * rot/d_head) dims keep pairs the same way, at stride
             rot / that, and the rest are the backbone's non-rotating dims of largest q_j * k_j.
-            A fused q/k/v linear keeps the same rows in its layout: [q | k | v] (GPT-2) or
-            [q_h | k_h | v_h] for each head h (GPT-NeoX). DeBERTa's relative-position
-            projections, which meet q and k, keep their rows.
+            A fused q/k/v linear keeps the same rows in its layout: [q | k | v] (GPT-2, MPT, and
+            Phi-3 with k and v of the key/value heads' size) or, for each key/value head, its
+            query heads then its k and v ([q_h | k_h | v_h] for each head h in GPT-NeoX, BLOOM;
+            grouped in Falcon). DeBERTa's relative-position projections, which meet q and k,
+            keep their rows. Norms of q and k keep q's and k's rows where they are as wide
+            (OLMo 2); where one norm a head wide serves every head (Qwen3, Gemma 3), q and k
+            keep the same dims in every head, their scores summed over heads, and the norm
+            keeps those dims; a norm with a row per head (Cohere) keeps each head's dims.
     ffn     d_ff/r intermediate units, ranked by the row L1 importance of the input linear
-            (the product of the two for gated feed-forwards).
+            (the product of the two for gated feed-forwards; Phi-3 fuses them as [gate | up],
+            whose rows keep the index in both halves).
 
     side W_q = W_q[q, hidden]    side W_k = W_k[k, hidden]    side W_v = W_v[v, hidden]
     side W_o = W_o[hidden, o]    side W_in = W_in[ffn, hidden]    side W_out = W_out[hidden, ffn]
@@ -86,7 +96,7 @@ def plans_for(model) -> tuple[bb.BlockPlan, ...]:
         if plan.rotary:   # the side head size must pair with the backbone's frequencies
             head_dim = _head_dim(config, model.width, stack_index)
             keep = head_dim // model.config.reduction_factor
-            rotary_dims(head_dim, keep, rotary_fraction(config))
+            rotary_dims(head_dim, keep, rotary_fraction(config), plan.rotary_interleaved)
     return plans
 
 
@@ -304,10 +314,13 @@ class HeadIndex(NamedTuple):
 
 
 def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
-               keep_per_head: int, rotary: float | None = None) -> HeadIndex:
+               keep_per_head: int, rotary: float | None = None,
+               shared: bool = False, interleaved: bool = False) -> HeadIndex:
     """The kept dims of every head, from row scores of shape (heads * head_dim,) for q and
     (kv_heads * head_dim,) for k and v. `rotary` is the fraction of head dims that rotate (None
-    without rotary embeddings). See the module doc for the rule.
+    without rotary embeddings), paired as `rotary_dims` says. With `shared`, q and k keep the
+    same dims in every head (their scores summed over heads), as a norm one head wide, shared by
+    all heads, needs. See the module doc for the rule.
 
     Raises:
         UnsupportedModelError: rotary, and the side head cannot keep the backbone's frequencies.
@@ -316,29 +329,32 @@ def head_index(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, head_dim: int,
     groups = heads // kv_heads                                  # query heads per key/value head
     q_score = q.view(kv_heads, groups, head_dim).sum(1)          # (kv_heads, head_dim)
     if rotary is not None:
-        rotating = rotary_dims(head_dim, keep_per_head, rotary).expand(kv_heads, -1)
+        rotating = rotary_dims(head_dim, keep_per_head, rotary, interleaved).expand(kv_heads, -1)
         first_still = int(head_dim * rotary)        # dims from here on do not rotate
-        still_score = (q_score * k.view(kv_heads, head_dim))[:, first_still:]
+        still_score = _shared((q_score * k.view(kv_heads, head_dim))[:, first_still:], shared)
         still = _top_per_head(still_score, keep_per_head - rotating.shape[1]) + first_still
         qk_dims = torch.cat([rotating, still], dim=1)           # (kv_heads, keep_per_head)
         v_dims = _top_per_head(v.view(kv_heads, head_dim), keep_per_head)
     else:
         score = q_score * k.view(kv_heads, head_dim) * v.view(kv_heads, head_dim)
-        qk_dims = v_dims = _top_per_head(score, keep_per_head)  # (kv_heads, keep_per_head)
+        qk_dims = v_dims = _top_per_head(_shared(score, shared), keep_per_head)  # (kv_heads, keep)
     return HeadIndex(q=_flat_rows(qk_dims.repeat_interleave(groups, dim=0), head_dim),
                      k=_flat_rows(qk_dims, head_dim),
                      v=_flat_rows(v_dims, head_dim),
                      o=_flat_rows(v_dims.repeat_interleave(groups, dim=0), head_dim))
 
 
-def rotary_dims(head_dim: int, keep: int, fraction: float = 1.0) -> torch.Tensor:
+def rotary_dims(head_dim: int, keep: int, fraction: float = 1.0,
+                interleaved: bool = False) -> torch.Tensor:
     """The rotating head dims a side head of `keep` dims keeps, shape (keep_rot,).
 
     The first rot = int(head_dim * fraction) dims of a backbone head rotate (rotate_half pairs
     dims j and j + rot/2 at theta^(-2j/rot)); the first keep_rot = int(keep * fraction) of a side
     head do. Side pair i rotates at theta^(-2i/keep_rot), the frequency of backbone pair i*m,
     m = rot / keep_rot, and of no other: so side dims i and i + keep_rot/2 are backbone dims i*m
-    and i*m + rot/2. The rest of the side head is filled with dims that do not rotate.
+    and i*m + rot/2. `interleaved` pairs are dims 2j and 2j + 1 instead (Cohere, GLM): side dims
+    2i and 2i + 1 are backbone dims 2im and 2im + 1. The rest of the side head is filled with
+    dims that do not rotate.
 
     Raises:
         UnsupportedModelError: keep_rot is odd or does not divide rot, or the backbone head has
@@ -349,8 +365,10 @@ def rotary_dims(head_dim: int, keep: int, fraction: float = 1.0) -> torch.Tensor
         raise UnsupportedModelError(
             f"rotary heads of size {head_dim} cannot be pruned to {keep} dims: that needs an "
             "even divisor of the head size, which another reduction_factor may give")
-    first = torch.arange(keep_rot // 2) * (rot // keep_rot if keep_rot else 0)  # first-half dims
-    return torch.cat([first, first + rot // 2])                   # (keep_rot,)
+    first = torch.arange(keep_rot // 2) * (rot // keep_rot if keep_rot else 0)  # backbone pairs
+    if interleaved:
+        return torch.stack([2 * first, 2 * first + 1], dim=1).flatten()   # (keep_rot,)
+    return torch.cat([first, first + rot // 2])                           # (keep_rot,)
 
 
 def rotary_fraction(config) -> float:
@@ -370,6 +388,11 @@ def rotary_fraction(config) -> float:
 
 # rope types whose frequencies depend on the base frequency only, not on the head size
 _HEAD_SIZE_FREE_ROPE = ("default", "linear", "llama3")
+
+
+def _shared(score: torch.Tensor, shared: bool) -> torch.Tensor:
+    """(heads, n) scores, summed over heads for every head when `shared`."""
+    return score.sum(0, keepdim=True).expand_as(score) if shared else score
 
 
 def _top_per_head(score: torch.Tensor, keep: int) -> torch.Tensor:
@@ -413,33 +436,53 @@ def choose_indices(model, importance: dict[nn.Parameter, torch.Tensor]) -> Prune
                 return importance[bb.get_path(block, path).weight].cpu()   # (out,)
 
             for a, attention in enumerate(plan.attentions):
-                side_q_rows = _out_features(side_block, attention.q, plan)
+                rows = _out_features(block, attention.q, plan)
+                keep = head_dim * _out_features(side_block, attention.q, plan) // rows
                 q, kk, v = _qkv_scores(score(attention.q), score(attention.k),
-                                       score(attention.v), attention, head_dim)
-                if attention.fused:
-                    side_q_rows //= 3
-                heads = q.shape[0] // head_dim
-                indices.heads[s, layer, a] = head_index(q, kk, v, head_dim,
-                                                        side_q_rows // heads, rotary)
-            keep = _out_features(side_block, plan.ffn_in[0], plan)
-            indices.ffn[s, layer] = ffn_index([score(path) for path in plan.ffn_in], keep)
+                                       score(attention.v), attention, head_dim,
+                                       _in_features(block, attention.o, plan))
+                shared = _has_head_wide_norm(block, attention, head_dim)
+                indices.heads[s, layer, a] = head_index(q, kk, v, head_dim, keep, rotary, shared,
+                                                        plan.rotary_interleaved)
+            keep = _out_features(side_block, plan.ffn_out, plan, out=False)
+            in_scores = [score(path) for path in plan.ffn_in]
+            if plan.ffn_fused:                                 # [gate | up]: one score each
+                in_scores = list(in_scores[0].chunk(2))
+            indices.ffn[s, layer] = ffn_index(in_scores, keep)
     return indices
 
 
 def _qkv_scores(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: bb.Attention,
-                head_dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row scores of q, k and v, each (heads * head_dim,); a fused linear's q, k, v are all its
-    scores (3 * heads * head_dim,), split as its layout stacks them."""
+                head_dim: int, q_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row scores of q (heads * head_dim,), k and v (kv_heads * head_dim,); a fused linear's q,
+    k, v are all its scores, split as its layout stacks them. `q_rows` = heads * head_dim, the
+    width W_o reads."""
     if attention.fused == bb.STACKED:                       # [q | k | v]
-        return q.chunk(3)
-    if attention.fused == bb.PER_HEAD:                      # [q_h | k_h | v_h] for every head h
-        per_head = q.view(-1, 3, head_dim)                  # (heads, 3, head_dim)
-        return tuple(per_head[:, part].flatten() for part in range(3))
+        kv_rows = (q.shape[0] - q_rows) // 2
+        return q.split([q_rows, kv_rows, kv_rows])
+    if attention.fused == bb.PER_HEAD:   # per key/value head: its query heads, its k, its v
+        kv_rows = (q.shape[0] - q_rows) // 2
+        groups = q_rows // kv_rows                          # query heads per key/value head
+        per_group = q.view(kv_rows // head_dim, groups + 2, head_dim)
+        return (per_group[:, :groups].flatten(), per_group[:, groups].flatten(),
+                per_group[:, groups + 1].flatten())
     return q, k, v
 
 
-def _out_features(block: nn.Module, path: str, plan: bb.BlockPlan) -> int:
-    return bb.get_path(block, path).weight.shape[1 if plan.conv1d else 0]
+def _has_head_wide_norm(block: nn.Module, attention: bb.Attention, head_dim: int) -> bool:
+    """Whether q or k has a norm one head wide, shared by every head (Qwen3, Gemma 3)."""
+    paths = [path for path in (attention.q_norm, attention.k_norm) if path]
+    return any(p.shape == (head_dim,) for path in paths
+               for p in bb.get_path(block, path).parameters())
+
+
+def _out_features(block: nn.Module, path: str, plan: bb.BlockPlan, out: bool = True) -> int:
+    """Output features of a linear of a block (input features with out=False)."""
+    return bb.get_path(block, path).weight.shape[int(plan.conv1d) ^ (not out)]
+
+
+def _in_features(block: nn.Module, path: str, plan: bb.BlockPlan) -> int:
+    return _out_features(block, path, plan, out=False)
 
 
 def _head_dim(config, width: int, stack_index: int) -> int:
@@ -470,17 +513,21 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
         side_blocks = bb.get_path(side_stack, model.family.layers)
         head_dim = _head_dim(model.backbone.config, model.width, s)
         for k, layer in enumerate(model.kept_layers[s]):
-            # (rows, columns) of every linear whose dims are not just the hidden index
-            linears = {}
+            # (rows, columns) of every linear whose dims are not just the hidden index, and the
+            # kept rows of q or k that the q and k norms follow
+            linears, norms = {}, {}
             for a, attention in enumerate(plan.attentions):
                 head = indices.heads[s, layer, a]
                 if attention.fused == bb.STACKED:
-                    d_attn = _out_features(blocks[layer], attention.q, plan) // 3
-                    linears[attention.q] = (torch.cat([head.q, head.k + d_attn,
-                                                       head.v + 2 * d_attn]), hidden)
+                    q_rows = _in_features(blocks[layer], attention.o, plan)
+                    kv_rows = (_out_features(blocks[layer], attention.q, plan) - q_rows) // 2
+                    linears[attention.q] = (torch.cat([head.q, head.k + q_rows,
+                                                       head.v + q_rows + kv_rows]), hidden)
                 elif attention.fused == bb.PER_HEAD:
-                    heads = _out_features(blocks[layer], attention.q, plan) // (3 * head_dim)
-                    linears[attention.q] = (_per_head_rows(head, head_dim, heads), hidden)
+                    q_rows = _in_features(blocks[layer], attention.o, plan)
+                    kv_rows = (_out_features(blocks[layer], attention.q, plan) - q_rows) // 2
+                    linears[attention.q] = (_per_head_rows(head, head_dim, kv_rows // head_dim),
+                                            hidden)
                 else:
                     linears[attention.q] = (head.q, hidden)
                     linears[attention.k] = (head.k, hidden)
@@ -488,9 +535,17 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
                 for path in attention.position:   # DeBERTa: position rows meet q and k rows,
                     linears[path] = (head.q, hidden)   # one shared index without rotary
                 linears[attention.o] = (hidden, head.o)
-            for path in plan.ffn_in:
-                linears[path] = (indices.ffn[s, layer], hidden)
-            linears[plan.ffn_out] = (hidden, indices.ffn[s, layer])
+                for path, kept in ((attention.q_norm, head.q), (attention.k_norm, head.k)):
+                    if path:
+                        norms[path] = kept
+            ffn = indices.ffn[s, layer]
+            if plan.ffn_fused:                                   # [gate | up]
+                intermediate = _in_features(blocks[layer], plan.ffn_out, plan)
+                linears[plan.ffn_in[0]] = (torch.cat([ffn, ffn + intermediate]), hidden)
+            else:
+                for path in plan.ffn_in:
+                    linears[path] = (ffn, hidden)
+            linears[plan.ffn_out] = (hidden, ffn)
             twins = dict(blocks[layer].named_parameters())
             first_block = dict(blocks[0].named_parameters())  # T5 keeps its position bias here
             for name, side_param in side_blocks[k].named_parameters():
@@ -505,6 +560,9 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
                         value = _take(_take(twin, rows, row_dim), cols, col_dim)
                     else:
                         value = _take(twin, rows, 0)
+                elif (module_path in norms and (value := _norm_entries(
+                        twin, norms[module_path], head_dim)) is not None):
+                    pass
                 else:
                     value = _prune_by_width(twin, side_param.shape, hidden, model.width, name)
                 values.append((side_param, value))
@@ -520,11 +578,31 @@ def pruned_values(model, indices: PruneIndices) -> list[tuple[nn.Parameter, torc
     return values
 
 
-def _per_head_rows(head: HeadIndex, head_dim: int, heads: int) -> torch.Tensor:
-    """Kept rows of a fused linear laid out [q_h | k_h | v_h] for every head h (GPT-NeoX)."""
-    dims = [index.view(heads, -1) % head_dim for index in (head.q, head.k, head.v)]
-    start = torch.arange(heads)[:, None] * 3 * head_dim                    # (heads, 1)
-    return torch.cat([start + part * head_dim + d for part, d in enumerate(dims)], 1).flatten()
+def _norm_entries(twin: torch.Tensor, kept: torch.Tensor, head_dim: int) -> torch.Tensor | None:
+    """The kept entries of a q or k norm, from the kept rows of q or k: a norm one head wide
+    (Qwen3, Gemma 3) keeps the dims every head keeps, one as wide as q or k (OLMo 2) the rows.
+    A norm of one row per head (Cohere) keeps each head's dims. None for any other shape."""
+    if twin.dim() == 2 and twin.shape[1] == head_dim:
+        return _take(twin.reshape(-1), kept, 0).view(twin.shape[0], -1)
+    if twin.dim() != 1:
+        return None
+    if twin.shape[0] == head_dim:
+        return _take(twin, kept[kept < head_dim], 0)            # head 0's dims, as every head's
+    if twin.shape[0] == int(kept.max()) // head_dim * head_dim + head_dim:
+        return _take(twin, kept, 0)
+    return None
+
+
+def _per_head_rows(head: HeadIndex, head_dim: int, kv_heads: int) -> torch.Tensor:
+    """Kept rows of a fused linear laid out per key/value head g as [q heads of g | k_g | v_g]
+    ([q_h | k_h | v_h] for every head h without grouped queries: GPT-NeoX, BLOOM)."""
+    groups = head.q.shape[0] // head.k.shape[0]               # query heads per key/value head
+    q = head.q.view(kv_heads, groups, -1) % head_dim           # (kv_heads, groups, d_s)
+    k, v = (index.view(kv_heads, 1, -1) % head_dim for index in (head.k, head.v))
+    start = torch.arange(kv_heads)[:, None, None] * (groups + 2) * head_dim
+    q = q + torch.arange(groups)[None, :, None] * head_dim
+    rows = torch.cat([q, k + groups * head_dim, v + (groups + 1) * head_dim], dim=1)
+    return (start + rows).flatten()                            # (kv_heads * (groups + 2) * d_s,)
 
 
 def _take(tensor: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:
