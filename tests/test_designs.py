@@ -4,9 +4,20 @@ Also: a warm-up asked for is never 0 steps."""
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+import torch
+from tiny_models import ALL_FAMILIES, tiny_backbone, tiny_inputs
+
+from laddertune import LSTConfig, LSTModel, get_lst_model
+from laddertune.app.options import TrainConfig, UsageError
 from laddertune.app.trainer import warmup_steps
+from laddertune.config import CONFIG_NAME
+from laddertune.errors import LSTConfigError
+
+# the LSTConfig fields of the designs here: folders saved before them load without them
+DESIGN_FIELDS = ("head_gate", "head_gate_init", "up_init")
 
 
 @pytest.mark.parametrize("ratio, total, expected", [
@@ -17,3 +28,122 @@ from laddertune.app.trainer import warmup_steps
 ])
 def test_a_warmup_asked_for_is_at_least_one_step(ratio, total, expected):
     assert warmup_steps(ratio, total) == expected
+
+
+# ---- shared checks ------------------------------------------------------------------------------
+
+def build(model_type, task="SEQ_CLS", **config):
+    backbone = tiny_backbone(model_type, task="lm" if "LM" in task else "bare")
+    torch.manual_seed(0)
+    return backbone, get_lst_model(backbone, LSTConfig(task_type=task, num_labels=2,
+                                                       reduction_factor=4, dropout=0.0, **config))
+
+
+def labels_for(model_type, task, inputs) -> torch.Tensor:
+    if "LM" in task:
+        return inputs["input_ids"].clone()
+    if task == "TOKEN_CLS":
+        return inputs["input_ids"] % 2
+    if "pixel_values" in inputs:
+        return (inputs["pixel_values"][:, 0].mean(dim=(1, 2)) > 0).long()
+    return inputs["input_ids"][:, 1] % 2
+
+
+def trains_only_its_own_and_reloads(model_type, task, tmp_path, **config):
+    """One step: the backbone gets no gradient and does not change, the design's parameters do;
+    then save -> load gives the same outputs. Returns the model and its gradients."""
+    backbone, model = build(model_type, task, **config)
+    inputs = tiny_inputs(model_type, batch=4, length=6)
+    labels = labels_for(model_type, task, inputs)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model.train()
+    model(**inputs, labels=labels).loss.backward()
+    assert all(p.grad is None for p in backbone.parameters())
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert all(torch.equal(v, backbone.state_dict()[k]) for k, v in before.items())
+    model.eval()
+    with torch.no_grad():
+        ours = model(**inputs, labels=labels).logits
+    model.save_pretrained(tmp_path)
+    loaded = LSTModel.from_pretrained(backbone, tmp_path)
+    with torch.no_grad():
+        theirs = loaded(**inputs, labels=labels).logits
+    torch.testing.assert_close(theirs, ours)      # same weights, same inputs, same kernels
+    assert all(getattr(loaded.config, name) == getattr(model.config, name)
+               for name in DESIGN_FIELDS)
+    return model, grads
+
+
+def nonzero(grads, prefix) -> bool:
+    return any(g.abs().sum() > 0 for name, g in grads.items() if name.startswith(prefix))
+
+
+# ---- 1. output mixing, QST-style ---------------------------------------------------------------
+
+@pytest.mark.parametrize("model_type", sorted(ALL_FAMILIES))
+def test_head_gate_trains_on_every_family(model_type, tmp_path):
+    model, grads = trains_only_its_own_and_reloads(model_type, "SEQ_CLS", tmp_path,
+                                                   head_gate=True, up_init="default")
+    assert model.head_gate_logits.shape == (model.width,)
+    assert nonzero(grads, "head_gate_logits") and nonzero(grads, "ladders.0.down.0")
+
+
+@pytest.mark.parametrize("model_type, task", [("llama", "CAUSAL_LM"), ("gpt2", "CAUSAL_LM"),
+                                              ("t5", "SEQ_2_SEQ_LM"), ("roberta", "TOKEN_CLS")])
+def test_head_gate_mixes_before_lm_and_token_heads(model_type, task, tmp_path):
+    model, grads = trains_only_its_own_and_reloads(model_type, task, tmp_path, head_gate=True)
+    assert nonzero(grads, "head_gate_logits") and nonzero(grads, "up.weight")
+
+
+def test_head_gate_starts_at_sigmoid_one_of_the_backbone_with_a_zero_up_projection():
+    backbone, model = build("llama", "CAUSAL_LM", head_gate=True, up_init="zero")
+    inputs = tiny_inputs("llama", batch=2, length=6)
+    with torch.no_grad():
+        final = backbone.model(**inputs).last_hidden_state                 # (b, t, d)
+        expected = backbone.lm_head(torch.sigmoid(torch.tensor(1.0)) * final)
+        ours = model.eval()(**inputs).logits
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)   # one matmul, reordered
+    model.train()
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    assert model.ladders[0].down[0].weight.grad.abs().sum() == 0      # zero up: no side gradient
+    assert model.head_gate_logits.grad.abs().sum() > 0
+
+
+def test_up_init_default_is_pytorchs_and_zero_is_zero():
+    _, default = build("bert", up_init="default")
+    _, zero = build("bert", up_init="zero")
+    _, auto = build("bert")
+    assert zero.up.weight.abs().sum() == 0
+    assert default.up.weight.abs().max() > 0.05 > auto.up.weight.abs().max()   # kaiming vs 0.01
+    assert auto.head_gate_logits is None
+
+
+def test_head_gate_and_head_residual_exclude_each_other_and_need_a_head():
+    with pytest.raises(LSTConfigError, match="turn one of them off"):
+        LSTConfig(head_gate=True, head_residual=True)
+    with pytest.raises(LSTConfigError, match="FEATURE_EXTRACTION has none"):
+        build("bert", "FEATURE_EXTRACTION", head_gate=True)
+
+
+def test_head_gate_reads_given_states_and_the_cache_flag_refuses_it(tmp_path):
+    backbone, model = build("bert", head_gate=True)
+    inputs = tiny_inputs("bert", batch=2, length=6)
+    with torch.no_grad():
+        given = model.eval()(**inputs, backbone_hidden_states=model.backbone_states(**inputs))
+        torch.testing.assert_close(given.logits, model(**inputs).logits)
+    with pytest.raises(UsageError, match="--lst-head-gate adds to the head"):
+        TrainConfig(model="x", train=str(tmp_path / "t.csv"), cache_backbone=True,
+                    lst={"head_gate": True})
+
+
+def test_a_folder_saved_before_the_designs_loads_as_today(tmp_path):
+    backbone, model = build("bert")
+    model.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / CONFIG_NAME).read_text())
+    for name in DESIGN_FIELDS:
+        meta.pop(name)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(meta))
+    loaded = LSTModel.from_pretrained(backbone, tmp_path)
+    assert all(getattr(loaded.config, name) == getattr(LSTConfig(), name)
+               for name in DESIGN_FIELDS)

@@ -15,6 +15,7 @@ GATE_KINDS = ("learnable", "fixed")
 SIDE_BLOCKS = ("auto", "native", "generic")
 POOLINGS = ("auto", "first", "last", "mean")
 LAST_LAYER_READINGS = ("raw", "normed")
+UP_INITS = ("auto", "zero", "default")
 BACKBONE_DTYPES = ("float32", "bfloat16", "int8", "nf4")   # laddertune.quant explains each
 CONFIG_NAME = "lst_config.json"
 WEIGHTS_NAME = "lst_model.safetensors"
@@ -95,6 +96,17 @@ class LSTConfig:
             state is an input, like the ladders'. Refused for ``FEATURE_EXTRACTION``. False
             (the paper's): the head reads the side network alone, which must first learn to
             reproduce the backbone's predictions.
+        head_gate: True: QST's output mixing. The head reads
+            sigmoid(z) * h + (1 - sigmoid(z)) * up(side), h the backbone's final hidden state and
+            z a trained vector of one logit per channel (d), starting at ``head_gate_init``.
+            Like ``head_residual`` (which it excludes) it reads the backbone's final state, so it
+            is refused for ``FEATURE_EXTRACTION`` and with a backbone-state cache.
+        head_gate_init: The starting z of every channel of ``head_gate``. QST's 1 starts the head
+            at sigmoid(1) = 0.73 of the backbone's state.
+        up_init: How the up-projection (d/r -> d) starts: ``zero`` (the side network's output
+            starts at none: the head starts as the pretrained model, but the side network gets
+            no gradient on the first step), ``default`` (PyTorch's Linear initialisation, as
+            QST) or ``auto`` (zero with ``head_residual``, else small normal weights, std 0.01).
         backbone_dtype: How the frozen backbone is stored: ``float32`` (as loaded), ``bfloat16``
             (half the weight memory; computed in bf16 where the device has fast bf16 kernels,
             else upcast to fp32 one layer at a time), ``int8`` (torchao weight-only int8 Linear
@@ -209,6 +221,23 @@ class LSTConfig:
                           "predictions and classifiers from a probe of the backbone. Off "
                           "(default, the paper's): the head reads the side network alone."},
     )
+    head_gate: bool = field(
+        default=False,
+        metadata={"help": "QST's output mixing: the head reads sigmoid(z) * (backbone's final "
+                          "state) + (1 - sigmoid(z)) * (side network's up-projection), z one "
+                          "trained logit per channel. Excludes head_residual."},
+    )
+    head_gate_init: float = field(
+        default=1.0,
+        metadata={"help": "Starting z of head_gate's per-channel gate; QST's 1 weighs the "
+                          "backbone's state sigmoid(1) = 0.73 at the start."},
+    )
+    up_init: str = field(
+        default="auto",
+        metadata={"help": "How the up-projection starts: 'zero' (the head starts at the "
+                          "backbone's own state), 'default' (PyTorch's Linear init, as QST) or "
+                          "'auto' (zero with head_residual, else normal with std 0.01)."},
+    )
     backbone_dtype: str = field(
         default="float32",
         metadata={"help": "How the frozen backbone is stored: 'float32' (default), 'bfloat16' "
@@ -234,7 +263,7 @@ class LSTConfig:
                 f"prune_samples must be a whole number >= 1, got {self.prune_samples!r}")
         if not _is_count(self.prune_seed, 0):
             raise LSTConfigError(f"prune_seed must be a whole number >= 0, got {self.prune_seed!r}")
-        for name in ("backbone_dropout", "gate_weight_decay"):
+        for name in ("backbone_dropout", "gate_weight_decay", "head_residual", "head_gate"):
             if not isinstance(getattr(self, name), bool):
                 raise LSTConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.gate not in GATE_KINDS:
@@ -259,6 +288,12 @@ class LSTConfig:
         if self.ladder_last_layer not in LAST_LAYER_READINGS:
             raise LSTConfigError(f"ladder_last_layer={self.ladder_last_layer!r} is unknown; use "
                                  "'raw' or 'normed'")
+        if self.up_init not in UP_INITS:
+            raise LSTConfigError(f"up_init={self.up_init!r} is unknown; use one of "
+                                 f"{', '.join(UP_INITS)}")
+        if self.head_gate and self.head_residual:
+            raise LSTConfigError("head_gate and head_residual are two ways of mixing the "
+                                 "backbone's final state into the head; turn one of them off")
         for name in ("side_layers", "decoder_side_layers"):
             layers = getattr(self, name)
             if layers is not None:

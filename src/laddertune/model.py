@@ -152,13 +152,15 @@ class LSTModel(HeldModules, nn.Module):
                    learnable_gates=config.gate == "learnable")
             for kept in self.kept_layers)
         self.side_model, self.side_stacks, self.side_blocks = self._build_side(backbone, config)
-        if config.head_residual and config.task_type == "FEATURE_EXTRACTION":
-            raise LSTConfigError("head_residual adds the backbone's state before a head, but "
-                                 "FEATURE_EXTRACTION has none; turn it off")
+        for name in ("head_residual", "head_gate"):
+            if getattr(config, name) and config.task_type == "FEATURE_EXTRACTION":
+                raise LSTConfigError(f"{name} mixes the backbone's state in before a head, but "
+                                     "FEATURE_EXTRACTION has none; turn it off")
         self.up = nn.Linear(self.side_width, width)            # (b, t, d/r) -> (b, t, d)
-        # a correction to the backbone's state starts at none (head_residual)
-        nn.init.normal_(self.up.weight, std=0.0 if config.head_residual else 0.01)
-        nn.init.zeros_(self.up.bias)
+        _init_up(self.up, config)
+        # QST's output gate: one logit z per channel, sigmoid(z) weighs the backbone's state
+        self.head_gate_logits = (nn.Parameter(torch.full((width,), config.head_gate_init))
+                                 if config.head_gate else None)                       # (d,)
         self.head_dropout = nn.Dropout(config.dropout)
         self.classifier = None
         if config.task_type in ("SEQ_CLS", "TOKEN_CLS"):
@@ -285,16 +287,21 @@ class LSTModel(HeldModules, nn.Module):
             backbone_last = self._backbone_last(backbone_last, given[1])
         return self._task_output(side_hidden, pad_mask, labels, cache_out, backbone_last)
 
+    @property
+    def head_reads_backbone(self) -> bool:
+        """Whether the head reads the backbone's final state (`head_residual`, `head_gate`)."""
+        return self.config.head_residual or self.config.head_gate
+
     def _backbone_last(self, computed, given):
-        """The backbone's final hidden state, (b, t, d), when `head_residual` reads it: as the
+        """The backbone's final hidden state, (b, t, d), when the head reads it: as the
         backbone just computed it, or the entry after the last layer's in given states."""
-        if not self.config.head_residual or computed is not None:
+        if not self.head_reads_backbone or computed is not None:
             return computed
         after_last = bb.num_layers(self.stacks[-1], self.family) + 1
         if len(given) <= after_last or given[after_last] is None:
-            raise InputError("head_residual reads the backbone's final state, which these "
-                             "backbone_hidden_states lack; pass model.backbone_states(...) of "
-                             "this model")
+            raise InputError("the head reads the backbone's final state (head_residual, "
+                             "head_gate), which these backbone_hidden_states lack; pass "
+                             "model.backbone_states(...) of this model")
         return given[after_last]
 
     @torch.no_grad()
@@ -315,7 +322,7 @@ class LSTModel(HeldModules, nn.Module):
                 1, **dec_inputs, encoder_hidden_states=out.last_hidden_state,
                 encoder_attention_mask=attention_mask)
             read.append(self._read_only(1, dec_states))
-        if self.config.head_residual:         # what the LM head reads, after the last layer
+        if self.head_reads_backbone:          # what the head reads, after the last layer
             read[-1] = (*read[-1], out.last_hidden_state)
         return tuple(read)
 
@@ -445,20 +452,20 @@ class LSTModel(HeldModules, nn.Module):
     def _task_output(self, side_hidden, pad_mask, labels, cache, backbone_last=None
                      ) -> LSTOutput:
         task = self.config.task_type
-        residual = self.config.head_residual
+        mixed = self.head_reads_backbone
         if task == "SEQ_CLS":
             pooled = self._pool(side_hidden, pad_mask)                     # (b, d/r)
-            if residual:      # the backbone's pooled state, corrected by the side network
-                up = self._pool(backbone_last, pad_mask) + self.up(pooled)   # (b, d)
+            if mixed:         # the backbone's pooled state, mixed with the side network's
+                up = self._mix_backbone(self._pool(backbone_last, pad_mask), self.up(pooled))
             else:
                 up = torch.tanh(self.up(pooled))                             # (b, d)
             logits = self.classifier(self.head_dropout(up))                  # (b, num_labels)
             return LSTOutput(self._classification_loss(logits, labels), logits, None, cache)
         up = self.up(side_hidden)                                            # (b, t, d)
-        if residual:
-            up = up + backbone_last                                          # (b, t, d)
+        if mixed:
+            up = self._mix_backbone(backbone_last, up)                       # (b, t, d)
         if task == "TOKEN_CLS":
-            features = up if residual else torch.tanh(up)
+            features = up if mixed else torch.tanh(up)
             logits = self.classifier(self.head_dropout(features))           # (b, t, num_labels)
             return LSTOutput(self._classification_loss(logits, labels), logits, up, cache)
         if task == "FEATURE_EXTRACTION":
@@ -473,6 +480,14 @@ class LSTModel(HeldModules, nn.Module):
         logits, loss = frozen_head_logits_and_loss(up * scale, weight, bias, labels,
                                                    shift=task == "CAUSAL_LM")  # (b, t, vocab)
         return LSTOutput(loss, logits, up, cache)
+
+    def _mix_backbone(self, backbone, side):
+        """What the head reads, (..., d) both: h + up(side) (`head_residual`), or QST's
+        sigmoid(z) * h + (1 - sigmoid(z)) * up(side), per channel (`head_gate`)."""
+        if self.head_gate_logits is None:
+            return backbone + side
+        gate = torch.sigmoid(self.head_gate_logits)                          # (d,)
+        return gate * backbone + (1 - gate) * side
 
     def _pool(self, hidden, pad_mask):
         """One vector per sequence: (b, t, w) -> (b, w), side (d/r) or backbone (d) width."""
@@ -831,6 +846,18 @@ def _warn_other_dtype(meta: dict, model: LSTModel) -> None:
                       f"{trained[1]}; this backbone is {now[0]} computing in {now[1]}, so the "
                       "outputs differ a little from training's",
                       LSTWarning, stacklevel=3)
+
+
+def _init_up(up: nn.Linear, config: LSTConfig) -> None:
+    """`config.up_init`: zero (a correction that starts at none), PyTorch's default (as QST), or
+    auto: zero under head_residual, else small normal weights."""
+    choice = config.up_init
+    if choice == "auto":
+        choice = "zero" if config.head_residual else "small"
+    if choice == "default":
+        return                                  # nn.Linear's own kaiming-uniform start
+    nn.init.normal_(up.weight, std=0.0 if choice == "zero" else 0.01)
+    nn.init.zeros_(up.bias)
 
 
 def decay_groups(parameters, weight_decay: float, decays) -> list[dict]:

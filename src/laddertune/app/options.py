@@ -267,9 +267,10 @@ class TrainConfig:
                                   if m.reads_backbone_states)
             raise UsageError(f"--cache-backbone is for {readers}: {self.method} trains "
                              "through the backbone, whose states then change every step")
-        if self.cache_backbone and lst.head_residual:
+        if self.cache_backbone and (lst.head_residual or lst.head_gate):
+            flag = "--lst-head-residual" if lst.head_residual else "--lst-head-gate"
             raise UsageError("--cache-backbone stores what the ladders read, not the backbone's "
-                             "final state that --lst-head-residual adds; drop one of them")
+                             f"final state that {flag} adds to the head; drop one of them")
         if self.cache_backbone and lst.backbone_dropout:
             if "backbone_dropout" not in self.lst:   # the paper preset turned it on
                 raise UsageError("--cache-backbone needs fixed backbone states, but --lst-preset "
