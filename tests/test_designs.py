@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from tiny_models import ALL_FAMILIES, tiny_backbone, tiny_inputs
 
 from laddertune import LSTConfig, LSTModel, get_lst_model
@@ -15,9 +16,10 @@ from laddertune.app.options import TrainConfig, UsageError
 from laddertune.app.trainer import warmup_steps
 from laddertune.config import CONFIG_NAME
 from laddertune.errors import LSTConfigError
+from laddertune.side import Ladder, LowRankDown
 
 # the LSTConfig fields of the designs here: folders saved before them load without them
-DESIGN_FIELDS = ("head_gate", "head_gate_init", "up_init")
+DESIGN_FIELDS = ("head_gate", "head_gate_init", "up_init", "ladder_rank", "gate_per_channel")
 
 
 @pytest.mark.parametrize("ratio, total, expected", [
@@ -147,3 +149,43 @@ def test_a_folder_saved_before_the_designs_loads_as_today(tmp_path):
     loaded = LSTModel.from_pretrained(backbone, tmp_path)
     assert all(getattr(loaded.config, name) == getattr(LSTConfig(), name)
                for name in DESIGN_FIELDS)
+
+
+# ---- 2. ladders, QST-style: low rank, swish, LayerNorm; per-channel gates ------------------------
+
+@pytest.mark.parametrize("model_type", sorted(ALL_FAMILIES))
+def test_low_rank_ladders_with_per_channel_gates_train_on_every_family(model_type, tmp_path):
+    model, grads = trains_only_its_own_and_reloads(
+        model_type, "SEQ_CLS", tmp_path, ladder_rank=4, gate_per_channel=True,
+        gate_temperature=1.0, gate_alpha_init=0.5)
+    ladder = model.ladders[0]
+    assert isinstance(ladder.down[1], LowRankDown) and ladder.down[1].inner.out_features == 4
+    assert ladder.gate_alphas.shape == (len(ladder.kept_layers), model.side_width)
+    assert nonzero(grads, "ladders.0.gate_alphas") and nonzero(grads, "ladders.0.down.1.inner")
+
+
+def test_a_low_rank_ladder_reads_as_qst_writes_it():
+    ladder = LowRankDown(width=32, rank=4, side_width=8)
+    x = torch.randn(2, 3, 32)                                          # (b, t, d)
+    expected = F.layer_norm(ladder.outer(F.silu(ladder.inner(x))), (8,),
+                            ladder.norm.weight, ladder.norm.bias)
+    torch.testing.assert_close(ladder(x), expected)
+    assert ladder(x).shape == (2, 3, 8)
+
+
+def test_per_channel_gates_mix_each_channel_by_its_own_alpha():
+    ladder = Ladder(8, 4, [0, 1], temperature=1.0, alpha_init=0.0, learnable_gates=True,
+                    per_channel_gates=True)
+    with torch.no_grad():
+        ladder.gate_alphas[0] = torch.tensor([-20.0, 20.0, 0.0, 0.0])  # ladder, side, 50/50
+    side, states = torch.ones(1, 1, 4), [torch.zeros(1, 1, 8)] * 3
+    down = ladder.down[1](states[1])                                   # (1, 1, 4)
+    mixed = ladder.mix(0, side, states)
+    torch.testing.assert_close(mixed[..., 0], down[..., 0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(mixed[..., 1], side[..., 1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(mixed[..., 2], (side[..., 2] + down[..., 2]) / 2)
+
+
+def test_ladder_rank_is_checked():
+    with pytest.raises(LSTConfigError, match="ladder_rank must be"):
+        LSTConfig(ladder_rank=0)

@@ -57,6 +57,13 @@ class LSTConfig:
         gate_alpha_init: Initial alpha. 0 gives mu = 0.5: an even mix of side stream and ladder.
         gate: ``learnable`` gates (alpha is trained) or ``fixed`` gates (alpha stays at its
             initial value, as in the paper's ablation).
+        ladder_rank: None (the paper's): each ladder is one Linear(d -> d/r). k: QST's
+            low-rank ladder Linear(d -> k), swish, Linear(k -> d/r), LayerNorm(d/r); QST uses
+            16. Its parameters no longer grow with d * d/r, so a wider side network (smaller
+            ``reduction_factor``) costs far fewer ladder parameters.
+        gate_per_channel: One gate alpha per side channel, (n, d/r), as QST, instead of one per
+            side block, (n,). (QST's gates are sigmoid(z) with z starting at 0.5: here
+            ``gate_temperature=1, gate_alpha_init=0.5``.)
         side_init: How side blocks start: ``magnitude`` (the default: backbone blocks pruned to
             width d/r, ranked by weight magnitude), ``fisher`` (ranked by the summed squared
             gradients of the task loss on ``init_data``, as the paper does) or ``random``.
@@ -152,6 +159,17 @@ class LSTConfig:
     gate: str = field(
         default="learnable",
         metadata={"help": "'learnable' trains the gates; 'fixed' keeps them at their start value."},
+    )
+    ladder_rank: int | None = field(
+        default=None,
+        metadata={"help": "None: each ladder is one Linear(d -> d/r), as the paper. A number k: "
+                          "QST's low-rank ladder Linear(d -> k), swish, Linear(k -> d/r), "
+                          "LayerNorm (QST uses 16); far fewer ladder parameters."},
+    )
+    gate_per_channel: bool = field(
+        default=False,
+        metadata={"help": "One gate per side channel (a vector of d/r alphas per side block), "
+                          "as QST, instead of one scalar gate per block."},
     )
     side_init: str = field(
         default=_DefaultChoice("magnitude"),
@@ -263,7 +281,8 @@ class LSTConfig:
                 f"prune_samples must be a whole number >= 1, got {self.prune_samples!r}")
         if not _is_count(self.prune_seed, 0):
             raise LSTConfigError(f"prune_seed must be a whole number >= 0, got {self.prune_seed!r}")
-        for name in ("backbone_dropout", "gate_weight_decay", "head_residual", "head_gate"):
+        for name in ("backbone_dropout", "gate_weight_decay", "head_residual", "head_gate",
+                     "gate_per_channel"):
             if not isinstance(getattr(self, name), bool):
                 raise LSTConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.gate not in GATE_KINDS:
@@ -288,6 +307,9 @@ class LSTConfig:
         if self.ladder_last_layer not in LAST_LAYER_READINGS:
             raise LSTConfigError(f"ladder_last_layer={self.ladder_last_layer!r} is unknown; use "
                                  "'raw' or 'normed'")
+        if self.ladder_rank is not None and not _is_count(self.ladder_rank, 1):
+            raise LSTConfigError(f"ladder_rank must be a whole number >= 1 (QST uses 16) or "
+                                 f"None, got {self.ladder_rank!r}")
         if self.up_init not in UP_INITS:
             raise LSTConfigError(f"up_init={self.up_init!r} is unknown; use one of "
                                  f"{', '.join(UP_INITS)}")

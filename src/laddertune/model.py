@@ -149,7 +149,8 @@ class LSTModel(HeldModules, nn.Module):
         dtype = _side_dtype(backbone)
         self.ladders = nn.ModuleList(
             Ladder(width, self.side_width, kept, config.gate_temperature, config.gate_alpha_init,
-                   learnable_gates=config.gate == "learnable")
+                   learnable_gates=config.gate == "learnable", rank=config.ladder_rank,
+                   per_channel_gates=config.gate_per_channel)
             for kept in self.kept_layers)
         self.side_model, self.side_stacks, self.side_blocks = self._build_side(backbone, config)
         for name in ("head_residual", "head_gate"):
