@@ -189,3 +189,31 @@ def test_per_channel_gates_mix_each_channel_by_its_own_alpha():
 def test_ladder_rank_is_checked():
     with pytest.raises(LSTConfigError, match="ladder_rank must be"):
         LSTConfig(ladder_rank=0)
+
+
+# ---- 3. capacity decoupled from ladder parameters: a wider side network, low-rank ladders -------
+
+def ladder_and_block_parameters(r: int, rank: int | None) -> tuple[int, int]:
+    backbone = tiny_backbone("bert", hidden_size=128, intermediate_size=256)
+    model = get_lst_model(backbone, LSTConfig(reduction_factor=r, ladder_rank=rank,
+                                              side_init="random"))
+    ladders = sum(p.numel() for p in model.ladders.parameters())
+    blocks = sum(p.numel() for p in model.side_model.parameters())
+    return ladders, blocks
+
+
+def test_a_wider_side_network_with_low_rank_ladders_grows_its_blocks_not_its_ladders():
+    d, k, n = 128, 16, 4                       # width, ladder rank, ladders (embeddings + 3 layers)
+    for r in (8, 4, 2):
+        s = d // r
+        full, _ = ladder_and_block_parameters(r, None)
+        low, _ = ladder_and_block_parameters(r, k)
+        assert full == n * (d + 1) * s + 3          # + one scalar gate per side block
+        assert low == n * ((d + 1) * k + (k + 3) * s) + 3
+    full_8, blocks_8 = ladder_and_block_parameters(8, None)
+    full_2, blocks_2 = ladder_and_block_parameters(2, None)
+    low_8, _ = ladder_and_block_parameters(8, k)
+    low_2, _ = ladder_and_block_parameters(2, k)
+    assert full_2 / full_8 == pytest.approx(4, rel=0.01)       # full ladders: linear in d/r
+    assert low_2 / low_8 < 1.5                                  # low rank: barely moves
+    assert blocks_2 / blocks_8 > 10                             # the capacity: ~ (d/r)^2
