@@ -9,17 +9,18 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import ALL_FAMILIES, tiny_backbone, tiny_inputs
+from tiny_models import ALL_FAMILIES, SEQ2SEQ_FAMILIES, tiny_backbone, tiny_inputs
 
 from laddertune import LSTConfig, LSTModel, get_lst_model
 from laddertune.app.options import TrainConfig, UsageError
 from laddertune.app.trainer import warmup_steps
 from laddertune.config import CONFIG_NAME
-from laddertune.errors import LSTConfigError
+from laddertune.errors import InputError, LSTConfigError, UnsupportedModelError
 from laddertune.side import Ladder, LowRankDown
 
 # the LSTConfig fields of the designs here: folders saved before them load without them
-DESIGN_FIELDS = ("head_gate", "head_gate_init", "up_init", "ladder_rank", "gate_per_channel")
+DESIGN_FIELDS = ("head_gate", "head_gate_init", "up_init", "ladder_rank", "gate_per_channel",
+                 "late_layers", "late_tuning", "late_lora_rank")
 
 
 @pytest.mark.parametrize("ratio, total, expected", [
@@ -217,3 +218,85 @@ def test_a_wider_side_network_with_low_rank_ladders_grows_its_blocks_not_its_lad
     assert full_2 / full_8 == pytest.approx(4, rel=0.01)       # full ladders: linear in d/r
     assert low_2 / low_8 < 1.5                                  # low rank: barely moves
     assert blocks_2 / blocks_8 > 10                             # the capacity: ~ (d/r)^2
+
+
+# ---- 4. the late route: side blocks below, the top K layers trained ------------------------------
+
+ONE_STACK_FAMILIES = sorted(set(ALL_FAMILIES) - set(SEQ2SEQ_FAMILIES))
+
+
+@pytest.mark.parametrize("model_type", ONE_STACK_FAMILIES)
+def test_late_route_trains_on_every_one_stack_family(model_type, tmp_path):
+    model, grads = trains_only_its_own_and_reloads(model_type, "SEQ_CLS", tmp_path, late_layers=2)
+    depth = len(model.late.blocks) + model.late.first_layer
+    assert len(model.late.blocks) == 2 and model.late.first_layer == depth - 2
+    assert max(model.kept_layers[0]) < depth - 2              # side blocks below the top K only
+    assert nonzero(grads, "late.blocks") and nonzero(grads, "up.weight")
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet", "llama", "gpt2", "opt", "vit"])
+def test_late_route_starts_as_the_backbone(model_type):
+    """up starts at zero and the top layers are copies: the head reads the backbone's state."""
+    backbone = tiny_backbone(model_type)
+    model = get_lst_model(backbone, LSTConfig(task_type="FEATURE_EXTRACTION",
+                                              reduction_factor=4, late_layers=2)).eval()
+    inputs = tiny_inputs(model_type, batch=2, length=6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).last_hidden_state,
+                                   backbone(**inputs).last_hidden_state)   # same kernels
+
+
+@pytest.mark.parametrize("tuning", ["full", "lora"])
+def test_late_route_as_a_language_model_starts_from_the_pretrained_one(tuning, tmp_path):
+    backbone = tiny_backbone("llama", task="lm")
+    model, grads = trains_only_its_own_and_reloads("llama", "CAUSAL_LM", tmp_path,
+                                                   late_layers=1, late_tuning=tuning)
+    fresh = get_lst_model(backbone, LSTConfig(task_type="CAUSAL_LM", reduction_factor=4,
+                                              late_layers=1, late_tuning=tuning)).eval()
+    inputs = tiny_inputs("llama", batch=2, length=6)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**inputs).logits, backbone(**inputs).logits)
+    trained = {n for n, p in fresh.named_parameters() if p.requires_grad and n.startswith("late")}
+    if tuning == "lora":
+        assert trained and all("lora_" in n for n in trained)
+        assert nonzero(grads, "late.blocks.0.self_attn.q_proj.lora_b")   # B starts at 0, A waits
+    else:
+        assert "late.blocks.0.mlp.down_proj.weight" in trained
+    out = fresh.generate(inputs["input_ids"], max_new_tokens=3)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3   # no cache: the prompt reruns
+
+
+def test_late_route_costs_its_top_layers_in_trainable_parameters():
+    _, plain = build("llama")
+    _, late = build("llama", late_layers=2)
+    layer = sum(p.numel() for p in plain.backbone.layers[-1].parameters())
+    norm = sum(p.numel() for p in plain.backbone.norm.parameters())
+    assert sum(p.numel() for p in late.late.parameters()) == 2 * layer + norm
+    assert len(late.side_model.layers) < len(plain.side_model.layers)   # fewer side blocks
+
+
+def test_late_route_refusals(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="encoder and a decoder"):
+        build("t5", late_layers=1)
+    with pytest.raises(LSTConfigError, match="use 1 to 3"):
+        build("bert", late_layers=4)
+    with pytest.raises(LSTConfigError, match="below the late route's top layers"):
+        build("bert", late_layers=2, side_layers=[3])
+    with pytest.raises(LSTConfigError, match="turn off head_residual"):
+        LSTConfig(late_layers=2, head_gate=True)
+    with pytest.raises(UsageError, match="late route"):
+        TrainConfig(model="x", train=str(tmp_path / "t.csv"), cache_backbone=True,
+                    lst_preset="late")
+    backbone, model = build("bert", late_layers=2)
+    inputs = tiny_inputs("bert", batch=2, length=6)
+    with pytest.raises(InputError, match="late route"):
+        model(**inputs, backbone_hidden_states=model.backbone_states(**inputs))
+
+
+def test_the_late_preset_names_the_late_route_and_the_paper_stays(tmp_path):
+    cfg = TrainConfig(model="x", train=str(tmp_path / "t.csv"), lst_preset="late")
+    assert cfg.lst_config().late_layers == 2 and cfg.lst_config().late_tuning == "full"
+    overridden = TrainConfig(model="x", train=str(tmp_path / "t.csv"), lst_preset="late",
+                             lst={"late_layers": 1, "late_tuning": "lora"}).lst_config()
+    assert (overridden.late_layers, overridden.late_tuning) == (1, "lora")
+    assert LSTConfig.paper().late_layers == 0 and LSTConfig().late_layers == 0

@@ -16,6 +16,7 @@ SIDE_BLOCKS = ("auto", "native", "generic")
 POOLINGS = ("auto", "first", "last", "mean")
 LAST_LAYER_READINGS = ("raw", "normed")
 UP_INITS = ("auto", "zero", "default")
+LATE_TUNINGS = ("full", "lora")
 BACKBONE_DTYPES = ("float32", "bfloat16", "int8", "nf4")   # laddertune.quant explains each
 CONFIG_NAME = "lst_config.json"
 WEIGHTS_NAME = "lst_model.safetensors"
@@ -114,6 +115,15 @@ class LSTConfig:
             starts at none: the head starts as the pretrained model, but the side network gets
             no gradient on the first step), ``default`` (PyTorch's Linear initialisation, as
             QST) or ``auto`` (zero with ``head_residual``, else small normal weights, std 0.01).
+        late_layers: K > 0 takes the late route (SHERL, DTL; `laddertune.late`): side blocks on
+            the layers below the top K only; the side network's up-projected output is added to
+            the backbone stream before its top K layers, and trained copies of those K layers
+            (and of the stack's final norm) carry it to the head. Memory between LST's and
+            top-K LoRA's. 0 (default): LST as the paper. One-stack models only; the copies keep
+            no key/value cache, and the route cannot read cached backbone states.
+        late_tuning: How the top K copies train: ``full`` (every weight) or ``lora`` (a
+            low-rank correction of each of their Linear layers, the copies frozen).
+        late_lora_rank: The rank of those corrections.
         backbone_dtype: How the frozen backbone is stored: ``float32`` (as loaded), ``bfloat16``
             (half the weight memory; computed in bf16 where the device has fast bf16 kernels,
             else upcast to fp32 one layer at a time), ``int8`` (torchao weight-only int8 Linear
@@ -256,6 +266,22 @@ class LSTConfig:
                           "backbone's own state), 'default' (PyTorch's Linear init, as QST) or "
                           "'auto' (zero with head_residual, else normal with std 0.01)."},
     )
+    late_layers: int = field(
+        default=0,
+        metadata={"help": "K > 0: the late route (SHERL/DTL): side blocks on the lower layers, "
+                          "their output added back before the top K backbone layers, which are "
+                          "trained (copies; see late_tuning). More memory than LST, less than "
+                          "top-K LoRA. 0 (default): plain LST."},
+    )
+    late_tuning: str = field(
+        default="full",
+        metadata={"help": "How the late route's top K layers train: 'full' or 'lora' (a "
+                          "low-rank correction of each of their linear layers)."},
+    )
+    late_lora_rank: int = field(
+        default=8,
+        metadata={"help": "Rank of the LoRA corrections when late_tuning is 'lora'."},
+    )
     backbone_dtype: str = field(
         default="float32",
         metadata={"help": "How the frozen backbone is stored: 'float32' (default), 'bfloat16' "
@@ -316,6 +342,16 @@ class LSTConfig:
         if self.head_gate and self.head_residual:
             raise LSTConfigError("head_gate and head_residual are two ways of mixing the "
                                  "backbone's final state into the head; turn one of them off")
+        if not _is_count(self.late_layers, 0) or not _is_count(self.late_lora_rank, 1):
+            raise LSTConfigError(f"late_layers must be a whole number >= 0 and late_lora_rank "
+                                 f">= 1, got {self.late_layers!r} and {self.late_lora_rank!r}")
+        if self.late_tuning not in LATE_TUNINGS:
+            raise LSTConfigError(f"late_tuning={self.late_tuning!r} is unknown; use 'full' or "
+                                 "'lora'")
+        if self.late_layers and (self.head_residual or self.head_gate):
+            raise LSTConfigError("the late route's top layers already carry the side network "
+                                 "into the head; turn off head_residual and head_gate, or set "
+                                 "late_layers=0")
         for name in ("side_layers", "decoder_side_layers"):
             layers = getattr(self, name)
             if layers is not None:
@@ -353,6 +389,13 @@ class LSTConfig:
                        side_attention_dropout=0.1, dropout=0.1, gate="learnable",
                        gate_temperature=0.1, gate_alpha_init=0.0, gate_weight_decay=False)
         return cls(**{**choices, **overrides})
+
+    @classmethod
+    def late(cls, **overrides) -> LSTConfig:
+        """The late route (``late_layers``) as a preset: side blocks on the lower layers, the
+        top 2 backbone layers trained in full. For users who can afford the top layers'
+        activations and weights; any field can be overridden."""
+        return cls(**{"late_layers": 2, "late_tuning": "full", **overrides})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -41,6 +41,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .held import HeldModules
+from .late import LateRoute, block_calls, final_norms_agree
 from .lm_loss import frozen_head_logits_and_loss
 from .side import (
     GenericSideStack,
@@ -136,6 +137,7 @@ class LSTModel(HeldModules, nn.Module):
                 f"{backbone.config.model_type} is an {self.family.kind} model; use one of "
                 f"{', '.join(_TASKS_BY_KIND[self.family.kind])}")
         self.stacks = bb.backbone_stacks(backbone, self.family)
+        self._check_late_route(config)
         self.kept_layers = [self._kept_layers(config.side_layers, self.stacks[0], "side_layers")]
         if self.family.kind == bb.ENCODER_DECODER:
             self.kept_layers.append(self._kept_layers(
@@ -162,6 +164,15 @@ class LSTModel(HeldModules, nn.Module):
         # QST's output gate: one logit z per channel, sigmoid(z) weighs the backbone's state
         self.head_gate_logits = (nn.Parameter(torch.full((width,), config.head_gate_init))
                                  if config.head_gate else None)                       # (d,)
+        self.late = None    # the late route's trained top layers (laddertune.late)
+        if config.late_layers:
+            self.late = LateRoute(self.stacks[0], self.family, config.late_layers,
+                                  config.late_tuning, config.late_lora_rank)
+            with frozen(backbone):
+                if not final_norms_agree(self.stacks[0], self.family, self.late.final_norms):
+                    raise UnsupportedModelError(
+                        f"the late route cannot tell which norms {backbone.config.model_type} "
+                        "applies after its last layer; set late_layers=0 for this model")
         self.head_dropout = nn.Dropout(config.dropout)
         self.classifier = None
         if config.task_type in ("SEQ_CLS", "TOKEN_CLS"):
@@ -183,17 +194,35 @@ class LSTModel(HeldModules, nn.Module):
     def _backbone_blocks(self) -> list[nn.Module]:
         return [block for stack in self.stacks for block in bb.get_path(stack, self.family.layers)]
 
+    def _check_late_route(self, config) -> None:
+        if not config.late_layers:
+            return
+        if self.family.kind == bb.ENCODER_DECODER:
+            raise UnsupportedModelError(
+                f"the late route runs the top layers of one stack, and "
+                f"{self.backbone.config.model_type} has an encoder and a decoder; set "
+                "late_layers=0 for this model")
+        depth = bb.num_layers(self.stacks[0], self.family)
+        if not 1 <= config.late_layers < depth:
+            raise LSTConfigError(f"late_layers={config.late_layers} leaves no layer below for "
+                                 f"the side network: this backbone has {depth} layers; use 1 "
+                                 f"to {depth - 1}")
+
     def _kept_layers(self, requested, stack, name) -> list[int]:
-        depth = bb.num_layers(stack, self.family)
-        if requested is None:
+        depth = bb.num_layers(stack, self.family) - self.config.late_layers   # below the top K
+        if requested is None and self.config.late_layers:
+            kept = default_side_layers(depth)
+        elif requested is None:
             reference = self.family.reference_side_layers
             kept = (reference and reference(self.backbone.config)) or default_side_layers(depth)
         else:
             kept = list(requested)
         bad = [i for i in kept if not 0 <= i < depth]
         if bad:
+            below = " below the late route's top layers" if self.config.late_layers else ""
             raise LSTConfigError(
-                f"{name} {bad} out of range: this backbone stack has layers 0..{depth - 1}")
+                f"{name} {bad} out of range: this backbone stack has layers 0..{depth - 1}"
+                f"{below}")
         return kept
 
     def _build_side(self, backbone, config):
@@ -414,20 +443,35 @@ class LSTModel(HeldModules, nn.Module):
         cache_kwargs = {}
         if self.family.kind in (bb.DECODER,) or index == 1:
             cache_kwargs = {"use_cache": use_cache, "cache": backbone_cache}
-        out = None
+        if self.late is not None:   # the copies keep no cache: generation reruns the prompt
+            cache_kwargs = {"use_cache": False} if cache_kwargs else {}
+        out, calls = None, None
         if states is None:
-            out, states = self.run_backbone(index, **inputs, **(backbone_extra or {}),
-                                            **cache_kwargs)
+            top = bb.get_path(self.stacks[index], self.family.layers)[
+                self.late.first_layer:] if self.late is not None else []
+            with block_calls(top) as calls:
+                out, states = self.run_backbone(index, **inputs, **(backbone_extra or {}),
+                                                **cache_kwargs)
+        elif self.late is not None:
+            raise InputError("the late route runs its top layers on the backbone's own call, "
+                             "so it cannot read given backbone_hidden_states; run it on inputs")
         backbone_hidden = None if out is None else out.last_hidden_state
+        new_cache = None
         if self.side_blocks == "generic":   # no cache: generation recomputes
             side_hidden = side_stack(states, inputs.get("attention_mask"))
-            return side_hidden, None, backbone_hidden
-        if cache_kwargs:
-            cache_kwargs["cache"] = side_cache
-        with ladder.reading(states):
-            side_out = side_stack(**inputs, **(side_extra or {}), **cache_kwargs, return_dict=True)
-        new_cache = (out.cache, side_out.cache) if use_cache and out is not None else None
-        return side_out.last_hidden_state, new_cache, backbone_hidden
+        else:
+            if "cache" in cache_kwargs:
+                cache_kwargs["cache"] = side_cache
+            with ladder.reading(states):
+                side_out = side_stack(**inputs, **(side_extra or {}), **cache_kwargs,
+                                      return_dict=True)
+            side_hidden = side_out.last_hidden_state                       # (b, t, d/r)
+            if use_cache and out is not None and self.late is None:
+                new_cache = (out.cache, side_out.cache)
+        if self.late is not None:   # the side output rejoins the stream before the top K layers
+            stream = states[self.late.first_layer].to(side_hidden.dtype)  # (b, t, d)
+            backbone_hidden = self.late(stream + self.up(side_hidden), calls)
+        return side_hidden, new_cache, backbone_hidden
 
     def run_backbone(self, index: int, **inputs) -> tuple[ModelOutput, tuple[torch.Tensor, ...]]:
         """Backbone stack `index` without autograd: its output and the states its ladder reads,
@@ -454,6 +498,8 @@ class LSTModel(HeldModules, nn.Module):
                      ) -> LSTOutput:
         task = self.config.task_type
         mixed = self.head_reads_backbone
+        if self.late is not None:   # the late route's top layers made the state the head reads
+            return self._head(backbone_last, pad_mask, labels, cache)
         if task == "SEQ_CLS":
             pooled = self._pool(side_hidden, pad_mask)                     # (b, d/r)
             if mixed:         # the backbone's pooled state, mixed with the side network's
@@ -471,6 +517,25 @@ class LSTModel(HeldModules, nn.Module):
             return LSTOutput(self._classification_loss(logits, labels), logits, up, cache)
         if task == "FEATURE_EXTRACTION":
             return LSTOutput(None, None, up, cache)
+        return self._lm_head(up, labels, cache)
+
+    def _head(self, state, pad_mask, labels, cache) -> LSTOutput:
+        """The task head on a state of the backbone's kind, (b, t, d), as the pretrained
+        model's own head would read it: pooled for SEQ_CLS, with no tanh."""
+        task = self.config.task_type
+        if task == "SEQ_CLS":
+            logits = self.classifier(self.head_dropout(self._pool(state, pad_mask)))  # (b, k)
+            return LSTOutput(self._classification_loss(logits, labels), logits, None, cache)
+        if task == "TOKEN_CLS":
+            logits = self.classifier(self.head_dropout(state))              # (b, t, num_labels)
+            return LSTOutput(self._classification_loss(logits, labels), logits, state, cache)
+        if task == "FEATURE_EXTRACTION":
+            return LSTOutput(None, None, state, cache)
+        return self._lm_head(state, labels, cache)
+
+    def _lm_head(self, up, labels, cache) -> LSTOutput:
+        """The backbone's frozen LM head on (b, t, d): logits (b, t, vocab) and the loss."""
+        task = self.config.task_type
         weight, bias, scale = bb.lm_head(self.backbone, self.family)
         weight = quant.dense(weight, up.dtype)          # a bf16 backbone computing in fp32
         bias = None if bias is None else bias.to(up.dtype)
@@ -853,8 +918,8 @@ def _init_up(up: nn.Linear, config: LSTConfig) -> None:
     """`config.up_init`: zero (a correction that starts at none), PyTorch's default (as QST), or
     auto: zero under head_residual, else small normal weights."""
     choice = config.up_init
-    if choice == "auto":
-        choice = "zero" if config.head_residual else "small"
+    if choice == "auto":   # a correction to a backbone state starts at none
+        choice = "zero" if config.head_residual or config.late_layers else "small"
     if choice == "default":
         return                                  # nn.Linear's own kaiming-uniform start
     nn.init.normal_(up.weight, std=0.0 if choice == "zero" else 0.01)
