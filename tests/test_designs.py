@@ -20,7 +20,7 @@ from laddertune.side import Ladder, LowRankDown
 
 # the LSTConfig fields of the designs here: folders saved before them load without them
 DESIGN_FIELDS = ("head_gate", "head_gate_init", "up_init", "ladder_rank", "gate_per_channel",
-                 "late_layers", "late_tuning", "late_lora_rank")
+                 "late_layers", "late_tuning", "late_lora_rank", "xladder_depth")
 
 
 @pytest.mark.parametrize("ratio, total, expected", [
@@ -300,3 +300,43 @@ def test_the_late_preset_names_the_late_route_and_the_paper_stays(tmp_path):
                              lst={"late_layers": 1, "late_tuning": "lora"}).lst_config()
     assert (overridden.late_layers, overridden.late_tuning) == (1, "lora")
     assert LSTConfig.paper().late_layers == 0 and LSTConfig().late_layers == 0
+
+
+# ---- 5. depth extension, xLadder: 2 delta side blocks on top, fed by the top delta layers --------
+
+@pytest.mark.parametrize("model_type", sorted(ALL_FAMILIES))
+def test_xladder_trains_on_every_family(model_type, tmp_path):
+    model, grads = trains_only_its_own_and_reloads(model_type, "SEQ_CLS", tmp_path,
+                                                   xladder_depth=2)
+    for kept, ladder in zip(model.kept_layers, model.ladders):
+        assert ladder.kept_layers == kept + [2, 2, 3, 3]      # 4 layers: the top 2, twice each
+        assert len(ladder.down) == len(kept) + 5
+    extra = len(model.ladders[0].kept_layers) - 1             # the last side block's ladder
+    assert nonzero(grads, f"ladders.0.down.{extra + 1}")
+
+
+def test_xladder_adds_2_delta_side_blocks_of_the_side_width():
+    _, plain = build("llama", side_init="random")
+    _, deeper = build("llama", side_init="random", xladder_depth=1)
+    block = sum(p.numel() for p in plain.side_model.layers[0].parameters())
+    ladder = sum(p.numel() for p in plain.ladders[0].down[1].parameters()) + 1    # + its gate
+    assert len(deeper.side_model.layers) == len(plain.side_model.layers) + 2
+    assert (sum(p.numel() for p in deeper.parameters())
+            == sum(p.numel() for p in plain.parameters()) + 2 * (block + ladder))
+    assert deeper.ladder_inputs() == plain.ladder_inputs()    # layer 3 was read already
+
+
+def test_xladder_reads_what_the_ladders_read_from_given_states():
+    backbone, model = build("bert", xladder_depth=2, side_layers=[0])
+    assert model.ladder_inputs() == [0, 1, 3, 4]              # the top 2 layers' states too
+    inputs = tiny_inputs("bert", batch=2, length=6)
+    with torch.no_grad():
+        given = model.eval()(**inputs, backbone_hidden_states=model.backbone_states(**inputs))
+        torch.testing.assert_close(given.logits, model(**inputs).logits)
+
+
+def test_xladder_depth_is_checked():
+    with pytest.raises(LSTConfigError, match="deeper than this backbone's 4 layers"):
+        build("bert", xladder_depth=5)
+    with pytest.raises(LSTConfigError, match="set one of them to 0"):
+        LSTConfig(xladder_depth=1, late_layers=1)

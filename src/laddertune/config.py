@@ -124,6 +124,10 @@ class LSTConfig:
         late_tuning: How the top K copies train: ``full`` (every weight) or ``lora`` (a
             low-rank correction of each of their Linear layers, the copies frozen).
         late_lora_rank: The rank of those corrections.
+        xladder_depth: delta > 0 extends the side network past the backbone's top (xLadder,
+            "Ladder Up, Memory Down"): 2 delta more side blocks on top of the kept ones, fed by
+            the top delta backbone layers, two blocks each. Depth at no backbone cost. 0
+            (default): one side block per kept layer. Extra blocks start random.
         backbone_dtype: How the frozen backbone is stored: ``float32`` (as loaded), ``bfloat16``
             (half the weight memory; computed in bf16 where the device has fast bf16 kernels,
             else upcast to fp32 one layer at a time), ``int8`` (torchao weight-only int8 Linear
@@ -282,6 +286,12 @@ class LSTConfig:
         default=8,
         metadata={"help": "Rank of the LoRA corrections when late_tuning is 'lora'."},
     )
+    xladder_depth: int = field(
+        default=0,
+        metadata={"help": "xLadder: delta > 0 adds 2*delta side blocks on top of the side "
+                          "network, fed by the backbone's top delta layers (two blocks each): "
+                          "more depth, no more backbone. 0 (default): none."},
+    )
     backbone_dtype: str = field(
         default="float32",
         metadata={"help": "How the frozen backbone is stored: 'float32' (default), 'bfloat16' "
@@ -345,6 +355,12 @@ class LSTConfig:
         if not _is_count(self.late_layers, 0) or not _is_count(self.late_lora_rank, 1):
             raise LSTConfigError(f"late_layers must be a whole number >= 0 and late_lora_rank "
                                  f">= 1, got {self.late_layers!r} and {self.late_lora_rank!r}")
+        if not _is_count(self.xladder_depth, 0):
+            raise LSTConfigError(f"xladder_depth must be a whole number >= 0, got "
+                                 f"{self.xladder_depth!r}")
+        if self.xladder_depth and self.late_layers:
+            raise LSTConfigError("xladder_depth reads the backbone's top layers, which the late "
+                                 "route trains instead; set one of them to 0")
         if self.late_tuning not in LATE_TUNINGS:
             raise LSTConfigError(f"late_tuning={self.late_tuning!r} is unknown; use 'full' or "
                                  "'lora'")

@@ -145,6 +145,9 @@ class LSTModel(HeldModules, nn.Module):
         elif config.decoder_side_layers is not None:
             raise LSTConfigError("decoder_side_layers is only for encoder-decoder models; "
                                  "use side_layers")
+        # what each side block's ladder reads: the kept layers, then xLadder's extra blocks
+        self.ladder_layers = [kept + self._xladder_layers(stack)
+                              for kept, stack in zip(self.kept_layers, self.stacks)]
 
         width = bb.model_width(backbone.config)
         self.width, self.side_width = width, width // config.reduction_factor
@@ -153,7 +156,7 @@ class LSTModel(HeldModules, nn.Module):
             Ladder(width, self.side_width, kept, config.gate_temperature, config.gate_alpha_init,
                    learnable_gates=config.gate == "learnable", rank=config.ladder_rank,
                    per_channel_gates=config.gate_per_channel)
-            for kept in self.kept_layers)
+            for kept in self.ladder_layers)
         self.side_model, self.side_stacks, self.side_blocks = self._build_side(backbone, config)
         for name in ("head_residual", "head_gate"):
             if getattr(config, name) and config.task_type == "FEATURE_EXTRACTION":
@@ -208,6 +211,15 @@ class LSTModel(HeldModules, nn.Module):
                                  f"the side network: this backbone has {depth} layers; use 1 "
                                  f"to {depth - 1}")
 
+    def _xladder_layers(self, stack) -> list[int]:
+        """xLadder: 2 delta side blocks on top of the kept ones, two per backbone layer of the
+        top delta, in order: [L - delta, L - delta, ..., L - 1, L - 1]."""
+        delta, depth = self.config.xladder_depth, bb.num_layers(stack, self.family)
+        if delta > depth:
+            raise LSTConfigError(f"xladder_depth={delta} is deeper than this backbone's "
+                                 f"{depth} layers; use 0 to {depth}")
+        return [layer for layer in range(depth - delta, depth) for _ in range(2)]
+
     def _kept_layers(self, requested, stack, name) -> list[int]:
         depth = bb.num_layers(stack, self.family) - self.config.late_layers   # below the top K
         if requested is None and self.config.late_layers:
@@ -228,8 +240,8 @@ class LSTModel(HeldModules, nn.Module):
     def _build_side(self, backbone, config):
         """The side model of the backbone's own class at width d/r, else generic blocks."""
         reduced = bb.reduced_config(
-            backbone.config, config.reduction_factor, self.kept_layers[0],
-            self.kept_layers[1] if len(self.kept_layers) > 1 else None, config.dropout,
+            backbone.config, config.reduction_factor, self.ladder_layers[0],
+            self.ladder_layers[1] if len(self.ladder_layers) > 1 else None, config.dropout,
             config.side_attention_dropout)
         if config.side_blocks in ("auto", "native"):
             try:
@@ -358,8 +370,8 @@ class LSTModel(HeldModules, nn.Module):
 
     def ladder_inputs(self, index: int = 0) -> list[int]:
         """Indices of the states stack `index`'s ladder reads: 0 (embeddings), then l + 1 for
-        each kept layer l."""
-        return [0, *(layer + 1 for layer in self.kept_layers[index])]
+        each layer l a ladder reads (the kept layers, and xLadder's top ones)."""
+        return [0, *sorted({layer + 1 for layer in self.ladder_layers[index]})]
 
     def _read_only(self, index: int, states) -> tuple:
         wanted = set(self.ladder_inputs(index))
@@ -483,7 +495,7 @@ class LSTModel(HeldModules, nn.Module):
         """
         stack = self.stacks[index]
         last = bb.num_layers(stack, self.family) - 1
-        read_raw = self.config.ladder_last_layer == "raw" and last in self.kept_layers[index]
+        read_raw = self.config.ladder_last_layer == "raw" and last in self.ladder_layers[index]
         last_block = bb.get_path(stack, self.family.layers)[last]
         recording = block_outputs(last_block) if read_raw else contextlib.nullcontext()
         dropout = self.config.backbone_dropout and self.training
@@ -759,7 +771,7 @@ class LSTModel(HeldModules, nn.Module):
         """Whether this side network's ladder reads the last block's output before the final
         norm (`ladder_last_layer="raw"`)."""
         last = bb.num_layers(self.stacks[0], self.family) - 1
-        return self.config.ladder_last_layer == "raw" and last in self.kept_layers[0]
+        return self.config.ladder_last_layer == "raw" and last in self.ladder_layers[0]
 
     def _shared_backbone_states(self, inputs) -> tuple[tuple, torch.Tensor | None]:
         """One backbone pass for every side network: the embeddings, every layer's output and

@@ -14,6 +14,10 @@ down_k is one Linear(d -> d/r), or with `ladder_rank` k QST's low-rank ladder
 LayerNorm(W_2 swish(W_1 x)) through k channels (`LowRankDown`); mu_k is one gate per block, or
 with `gate_per_channel` one per side channel.
 
+With `xladder_depth` delta the loop runs 2 delta more times after l_n, over the layers
+L - delta, L - delta, ..., L - 1, L - 1 (xLadder: depth past the backbone's top, fed by its top
+delta layers); the ladder's `kept_layers` lists every block's layer, repeats included.
+
 x_l is transformers' `hidden_states[l + 1]`, except for a stack's last layer: there most families
 report the output of their final norm, and with `ladder_last_layer="raw"` (the default, as the
 reference code does) x_L is the last block's own output instead (`LSTModel.run_backbone`).
