@@ -330,6 +330,12 @@ class LSTModel(HeldModules, nn.Module):
         return self._task_output(side_hidden, pad_mask, labels, cache_out, backbone_last)
 
     @property
+    def reads_given_states(self) -> bool:
+        """Whether `forward(backbone_hidden_states=...)` can stand in for the backbone: not on
+        the late route, whose top layers run on the backbone's own call."""
+        return self.late is None
+
+    @property
     def head_reads_backbone(self) -> bool:
         """Whether the head reads the backbone's final state (`head_residual`, `head_gate`)."""
         return self.config.head_residual or self.config.head_gate

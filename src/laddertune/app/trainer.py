@@ -369,7 +369,8 @@ class TrainingRun:
         self.model = build_model(backbone, cfg, self.task, self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
-        if self.method.reads_backbone_states:
+        # the late route (LSTConfig.late_layers) runs the backbone's top layers itself
+        if self.method.reads_backbone_states and getattr(self.model, "reads_given_states", True):
             if cfg.cache_backbone and self.processes.world_size > 1:
                 raise UsageError("--cache-backbone runs in one process; drop it under torchrun "
                                  "or train on one device")

@@ -1,0 +1,30 @@
+"""Each side-network design through `laddertune train`: its --lst-... flag (derived from the
+LSTConfig field) reaches the saved side network, and the run trains, evaluates and accounts its
+memory. The designs themselves are tested in tests/test_designs.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cli_helpers import train_cli
+
+
+@pytest.mark.parametrize("flags, saved", [
+    (["--lst-head-gate", "true", "--lst-up-init", "default"],
+     {"head_gate": True, "up_init": "default"}),
+    (["--lst-ladder-rank", "4", "--lst-gate-per-channel", "true"],
+     {"ladder_rank": 4, "gate_per_channel": True}),
+    (["--lst-preset", "late"], {"late_layers": 2, "late_tuning": "full"}),
+    (["--lst-late-layers", "1", "--lst-late-tuning", "lora", "--lst-late-lora-rank", "2"],
+     {"late_layers": 1, "late_tuning": "lora", "late_lora_rank": 2}),
+    (["--lst-xladder-depth", "1"], {"xladder_depth": 1}),
+])
+def test_each_design_trains_from_the_command_line(files, tmp_path, flags, saved):
+    out = tmp_path / "run"
+    assert train_cli(files, out, "--epochs", "1", "--batch-size", "16", "--account-shape",
+                     "4x16", *flags) == 0
+    (config,) = out.rglob("lst_config.json")
+    meta = json.loads(config.read_text())
+    assert {name: meta[name] for name in saved} == saved
+    assert json.loads((out / "metrics.json").read_text())["eval"]
