@@ -8,6 +8,9 @@ import json
 
 import pytest
 from cli_helpers import train_cli
+from tiny_models import save_tiny_lm, symbol_pairs, write_csv
+
+from laddertune.app.cli import main
 
 
 @pytest.mark.parametrize("flags, saved", [
@@ -28,3 +31,18 @@ def test_each_design_trains_from_the_command_line(files, tmp_path, flags, saved)
     meta = json.loads(config.read_text())
     assert {name: meta[name] for name in saved} == saved
     assert json.loads((out / "metrics.json").read_text())["eval"]
+
+
+def test_the_late_preset_trains_a_language_model_and_generates(tmp_path):
+    """--task generate on a tiny Llama: the late route's copies keep no key/value cache, so
+    each generated token reruns the sequence; the run still evaluates with generated answers."""
+    save_tiny_lm(tmp_path / "llama", "llama")
+    write_csv(tmp_path / "train.csv", symbol_pairs(32, seed=0, length=2))
+    write_csv(tmp_path / "eval.csv", symbol_pairs(8, seed=1, length=2))
+    out = tmp_path / "run"
+    assert main(["train", "--model", str(tmp_path / "llama"), "--train",
+                 str(tmp_path / "train.csv"), "--eval", str(tmp_path / "eval.csv"), "--output",
+                 str(out), "--task", "generate", "--epochs", "1", "--batch-size", "8",
+                 "--max-new-tokens", "3", "--account-shape", "none", "--device", "cpu",
+                 "--no-progress", "--lst-preset", "late", "--lst-late-layers", "1"]) == 0
+    assert "rouge_l" in json.loads((out / "metrics.json").read_text())["eval"]
