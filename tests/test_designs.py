@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from tiny_models import ALL_FAMILIES, SEQ2SEQ_FAMILIES, tiny_backbone, tiny_inputs
 
 from laddertune import LSTConfig, LSTModel, get_lst_model
+from laddertune import backbones as bb
 from laddertune.app.options import TrainConfig, UsageError
 from laddertune.app.trainer import warmup_steps
 from laddertune.config import CONFIG_NAME
@@ -129,15 +130,16 @@ def test_head_gate_and_head_residual_exclude_each_other_and_need_a_head():
         build("bert", "FEATURE_EXTRACTION", head_gate=True)
 
 
-def test_head_gate_reads_given_states_and_the_cache_flag_refuses_it(tmp_path):
-    backbone, model = build("bert", head_gate=True)
-    inputs = tiny_inputs("bert", batch=2, length=6)
+@pytest.mark.parametrize("model_type", ["bert", "t5"])
+def test_head_gate_reads_the_final_state_from_given_states(model_type):
+    backbone, model = build(model_type, head_gate=True)
+    inputs = tiny_inputs(model_type, batch=2, length=6)
+    last = len(model.stacks) - 1
+    depth = len(bb.get_path(model.stacks[last], model.family.layers))
+    assert model.ladder_inputs(last)[-1] == depth + 1          # what a cache stores: h too
     with torch.no_grad():
         given = model.eval()(**inputs, backbone_hidden_states=model.backbone_states(**inputs))
-        torch.testing.assert_close(given.logits, model(**inputs).logits)
-    with pytest.raises(UsageError, match="--lst-head-gate adds to the head"):
-        TrainConfig(model="x", train=str(tmp_path / "t.csv"), cache_backbone=True,
-                    lst={"head_gate": True})
+        torch.testing.assert_close(given.logits, model(**inputs).logits)   # same kernels
 
 
 def test_a_folder_saved_before_the_designs_loads_as_today(tmp_path):

@@ -108,7 +108,7 @@ class LSTConfig:
             sigmoid(z) * h + (1 - sigmoid(z)) * up(side), h the backbone's final hidden state and
             z a trained vector of one logit per channel (d), starting at ``head_gate_init``.
             Like ``head_residual`` (which it excludes) it reads the backbone's final state, so it
-            is refused for ``FEATURE_EXTRACTION`` and with a backbone-state cache.
+            is refused for ``FEATURE_EXTRACTION``; a backbone-state cache stores that state.
         head_gate_init: The starting z of every channel of ``head_gate``. QST's 1 starts the head
             at sigmoid(1) = 0.73 of the backbone's state.
         up_init: How the up-projection (d/r -> d) starts: ``zero`` (the side network's output

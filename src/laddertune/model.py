@@ -356,9 +356,10 @@ class LSTModel(HeldModules, nn.Module):
     def backbone_states(self, input_ids=None, attention_mask=None, pixel_values=None,
                         token_type_ids=None, labels=None, decoder_input_ids=None,
                         decoder_attention_mask=None) -> tuple[tuple, ...]:
-        """What the ladders read from the backbone for these inputs, one tuple per stack: the
-        embeddings at index 0 and the output of kept layer l at index l + 1, (b, t, d) each;
-        the layers no ladder reads are None. Pass it back as `forward(backbone_hidden_states=)`.
+        """What the side network reads from the backbone for these inputs, one tuple per
+        stack: the embeddings at index 0 and the output of kept layer l at index l + 1,
+        (b, t, d) each, and the final state at L + 1 when the head reads it; the layers nothing
+        reads are None (`ladder_inputs`). Pass it back as `forward(backbone_hidden_states=)`.
         """
         inputs = self._stack_inputs(input_ids, attention_mask, pixel_values, token_type_ids)
         out, states = self.run_backbone(0, **inputs)
@@ -375,9 +376,14 @@ class LSTModel(HeldModules, nn.Module):
         return tuple(read)
 
     def ladder_inputs(self, index: int = 0) -> list[int]:
-        """Indices of the states stack `index`'s ladder reads: 0 (embeddings), then l + 1 for
-        each layer l a ladder reads (the kept layers, and xLadder's top ones)."""
-        return [0, *sorted({layer + 1 for layer in self.ladder_layers[index]})]
+        """Indices of the states of stack `index` the side network reads: 0 (embeddings), then
+        l + 1 for each layer l a ladder reads (the kept layers, and xLadder's top ones); and
+        L + 1, the final state after the last stack's L layers, when the head reads it
+        (`head_residual`, `head_gate`). What `backbone_states` returns, and a cache stores."""
+        read = [0, *sorted({layer + 1 for layer in self.ladder_layers[index]})]
+        if self.head_reads_backbone and index == len(self.stacks) - 1:
+            read.append(bb.num_layers(self.stacks[index], self.family) + 1)
+        return read
 
     def _read_only(self, index: int, states) -> tuple:
         wanted = set(self.ladder_inputs(index))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from cli_helpers import train_cli
+from safetensors.torch import load_file
 from tiny_models import save_tiny_lm, symbol_pairs, write_csv
 
 from laddertune.app.cli import main
@@ -46,3 +48,19 @@ def test_the_late_preset_trains_a_language_model_and_generates(tmp_path):
                  "--max-new-tokens", "3", "--account-shape", "none", "--device", "cpu",
                  "--no-progress", "--lst-preset", "late", "--lst-late-layers", "1"]) == 0
     assert "rouge_l" in json.loads((out / "metrics.json").read_text())["eval"]
+
+
+@pytest.mark.parametrize("flag", ["--lst-head-gate", "--lst-head-residual"])
+def test_a_head_reading_the_final_state_trains_the_same_from_a_float32_cache(files, tmp_path,
+                                                                              flag):
+    """The cache stores the backbone's final state too when the head reads it."""
+    common = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--account-shape", "none",
+              flag, "true"]
+    assert train_cli(files, tmp_path / "plain", *common) == 0
+    assert train_cli(files, tmp_path / "cached", *common, "--cache-backbone", "--cache-dtype",
+                     "float32", "--cache-dir", str(tmp_path / "states")) == 0
+    plain = load_file(str(tmp_path / "plain" / "lst_model.safetensors"))
+    cached = load_file(str(tmp_path / "cached" / "lst_model.safetensors"))
+    assert plain.keys() == cached.keys()
+    for name in plain:   # the same states, stored then read in float32: rounding only
+        torch.testing.assert_close(cached[name], plain[name], rtol=1e-4, atol=1e-5)

@@ -269,10 +269,6 @@ class TrainConfig:
                                   if m.reads_backbone_states)
             raise UsageError(f"--cache-backbone is for {readers}: {self.method} trains "
                              "through the backbone, whose states then change every step")
-        if self.cache_backbone and (lst.head_residual or lst.head_gate):
-            flag = "--lst-head-residual" if lst.head_residual else "--lst-head-gate"
-            raise UsageError("--cache-backbone stores what the ladders read, not the backbone's "
-                             f"final state that {flag} adds to the head; drop one of them")
         if self.cache_backbone and lst.late_layers:
             raise UsageError("--cache-backbone stores what the ladders read, but the late "
                              "route runs the backbone's top layers on each call; drop "
