@@ -118,9 +118,11 @@ class LSTConfig:
         late_layers: K > 0 takes the late route (SHERL, DTL; `laddertune.late`): side blocks on
             the layers below the top K only; the side network's up-projected output is added to
             the backbone stream before its top K layers, and trained copies of those K layers
-            (and of the stack's final norm) carry it to the head. Memory between LST's and
-            top-K LoRA's. 0 (default): LST as the paper. One-stack models only; the copies keep
-            no key/value cache, and the route cannot read cached backbone states.
+            (and of the stack's final norm) carry it to the head. Memory: LST's plus the top K
+            layers' activations (and, trained in full, their gradients and optimizer state);
+            not yet measured against top-K LoRA. 0 (default): LST as the paper. One-stack
+            models only; the copies keep no key/value cache, and the route cannot read cached
+            backbone states.
         late_tuning: How the top K copies train: ``full`` (every weight) or ``lora`` (a
             low-rank correction of each of their Linear layers, the copies frozen).
         late_lora_rank: The rank of those corrections.
@@ -274,8 +276,8 @@ class LSTConfig:
         default=0,
         metadata={"help": "K > 0: the late route (SHERL/DTL): side blocks on the lower layers, "
                           "their output added back before the top K backbone layers, which are "
-                          "trained (copies; see late_tuning). More memory than LST, less than "
-                          "top-K LoRA. 0 (default): plain LST."},
+                          "trained (copies; see late_tuning). More memory than LST: the top K "
+                          "layers' activations and training state. 0 (default): plain LST."},
     )
     late_tuning: str = field(
         default="full",

@@ -9,8 +9,9 @@ For a stack of L layers, side blocks on layers below L - K, and x_l the output o
         h = top_l(h)                      # a trained copy of backbone layer l (or LoRA on it)
     y = final_norm(h)                     # a copy of the stack's norm after its layers, if any
 
-The head reads y as it reads the backbone's own final state. Memory sits between LST and top-K
-LoRA: autograd keeps activations for the K top layers and the side network, none below.
+The head reads y as it reads the backbone's own final state. Memory: autograd keeps activations
+for the K top layers and the side network, none below; `full` adds the K layers' gradients and
+optimizer state. The issue that asked for it expects it between LST and top-K LoRA (unmeasured).
 
 Running backbone layers on a new hidden state is what is family-specific (attention-mask
 formats, rotary or relative position inputs). The route does not rebuild those: while the frozen

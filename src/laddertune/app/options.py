@@ -154,7 +154,7 @@ class TrainConfig:
         "LST only: 'default' (laddertune's defaults), 'paper' (the reference code's choices: "
         "Fisher pruning, backbone dropout, attention dropout; see LSTConfig.paper) or 'late' "
         "(the late route: side blocks below the top 2 layers, which train; more memory than "
-        "LST, less than top-K LoRA; see LSTConfig.late); --lst-* flags override any",
+        "LST; see LSTConfig.late); --lst-* flags override any",
         choices=LST_PRESETS))
     backbone_dtype: str = field(default="float32", metadata=_flag(
         "LST only: how the frozen backbone is stored: float32; bfloat16 (half the weight "
