@@ -50,12 +50,16 @@ def test_the_late_preset_trains_a_language_model_and_generates(tmp_path):
     assert "rouge_l" in json.loads((out / "metrics.json").read_text())["eval"]
 
 
-@pytest.mark.parametrize("flag", ["--lst-head-gate", "--lst-head-residual"])
-def test_a_head_reading_the_final_state_trains_the_same_from_a_float32_cache(files, tmp_path,
-                                                                              flag):
-    """The cache stores the backbone's final state too when the head reads it."""
+@pytest.mark.parametrize("design", [
+    ["--lst-head-gate", "true"],          # the cache stores the final state the head reads
+    ["--lst-head-residual", "true"],
+    ["--lst-xladder-depth", "2", "--lst-side-layers", "0", "--lst-ladder-rank", "4",
+     "--lst-gate-per-channel", "true"],   # xLadder's top layers are stored with the kept ones
+])
+def test_the_designs_that_read_frozen_states_train_the_same_from_a_float32_cache(files, tmp_path,
+                                                                                  design):
     common = ["--epochs", "2", "--batch-size", "8", "--lr", "1e-2", "--account-shape", "none",
-              flag, "true"]
+              *design]
     assert train_cli(files, tmp_path / "plain", *common) == 0
     assert train_cli(files, tmp_path / "cached", *common, "--cache-backbone", "--cache-dtype",
                      "float32", "--cache-dir", str(tmp_path / "states")) == 0
