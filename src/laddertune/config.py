@@ -15,6 +15,8 @@ GATE_KINDS = ("learnable", "fixed")
 SIDE_BLOCKS = ("auto", "native", "generic")
 POOLINGS = ("auto", "first", "last", "mean")
 LAST_LAYER_READINGS = ("raw", "normed")
+UP_INITS = ("auto", "zero", "default")
+LATE_TUNINGS = ("full", "lora")
 BACKBONE_DTYPES = ("float32", "bfloat16", "int8", "nf4")   # laddertune.quant explains each
 CONFIG_NAME = "lst_config.json"
 WEIGHTS_NAME = "lst_model.safetensors"
@@ -56,6 +58,13 @@ class LSTConfig:
         gate_alpha_init: Initial alpha. 0 gives mu = 0.5: an even mix of side stream and ladder.
         gate: ``learnable`` gates (alpha is trained) or ``fixed`` gates (alpha stays at its
             initial value, as in the paper's ablation).
+        ladder_rank: None (the paper's): each ladder is one Linear(d -> d/r). k: QST's
+            low-rank ladder Linear(d -> k), swish, Linear(k -> d/r), LayerNorm(d/r); QST uses
+            16. Its parameters no longer grow with d * d/r, so a wider side network (smaller
+            ``reduction_factor``) costs far fewer ladder parameters.
+        gate_per_channel: One gate alpha per side channel, (n, d/r), as QST, instead of one per
+            side block, (n,). (QST's gates are sigmoid(z) with z starting at 0.5: here
+            ``gate_temperature=1, gate_alpha_init=0.5``.)
         side_init: How side blocks start: ``magnitude`` (the default: backbone blocks pruned to
             width d/r, ranked by weight magnitude), ``fisher`` (ranked by the summed squared
             gradients of the task loss on ``init_data``, as the paper does) or ``random``.
@@ -95,6 +104,33 @@ class LSTConfig:
             state is an input, like the ladders'. Refused for ``FEATURE_EXTRACTION``. False
             (the paper's): the head reads the side network alone, which must first learn to
             reproduce the backbone's predictions.
+        head_gate: True: QST's output mixing. The head reads
+            sigmoid(z) * h + (1 - sigmoid(z)) * up(side), h the backbone's final hidden state and
+            z a trained vector of one logit per channel (d), starting at ``head_gate_init``.
+            Like ``head_residual`` (which it excludes) it reads the backbone's final state, so it
+            is refused for ``FEATURE_EXTRACTION``; a backbone-state cache stores that state.
+        head_gate_init: The starting z of every channel of ``head_gate``. QST's 1 starts the head
+            at sigmoid(1) = 0.73 of the backbone's state.
+        up_init: How the up-projection (d/r -> d) starts: ``zero`` (the side network's output
+            starts at none: the head starts as the pretrained model, but the side network gets
+            no gradient on the first step), ``default`` (PyTorch's Linear initialisation, as
+            QST) or ``auto`` (zero with ``head_residual`` or the late route, else small normal
+            weights, std 0.01).
+        late_layers: K > 0 takes the late route (SHERL, DTL; `laddertune.late`): side blocks on
+            the layers below the top K only; the side network's up-projected output is added to
+            the backbone stream before its top K layers, and trained copies of those K layers
+            (and of the stack's final norm) carry it to the head. Memory: LST's plus the top K
+            layers' activations (and, trained in full, their gradients and optimizer state);
+            not yet measured against top-K LoRA. 0 (default): LST as the paper. One-stack
+            models only; the copies keep no key/value cache, and the route cannot read cached
+            backbone states.
+        late_tuning: How the top K copies train: ``full`` (every weight) or ``lora`` (a
+            low-rank correction of each of their Linear layers, the copies frozen).
+        late_lora_rank: The rank of those corrections.
+        xladder_depth: delta > 0 extends the side network past the backbone's top (xLadder,
+            "Ladder Up, Memory Down"): 2 delta more side blocks on top of the kept ones, fed by
+            the top delta backbone layers, two blocks each. Depth at no backbone cost. 0
+            (default): one side block per kept layer. Extra blocks start random.
         backbone_dtype: How the frozen backbone is stored: ``float32`` (as loaded), ``bfloat16``
             (half the weight memory; computed in bf16 where the device has fast bf16 kernels,
             else upcast to fp32 one layer at a time), ``int8`` (torchao weight-only int8 Linear
@@ -140,6 +176,17 @@ class LSTConfig:
     gate: str = field(
         default="learnable",
         metadata={"help": "'learnable' trains the gates; 'fixed' keeps them at their start value."},
+    )
+    ladder_rank: int | None = field(
+        default=None,
+        metadata={"help": "None: each ladder is one Linear(d -> d/r), as the paper. A number k: "
+                          "QST's low-rank ladder Linear(d -> k), swish, Linear(k -> d/r), "
+                          "LayerNorm (QST uses 16); far fewer ladder parameters."},
+    )
+    gate_per_channel: bool = field(
+        default=False,
+        metadata={"help": "One gate per side channel (a vector of d/r alphas per side block), "
+                          "as QST, instead of one scalar gate per block."},
     )
     side_init: str = field(
         default=_DefaultChoice("magnitude"),
@@ -209,6 +256,46 @@ class LSTConfig:
                           "predictions and classifiers from a probe of the backbone. Off "
                           "(default, the paper's): the head reads the side network alone."},
     )
+    head_gate: bool = field(
+        default=False,
+        metadata={"help": "QST's output mixing: the head reads sigmoid(z) * (backbone's final "
+                          "state) + (1 - sigmoid(z)) * (side network's up-projection), z one "
+                          "trained logit per channel. Excludes head_residual."},
+    )
+    head_gate_init: float = field(
+        default=1.0,
+        metadata={"help": "Starting z of head_gate's per-channel gate; QST's 1 weighs the "
+                          "backbone's state sigmoid(1) = 0.73 at the start."},
+    )
+    up_init: str = field(
+        default="auto",
+        metadata={"help": "How the up-projection starts: 'zero' (the head starts at the "
+                          "backbone's own state), 'default' (PyTorch's Linear init, as QST) or "
+                          "'auto' (zero with head_residual or the late route, else normal "
+                          "with std 0.01)."},
+    )
+    late_layers: int = field(
+        default=0,
+        metadata={"help": "K > 0: the late route (SHERL/DTL): side blocks on the lower layers, "
+                          "their output added back before the top K backbone layers, which are "
+                          "trained (copies; see late_tuning). More memory than LST: the top K "
+                          "layers' activations and training state. 0 (default): plain LST."},
+    )
+    late_tuning: str = field(
+        default="full",
+        metadata={"help": "How the late route's top K layers train: 'full' or 'lora' (a "
+                          "low-rank correction of each of their linear layers)."},
+    )
+    late_lora_rank: int = field(
+        default=8,
+        metadata={"help": "Rank of the LoRA corrections when late_tuning is 'lora'."},
+    )
+    xladder_depth: int = field(
+        default=0,
+        metadata={"help": "xLadder: delta > 0 adds 2*delta side blocks on top of the side "
+                          "network, fed by the backbone's top delta layers (two blocks each): "
+                          "more depth, no more backbone. 0 (default): none."},
+    )
     backbone_dtype: str = field(
         default="float32",
         metadata={"help": "How the frozen backbone is stored: 'float32' (default), 'bfloat16' "
@@ -234,7 +321,8 @@ class LSTConfig:
                 f"prune_samples must be a whole number >= 1, got {self.prune_samples!r}")
         if not _is_count(self.prune_seed, 0):
             raise LSTConfigError(f"prune_seed must be a whole number >= 0, got {self.prune_seed!r}")
-        for name in ("backbone_dropout", "gate_weight_decay"):
+        for name in ("backbone_dropout", "gate_weight_decay", "head_residual", "head_gate",
+                     "gate_per_channel"):
             if not isinstance(getattr(self, name), bool):
                 raise LSTConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.gate not in GATE_KINDS:
@@ -259,6 +347,31 @@ class LSTConfig:
         if self.ladder_last_layer not in LAST_LAYER_READINGS:
             raise LSTConfigError(f"ladder_last_layer={self.ladder_last_layer!r} is unknown; use "
                                  "'raw' or 'normed'")
+        if self.ladder_rank is not None and not _is_count(self.ladder_rank, 1):
+            raise LSTConfigError(f"ladder_rank must be a whole number >= 1 (QST uses 16) or "
+                                 f"None, got {self.ladder_rank!r}")
+        if self.up_init not in UP_INITS:
+            raise LSTConfigError(f"up_init={self.up_init!r} is unknown; use one of "
+                                 f"{', '.join(UP_INITS)}")
+        if self.head_gate and self.head_residual:
+            raise LSTConfigError("head_gate and head_residual are two ways of mixing the "
+                                 "backbone's final state into the head; turn one of them off")
+        if not _is_count(self.late_layers, 0) or not _is_count(self.late_lora_rank, 1):
+            raise LSTConfigError(f"late_layers must be a whole number >= 0 and late_lora_rank "
+                                 f">= 1, got {self.late_layers!r} and {self.late_lora_rank!r}")
+        if not _is_count(self.xladder_depth, 0):
+            raise LSTConfigError(f"xladder_depth must be a whole number >= 0, got "
+                                 f"{self.xladder_depth!r}")
+        if self.xladder_depth and self.late_layers:
+            raise LSTConfigError("xladder_depth reads the backbone's top layers, which the late "
+                                 "route trains instead; set one of them to 0")
+        if self.late_tuning not in LATE_TUNINGS:
+            raise LSTConfigError(f"late_tuning={self.late_tuning!r} is unknown; use 'full' or "
+                                 "'lora'")
+        if self.late_layers and (self.head_residual or self.head_gate):
+            raise LSTConfigError("the late route's top layers already carry the side network "
+                                 "into the head; turn off head_residual and head_gate, or set "
+                                 "late_layers=0")
         for name in ("side_layers", "decoder_side_layers"):
             layers = getattr(self, name)
             if layers is not None:
@@ -296,6 +409,13 @@ class LSTConfig:
                        side_attention_dropout=0.1, dropout=0.1, gate="learnable",
                        gate_temperature=0.1, gate_alpha_init=0.0, gate_weight_decay=False)
         return cls(**{**choices, **overrides})
+
+    @classmethod
+    def late(cls, **overrides) -> LSTConfig:
+        """The late route (``late_layers``) as a preset: side blocks on the lower layers, the
+        top 2 backbone layers trained in full. For users who can afford the top layers'
+        activations and weights; any field can be overridden."""
+        return cls(**{"late_layers": 2, "late_tuning": "full", **overrides})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

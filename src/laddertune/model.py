@@ -41,6 +41,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .held import HeldModules
+from .late import LateRoute, block_calls, final_norms_agree
 from .lm_loss import frozen_head_logits_and_loss
 from .side import (
     GenericSideStack,
@@ -136,6 +137,7 @@ class LSTModel(HeldModules, nn.Module):
                 f"{backbone.config.model_type} is an {self.family.kind} model; use one of "
                 f"{', '.join(_TASKS_BY_KIND[self.family.kind])}")
         self.stacks = bb.backbone_stacks(backbone, self.family)
+        self._check_late_route(config)
         self.kept_layers = [self._kept_layers(config.side_layers, self.stacks[0], "side_layers")]
         if self.family.kind == bb.ENCODER_DECODER:
             self.kept_layers.append(self._kept_layers(
@@ -143,22 +145,37 @@ class LSTModel(HeldModules, nn.Module):
         elif config.decoder_side_layers is not None:
             raise LSTConfigError("decoder_side_layers is only for encoder-decoder models; "
                                  "use side_layers")
+        # what each side block's ladder reads: the kept layers, then xLadder's extra blocks
+        self.ladder_layers = [kept + self._xladder_layers(stack)
+                              for kept, stack in zip(self.kept_layers, self.stacks)]
 
         width = bb.model_width(backbone.config)
         self.width, self.side_width = width, width // config.reduction_factor
         dtype = _side_dtype(backbone)
         self.ladders = nn.ModuleList(
             Ladder(width, self.side_width, kept, config.gate_temperature, config.gate_alpha_init,
-                   learnable_gates=config.gate == "learnable")
-            for kept in self.kept_layers)
+                   learnable_gates=config.gate == "learnable", rank=config.ladder_rank,
+                   per_channel_gates=config.gate_per_channel)
+            for kept in self.ladder_layers)
         self.side_model, self.side_stacks, self.side_blocks = self._build_side(backbone, config)
-        if config.head_residual and config.task_type == "FEATURE_EXTRACTION":
-            raise LSTConfigError("head_residual adds the backbone's state before a head, but "
-                                 "FEATURE_EXTRACTION has none; turn it off")
+        for name in ("head_residual", "head_gate"):
+            if getattr(config, name) and config.task_type == "FEATURE_EXTRACTION":
+                raise LSTConfigError(f"{name} mixes the backbone's state in before a head, but "
+                                     "FEATURE_EXTRACTION has none; turn it off")
         self.up = nn.Linear(self.side_width, width)            # (b, t, d/r) -> (b, t, d)
-        # a correction to the backbone's state starts at none (head_residual)
-        nn.init.normal_(self.up.weight, std=0.0 if config.head_residual else 0.01)
-        nn.init.zeros_(self.up.bias)
+        _init_up(self.up, config)
+        # QST's output gate: one logit z per channel, sigmoid(z) weighs the backbone's state
+        self.head_gate_logits = (nn.Parameter(torch.full((width,), config.head_gate_init))
+                                 if config.head_gate else None)                       # (d,)
+        self.late = None    # the late route's trained top layers (laddertune.late)
+        if config.late_layers:
+            self.late = LateRoute(self.stacks[0], self.family, config.late_layers,
+                                  config.late_tuning, config.late_lora_rank)
+            with frozen(backbone):
+                if not final_norms_agree(self.stacks[0], self.family, self.late.final_norms):
+                    raise UnsupportedModelError(
+                        f"the late route cannot tell which norms {backbone.config.model_type} "
+                        "applies after its last layer; set late_layers=0 for this model")
         self.head_dropout = nn.Dropout(config.dropout)
         self.classifier = None
         if config.task_type in ("SEQ_CLS", "TOKEN_CLS"):
@@ -180,24 +197,51 @@ class LSTModel(HeldModules, nn.Module):
     def _backbone_blocks(self) -> list[nn.Module]:
         return [block for stack in self.stacks for block in bb.get_path(stack, self.family.layers)]
 
+    def _check_late_route(self, config) -> None:
+        if not config.late_layers:
+            return
+        if self.family.kind == bb.ENCODER_DECODER:
+            raise UnsupportedModelError(
+                f"the late route runs the top layers of one stack, and "
+                f"{self.backbone.config.model_type} has an encoder and a decoder; set "
+                "late_layers=0 for this model")
+        depth = bb.num_layers(self.stacks[0], self.family)
+        if not 1 <= config.late_layers < depth:
+            raise LSTConfigError(f"late_layers={config.late_layers} leaves no layer below for "
+                                 f"the side network: this backbone has {depth} layers; use 1 "
+                                 f"to {depth - 1}")
+
+    def _xladder_layers(self, stack) -> list[int]:
+        """xLadder: 2 delta side blocks on top of the kept ones, two per backbone layer of the
+        top delta, in order: [L - delta, L - delta, ..., L - 1, L - 1]."""
+        delta, depth = self.config.xladder_depth, bb.num_layers(stack, self.family)
+        if delta > depth:
+            raise LSTConfigError(f"xladder_depth={delta} is deeper than this backbone's "
+                                 f"{depth} layers; use 0 to {depth}")
+        return [layer for layer in range(depth - delta, depth) for _ in range(2)]
+
     def _kept_layers(self, requested, stack, name) -> list[int]:
-        depth = bb.num_layers(stack, self.family)
-        if requested is None:
+        depth = bb.num_layers(stack, self.family) - self.config.late_layers   # below the top K
+        if requested is None and self.config.late_layers:
+            kept = default_side_layers(depth)
+        elif requested is None:
             reference = self.family.reference_side_layers
             kept = (reference and reference(self.backbone.config)) or default_side_layers(depth)
         else:
             kept = list(requested)
         bad = [i for i in kept if not 0 <= i < depth]
         if bad:
+            below = " below the late route's top layers" if self.config.late_layers else ""
             raise LSTConfigError(
-                f"{name} {bad} out of range: this backbone stack has layers 0..{depth - 1}")
+                f"{name} {bad} out of range: this backbone stack has layers 0..{depth - 1}"
+                f"{below}")
         return kept
 
     def _build_side(self, backbone, config):
         """The side model of the backbone's own class at width d/r, else generic blocks."""
         reduced = bb.reduced_config(
-            backbone.config, config.reduction_factor, self.kept_layers[0],
-            self.kept_layers[1] if len(self.kept_layers) > 1 else None, config.dropout,
+            backbone.config, config.reduction_factor, self.ladder_layers[0],
+            self.ladder_layers[1] if len(self.ladder_layers) > 1 else None, config.dropout,
             config.side_attention_dropout)
         if config.side_blocks in ("auto", "native"):
             try:
@@ -285,25 +329,37 @@ class LSTModel(HeldModules, nn.Module):
             backbone_last = self._backbone_last(backbone_last, given[1])
         return self._task_output(side_hidden, pad_mask, labels, cache_out, backbone_last)
 
+    @property
+    def reads_given_states(self) -> bool:
+        """Whether `forward(backbone_hidden_states=...)` can stand in for the backbone: not on
+        the late route, whose top layers run on the backbone's own call."""
+        return self.late is None
+
+    @property
+    def head_reads_backbone(self) -> bool:
+        """Whether the head reads the backbone's final state (`head_residual`, `head_gate`)."""
+        return self.config.head_residual or self.config.head_gate
+
     def _backbone_last(self, computed, given):
-        """The backbone's final hidden state, (b, t, d), when `head_residual` reads it: as the
+        """The backbone's final hidden state, (b, t, d), when the head reads it: as the
         backbone just computed it, or the entry after the last layer's in given states."""
-        if not self.config.head_residual or computed is not None:
+        if not self.head_reads_backbone or computed is not None:
             return computed
         after_last = bb.num_layers(self.stacks[-1], self.family) + 1
         if len(given) <= after_last or given[after_last] is None:
-            raise InputError("head_residual reads the backbone's final state, which these "
-                             "backbone_hidden_states lack; pass model.backbone_states(...) of "
-                             "this model")
+            raise InputError("the head reads the backbone's final state (head_residual, "
+                             "head_gate), which these backbone_hidden_states lack; pass "
+                             "model.backbone_states(...) of this model")
         return given[after_last]
 
     @torch.no_grad()
     def backbone_states(self, input_ids=None, attention_mask=None, pixel_values=None,
                         token_type_ids=None, labels=None, decoder_input_ids=None,
                         decoder_attention_mask=None) -> tuple[tuple, ...]:
-        """What the ladders read from the backbone for these inputs, one tuple per stack: the
-        embeddings at index 0 and the output of kept layer l at index l + 1, (b, t, d) each;
-        the layers no ladder reads are None. Pass it back as `forward(backbone_hidden_states=)`.
+        """What the side network reads from the backbone for these inputs, one tuple per
+        stack: the embeddings at index 0 and the output of kept layer l at index l + 1,
+        (b, t, d) each, and the final state at L + 1 when the head reads it; the layers nothing
+        reads are None (`ladder_inputs`). Pass it back as `forward(backbone_hidden_states=)`.
         """
         inputs = self._stack_inputs(input_ids, attention_mask, pixel_values, token_type_ids)
         out, states = self.run_backbone(0, **inputs)
@@ -315,14 +371,19 @@ class LSTModel(HeldModules, nn.Module):
                 1, **dec_inputs, encoder_hidden_states=out.last_hidden_state,
                 encoder_attention_mask=attention_mask)
             read.append(self._read_only(1, dec_states))
-        if self.config.head_residual:         # what the LM head reads, after the last layer
+        if self.head_reads_backbone:          # what the head reads, after the last layer
             read[-1] = (*read[-1], out.last_hidden_state)
         return tuple(read)
 
     def ladder_inputs(self, index: int = 0) -> list[int]:
-        """Indices of the states stack `index`'s ladder reads: 0 (embeddings), then l + 1 for
-        each kept layer l."""
-        return [0, *(layer + 1 for layer in self.kept_layers[index])]
+        """Indices of the states of stack `index` the side network reads: 0 (embeddings), then
+        l + 1 for each layer l a ladder reads (the kept layers, and xLadder's top ones); and
+        L + 1, the final state after the last stack's L layers, when the head reads it
+        (`head_residual`, `head_gate`). What `backbone_states` returns, and a cache stores."""
+        read = [0, *sorted({layer + 1 for layer in self.ladder_layers[index]})]
+        if self.head_reads_backbone and index == len(self.stacks) - 1:
+            read.append(bb.num_layers(self.stacks[index], self.family) + 1)
+        return read
 
     def _read_only(self, index: int, states) -> tuple:
         wanted = set(self.ladder_inputs(index))
@@ -406,20 +467,35 @@ class LSTModel(HeldModules, nn.Module):
         cache_kwargs = {}
         if self.family.kind in (bb.DECODER,) or index == 1:
             cache_kwargs = {"use_cache": use_cache, "cache": backbone_cache}
-        out = None
+        if self.late is not None:   # the copies keep no cache: generation reruns the prompt
+            cache_kwargs = {"use_cache": False} if cache_kwargs else {}
+        out, calls = None, None
         if states is None:
-            out, states = self.run_backbone(index, **inputs, **(backbone_extra or {}),
-                                            **cache_kwargs)
+            top = bb.get_path(self.stacks[index], self.family.layers)[
+                self.late.first_layer:] if self.late is not None else []
+            with block_calls(top) as calls:
+                out, states = self.run_backbone(index, **inputs, **(backbone_extra or {}),
+                                                **cache_kwargs)
+        elif self.late is not None:
+            raise InputError("the late route runs its top layers on the backbone's own call, "
+                             "so it cannot read given backbone_hidden_states; run it on inputs")
         backbone_hidden = None if out is None else out.last_hidden_state
+        new_cache = None
         if self.side_blocks == "generic":   # no cache: generation recomputes
             side_hidden = side_stack(states, inputs.get("attention_mask"))
-            return side_hidden, None, backbone_hidden
-        if cache_kwargs:
-            cache_kwargs["cache"] = side_cache
-        with ladder.reading(states):
-            side_out = side_stack(**inputs, **(side_extra or {}), **cache_kwargs, return_dict=True)
-        new_cache = (out.cache, side_out.cache) if use_cache and out is not None else None
-        return side_out.last_hidden_state, new_cache, backbone_hidden
+        else:
+            if "cache" in cache_kwargs:
+                cache_kwargs["cache"] = side_cache
+            with ladder.reading(states):
+                side_out = side_stack(**inputs, **(side_extra or {}), **cache_kwargs,
+                                      return_dict=True)
+            side_hidden = side_out.last_hidden_state                       # (b, t, d/r)
+            if use_cache and out is not None and self.late is None:
+                new_cache = (out.cache, side_out.cache)
+        if self.late is not None:   # the side output rejoins the stream before the top K layers
+            stream = states[self.late.first_layer].to(side_hidden.dtype)  # (b, t, d)
+            backbone_hidden = self.late(stream + self.up(side_hidden), calls)
+        return side_hidden, new_cache, backbone_hidden
 
     def run_backbone(self, index: int, **inputs) -> tuple[ModelOutput, tuple[torch.Tensor, ...]]:
         """Backbone stack `index` without autograd: its output and the states its ladder reads,
@@ -431,7 +507,7 @@ class LSTModel(HeldModules, nn.Module):
         """
         stack = self.stacks[index]
         last = bb.num_layers(stack, self.family) - 1
-        read_raw = self.config.ladder_last_layer == "raw" and last in self.kept_layers[index]
+        read_raw = self.config.ladder_last_layer == "raw" and last in self.ladder_layers[index]
         last_block = bb.get_path(stack, self.family.layers)[last]
         recording = block_outputs(last_block) if read_raw else contextlib.nullcontext()
         dropout = self.config.backbone_dropout and self.training
@@ -445,24 +521,45 @@ class LSTModel(HeldModules, nn.Module):
     def _task_output(self, side_hidden, pad_mask, labels, cache, backbone_last=None
                      ) -> LSTOutput:
         task = self.config.task_type
-        residual = self.config.head_residual
+        mixed = self.head_reads_backbone
+        if self.late is not None:   # the late route's top layers made the state the head reads
+            return self._head(backbone_last, pad_mask, labels, cache)
         if task == "SEQ_CLS":
             pooled = self._pool(side_hidden, pad_mask)                     # (b, d/r)
-            if residual:      # the backbone's pooled state, corrected by the side network
-                up = self._pool(backbone_last, pad_mask) + self.up(pooled)   # (b, d)
+            if mixed:         # the backbone's pooled state, mixed with the side network's
+                up = self._mix_backbone(self._pool(backbone_last, pad_mask), self.up(pooled))
             else:
                 up = torch.tanh(self.up(pooled))                             # (b, d)
             logits = self.classifier(self.head_dropout(up))                  # (b, num_labels)
             return LSTOutput(self._classification_loss(logits, labels), logits, None, cache)
         up = self.up(side_hidden)                                            # (b, t, d)
-        if residual:
-            up = up + backbone_last                                          # (b, t, d)
+        if mixed:
+            up = self._mix_backbone(backbone_last, up)                       # (b, t, d)
         if task == "TOKEN_CLS":
-            features = up if residual else torch.tanh(up)
+            features = up if mixed else torch.tanh(up)
             logits = self.classifier(self.head_dropout(features))           # (b, t, num_labels)
             return LSTOutput(self._classification_loss(logits, labels), logits, up, cache)
         if task == "FEATURE_EXTRACTION":
             return LSTOutput(None, None, up, cache)
+        return self._lm_head(up, labels, cache)
+
+    def _head(self, state, pad_mask, labels, cache) -> LSTOutput:
+        """The task head on a state of the backbone's kind, (b, t, d), as the pretrained
+        model's own head would read it: pooled for SEQ_CLS, with no tanh."""
+        task = self.config.task_type
+        if task == "SEQ_CLS":
+            logits = self.classifier(self.head_dropout(self._pool(state, pad_mask)))  # (b, k)
+            return LSTOutput(self._classification_loss(logits, labels), logits, None, cache)
+        if task == "TOKEN_CLS":
+            logits = self.classifier(self.head_dropout(state))              # (b, t, num_labels)
+            return LSTOutput(self._classification_loss(logits, labels), logits, state, cache)
+        if task == "FEATURE_EXTRACTION":
+            return LSTOutput(None, None, state, cache)
+        return self._lm_head(state, labels, cache)
+
+    def _lm_head(self, up, labels, cache) -> LSTOutput:
+        """The backbone's frozen LM head on (b, t, d): logits (b, t, vocab) and the loss."""
+        task = self.config.task_type
         weight, bias, scale = bb.lm_head(self.backbone, self.family)
         weight = quant.dense(weight, up.dtype)          # a bf16 backbone computing in fp32
         bias = None if bias is None else bias.to(up.dtype)
@@ -473,6 +570,14 @@ class LSTModel(HeldModules, nn.Module):
         logits, loss = frozen_head_logits_and_loss(up * scale, weight, bias, labels,
                                                    shift=task == "CAUSAL_LM")  # (b, t, vocab)
         return LSTOutput(loss, logits, up, cache)
+
+    def _mix_backbone(self, backbone, side):
+        """What the head reads, (..., d) both: h + up(side) (`head_residual`), or QST's
+        sigmoid(z) * h + (1 - sigmoid(z)) * up(side), per channel (`head_gate`)."""
+        if self.head_gate_logits is None:
+            return backbone + side
+        gate = torch.sigmoid(self.head_gate_logits)                          # (d,)
+        return gate * backbone + (1 - gate) * side
 
     def _pool(self, hidden, pad_mask):
         """One vector per sequence: (b, t, w) -> (b, w), side (d/r) or backbone (d) width."""
@@ -678,7 +783,7 @@ class LSTModel(HeldModules, nn.Module):
         """Whether this side network's ladder reads the last block's output before the final
         norm (`ladder_last_layer="raw"`)."""
         last = bb.num_layers(self.stacks[0], self.family) - 1
-        return self.config.ladder_last_layer == "raw" and last in self.kept_layers[0]
+        return self.config.ladder_last_layer == "raw" and last in self.ladder_layers[0]
 
     def _shared_backbone_states(self, inputs) -> tuple[tuple, torch.Tensor | None]:
         """One backbone pass for every side network: the embeddings, every layer's output and
@@ -831,6 +936,18 @@ def _warn_other_dtype(meta: dict, model: LSTModel) -> None:
                       f"{trained[1]}; this backbone is {now[0]} computing in {now[1]}, so the "
                       "outputs differ a little from training's",
                       LSTWarning, stacklevel=3)
+
+
+def _init_up(up: nn.Linear, config: LSTConfig) -> None:
+    """`config.up_init`: zero (a correction that starts at none), PyTorch's default (as QST), or
+    auto: zero under head_residual, else small normal weights."""
+    choice = config.up_init
+    if choice == "auto":   # a correction to a backbone state starts at none
+        choice = "zero" if config.head_residual or config.late_layers else "small"
+    if choice == "default":
+        return                                  # nn.Linear's own kaiming-uniform start
+    nn.init.normal_(up.weight, std=0.0 if choice == "zero" else 0.01)
+    nn.init.zeros_(up.bias)
 
 
 def decay_groups(parameters, weight_decay: float, decays) -> list[dict]:

@@ -4,11 +4,19 @@ For one backbone stack with kept layers l_1 < ... < l_n, hidden width d and side
 
     h_0 = down_0(e)                                  # (b, t, d) -> (b, t, d/r); e = embeddings
     for k in 1..n:
-        mu_k = sigmoid(alpha_k / T)                   # the gate, a scalar per side block
+        mu_k = sigmoid(alpha_k / T)                   # the gate: a scalar, or (d/r,) per channel
         h = mu_k * h + (1 - mu_k) * down_k(x_{l_k})   # x_l = output of backbone layer l
         h = side_block_k(h)                           # (b, t, d/r)
     h = final_norm(h)
     y = up(h)                                         # (b, t, d/r) -> (b, t, d), to the task head
+
+down_k is one Linear(d -> d/r), or with `ladder_rank` k QST's low-rank ladder
+LayerNorm(W_2 swish(W_1 x)) through k channels (`LowRankDown`); mu_k is one gate per block, or
+with `gate_per_channel` one per side channel.
+
+With `xladder_depth` delta the loop runs 2 delta more times after l_n, over the layers
+L - delta, L - delta, ..., L - 1, L - 1 (xLadder: depth past the backbone's top, fed by its top
+delta layers); the ladder's `kept_layers` lists every block's layer, repeats included.
 
 x_l is transformers' `hidden_states[l + 1]`, except for a stack's last layer: there most families
 report the output of their final norm, and with `ladder_last_layer="raw"` (the default, as the
@@ -50,6 +58,25 @@ from .held import HeldModules
 _READINGS: ContextVar[tuple] = ContextVar("laddertune_ladder_readings", default=())
 
 
+class LowRankDown(nn.Module):
+    """QST's ladder: a low-rank adapter from the backbone's width to the side's, normalised.
+
+        down(x) = LayerNorm(W_2 swish(W_1 x))     # (b, t, d) -> (b, t, k) -> (b, t, d/r)
+
+    (d + 1) k + (k + 3) d/r parameters instead of the full projection's (d + 1) d/r: with k
+    fixed, a wider side network (smaller r) costs little more in ladders.
+    """
+
+    def __init__(self, width: int, rank: int, side_width: int):
+        super().__init__()
+        self.inner = nn.Linear(width, rank)                 # (b, t, d) -> (b, t, k)
+        self.outer = nn.Linear(rank, side_width)            # (b, t, k) -> (b, t, d/r)
+        self.norm = nn.LayerNorm(side_width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.outer(F.silu(self.inner(x))))
+
+
 class Ladder(nn.Module):
     """Down-projections and gates from one backbone stack into one side stack.
 
@@ -60,39 +87,46 @@ class Ladder(nn.Module):
         temperature: T in mu = sigmoid(alpha / T).
         alpha_init: starting alpha (0 gives mu = 0.5).
         learnable_gates: train alpha (True) or keep it fixed as a buffer (False).
+        rank: None: each ladder is one Linear(d -> d/r); k: QST's `LowRankDown` of rank k.
+        per_channel_gates: one alpha per side channel, (n, d/r), instead of one per block, (n,).
     """
 
     def __init__(self, width: int, side_width: int, kept_layers: list[int], temperature: float,
-                 alpha_init: float, learnable_gates: bool):
+                 alpha_init: float, learnable_gates: bool, rank: int | None = None,
+                 per_channel_gates: bool = False):
         super().__init__()
         self.kept_layers = list(kept_layers)
         self.temperature = temperature
         # down[0] reads the embeddings, down[k] the output of backbone layer kept_layers[k-1]
-        self.down = nn.ModuleList(nn.Linear(width, side_width) for _ in range(len(kept_layers) + 1))
+        self.down = nn.ModuleList(
+            (nn.Linear(width, side_width) if rank is None else LowRankDown(width, rank, side_width))
+            for _ in range(len(kept_layers) + 1))
         for proj in self.down:
-            nn.init.normal_(proj.weight, std=0.01)
-            nn.init.zeros_(proj.bias)
-        alphas = torch.full((len(kept_layers),), float(alpha_init))
+            for linear in (m for m in proj.modules() if isinstance(m, nn.Linear)):
+                nn.init.normal_(linear.weight, std=0.01)
+                nn.init.zeros_(linear.bias)
+        shape = (len(kept_layers), side_width) if per_channel_gates else (len(kept_layers),)
+        alphas = torch.full(shape, float(alpha_init))
         if learnable_gates:
             self.gate_alphas = nn.Parameter(alphas)
         else:
             self.register_buffer("gate_alphas", alphas)
 
     def gates(self) -> torch.Tensor:
-        """mu_k = sigmoid(alpha_k / T) for every side block, shape (n,)."""
+        """mu_k = sigmoid(alpha_k / T) for every side block, (n,) or per channel (n, d/r)."""
         return torch.sigmoid(self.gate_alphas / self.temperature)
 
     def first(self, embeddings: torch.Tensor) -> torch.Tensor:
         """h_0 = down_0(embeddings): (b, t, d) -> (b, t, d/r)."""
-        return self.down[0](embeddings.to(self.down[0].weight.dtype))
+        return self.down[0](embeddings.to(self.gate_alphas.dtype))
 
     def mix(self, k: int, side_hidden: torch.Tensor, hidden_states: Sequence[torch.Tensor]
             ) -> torch.Tensor:
         """Gate the ladder from backbone layer kept_layers[k] into the side stream."""
         # hidden_states[l + 1] is the output of backbone layer l
         backbone_out = hidden_states[self.kept_layers[k] + 1]             # (b, t, d)
-        ladder = self.down[k + 1](backbone_out.to(self.down[k + 1].weight.dtype))  # (b, t, d/r)
-        mu = self.gates()[k]
+        ladder = self.down[k + 1](backbone_out.to(self.gate_alphas.dtype))  # (b, t, d/r)
+        mu = self.gates()[k]                                   # () or (d/r,), over (b, t, d/r)
         return mu * side_hidden + (1 - mu) * ladder
 
     @contextlib.contextmanager

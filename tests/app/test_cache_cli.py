@@ -96,7 +96,6 @@ def test_a_cache_killed_mid_epoch_is_completed_on_resume(files, tmp_path, monkey
 @pytest.mark.parametrize("extra, words", [
     (["--method", "lora"], "--cache-backbone is for --method lst"),
     (["--lst-backbone-dropout", "true"], "changes them every step"),
-    (["--lst-head-residual", "true"], "--lst-head-residual adds"),
 ])
 def test_what_cannot_be_cached_is_refused(files, tmp_path, capsys, extra, words):
     assert train(files, tmp_path / "x", "--cache-backbone", *extra) == 2

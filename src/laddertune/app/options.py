@@ -30,7 +30,7 @@ from .methods import DEFAULT_LR, METHODS, REGISTRY, Method, get_method
 
 DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("classify", "generate")
-LST_PRESETS = ("default", "paper")
+LST_PRESETS = ("default", "paper", "late")
 CACHE_DTYPES = ("float16", "bfloat16", "float32")
 # The --account-shape default: one batch shape for every method's memory account (examples, tokens)
 ACCOUNT_SHAPE = (32, 256)
@@ -151,9 +151,11 @@ class TrainConfig:
     reduction_factor: int = field(default=8, metadata=_flag(
         "LST only: the side network is this many times narrower than the model", metavar="R"))
     lst_preset: str = field(default="default", metadata=_flag(
-        "LST only: 'default' (laddertune's defaults) or 'paper' (the reference code's choices: "
-        "Fisher pruning, backbone dropout, attention dropout; see LSTConfig.paper); --lst-* "
-        "flags override either", choices=LST_PRESETS))
+        "LST only: 'default' (laddertune's defaults), 'paper' (the reference code's choices: "
+        "Fisher pruning, backbone dropout, attention dropout; see LSTConfig.paper) or 'late' "
+        "(the late route: side blocks below the top 2 layers, which train; more memory than "
+        "LST; see LSTConfig.late); --lst-* flags override any",
+        choices=LST_PRESETS))
     backbone_dtype: str = field(default="float32", metadata=_flag(
         "LST only: how the frozen backbone is stored: float32; bfloat16 (half the weight "
         "memory, computed in bf16 where the device has fast bf16 kernels, else upcast one layer "
@@ -267,9 +269,10 @@ class TrainConfig:
                                   if m.reads_backbone_states)
             raise UsageError(f"--cache-backbone is for {readers}: {self.method} trains "
                              "through the backbone, whose states then change every step")
-        if self.cache_backbone and lst.head_residual:
-            raise UsageError("--cache-backbone stores what the ladders read, not the backbone's "
-                             "final state that --lst-head-residual adds; drop one of them")
+        if self.cache_backbone and lst.late_layers:
+            raise UsageError("--cache-backbone stores what the ladders read, but the late "
+                             "route runs the backbone's top layers on each call; drop "
+                             "--cache-backbone or the late route")
         if self.cache_backbone and lst.backbone_dropout:
             if "backbone_dropout" not in self.lst:   # the paper preset turned it on
                 raise UsageError("--cache-backbone needs fixed backbone states, but --lst-preset "
@@ -340,7 +343,8 @@ class TrainConfig:
     def lst_config(self, num_labels: int = 2, task_type: str = "SEQ_CLS") -> LSTConfig:
         """The LSTConfig of a `task_type` model (a sequence classifier of `num_labels` classes,
         or a language model): the preset, then the --lst-* flags, then --reduction-factor."""
-        build = LSTConfig.paper if self.lst_preset == "paper" else LSTConfig
+        build = {"paper": LSTConfig.paper, "late": LSTConfig.late}.get(self.lst_preset,
+                                                                       LSTConfig)
         return build(**{**self.lst, "task_type": task_type, "num_labels": num_labels,
                         "reduction_factor": self.reduction_factor,
                         "backbone_dtype": self.backbone_dtype})

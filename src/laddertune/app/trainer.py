@@ -78,6 +78,14 @@ class RunInterrupted(KeyboardInterrupt):
 
 # ---- one optimizer step, the same for every caller ----------------------------------------------
 
+def warmup_steps(warmup_ratio: float, total_steps: int) -> int:
+    """Steps of linear warm-up: a ratio asked for is at least one step (a short run's
+    int(0.1 * 8) would otherwise be 0), and never more than the run has."""
+    if warmup_ratio <= 0:
+        return 0
+    return min(max(1, int(warmup_ratio * total_steps)), max(total_steps, 1))
+
+
 class Optimization:
     """AdamW over the method's trainable parameters, a linear warm-up then linear decay to 0,
     and gradient-norm clipping.
@@ -95,7 +103,7 @@ class Optimization:
                   else [{"params": self.params, "weight_decay": weight_decay}])
         self.optimizer = torch.optim.AdamW(groups, lr=lr)
         self.scheduler = get_linear_schedule_with_warmup(
-            self.optimizer, int(warmup_ratio * total_steps), total_steps)
+            self.optimizer, warmup_steps(warmup_ratio, total_steps), total_steps)
         self.max_grad_norm = max_grad_norm
 
     def step(self) -> float:
@@ -361,7 +369,8 @@ class TrainingRun:
         self.model = build_model(backbone, cfg, self.task, self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
-        if self.method.reads_backbone_states:
+        # the late route (LSTConfig.late_layers) runs the backbone's top layers itself
+        if self.method.reads_backbone_states and getattr(self.model, "reads_given_states", True):
             if cfg.cache_backbone and self.processes.world_size > 1:
                 raise UsageError("--cache-backbone runs in one process; drop it under torchrun "
                                  "or train on one device")
