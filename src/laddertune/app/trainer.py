@@ -521,6 +521,11 @@ class TrainingRun:
         scores = self.evaluate()
         if self.peak_rss_reset:
             reset_peak_rss()
+        if not math.isfinite(scores.get("loss", 0.0)):   # the last step's update broke the weights
+            raise TrainingDiverged(
+                f"training diverged at step {self.state.step}: the eval loss is "
+                f"{scores['loss']}; lower --lr (now {self.cfg.lr:g}) or check the data; no "
+                "model was saved")
         return scores
 
     def fit_whole(self) -> dict:
