@@ -925,16 +925,18 @@ def _can_gather_rows(side: LSTModel) -> bool:
             and not any("sliding" in str(kind) for kind in layer_types))
 
 
-class _LogitsFromStates(nn.Module):
-    """A side network's logits from given backbone states: what `_stacked_outputs` vmaps."""
+class _OutputFromStates(nn.Module):
+    """A side network's output from given backbone states, as a dict of its tensors (vmap
+    returns tensors only): what `_stacked_outputs` vmaps."""
 
     def __init__(self, side: LSTModel):
         super().__init__()
         self.side = side
 
     def forward(self, inputs: dict, states: tuple, pad_mask: torch.Tensor | None
-                ) -> torch.Tensor:
-        return self.side._output_from_states(inputs, states, pad_mask).logits
+                ) -> dict[str, torch.Tensor]:
+        out = self.side._output_from_states(inputs, states, pad_mask)
+        return {key: value for key, value in out.items() if isinstance(value, torch.Tensor)}
 
 
 def _stacked_outputs(template: LSTModel, shapes: list[_SideShape], names: list[str],
@@ -974,7 +976,7 @@ def _stacked_outputs(template: LSTModel, shapes: list[_SideShape], names: list[s
         in_dims = 0
 
     def one_side(side_params, side_buffers, side_inputs, side_states, side_pad_mask):
-        return functional_call(_LogitsFromStates(template), (side_params, side_buffers),
+        return functional_call(_OutputFromStates(template), (side_params, side_buffers),
                                (side_inputs, side_states, side_pad_mask))
 
     with warnings.catch_warnings():
@@ -982,9 +984,9 @@ def _stacked_outputs(template: LSTModel, shapes: list[_SideShape], names: list[s
         # so on every call; that loop is still far cheaper than k Python-level forwards
         warnings.filterwarnings("ignore", message="There is a performance drop because we "
                                 "have not yet implemented the batching rule")
-        logits = torch.vmap(one_side, in_dims=(0, 0, in_dims, in_dims, in_dims))(
-            params, buffers, inputs, states, pad_mask)                 # (k, m, ...)
-    return {name: LSTOutput(logits=logits[i, :len(r)])
+        outputs = torch.vmap(one_side, in_dims=(0, 0, in_dims, in_dims, in_dims))(
+            params, buffers, inputs, states, pad_mask)                 # {field: (k, m, ...)}
+    return {name: LSTOutput(**{key: value[i, :len(r)] for key, value in outputs.items()})
             for i, (name, r) in enumerate(zip(names, rows))}
 
 
