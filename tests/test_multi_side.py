@@ -128,6 +128,27 @@ def test_side_networks_of_one_shape_run_stacked_and_answer_as_alone(model_type, 
             torch.testing.assert_close(together.softmax(-1), alone.softmax(-1), **PROBS)
 
 
+@pytest.mark.parametrize("model_type", ["deberta-v2", "opt", "clip_text_model"])
+def test_families_that_build_their_own_masks_stack_only_rows_every_side_reads(model_type,
+                                                                              monkeypatch):
+    """A mixed batch stacks through 4D masks built outside vmap; these families do not take
+    them as their own (probed), so their mixed rows take the per-side loop, still exact."""
+    model = _same_shape_classifiers(model_type, sides=3)
+    inputs = tiny_inputs(model_type, batch=3)
+    inputs["attention_mask"][1, 5:] = 0
+    calls = _stacked_calls(model, monkeypatch)
+    with torch.no_grad():
+        mixed = model(**inputs, side_names=[["s1", "s2"], ["default"], ["s1"]])
+        same = model(**inputs, side_names=[model.side_names] * 3)
+    assert calls == [3]                                 # the same rows only
+    with torch.no_grad():
+        for out in (mixed, same):
+            for name, rows in out.rows.items():
+                alone = model.side(name)(**{k: v[rows] for k, v in inputs.items()}).logits
+                torch.testing.assert_close(out.outputs[name].logits.softmax(-1),
+                                           alone.softmax(-1), **PROBS)
+
+
 def test_token_classifiers_of_one_shape_run_stacked_too(monkeypatch):
     model = _same_shape_classifiers("bert", task_type="TOKEN_CLS", sides=3)
     inputs = tiny_inputs("bert", batch=3)

@@ -675,13 +675,14 @@ class LSTModel(HeldModules, nn.Module):
                 side_states[-2] = raw_last
             same_rows = all(rows[name] == rows[group[0]] for name in group)
             if (len(group) > 1 and _can_stack([sides[name] for name in group])
-                    and (same_rows or _can_gather_rows(sides[group[0]]))):
+                    and (same_rows or self._gathers_rows(shapes[group[0]].key,
+                                                         sides[group[0]]))):
                 outputs.update(_stacked_outputs(
                     sides[group[0]], [shapes[name] for name in group], group,
                     [rows[name] for name in group], picked_inputs, tuple(side_states), batch))
                 continue
-            # side networks of other shapes (configs, widths, layers) run one by one
-            for name in group:           # one side network of its shape: a call of its own
+            # alone in its shape, or a group the stacked path cannot take: one call each
+            for name in group:
                 picked = dict(picked_inputs)
                 name_states = side_states
                 if len(rows[name]) < batch:                  # a side named on some rows only
@@ -701,6 +702,14 @@ class LSTModel(HeldModules, nn.Module):
 
     def _forget_side_shapes(self) -> None:
         self.__dict__.pop("_side_shapes", None)
+        self.__dict__.pop("_gathers_rows", None)
+
+    def _gathers_rows(self, key: tuple, template: LSTModel) -> bool:
+        """`_takes_4d_masks(template)`, probed once per shape `key`."""
+        probed = self.__dict__.setdefault("_gathers_rows", {})
+        if key not in probed:
+            probed[key] = _takes_4d_masks(template)
+        return probed[key]
 
     def _output_from_states(self, inputs: dict, states: tuple, pad_mask) -> LSTOutput:
         """The task output of this side network from given backbone states, without the checks
@@ -912,17 +921,37 @@ def _can_stack(sides: list[LSTModel]) -> bool:
             and sides[0].config.task_type in ("SEQ_CLS", "TOKEN_CLS"))
 
 
-def _can_gather_rows(side: LSTModel) -> bool:
+def _takes_4d_masks(side: LSTModel) -> bool:
     """Whether side networks of this shape can each read their own rows in one stacked call:
-    `_attention_mask_4d` builds plain causal or bidirectional masks, so the family's own side
-    blocks without sliding windows only. Others stack only when every side reads the same rows.
-    """
+    whether the side stack, given `_attention_mask_4d`'s mask, computes what it computes from
+    the 2D mask. Families build masks their own way (DeBERTa's, CLIP's causal text tower,
+    OPT's, sliding windows), so this is probed on a padded toy batch rather than assumed.
+    Shapes that fail stack only when every side reads the same rows (k tasks on one text)."""
     config = side.side_stacks[0].config if side.side_blocks == "native" else None
     if config is None or side.family.kind not in (bb.ENCODER, bb.DECODER):
         return False
     layer_types = getattr(config, "layer_types", None) or ()
-    return (getattr(config, "sliding_window", None) is None
-            and not any("sliding" in str(kind) for kind in layer_types))
+    if (getattr(config, "sliding_window", None) is not None
+            or any("sliding" in str(kind) for kind in layer_types)):
+        return False
+    device = _device_of(side.backbone)
+    dtype = next(side.parameters()).dtype
+    pad_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], device=device)  # (2, 6)
+    ids = torch.zeros_like(pad_mask)
+    generator = torch.Generator(device=device).manual_seed(0)
+    states = tuple(torch.randn(2, 6, side.width, generator=generator, device=device, dtype=dtype)
+                   for _ in range(bb.num_layers(side.stacks[0], side.family) + 2))
+    mask_4d = _attention_mask_4d(side, pad_mask[None], dtype)[0]
+    try:
+        with torch.no_grad():
+            plain = side._run_stack(0, {"input_ids": ids, "attention_mask": pad_mask},
+                                    (None, None), False, states=states)[0]
+            given = side._run_stack(0, {"input_ids": ids, "attention_mask": mask_4d},
+                                    (None, None), False, states=states)[0]
+    except Exception:  # noqa: BLE001 - a family that refuses a 4D mask takes the per-side loop
+        return False
+    valid = pad_mask.bool()                              # padded positions may hold anything
+    return torch.allclose(plain[valid], given[valid], rtol=1e-4, atol=1e-5)
 
 
 class _OutputFromStates(nn.Module):
