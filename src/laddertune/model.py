@@ -702,11 +702,11 @@ class LSTModel(HeldModules, nn.Module):
 
     def _forget_side_shapes(self) -> None:
         self.__dict__.pop("_side_shapes", None)
-        self.__dict__.pop("_gathers_rows", None)
+        self.__dict__.pop("_row_gather_probes", None)
 
     def _gathers_rows(self, key: tuple, template: LSTModel) -> bool:
         """`_takes_4d_masks(template)`, probed once per shape `key`."""
-        probed = self.__dict__.setdefault("_gathers_rows", {})
+        probed = self.__dict__.setdefault("_row_gather_probes", {})
         if key not in probed:
             probed[key] = _takes_4d_masks(template)
         return probed[key]
