@@ -137,15 +137,17 @@ def measure(model: str, runs: dict[str, Path], texts: list[str], args) -> list[d
                                    ).raise_for_status()
             server.classify(names, texts[:2])                           # every task warm
             figures[arm]["rss_mib_16_tasks"] = server.rss_mib()
-        for k in (1, 4, 16):
-            times = {arm: [] for arm in servers}
-            for server in servers.values():
-                server.classify(names[:k], texts[:1])
-            for _ in range(args.repeats):
+        # every k in every repeat, arm after arm: the ratios of k=16 to k=1 then compare
+        # requests made moments apart, not minutes apart under another load
+        times = {(arm, k): [] for arm in servers for k in (1, 4, 16)}
+        for arm, k in times:
+            servers[arm].classify(names[:k], texts[:1])
+        for _ in range(args.repeats):
+            for k in (1, 4, 16):
                 for arm, server in servers.items():
-                    times[arm].append(server.classify(names[:k], texts[:1]))
-            for arm in servers:
-                figures[arm]["same_text_ms"][k] = statistics.median(times[arm]) * 1000
+                    times[arm, k].append(server.classify(names[:k], texts[:1]))
+        for (arm, k), seconds in times.items():
+            figures[arm]["same_text_ms"][k] = statistics.median(seconds) * 1000
         for k in (1, 4, 16):
             requests = [{"model": names[i % k], "input": [texts[i % len(texts)]]}
                         for i in range(args.requests)]

@@ -77,6 +77,109 @@ def test_several_names_per_row_share_one_backbone_pass():
                                            alone[row].softmax(-1), **PROBS)
 
 
+def _same_shape_classifiers(model_type, task_type="SEQ_CLS", sides=4):
+    """Side networks of one shape with different weights: `forward_sides` stacks them."""
+    torch.manual_seed(0)
+    config = dict(task_type=task_type, num_labels=3, reduction_factor=4, head_residual=True)
+    model = get_lst_model(tiny_backbone(model_type), LSTConfig(**config)).eval()
+    for i in range(1, sides):
+        torch.manual_seed(i)
+        side = model.add_side(f"s{i}", LSTConfig(**config)).eval()
+        with torch.no_grad():               # weights unlike the default's, as training leaves
+            for param in side.parameters():
+                param.add_(0.1 * torch.randn_like(param))
+    return model
+
+
+def _stacked_calls(model, monkeypatch):
+    """Counts the stacked (vmapped) computations forward_sides makes."""
+    from laddertune import model as model_module
+    calls = []
+    real = model_module._stacked_outputs
+
+    def counting(*args, **kwargs):
+        calls.append(len(args[1]))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(model_module, "_stacked_outputs", counting)
+    return calls
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama"])
+@pytest.mark.parametrize("layout", ["same rows", "mixed rows", "several names per row"])
+def test_side_networks_of_one_shape_run_stacked_and_answer_as_alone(model_type, layout,
+                                                                     monkeypatch):
+    model = _same_shape_classifiers(model_type)
+    names = model.side_names
+    inputs = tiny_inputs(model_type, batch=5)
+    side_names = {"same rows": [names] * 5,
+                  "mixed rows": ["s1", "default", "s3", "s1", "s2"],
+                  "several names per row": [["s1", "s2"], ["default"], names, ["s2"], ["s3"]],
+                  }[layout]
+    calls = _stacked_calls(model, monkeypatch)
+    with torch.no_grad():
+        for _ in range(2):                      # the second reuses what the first worked out
+            out = model(**inputs, side_names=side_names)
+    assert calls == [len(out.rows)] * 2              # every side in one stacked computation
+    with torch.no_grad():
+        for name, rows in out.rows.items():
+            alone = model.side(name)(**{k: v[rows] for k, v in inputs.items()}).logits
+            together = out.outputs[name].logits
+            assert together.shape == alone.shape
+            assert torch.equal(together.argmax(-1), alone.argmax(-1))
+            torch.testing.assert_close(together.softmax(-1), alone.softmax(-1), **PROBS)
+
+
+@pytest.mark.parametrize("model_type", ["deberta-v2", "opt", "clip_text_model"])
+def test_families_that_build_their_own_masks_stack_only_rows_every_side_reads(model_type,
+                                                                              monkeypatch):
+    """A mixed batch stacks through 4D masks built outside vmap; these families do not take
+    them as their own (probed), so their mixed rows take the per-side loop, still exact."""
+    model = _same_shape_classifiers(model_type, sides=3)
+    inputs = tiny_inputs(model_type, batch=3)
+    inputs["attention_mask"][1, 5:] = 0
+    calls = _stacked_calls(model, monkeypatch)
+    with torch.no_grad():
+        for _ in range(2):                      # the second call reads the probe's answer
+            mixed = model(**inputs, side_names=[["s1", "s2"], ["default"], ["s1"]])
+        same = model(**inputs, side_names=[model.side_names] * 3)
+    assert calls == [3]                                 # the same rows only
+    with torch.no_grad():
+        for out in (mixed, same):
+            for name, rows in out.rows.items():
+                alone = model.side(name)(**{k: v[rows] for k, v in inputs.items()}).logits
+                torch.testing.assert_close(out.outputs[name].logits.softmax(-1),
+                                           alone.softmax(-1), **PROBS)
+
+
+def test_token_classifiers_of_one_shape_run_stacked_too(monkeypatch):
+    model = _same_shape_classifiers("bert", task_type="TOKEN_CLS", sides=3)
+    inputs = tiny_inputs("bert", batch=3)
+    calls = _stacked_calls(model, monkeypatch)
+    with torch.no_grad():
+        out = model(**inputs, side_names=[["default", "s1"], ["s2"], ["s1", "s2"]])
+        assert calls == [3]
+        for name, rows in out.rows.items():
+            alone = model.side(name)(**{k: v[rows] for k, v in inputs.items()})
+            torch.testing.assert_close(out.outputs[name].logits.softmax(-1),
+                                       alone.logits.softmax(-1), **PROBS)
+            # the features a token head reads, too: the same sums in another order
+            torch.testing.assert_close(out.outputs[name].last_hidden_state,
+                                       alone.last_hidden_state, rtol=1e-4, atol=1e-5)
+
+
+def test_sides_of_other_shapes_or_with_gradients_take_the_per_side_loop(monkeypatch):
+    model = _classifiers()                  # three side networks, three shapes
+    inputs = tiny_inputs("bert", batch=3)
+    calls = _stacked_calls(model, monkeypatch)
+    with torch.no_grad():
+        model(**inputs, side_names=[model.side_names] * 3)
+    assert calls == []
+    same = _same_shape_classifiers("bert", sides=2)
+    calls = _stacked_calls(same, monkeypatch)
+    out = same(**inputs, side_names=[same.side_names] * 3)     # autograd on: no stacking
+    assert calls == [] and out.outputs["s1"].logits.requires_grad
+
+
 def test_set_side_picks_what_forward_and_generate_run():
     backbone = tiny_backbone("gpt2", task="lm")
     torch.manual_seed(0)

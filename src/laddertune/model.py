@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.utils import ModelOutput
 
 from . import backbones as bb
@@ -659,6 +661,7 @@ class LSTModel(HeldModules, nn.Module):
         return self.__dict__.setdefault("_sides", {})
 
     def _apply(self, fn, recurse=True):
+        self._forget_side_shapes()
         super()._apply(fn, recurse)
         for side in self._extra_sides().values():
             nn.Module._apply(side, fn, recurse)   # their backbone is ours: moved once, above
@@ -726,6 +729,7 @@ class LSTModel(HeldModules, nn.Module):
             raise InputError("the default side network is this model's own; it cannot be "
                              "deleted")
         del self._extra_sides()[name]
+        self._forget_side_shapes()
         if self._active_side_name() == name:
             self.set_side(DEFAULT_SIDE)
 
@@ -746,6 +750,7 @@ class LSTModel(HeldModules, nn.Module):
                                         "encoder-only, decoder-only and vision models; "
                                         "load each text-to-text run as its own LSTModel")
         self._extra_sides()[name] = side
+        self._forget_side_shapes()
         return side
 
     def forward_sides(self, side_names, input_ids=None, attention_mask=None, pixel_values=None,
@@ -766,18 +771,58 @@ class LSTModel(HeldModules, nn.Module):
             inputs["position_ids"] = position_ids
         states, raw_last = self._shared_backbone_states(inputs)
         batch = self._batch_size(input_ids, pixel_values)
+        picked_inputs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
         outputs = {}
-        for name, side in sides.items():
+        shapes = {name: self._side_shape(name) for name in rows}
+        for group in _same_shape_groups(shapes):
             side_states = list(states)
-            if raw_last is not None and side.reads_raw_last():
+            if raw_last is not None and sides[group[0]].reads_raw_last():
                 side_states[-2] = raw_last
-            picked = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-            if len(rows[name]) < batch:                  # a side named on some rows only
-                index = torch.tensor(rows[name], device=states[0].device)
-                picked = {k: v.index_select(0, index) for k, v in picked.items()}
-                side_states = [s.index_select(0, index) for s in side_states]
-            outputs[name] = side(**picked, backbone_hidden_states=tuple(side_states))
-        return SidesOutput(outputs, rows)
+            same_rows = all(rows[name] == rows[group[0]] for name in group)
+            if (len(group) > 1 and _can_stack([sides[name] for name in group])
+                    and (same_rows or self._gathers_rows(shapes[group[0]].key,
+                                                         sides[group[0]]))):
+                outputs.update(_stacked_outputs(
+                    sides[group[0]], [shapes[name] for name in group], group,
+                    [rows[name] for name in group], picked_inputs, tuple(side_states), batch))
+                continue
+            # alone in its shape, or a group the stacked path cannot take: one call each
+            for name in group:
+                picked = dict(picked_inputs)
+                name_states = side_states
+                if len(rows[name]) < batch:                  # a side named on some rows only
+                    index = torch.tensor(rows[name], device=states[0].device)
+                    picked = {k: v.index_select(0, index) for k, v in picked.items()}
+                    name_states = [s.index_select(0, index) for s in side_states]
+                outputs[name] = sides[name](**picked, backbone_hidden_states=tuple(name_states))
+        return SidesOutput({name: outputs[name] for name in rows}, rows)
+
+    def _side_shape(self, name: str) -> _SideShape:
+        """`_SideShape` of side network `name`, kept until the sides or their weights' places
+        change (add, load, delete, `to`)."""
+        shapes = self.__dict__.setdefault("_side_shapes", {})
+        if name not in shapes:
+            shapes[name] = _SideShape.of(self.side(name))
+        return shapes[name]
+
+    def _forget_side_shapes(self) -> None:
+        self.__dict__.pop("_side_shapes", None)
+        self.__dict__.pop("_row_gather_probes", None)
+
+    def _gathers_rows(self, key: tuple, template: LSTModel) -> bool:
+        """`_takes_4d_masks(template)`, probed once per shape `key`."""
+        probed = self.__dict__.setdefault("_row_gather_probes", {})
+        if key not in probed:
+            probed[key] = _takes_4d_masks(template)
+        return probed[key]
+
+    def _output_from_states(self, inputs: dict, states: tuple, pad_mask) -> LSTOutput:
+        """The task output of this side network from given backbone states, without the checks
+        `forward` makes on them (`forward_sides` has made them once for the whole batch).
+        `pad_mask` (b, t) pools; `inputs["attention_mask"]` may be a 4D mask for attention."""
+        side_hidden, _, _ = self._run_stack(0, inputs, (None, None), False, states=states)
+        return self._task_output(side_hidden, pad_mask, None, None,
+                                 self._backbone_last(None, states))
 
     def reads_raw_last(self) -> bool:
         """Whether this side network's ladder reads the last block's output before the final
@@ -948,6 +993,166 @@ def _init_up(up: nn.Linear, config: LSTConfig) -> None:
         return                                  # nn.Linear's own kaiming-uniform start
     nn.init.normal_(up.weight, std=0.0 if choice == "zero" else 0.01)
     nn.init.zeros_(up.bias)
+
+
+# LSTConfig fields that change training only, never what a trained side network computes
+_TRAINING_ONLY_FIELDS = ("gate_alpha_init", "side_init", "prune_samples", "prune_seed", "dropout",
+                         "side_attention_dropout", "backbone_dropout", "gate_weight_decay",
+                         "backbone_dtype")
+
+
+@dataclass
+class _SideShape:
+    """What must match for side networks to run as one stacked computation (`key`: every
+    config field that changes the computation, every weight's name, shape and dtype), and the
+    weights themselves, listed once: walking the module tree on every batch costs ~1 ms a side.
+    """
+
+    key: tuple
+    params: list[tuple[str, torch.Tensor]]
+    buffers: list[tuple[str, torch.Tensor]]
+
+    @classmethod
+    def of(cls, side: LSTModel) -> _SideShape:
+        config = {k: v for k, v in dataclasses.asdict(side.config).items()
+                  if k not in _TRAINING_ONLY_FIELDS}
+        params, buffers = list(side.named_parameters()), list(side.named_buffers())
+        weights = tuple((name, tuple(t.shape), t.dtype) for name, t in (*params, *buffers))
+        return cls((type(side.side_model), side.side_blocks, repr(sorted(config.items())),
+                    weights), params, buffers)
+
+
+def _same_shape_groups(shapes: dict[str, _SideShape]) -> list[list[str]]:
+    """The names in `shapes`, grouped by equal `key`, in first-seen order."""
+    groups: dict[tuple, list[str]] = {}
+    for name, shape in shapes.items():
+        groups.setdefault(shape.key, []).append(name)
+    return list(groups.values())
+
+
+def _can_stack(sides: list[LSTModel]) -> bool:
+    """Stacked weights carry no gradient and vmap draws no per-task dropout: inference only.
+    Training, a side network in train mode, or a task without class logits (language
+    modelling, features) takes the per-side loop."""
+    return (not torch.is_grad_enabled() and not any(side.training for side in sides)
+            and sides[0].config.task_type in ("SEQ_CLS", "TOKEN_CLS"))
+
+
+def _takes_4d_masks(side: LSTModel) -> bool:
+    """Whether side networks of this shape can each read their own rows in one stacked call:
+    whether the side stack, given `_attention_mask_4d`'s mask, computes what it computes from
+    the 2D mask. Families build masks their own way (DeBERTa's, CLIP's causal text tower,
+    OPT's, sliding windows), so this is probed on a padded toy batch rather than assumed.
+    Shapes that fail stack only when every side reads the same rows (k tasks on one text)."""
+    config = side.side_stacks[0].config if side.side_blocks == "native" else None
+    if config is None or side.family.kind not in (bb.ENCODER, bb.DECODER):
+        return False
+    layer_types = getattr(config, "layer_types", None) or ()
+    if (getattr(config, "sliding_window", None) is not None
+            or any("sliding" in str(kind) for kind in layer_types)):
+        return False
+    device = _device_of(side.backbone)
+    dtype = next(side.parameters()).dtype
+    pad_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]], device=device)  # (2, 6)
+    ids = torch.zeros_like(pad_mask)
+    generator = torch.Generator(device=device).manual_seed(0)
+    states = tuple(torch.randn(2, 6, side.width, generator=generator, device=device, dtype=dtype)
+                   for _ in range(bb.num_layers(side.stacks[0], side.family) + 2))
+    mask_4d = _attention_mask_4d(side, pad_mask[None], dtype)[0]
+    try:
+        with torch.no_grad():
+            plain = side._run_stack(0, {"input_ids": ids, "attention_mask": pad_mask},
+                                    (None, None), False, states=states)[0]
+            given = side._run_stack(0, {"input_ids": ids, "attention_mask": mask_4d},
+                                    (None, None), False, states=states)[0]
+    except Exception:  # noqa: BLE001 - a family that refuses a 4D mask takes the per-side loop
+        return False
+    valid = pad_mask.bool()                              # padded positions may hold anything
+    return torch.allclose(plain[valid], given[valid], rtol=1e-4, atol=1e-5)
+
+
+class _OutputFromStates(nn.Module):
+    """A side network's output from given backbone states, as a dict of its tensors (vmap
+    returns tensors only): what `_stacked_outputs` vmaps."""
+
+    def __init__(self, side: LSTModel):
+        super().__init__()
+        self.side = side
+
+    def forward(self, inputs: dict, states: tuple, pad_mask: torch.Tensor | None
+                ) -> dict[str, torch.Tensor]:
+        out = self.side._output_from_states(inputs, states, pad_mask)
+        return {key: value for key, value in out.items() if isinstance(value, torch.Tensor)}
+
+
+def _stacked_outputs(template: LSTModel, shapes: list[_SideShape], names: list[str],
+                     rows: list[list[int]], inputs: dict, states: tuple, batch: int
+                     ) -> dict[str, LSTOutput]:
+    """k side networks of one shape as ONE computation with a task dimension: their weights
+    stacked to (k, ...) and `template`'s forward vmapped over them, so k tasks cost about one
+    side network's kernel launches and Python calls instead of k.
+
+    Rows: when every side reads the same rows (k tasks on one text), the inputs and states are
+    shared, unbatched. Otherwise each side's rows are gathered to (k, m, ...), m the most rows
+    any side reads, a shorter list padded by repeating its last row (computed, then dropped).
+    """
+    # stacked afresh on every call, (k, ...) each: a copy kept between calls would go stale
+    # when a side network's weights change, and double their memory
+    params = {f"side.{name}": torch.stack([shape.params[i][1] for shape in shapes])
+              for i, (name, _) in enumerate(shapes[0].params)}
+    buffers = {f"side.{name}": torch.stack([shape.buffers[i][1] for shape in shapes])
+               for i, (name, _) in enumerate(shapes[0].buffers)}
+    device = states[0].device
+    pad_mask = inputs.get("attention_mask")
+    if all(r == rows[0] for r in rows):
+        if len(rows[0]) < batch:
+            index = torch.tensor(rows[0], device=device)
+            inputs = {k: v.index_select(0, index) for k, v in inputs.items()}
+            states = tuple(None if s is None else s.index_select(0, index) for s in states)
+            pad_mask = inputs.get("attention_mask")
+        in_dims = None
+    else:
+        most = max(len(r) for r in rows)
+        index = torch.tensor([r + r[-1:] * (most - len(r)) for r in rows], device=device)  # (k, m)
+        inputs = {k: v[index] for k, v in inputs.items()}                     # (k, m, ...)
+        states = tuple(None if s is None else s[index] for s in states)      # (k, m, t, d)
+        pad_mask = inputs.get("attention_mask")                               # (k, m, t)
+        if pad_mask is not None:
+            inputs["attention_mask"] = _attention_mask_4d(template, pad_mask, states[0].dtype)
+        in_dims = 0
+
+    def one_side(side_params, side_buffers, side_inputs, side_states, side_pad_mask):
+        return functional_call(_OutputFromStates(template), (side_params, side_buffers),
+                               (side_inputs, side_states, side_pad_mask))
+
+    with warnings.catch_warnings():
+        # CPU's fused attention has no vmap rule: torch loops over the k tasks in C++ and says
+        # so on every call; that loop is still far cheaper than k Python-level forwards
+        warnings.filterwarnings("ignore", message="There is a performance drop because we "
+                                "have not yet implemented the batching rule")
+        outputs = torch.vmap(one_side, in_dims=(0, 0, in_dims, in_dims, in_dims))(
+            params, buffers, inputs, states, pad_mask)                 # {field: (k, m, ...)}
+    return {name: LSTOutput(**{key: value[i, :len(r)] for key, value in outputs.items()})
+            for i, (name, r) in enumerate(zip(names, rows))}
+
+
+def _attention_mask_4d(template: LSTModel, pad_mask: torch.Tensor, dtype: torch.dtype
+                       ) -> torch.Tensor:
+    """(k, m, t) padding masks as the (k, m, 1, t, t) masks the side stack's attention takes,
+    built here, outside vmap: the side model would build them from a 2D mask with a data-
+    dependent test (can the mask be skipped?) that vmap cannot run. A 4D mask it uses as given.
+    """
+    k, m, t = pad_mask.shape
+    config = template.side_stacks[0].config
+    embeds = torch.empty(k * m, t, template.side_width, dtype=dtype, device=pad_mask.device)
+    flat = pad_mask.reshape(k * m, t)
+    if template.family.kind == bb.DECODER:
+        positions = torch.arange(t, device=pad_mask.device).expand(k * m, t)
+        mask = create_causal_mask(config, embeds, flat, None, position_ids=positions,
+                                  allow_is_causal_skip=False)
+    else:
+        mask = create_bidirectional_mask(config, embeds, flat, allow_is_bidirectional_skip=False)
+    return mask.reshape(k, m, *mask.shape[1:])
 
 
 def decay_groups(parameters, weight_decay: float, decays) -> list[dict]:
