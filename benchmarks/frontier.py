@@ -437,6 +437,12 @@ def beaten_by(points: dict, name: str) -> str | None:
     return min(beaters, key=lambda o: points[o]) if beaters else None
 
 
+def _mib(value: float) -> str:
+    """A budget in the sentence: whole MiB, or two significant digits under 10 (a probe's 0.1
+    MiB is not 0)."""
+    return f"{value:.2g}" if value < 10 else f"{value:,.0f}"
+
+
 def budget_sentence(points: dict, front: list[str], unit: str = "MiB") -> str:
     """Which configuration wins at each training-memory budget, read off the front."""
     if not front:
@@ -445,9 +451,10 @@ def budget_sentence(points: dict, front: list[str], unit: str = "MiB") -> str:
     for i, name in enumerate(front):
         low = points[name][0]
         high = points[front[i + 1]][0] if i + 1 < len(front) else None
-        span = f"from {low:,.0f} to {high:,.0f} {unit}" if high else f"from {low:,.0f} {unit} up"
+        span = (f"from {_mib(low)} to {_mib(high)} {unit}" if high
+                else f"from {_mib(low)} {unit} up")
         parts.append(f"{span}, {name} ({points[name][1]:.2f})")
-    return (f"Below {points[front[0]][0]:,.0f} {unit} of training account no configuration fits; "
+    return (f"Below {_mib(points[front[0]][0])} {unit} of training account no configuration fits; "
             + "; ".join(parts) + ".")
 
 
