@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from cli_helpers import train_cli
 from safetensors.torch import load_file
 from tiny_models import save_tiny_text_model, tiny_backbone, topic_rows, write_csv
 
@@ -34,8 +35,7 @@ def files(tmp_path_factory):
 
 
 def train(files, output, *extra):
-    return main(["train", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
-                 "--eval", str(files / "eval.csv"), "--output", str(output), *FLAGS, *extra])
+    return train_cli(files, output, *FLAGS, *extra)
 
 
 @pytest.fixture(scope="module")
