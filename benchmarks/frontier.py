@@ -106,7 +106,9 @@ DATASETS = {
 MINILM = ("probe", "lst-every", "lst-half", "lst-quarter",
           "full-top1", "full-top2", "full-tophalf", "lora-top1", "lora-top2", "lora-tophalf",
           "adapter-top1", "adapter-top2", "adapter-tophalf", "lora", "full",
-          f"lst-every{ARM}")
+          f"lst-every{ARM}",
+          # the side-network designs screened on MiniLM (`DESIGNS`)
+          "lst-headgate", "lst-qst", "lst-xladder", "lst-wide", "lst-late")
 SMALLER = ("probe", "lst", "lora-top1", "lora-tophalf", "lora", f"lst{ARM}")
 GRID = {
     ("minilm", "bbc-news"): MINILM,
@@ -134,15 +136,37 @@ class Config:
     method: str
     flags: tuple = ()
     arm_of: str | None = None    # the equal-wall-clock arm: the configuration it retrains
+    cacheable: bool = True       # False: trains backbone layers, so reads no cached states
 
     @property
     def has_rate(self) -> bool:
         return self.method not in NO_RATE
 
 
+# The side-network designs of later work (docs/design.md), each LST with side blocks on every
+# layer (the late route: its preset's layers) plus its flags: QST's output mixing alone; QST's
+# ladders and gates with its output mixing; xLadder's depth (2 x delta extra side blocks fed by
+# the top delta = 2 layers); a side network twice as wide (r = 4) whose ladders stay low-rank;
+# the late route (top 2 layers trained, so it cannot read cached states).
+DESIGNS = {
+    "lst-headgate": ("--lst-head-gate", "true"),
+    "lst-qst": ("--lst-ladder-rank", "16", "--lst-gate-per-channel", "true",
+                "--lst-head-gate", "true", "--lst-up-init", "default"),
+    "lst-xladder": ("--lst-xladder-depth", "2"),
+    "lst-wide": ("--reduction-factor", "4", "--lst-ladder-rank", "16"),
+    "lst-late": ("--lst-preset", "late"),
+}
+NOT_CACHEABLE = ("lst-late",)
+
+
 def config(name: str, layers: int) -> Config:
     """A configuration from its name: METHOD, METHOD-topK (K = 1, 2 or "half" of `layers`),
-    lst-every / lst-half / lst-quarter (side blocks on that share of the layers), BASE@lora-time."""
+    lst-every / lst-half / lst-quarter (side blocks on that share of the layers), a design of
+    `DESIGNS`, BASE@lora-time."""
+    if name in DESIGNS:       # beside lst-every: side blocks on every layer the design allows
+        every = () if name in NOT_CACHEABLE else ("--lst-side-layers",
+                                                  spaced_layers(layers, layers))
+        return Config(name, "lst", every + DESIGNS[name], cacheable=name not in NOT_CACHEABLE)
     if name.endswith(ARM):
         base = config(name[:-len(ARM)], layers)
         return dataclasses.replace(base, name=name, arm_of=base.name)
@@ -336,7 +360,7 @@ class Frontier:
         files = self.data(cell[1])
         out = self.work / cell[0] / cell[1] / cfg.name / f"s{seed}-e{epochs}"
         args = [*self.common(cell, cfg, files, epochs), "--seed", seed]
-        sweep = reads_backbone_states(cfg.method)
+        sweep = cfg.cacheable and reads_backbone_states(cfg.method)
         if sweep and cfg.has_rate and len(lrs) > 1:
             grid = ",".join(f"{lr:g}" for lr in lrs)
             command = ["sweep", *args, "--output", out, "--overwrite", "--grid", f"lr={grid}"]
@@ -356,7 +380,7 @@ class Frontier:
         """The flags every run of `cfg` in `cell` shares."""
         backbone, dataset = self.backbones[cell[0]], self.datasets[cell[1]]
         cache = ["--cache-backbone", "--cache-dir", self.work / "cache"] if (
-            reads_backbone_states(cfg.method)) else []
+            cfg.cacheable and reads_backbone_states(cfg.method)) else []
         return ["--model", backbone.model, "--task", dataset.task, "--train", files["train"],
                 "--eval", files["dev"], "--method", cfg.method, "--epochs", epochs,
                 "--batch-size", dataset.batch_size, "--max-length", dataset.spec.max_length,
@@ -410,11 +434,17 @@ def commit_file(path: Path, message: str) -> None:
     path = Path(path).resolve()
     def git(*args):
         subprocess.run(["git", *args], cwd=path.parent, check=True, capture_output=True)
-    try:
-        git("add", "--", str(path))
-        git("commit", "--quiet", "-m", message, "--", str(path))
-    except subprocess.CalledProcessError as err:   # the file is written: a rerun skips the run
-        print(f"warning: could not commit {path}: {err.stderr.decode().strip()}")
+    for attempt in range(10):      # two suites in one checkout may hold git's index lock
+        try:
+            git("add", "--", str(path))
+            git("commit", "--quiet", "-m", message, "--", str(path))
+            return
+        except subprocess.CalledProcessError as err:  # the file is written: a rerun skips it
+            error = err.stderr.decode().strip()
+            if "index.lock" not in error:
+                break
+            time.sleep(1 + attempt)
+    print(f"warning: could not commit {path}: {error}")
 
 
 # ---- the report, from the result files alone ----------------------------------------------------

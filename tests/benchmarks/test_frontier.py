@@ -180,9 +180,17 @@ def test_commit_makes_one_commit_per_finished_run(tmp_path):
     ("lora-top1", ("--top-layers", "1")), ("adapter-tophalf", ("--top-layers", "6")),
     ("lst-every", ("--lst-side-layers", "0,1,2,3,4,5,6,7,8,9,10,11")),
     ("lst-half", ("--lst-side-layers", "1,3,5,7,9,11")),
-    ("lst-quarter", ("--lst-side-layers", "3,7,11")), ("full", ())])
+    ("lst-quarter", ("--lst-side-layers", "3,7,11")), ("full", ()),
+    ("lst-xladder", ("--lst-side-layers", "0,1,2,3,4,5,6,7,8,9,10,11",
+                     "--lst-xladder-depth", "2")),
+    ("lst-late", ("--lst-preset", "late"))])
 def test_configuration_names_become_flags(name, flags):
     assert frontier.config(name, 12).flags == flags
+
+
+def test_designs_read_the_cache_except_the_late_route():
+    assert all(frontier.config(name, 6).method == "lst" for name in frontier.DESIGNS)
+    assert [n for n in frontier.DESIGNS if not frontier.config(n, 6).cacheable] == ["lst-late"]
 
 
 def test_rates_are_centred_on_the_methods_default_and_the_grid_is_whole():
