@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fnmatch
 import functools
 import math
 import shlex
@@ -259,9 +260,7 @@ class Frontier:
 
     def run(self, cells=None, methods=None) -> None:
         for cell in cells or self.grid:
-            for name in self.grid[cell]:
-                if not selected(name, methods):
-                    continue
+            for name in in_order(self.grid[cell], methods):
                 try:
                     self.tune(cell, name)
                 except RunFailed as failed:       # the next configuration still runs
@@ -628,9 +627,19 @@ def _plot(points: dict, front: list[str], title: str, metric: str, path: Path) -
 # ---- the command line ---------------------------------------------------------------------------
 
 def selected(name: str, methods=()) -> bool:
-    """Whether configuration `name` is among `methods`: by its name, or by its method (the
-    equal-wall-clock arm by its name only: it trains LoRA and its base first)."""
-    return not methods or name in methods or (ARM not in name and name.split("-")[0] in methods)
+    """Whether configuration `name` matches one of `methods`: a name (lora-top1) or a shell
+    pattern (lora-*, lst*); the equal-wall-clock arm only by a pattern with its @."""
+    return not methods or any(fnmatch.fnmatchcase(name, m) and (ARM not in name or "@" in m)
+                              for m in methods)
+
+
+def in_order(names, methods=()) -> list[str]:
+    """The configurations among `names` that `methods` selects, in the order of `methods` (a
+    user's priority), each once; all of `names` in grid order when `methods` is empty."""
+    if not methods:
+        return list(names)
+    ordered = [n for m in methods for n in names if selected(n, (m,))]
+    return list(dict.fromkeys(ordered))
 
 
 def selected_cells(grid: dict, cells=(), models=(), datasets=()) -> list[tuple]:
@@ -645,7 +654,8 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default="", help="comma list of backbones")
     parser.add_argument("--datasets", default="", help="comma list of data sets")
     parser.add_argument("--methods", default="",
-                        help="comma list of configurations (lora-top1) or methods (lora)")
+                        help="comma list of configurations (lora-top1) or shell patterns "
+                             "(lora-*), run in this order")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="every run's epochs")
     parser.add_argument("--train-size", type=int, default=None,
                         help="cap every training set at N examples (dev and test unchanged)")

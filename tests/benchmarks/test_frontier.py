@@ -243,6 +243,9 @@ def test_filters_pick_cells_and_configurations():
     assert cells == [("mpnet", "tweet-sentiment"), ("mpnet", "bbc-headlines")]
     assert frontier.selected_cells(frontier.GRID, cells=("minilm/bbc-news",),
                                    datasets=("bbc-news",)) == [("minilm", "bbc-news")]
-    assert frontier.selected("lora-top1", ("lora",)) and frontier.selected("lora-top1", ())
-    assert not frontier.selected("lst-every@lora-time", ("lst",))      # the arm: by name only
+    assert frontier.selected("lora-top1", ("lora-*",)) and frontier.selected("lora-top1", ())
+    assert not frontier.selected("lora-top1", ("lora",))                 # a name is exact
+    assert not frontier.selected("lst-every@lora-time", ("lst*",))      # the arm: by its @
     assert frontier.selected("lst-every@lora-time", ("lst-every@lora-time",))
+    assert frontier.in_order(frontier.MINILM, ("lora", "lst-half", "lora-*")) == [
+        "lora", "lst-half", "lora-top1", "lora-top2", "lora-tophalf"]
