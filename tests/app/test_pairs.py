@@ -17,9 +17,9 @@ FLAGS = ["--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu
          "--account-shape", "none"]
 
 
-def _pair_rows(n: int) -> list[dict]:
+def _pair_rows(n: int, seed: int = 0) -> list[dict]:
     """Does the second text share the first's topic? Half do."""
-    rows = topic_rows(2 * n)
+    rows = topic_rows(2 * n, seed)
     return [{"text": rows[i]["text"], "other": rows[i + (3 if i % 2 else 1)]["text"],
              "label": "same" if i % 2 else "different"} for i in range(n)]
 
@@ -55,6 +55,7 @@ def workdir(tmp_path_factory):
     _with_pair_template(save_tiny_text_model(root / "tiny"))
     save_tiny_lm(root / "llama", "llama")
     write_csv(root / "pairs.csv", _pair_rows(48))
+    write_csv(root / "pairs-dev.csv", _pair_rows(16, seed=1))
     write_csv(root / "topics.csv", topic_rows(48))
     return root
 
@@ -181,6 +182,40 @@ def test_a_pair_run_records_its_pair_column_for_eval_and_predict(model, workdir,
     assert json.loads(capsys.readouterr().out)["accuracy"] == scores["accuracy"]
     assert main(["predict", "--checkpoint", str(run), "--data", str(workdir / "pairs.csv"),
                  "--output", str(workdir / f"pred-{model}.csv")]) == 0
+
+
+def _evaluates_as_it_trained(run, workdir, capsys) -> None:
+    """`laddertune eval` of the run's eval file scores as training did: the same inputs."""
+    trained = json.loads((run / "metrics.json").read_text())["eval"]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data", str(workdir / "pairs-dev.csv")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == pytest.approx(trained["accuracy"])
+    # tolerance: eval batches the file by its own batch size, training by --eval-batch-size
+    assert scores["loss"] == pytest.approx(trained["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("probe", []), ("lora", []), ("full", ["--top-layers", "2"])])
+def test_a_pair_run_of_each_method_reads_segment_ids_in_eval_as_in_training(
+        method, extra, workdir, capsys):
+    name = f"segments-{method}"
+    assert _train(workdir, name, "--method", method, "--text-pair-column", "other",
+                  "--eval", str(workdir / "pairs-dev.csv"), *extra) == 0
+    assert json.loads((workdir / name / "run.json").read_text())["token_type_ids"] is True
+    _evaluates_as_it_trained(workdir / name, workdir, capsys)
+
+
+def test_a_sweep_of_pairs_caches_states_read_with_segment_ids(workdir, tmp_path, capsys):
+    out = workdir / "sweep"
+    assert main(["sweep", "--model", str(workdir / "tiny"), "--train",
+                 str(workdir / "pairs.csv"), "--eval", str(workdir / "pairs-dev.csv"),
+                 "--text-pair-column", "other", "--output", str(out), "--grid",
+                 "lr=1e-3,1e-2", "--cache-backbone", "--cache-dir", str(tmp_path),
+                 *FLAGS]) == 0
+    for run in json.loads((out / "sweep.json").read_text())["runs"]:
+        assert json.loads((out / run["name"] / "run.json").read_text())["token_type_ids"]
+        _evaluates_as_it_trained(out / run["name"], workdir, capsys)
 
 
 def test_a_missing_pair_column_is_the_one_line_missing_column_error(workdir, capsys):
