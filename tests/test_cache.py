@@ -135,8 +135,25 @@ def test_anything_that_changes_the_states_changes_the_key(tmp_path):
                                        "float32"), 6),
         StateCache(tmp_path, cache_key(build(ladder_last_layer="normed"),
                                        examples_digest(rows), "float32"), 6),
+        # the same ids read as sentence pairs, with segment ids
+        StateCache(tmp_path, cache_key(model, examples_digest(
+            rows, [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) for r in rows]),
+            "float32"), 6),
     ]
     assert all(cache.folder != folder and not cache.complete for cache in others)
+
+
+def test_the_dataset_pads_segment_ids_with_zeros_when_examples_have_them(tmp_path):
+    model = build()
+    rows = examples(4)
+    cache = fill(model, rows, tmp_path)
+    items = [{"input_ids": r, "token_type_ids": [0, 0] + [1] * (len(r) - 2)} for r in rows]
+    batch = CachedStatesDataset(cache, items).collate(
+        [{"index": i, **item} for i, item in enumerate(items)])
+    assert batch["token_type_ids"].shape == batch["input_ids"].shape
+    assert torch.equal(batch["token_type_ids"].sum(-1), torch.tensor([len(r) - 2 for r in rows]))
+    single = CachedStatesDataset(cache, [{"input_ids": r} for r in rows])
+    assert "token_type_ids" not in single.collate([single[0], single[1]])
 
 
 def test_an_interrupted_cache_is_never_read_and_names_what_is_missing(tmp_path):

@@ -8,7 +8,8 @@ backbone never runs again.
     key          sha256 of what decides the states: the backbone's fingerprint, which states the
                  ladders read (layers kept, raw or normed last layer), the stored dtype, and the
                  examples' inputs (token ids: they carry the tokenizer, the max length and the
-                 data). Another key is another folder: a stale cache is never read.
+                 data; and sentence pairs' segment ids, where the backbone reads them). Another
+                 key is another folder: a stale cache is never read.
     folder       <root>/<key>/: manifest.json, and shard-NNNNN.safetensors files each holding
                  some examples: for stack s and state i a tensor ``s{s}.i{i}`` of their tokens one
                  after another (tokens, d), with ``s{s}.offsets`` (n + 1,) and ``examples`` (n,)
@@ -43,12 +44,19 @@ MANIFEST = "manifest.json"
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def examples_digest(token_ids: Sequence[Sequence[int]]) -> str:
-    """sha256 of every example's token ids, in order: the data part of a cache key."""
+def examples_digest(token_ids: Sequence[Sequence[int]],
+                    token_type_ids: Sequence[Sequence[int]] | None = None) -> str:
+    """sha256 of every example's token ids, in order, then of their segment ids when given:
+    the data part of a cache key. The same ids read with segment ids give other states."""
     digest = hashlib.sha256()
     for ids in token_ids:
         digest.update(len(ids).to_bytes(4, "little"))
         digest.update(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes())
+    if token_type_ids is not None:
+        digest.update(b"token_type_ids")
+        for types in token_type_ids:
+            digest.update(len(types).to_bytes(4, "little"))
+            digest.update(torch.as_tensor(types, dtype=torch.int64).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -260,7 +268,8 @@ class CachedStatesDataset(torch.utils.data.Dataset):
 
     Args:
         cache: a complete `StateCache` of these examples, in this order.
-        examples: per example a dict of ``input_ids``, optional ``attention_mask``, ``labels``.
+        examples: per example a dict of ``input_ids``, optional ``attention_mask``,
+            ``token_type_ids`` (padded with 0) and ``labels``.
         pad_token_id: what right-pads ``input_ids``.
     """
 
@@ -286,6 +295,11 @@ class CachedStatesDataset(torch.utils.data.Dataset):
             attention_mask[row, :n] = torch.as_tensor(item.get("attention_mask", [1] * n))
         batch = {"input_ids": input_ids, "attention_mask": attention_mask,
                  "backbone_hidden_states": self.cache.read([item["index"] for item in items])}
+        if "token_type_ids" in items[0]:
+            batch["token_type_ids"] = torch.zeros_like(input_ids)                 # (b, t)
+            for row, item in enumerate(items):
+                types = torch.as_tensor(item["token_type_ids"])
+                batch["token_type_ids"][row, :len(types)] = types
         if "labels" in items[0]:
             batch["labels"] = torch.stack([torch.as_tensor(item["labels"]) for item in items])
         return batch

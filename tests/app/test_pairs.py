@@ -8,7 +8,7 @@ import torch
 from tiny_models import save_tiny_lm, save_tiny_text_model, topic_rows, write_csv
 
 from laddertune.app.cli import main
-from laddertune.app.data import TextDataset, tokenize
+from laddertune.app.data import TextDataset, collate, reads_segment_ids, tokenize
 from laddertune.app.methods import METHODS
 from laddertune.app.options import TrainConfig
 from laddertune.app.trainer import TrainingRun
@@ -17,18 +17,20 @@ FLAGS = ["--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu
          "--account-shape", "none"]
 
 
-def _pair_rows(n: int) -> list[dict]:
+def _pair_rows(n: int, seed: int = 0) -> list[dict]:
     """Does the second text share the first's topic? Half do."""
-    rows = topic_rows(2 * n)
+    rows = topic_rows(2 * n, seed)
     return [{"text": rows[i]["text"], "other": rows[i + (3 if i % 2 else 1)]["text"],
              "label": "same" if i % 2 else "different"} for i in range(n)]
 
 
 def _with_pair_template(path) -> str:
-    """The tiny model's tokenizer, made to mark pairs as BERT's does: [CLS] A [SEP] B [SEP]."""
+    """The tiny model's tokenizer, made to mark pairs as BERT's does: [CLS] A [SEP] B [SEP],
+    with segment ids 0 on the first text and 1 on the second, which it returns."""
     from tokenizers import processors
     from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(path), model_input_names=["input_ids", "token_type_ids", "attention_mask"])
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
@@ -53,6 +55,7 @@ def workdir(tmp_path_factory):
     _with_pair_template(save_tiny_text_model(root / "tiny"))
     save_tiny_lm(root / "llama", "llama")
     write_csv(root / "pairs.csv", _pair_rows(48))
+    write_csv(root / "pairs-dev.csv", _pair_rows(16, seed=1))
     write_csv(root / "topics.csv", topic_rows(48))
     return root
 
@@ -80,6 +83,75 @@ def test_a_decoder_gets_a_line_break_between_and_ends_on_the_pair():
     assert tokenizer.decode(encoded.input_ids[1]) == "long long long long lon\na bank"
 
 
+def test_a_pair_batch_carries_segment_ids_one_on_the_second_text(workdir):
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(str(workdir / "tiny"))
+    data = TextDataset(["the goal", "the team of the big league"], ["a", "b"], "test",
+                       pairs=["a bank", "new chip"])
+    encoded = tokenize(tokenizer, data, 16, ["a", "b"], segments=True)
+    batch = collate(encoded, [0, 1], 0)
+    # [CLS] the goal [SEP] a bank [SEP], then padding (segment 0) to the longer row
+    assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0]
+    assert batch["token_type_ids"].shape == batch["input_ids"].shape
+    assert batch["token_type_ids"][1].tolist() == [0] * 8 + [1] * 3
+    # single texts, and a model that does not read them, keep the batches they always had
+    single = TextDataset(data.texts, data.labels, "test")
+    assert "token_type_ids" not in collate(tokenize(tokenizer, single, 16, ["a", "b"],
+                                                    segments=True), [0, 1], 0)
+    assert "token_type_ids" not in collate(tokenize(tokenizer, data, 16, ["a", "b"]), [0, 1], 0)
+
+
+def test_only_a_model_whose_forward_takes_segment_ids_is_given_them():
+    from tiny_models import tiny_backbone
+    assert reads_segment_ids(tiny_backbone("bert"))
+    for model_type in ("llama", "mpnet", "distilbert"):
+        assert not reads_segment_ids(tiny_backbone(model_type))
+
+
+# ---- every method reads them ---------------------------------------------------------------------
+
+def _pair_run(workdir, method, **extra) -> TrainingRun:
+    cfg = TrainConfig(model=str(workdir / "tiny"), train=str(workdir / "pairs.csv"),
+                      text_pair_column="other", method=method, device="cpu",
+                      account_shape="none", output=str(workdir / f"built-{method}"), **extra)
+    return TrainingRun(cfg, log=lambda *_: None).setup(write=False)
+
+
+def _logits(model, batch: dict) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("lst", {}), ("probe", {}), ("lora", {}), ("full", {"top_layers": 2})])
+def test_every_method_reads_the_second_texts_segment_ids(method, extra, workdir):
+    run = _pair_run(workdir, method, **extra)
+    batch = run.task.collate(run.train_set, list(range(8)), run.pad)
+    assert batch["token_type_ids"].sum() > 0
+    one_segment = {**batch, "token_type_ids": torch.zeros_like(batch["token_type_ids"])}
+    # the model reads them: all in segment 0 is another input, with other logits
+    assert not torch.allclose(_logits(run.model, batch), _logits(run.model, one_segment))
+
+
+def test_cached_states_of_pairs_are_read_with_their_segment_ids(workdir, tmp_path):
+    from laddertune.app.trainer import open_cache
+    run = _pair_run(workdir, "lst", cache_backbone=True, cache_dir=str(tmp_path),
+                    cache_dtype="float32")
+    run.train_states.end_of_pass(run.train_set)          # computes and stores every example
+    assert run.train_states.cache.complete
+    indices = list(range(8))
+    cached = run.batch(indices)
+    computed = {k: v for k, v in cached.items() if k != "backbone_hidden_states"}
+    # tolerance: the cache pads each example's states anew; the kernels see other shapes
+    torch.testing.assert_close(_logits(run.model, cached), _logits(run.model, computed),
+                               atol=1e-5, rtol=1e-4)
+    # the same token ids without their segment ids are another cache, never this one
+    from dataclasses import replace
+    plain = replace(run.train_set, token_type_ids=None)
+    other = open_cache(run.model, plain, run.cfg, lambda *_: None, "training")
+    assert other.folder != run.train_states.cache.folder and not other.complete
+
+
 # ---- the command line ---------------------------------------------------------------------------
 
 def _train(workdir, name, *extra, model="tiny", train="pairs.csv") -> int:
@@ -91,7 +163,11 @@ def _train(workdir, name, *extra, model="tiny", train="pairs.csv") -> int:
 def test_a_pair_run_records_its_pair_column_for_eval_and_predict(model, workdir, capsys):
     assert _train(workdir, f"run-{model}", "--text-pair-column", "other", model=model) == 0
     run = workdir / f"run-{model}"
-    assert json.loads((run / "run.json").read_text())["text_pair_column"] == "other"
+    info = json.loads((run / "run.json").read_text())
+    assert info["text_pair_column"] == "other"
+    # BERT reads the pair's segment ids, and eval and predict encode as training did; Llama
+    # neither reads nor is given them
+    assert info.get("token_type_ids", False) == (model == "tiny")
     trained = json.loads((run / "metrics.json").read_text())["eval"]
     capsys.readouterr()
     # eval of the whole file reads the pair column by default
@@ -106,6 +182,40 @@ def test_a_pair_run_records_its_pair_column_for_eval_and_predict(model, workdir,
     assert json.loads(capsys.readouterr().out)["accuracy"] == scores["accuracy"]
     assert main(["predict", "--checkpoint", str(run), "--data", str(workdir / "pairs.csv"),
                  "--output", str(workdir / f"pred-{model}.csv")]) == 0
+
+
+def _evaluates_as_it_trained(run, workdir, capsys) -> None:
+    """`laddertune eval` of the run's eval file scores as training did: the same inputs."""
+    trained = json.loads((run / "metrics.json").read_text())["eval"]
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data", str(workdir / "pairs-dev.csv")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["accuracy"] == pytest.approx(trained["accuracy"])
+    # tolerance: eval batches the file by its own batch size, training by --eval-batch-size
+    assert scores["loss"] == pytest.approx(trained["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("probe", []), ("lora", []), ("full", ["--top-layers", "2"])])
+def test_a_pair_run_of_each_method_reads_segment_ids_in_eval_as_in_training(
+        method, extra, workdir, capsys):
+    name = f"segments-{method}"
+    assert _train(workdir, name, "--method", method, "--text-pair-column", "other",
+                  "--eval", str(workdir / "pairs-dev.csv"), *extra) == 0
+    assert json.loads((workdir / name / "run.json").read_text())["token_type_ids"] is True
+    _evaluates_as_it_trained(workdir / name, workdir, capsys)
+
+
+def test_a_sweep_of_pairs_caches_states_read_with_segment_ids(workdir, tmp_path, capsys):
+    out = workdir / "sweep"
+    assert main(["sweep", "--model", str(workdir / "tiny"), "--train",
+                 str(workdir / "pairs.csv"), "--eval", str(workdir / "pairs-dev.csv"),
+                 "--text-pair-column", "other", "--output", str(out), "--grid",
+                 "lr=1e-3,1e-2", "--cache-backbone", "--cache-dir", str(tmp_path),
+                 *FLAGS]) == 0
+    for run in json.loads((out / "sweep.json").read_text())["runs"]:
+        assert json.loads((out / run["name"] / "run.json").read_text())["token_type_ids"]
+        _evaluates_as_it_trained(out / run["name"], workdir, capsys)
 
 
 def test_a_missing_pair_column_is_the_one_line_missing_column_error(workdir, capsys):

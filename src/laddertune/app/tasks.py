@@ -42,6 +42,7 @@ from .data import (
     load_builtin,
     load_texts,
     load_train_eval,
+    reads_segment_ids,
     tokenize,
 )
 from .evaluation import predict_probs_together
@@ -91,7 +92,9 @@ class ClassifyTask:
     """A label per text: accuracy, macro-F1, per-class scores and a confusion matrix.
 
     `settings`, for a finished run, is what run.json recorded (`info`), with the columns the
-    eval or predict flags override.
+    eval or predict flags override. Sentence pairs carry segment ids when the backbone reads
+    them (`data.tokenize`); run.json records that they did, and a finished run encodes its
+    files as it was trained.
     """
 
     name = "classify"
@@ -105,6 +108,7 @@ class ClassifyTask:
         self.labels = list(self.settings.get("labels", []))
         self.tokenizer = self.pad = None
         self.max_length = self.settings.get("max_length")
+        self.segments = False          # sentence pairs carry their segment ids
 
     @classmethod
     def for_training(cls, cfg: TrainConfig) -> ClassifyTask:
@@ -137,8 +141,11 @@ class ClassifyTask:
     def prepare(self, backbone, tokenizer, cfg: TrainConfig, max_length: int
                 ) -> tuple[Encoded, Encoded]:
         self.tokenizer, self.pad, self.max_length = tokenizer, tokenizer.pad_token_id, max_length
-        return (tokenize(tokenizer, self.train_data, max_length, self.labels),
-                tokenize(tokenizer, self.eval_data, max_length, self.labels))
+        train, evaluation = (tokenize(tokenizer, data, max_length, self.labels,
+                                      segments=reads_segment_ids(backbone))
+                             for data in (self.train_data, self.eval_data))
+        self.segments = train.token_type_ids is not None
+        return train, evaluation
 
     def collate(self, encoded: Encoded, indices, pad_token_id: int) -> dict[str, torch.Tensor]:
         return collate(encoded, indices, pad_token_id)
@@ -168,7 +175,7 @@ class ClassifyTask:
         return f"{len(self.labels)} classes"
 
     def record(self) -> dict:
-        return {}
+        return {"token_type_ids": True} if self.segments else {}
 
     # ---- a finished run -------------------------------------------------------------------------
 
@@ -192,9 +199,10 @@ class ClassifyTask:
     def attach(self, model, tokenizer, info: dict) -> None:
         self.tokenizer, self.pad, self.max_length = (tokenizer, tokenizer.pad_token_id,
                                                      info["max_length"])
+        self.segments = info.get("token_type_ids", False)
 
     def encode(self, data: TextDataset) -> Encoded:
-        return tokenize(self.tokenizer, data, self.max_length, self.labels)
+        return tokenize(self.tokenizer, data, self.max_length, self.labels, self.segments)
 
     def predict(self, model, encoded: Encoded, batch_size: int, device: torch.device
                 ) -> tuple[list[str], list[list]]:

@@ -197,8 +197,9 @@ def open_cache(model, encoded: Encoded, cfg: TrainConfig, log, what: str) -> Sta
         UsageError: the disk cannot hold it.
     """
     root = Path(cfg.cache_dir) if cfg.cache_dir else default_root()
-    key = cache_key(model, examples_digest(getattr(encoded, "cache_ids", encoded.input_ids)),
-                    cfg.cache_dtype)
+    digest = examples_digest(getattr(encoded, "cache_ids", encoded.input_ids),
+                             getattr(encoded, "token_type_ids", None))
+    key = cache_key(model, digest, cfg.cache_dtype)
     cache = StateCache(root, key, len(encoded))
     if cache.complete:
         log(f"reading the {what} set's backbone states from {cache.folder}")

@@ -13,7 +13,7 @@ from .corpora import (
     load_builtin,
     load_tweet_sentiment,
 )
-from .encoding import Encoded, collate, encode_labels, tokenize
+from .encoding import Encoded, collate, encode_labels, reads_segment_ids, tokenize
 from .examples import PairDataset, TextDataset
 from .labels import check_classes, check_known_labels, label_names
 from .readers import columns, has_columns, load_pairs, load_texts
@@ -26,5 +26,6 @@ __all__ = [
     "Encoded", "PairDataset", "TextDataset", "check_classes", "check_known_labels", "collate",
     "columns", "encode_labels", "has_columns", "label_names", "load_bbc_headlines",
     "load_bbc_news", "load_builtin", "load_pairs", "load_texts", "load_train_eval",
-    "load_tweet_sentiment", "random_split", "stratified_split", "tokenize",
+    "load_tweet_sentiment", "random_split", "reads_segment_ids", "stratified_split",
+    "tokenize",
 ]
