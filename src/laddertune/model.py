@@ -1044,7 +1044,9 @@ class _SideBank:
     side's own parameters and buffers then views of its row: one copy of the weights, which
     a stacked call reads without stacking them again, and which stay current through in-place
     changes (an optimizer step, `load_state_dict`). A tensor given other storage since (its
-    `.data` replaced) makes `current` false, and the bank is stacked again.
+    `.data` replaced) makes `current` false, and the bank is stacked again. (`torch.save` of
+    one side's state_dict writes the whole stacked storage; laddertune's safetensors files
+    hold each side's own rows only.)
     """
 
     def __init__(self, names: list[str], shapes: list[_SideShape]):
