@@ -1053,11 +1053,13 @@ class _SideBank:
         self.names = list(names)
         self.position = {name: i for i, name in enumerate(names)}
         tensors = [[t for _, t in (*shape.params, *shape.buffers)] for shape in shapes]
+        self.stacked = []
         with torch.no_grad():
-            self.stacked = [torch.stack(rows) for rows in zip(*tensors)]    # (n, ...) each
-            for side, side_tensors in enumerate(tensors):
-                for tensor, stacked in zip(side_tensors, self.stacked):
+            for rows in zip(*tensors):
+                stacked = torch.stack(rows)                                  # (n, ...)
+                for side, tensor in enumerate(rows):  # their own copies go now, one at a time
                     tensor.data = stacked[side]
+                self.stacked.append(stacked)
         self.tensors = tensors
         self.addresses = [[t.data_ptr() for t in side_tensors] for side_tensors in tensors]
         self.param_names = [f"side.{name}" for name, _ in shapes[0].params]
