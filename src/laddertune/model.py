@@ -1050,7 +1050,6 @@ class _SideBank:
     """
 
     def __init__(self, names: list[str], shapes: list[_SideShape]):
-        self.names = list(names)
         self.position = {name: i for i, name in enumerate(names)}
         tensors = [[t for _, t in (*shape.params, *shape.buffers)] for shape in shapes]
         self.stacked = []
@@ -1066,6 +1065,7 @@ class _SideBank:
         self.buffer_names = [f"side.{name}" for name, _ in shapes[0].buffers]
 
     def current(self) -> bool:
+        """Whether every side's tensors still view the rows they were given."""
         return all([t.data_ptr() for t in side_tensors] == addresses
                    for side_tensors, addresses in zip(self.tensors, self.addresses))
 
@@ -1083,6 +1083,7 @@ class _SideBank:
                 dict(zip(self.buffer_names, stacked[count:])))
 
     def order(self, names: list[str]) -> list[str]:
+        """`names` in bank order, so the first k of the bank are taken as a view."""
         return sorted(names, key=self.position.__getitem__)
 
 
