@@ -18,6 +18,8 @@ adapter modules), so pass a fresh model to each method.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,9 @@ TRAINED_WEIGHTS = "trained_weights.safetensors"
 # peft's name for each peft method, as its adapter_config.json records it.
 _PEFT_TYPES = {"lora": "LORA", "prompt": "PROMPT_TUNING", "ia3": "IA3"}
 _PEFT_CONFIG = "adapter_config.json"
+
+# What a LoRA run on a reduced backbone (--backbone-dtype) records of it beside its adapter.
+BACKBONE_DTYPES_FILE = "backbone_dtype.json"
 
 # Task types whose head is the pretrained LM head (often tied to the embeddings): kept frozen.
 _LM_TASKS = ("CAUSAL_LM", "SEQ_2_SEQ_LM")
@@ -92,6 +97,8 @@ class Method:
             epochs of optimizer steps: (built TrainingRun) -> the record metrics.json keeps
             as "fit". None: the method trains by steps.
         top_layers: it can train only the top K backbone layers (--top-layers).
+        reduced_backbone: its frozen backbone can be stored in bfloat16, int8 or nf4
+            (--backbone-dtype): LST's, which needs no gradient, and LoRA's (QLoRA at nf4).
     """
 
     name: str
@@ -105,6 +112,7 @@ class Method:
     tasks: tuple[str, ...] = ("classify", "generate")
     fit: Callable | None = None
     top_layers: bool = False
+    reduced_backbone: bool = False
 
     @property
     def reads_lst_settings(self) -> bool:
@@ -158,7 +166,8 @@ def _build_lora(task_model: nn.Module, s: BuildSettings) -> nn.Module:
                    **_top_layers().peft_layers(task_model, s.top_layers)}
     lora = LoraConfig(task_type=s.task_type, r=s.lora_rank, lora_alpha=s.lora_rank,
                       lora_dropout=0.0, **targets)
-    return get_peft_model(task_model, lora)
+    with _torchao_quiet():
+        return get_peft_model(task_model, lora)   # LoRA's A and B in fp32 on any backbone
 
 
 def _build_prompt(task_model: nn.Module, s: BuildSettings) -> nn.Module:
@@ -186,6 +195,20 @@ def _save_pretrained(model: nn.Module, directory: Path) -> None:
     model.save_pretrained(str(directory))
 
 
+def _save_lora(model: nn.Module, directory: Path) -> None:
+    """The adapter, and, on a reduced backbone, how that backbone was stored and computed (as
+    an LST side network's config records it); never the backbone's weights."""
+    from .. import quant
+    from ..checkpoint import save_json
+    model.save_pretrained(str(directory))
+    stored = quant.stored_dtype(model.base_model)
+    if stored != "float32":
+        device = next(model.parameters()).device
+        save_json({"backbone_dtype": stored,
+                   "backbone_compute_dtype": quant.compute_dtype(stored, device)},
+                  directory / BACKBONE_DTYPES_FILE)
+
+
 def _save_tensors(model: nn.Module, directory: Path) -> None:
     from ..checkpoint import save_weights
     save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
@@ -206,8 +229,36 @@ def _peft_loader(method: str) -> Callable[[nn.Module, Path], nn.Module]:
         if saved != _PEFT_TYPES[method]:
             raise CheckpointError(f"{directory} holds a peft {saved} adapter, not {method}; "
                                   "load it with the method it was trained with")
-        return PeftModel.from_pretrained(task_model, str(directory)).eval()
+        _warn_other_backbone_dtype(task_model, directory)
+        with _torchao_quiet():
+            return PeftModel.from_pretrained(task_model, str(directory)).eval()
     return load
+
+
+def _warn_other_backbone_dtype(task_model: nn.Module, directory: Path) -> None:
+    """Warn when an adapter meets a backbone stored in another dtype than it trained on (the
+    outputs then differ a little); `inference.load_run` stores it as the run did."""
+    import warnings
+
+    from .. import quant
+    from ..checkpoint import load_json
+    from ..errors import LSTWarning
+    record = directory / BACKBONE_DTYPES_FILE
+    trained = load_json(record)["backbone_dtype"] if record.is_file() else "float32"
+    now = quant.stored_dtype(task_model)
+    if trained != now:
+        warnings.warn(f"this adapter was trained on a {trained} backbone; this one is stored in "
+                      f"{now}, so the outputs differ a little from training's", LSTWarning,
+                      stacklevel=4)
+
+
+@contextlib.contextmanager
+def _torchao_quiet():
+    """peft warns, once per layer, that a torchao int8 layer cannot merge LoRA into it: merging
+    is never asked for here, so that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*without `get_apply_tensor_subclass`")
+        yield
 
 
 def _load_tensors(task_model: nn.Module, directory: Path) -> nn.Module:
@@ -267,9 +318,11 @@ def _fit_probe(run) -> dict:
 # in configs/ia3.json of their code, r-three/t-few).
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("lst", 3e-3, _build_lst, _save_pretrained, _load_lst, head="bare",
-           reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst")),
+           reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst"),
+           reduced_backbone=True),
     Method("full", 3e-4, _build_full, _save_tensors, _load_tensors, top_layers=True),
-    Method("lora", 3e-4, _build_lora, _save_pretrained, _peft_loader("lora"), top_layers=True),
+    Method("lora", 3e-4, _build_lora, _save_lora, _peft_loader("lora"), top_layers=True,
+           reduced_backbone=True),
     Method("bitfit", 3e-4, _build_bitfit, _save_tensors, _load_tensors),
     Method("prompt", 0.3, _build_prompt, _save_pretrained, _peft_loader("prompt")),
     Method("adapter", 3e-4, _build_adapter, _save_adapters, _load_adapters,

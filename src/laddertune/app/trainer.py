@@ -423,8 +423,8 @@ class TrainingRun:
     def _load_as(self) -> str:
         """--backbone-dtype converts as the backbone loads unless pruning is to read the
         original weights first (then the model converts them after pruning)."""
-        if not self.method.reads_lst_settings:
-            return "float32"
+        if not self.method.reads_lst_settings:   # LoRA: converted as it loads, head apart
+            return self.cfg.backbone_dtype
         prunes = self.cfg.lst_config().side_init != "random"
         return "float32" if prunes else self.cfg.backbone_dtype
 
