@@ -242,7 +242,7 @@ def test_a_pruned_sweep_on_a_reduced_backbone_is_refused_before_writing(files, t
 
 @pytest.mark.parametrize("extra, words", [
     (["--backbone-dtype", "nf4"], "use --backbone-dtype int8"),
-    (["--backbone-dtype", "int8", "--method", "lora"], "drop --backbone-dtype"),
+    (["--backbone-dtype", "int8", "--method", "full"], "drop --backbone-dtype"),
 ])
 def test_bad_backbone_dtype_is_one_line(files, tmp_path, capsys, extra, words):
     assert _train(files, tmp_path / "run", *extra) == 2
