@@ -185,3 +185,22 @@ def test_qlora_at_nf4_trains_evaluates_and_keeps_its_layers_in_4_bit(files, tmp_
     query = model.base_model.model.bert.encoder.layer[0].attention.self.query
     assert type(query.base_layer.weight).__name__ == "Params4bit"
     assert query.lora_A["default"].weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_generate_task_lora_on_an_int8_backbone_trains_and_evaluates(tmp_path, capsys, family):
+    from tiny_models import save_tiny_lm, symbol_pairs, write_csv
+    extra = {"d_model": 64, "d_kv": 16} if family == "t5" else {}
+    save_tiny_lm(tmp_path / family, family, **extra)
+    write_csv(tmp_path / "train.csv", symbol_pairs(16, seed=0))
+    run = tmp_path / "run"
+    assert main(["train", "--model", str(tmp_path / family), "--task", "generate", "--train",
+                 str(tmp_path / "train.csv"), "--output", str(run), *FLAGS,
+                 "--backbone-dtype", "int8", "--max-new-tokens", "4"]) == 0
+    assert json.loads((run / "run.json").read_text())["backbone_dtype"] == "int8"
+    assert main(["eval", "--checkpoint", str(run), "--data", str(tmp_path / "train.csv"),
+                 "--device", "cpu"]) == 0
+    model, _, _ = load_run(run, device="cpu")
+    assert quant.stored_dtype(model.base_model) == "int8"
+    lm_head = model.base_model.model.get_output_embeddings()
+    assert type(lm_head.weight) is torch.nn.Parameter   # kept as loaded, as for LST
