@@ -204,3 +204,13 @@ def test_generate_task_lora_on_an_int8_backbone_trains_and_evaluates(tmp_path, c
     assert quant.stored_dtype(model.base_model) == "int8"
     lm_head = model.base_model.model.get_output_embeddings()
     assert type(lm_head.weight) is torch.nn.Parameter   # kept as loaded, as for LST
+
+
+def test_top_layers_lora_on_an_int8_backbone(files, tmp_path):
+    run = tmp_path / "run"
+    assert train_cli(files, run, *FLAGS, "--top-layers", "1", "--backbone-dtype", "int8") == 0
+    model, _, _ = load_run(run, device="cpu")
+    layers = model.base_model.model.bert.encoder.layer
+    assert type(layers[-1].attention.self.query).__name__ == "TorchaoLoraLinear"
+    bottom = layers[0].attention.self.query     # below the top layer: no LoRA, still int8
+    assert type(bottom) is torch.nn.Linear and type(bottom.weight).__name__ == "Int8Tensor"
