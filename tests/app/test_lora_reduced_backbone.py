@@ -214,3 +214,14 @@ def test_top_layers_lora_on_an_int8_backbone(files, tmp_path):
     assert type(layers[-1].attention.self.query).__name__ == "TorchaoLoraLinear"
     bottom = layers[0].attention.self.query     # below the top layer: no LoRA, still int8
     assert type(bottom) is torch.nn.Linear and type(bottom.weight).__name__ == "Int8Tensor"
+
+
+def test_the_adapter_on_a_backbone_in_another_dtype_warns_naming_its_own(runs):
+    from transformers import AutoModelForSequenceClassification
+
+    from laddertune.app.methods import load_trained
+    from laddertune.errors import LSTWarning
+    backbone = AutoModelForSequenceClassification.from_pretrained(
+        json.loads((runs["int8"] / "run.json").read_text())["model_path"], num_labels=3)
+    with pytest.warns(LSTWarning, match="stored in int8; this one is stored in float32"):
+        load_trained(backbone, "lora", runs["int8"])

@@ -238,8 +238,6 @@ def _peft_loader(method: str) -> Callable[[nn.Module, Path], nn.Module]:
 def _warn_other_backbone_dtype(task_model: nn.Module, directory: Path) -> None:
     """Warn when an adapter meets a backbone stored in another dtype than it trained on (the
     outputs then differ a little); `inference.load_run` stores it as the run did."""
-    import warnings
-
     from .. import quant
     from ..checkpoint import load_json
     from ..errors import LSTWarning
@@ -247,9 +245,9 @@ def _warn_other_backbone_dtype(task_model: nn.Module, directory: Path) -> None:
     trained = load_json(record)["backbone_dtype"] if record.is_file() else "float32"
     now = quant.stored_dtype(task_model)
     if trained != now:
-        warnings.warn(f"this adapter was trained on a {trained} backbone; this one is stored in "
-                      f"{now}, so the outputs differ a little from training's", LSTWarning,
-                      stacklevel=4)
+        warnings.warn(f"this adapter was trained on a backbone stored in {trained}; this one "
+                      f"is stored in {now}, so the outputs differ a little from training's",
+                      LSTWarning, stacklevel=4)
 
 
 @contextlib.contextmanager
@@ -421,7 +419,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def save_trained(model: nn.Module, method: str, directory: Path) -> list[Path]:
-    """Write what `method` trained to `directory`: the LST side network, the peft adapter, the
+    """Write what `method` trained to `directory`: the LST side network, the peft adapter (with
+    `BACKBONE_DTYPES_FILE` for LoRA on a reduced backbone), the
     bottleneck adapters (`adapters.ADAPTER_WEIGHTS` + `ADAPTER_CONFIG`), or the trained tensors
     (full fine-tuning, BitFit). Never the frozen backbone. Returns the files written, each
     readable by others (peft writes 0600 files)."""
