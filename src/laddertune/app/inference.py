@@ -52,9 +52,8 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
     tokenizer = load_tokenizer(source)
     method, labels = info["method"], info["labels"]
     head = task_of_run(info).head(get_method(method))
-    # LoRA's adapter meets the backbone stored as it trained (LST's side network warns instead)
-    storage = "float32" if get_method(method).reads_lst_settings else info.get(
-        "backbone_dtype", "float32")
+    # the trained part meets the backbone stored as it trained, at that memory
+    storage = info.get("backbone_dtype", "float32")
     on = pick_device(device)
     backbone = load_backbone(source, tokenizer.pad_token_id, head, len(labels), storage, on)
     try:
