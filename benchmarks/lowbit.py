@@ -92,7 +92,8 @@ def planned_mib(model: str, dtype: str, batch_size: int, max_length: int, thread
                      threads=threads)
     row = next(line for line in out.splitlines() if line.startswith("lst "))
     figures = [float(x.replace(",", "")) for x in re.findall(r"([\d,.]+) MiB", row)]
-    return dict(zip(("weights", "activations", "gradients", "optimizer", "total"), figures))
+    return dict(zip(("weights", "activations", "gradients", "optimizer", "working", "eval",
+                          "total"), figures))
 
 
 def main(argv=None) -> None:

@@ -92,6 +92,9 @@ class Method:
             epochs of optimizer steps: (built TrainingRun) -> the record metrics.json keeps
             as "fit". None: the method trains by steps.
         top_layers: it can train only the top K backbone layers (--top-layers).
+        activations: what one training step keeps for backward, as `laddertune plan` predicts
+            it: (meta-device model, plan.Batch) -> bytes. None: the model is trained through
+            its transformer (`plan.trained_through_activations`).
     """
 
     name: str
@@ -105,6 +108,7 @@ class Method:
     tasks: tuple[str, ...] = ("classify", "generate")
     fit: Callable | None = None
     top_layers: bool = False
+    activations: Callable | None = None
 
     @property
     def reads_lst_settings(self) -> bool:
@@ -258,6 +262,16 @@ def _fit_probe(run) -> dict:
     return fit_probe(run)
 
 
+# What a step keeps, for `laddertune plan` (`plan.py`, which imports this module)
+def _lst_activations(model: nn.Module, batch) -> int:
+    from .plan import lst_activations
+    return lst_activations(model, batch)
+
+
+def _fitted_activations(model: nn.Module, batch) -> int:
+    from .plan import fitted_activations
+    return fitted_activations(model, batch)
+
 
 # ---- the registry --------------------------------------------------------------------------------
 
@@ -267,7 +281,8 @@ def _fit_probe(run) -> dict:
 # in configs/ia3.json of their code, r-three/t-few).
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("lst", 3e-3, _build_lst, _save_pretrained, _load_lst, head="bare",
-           reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst")),
+           reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst"),
+           activations=_lst_activations),
     Method("full", 3e-4, _build_full, _save_tensors, _load_tensors, top_layers=True),
     Method("lora", 3e-4, _build_lora, _save_pretrained, _peft_loader("lora"), top_layers=True),
     Method("bitfit", 3e-4, _build_bitfit, _save_tensors, _load_tensors),
@@ -277,7 +292,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("ia3", 3e-3, _build_ia3, _save_pretrained, _peft_loader("ia3"), top_layers=True),
     # fitted to convergence (`probe.fit_probe`), not stepped: the learning rate goes unused
     Method("probe", 1.0, _build_probe, _save_probe, _load_probe, head="bare",
-           reads_backbone_states=True, tasks=("classify",), fit=_fit_probe),
+           reads_backbone_states=True, tasks=("classify",), fit=_fit_probe,
+           activations=_fitted_activations),
 )}
 
 # Views of the registry, by name
