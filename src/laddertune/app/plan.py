@@ -457,18 +457,19 @@ def plan_table(cfg) -> str:
 def run_plan(cfg, hf_config, max_length: int, num_labels: int, device: torch.device,
              train_set=None, eval_set=None) -> MemoryPlan:
     """The plan of a `laddertune train` run (a TrainConfig `cfg`) on its tokenized data: its
-    batches are as long as its longest example, and --cache-backbone holds every example's
-    states."""
+    batches are as long as its longest example and hold no more examples than its sets, and
+    --cache-backbone holds every example's states."""
     entry = get_method(cfg.method)
     sets = [s for s in (train_set, eval_set) if s is not None]
     lengths = [min(len(ids), max_length) for s in sets for ids in s.input_ids]
     length = max(lengths, default=max_length)
+    batch = min(cfg.batch_size, len(train_set)) if train_set else cfg.batch_size
+    eval_batch = min(cfg.eval_batch_size, len(eval_set)) if eval_set else cfg.eval_batch_size
     cached = sum(lengths) if cfg.cache_backbone and entry.reads_backbone_states else 0
     lst = cfg.lst_config(num_labels) if entry.reads_lst_settings else None
-    return plan(hf_config, cfg.method, cfg.batch_size, length, cfg.backbone_dtype, num_labels,
+    return plan(hf_config, cfg.method, batch, length, cfg.backbone_dtype, num_labels,
                 cfg.reduction_factor, device.type, lst_config=lst, top_layers=cfg.top_layers,
-                eval_batch_size=cfg.eval_batch_size, cached_tokens=cached,
-                cache_dtype=cfg.cache_dtype)
+                eval_batch_size=eval_batch, cached_tokens=cached, cache_dtype=cfg.cache_dtype)
 
 
 def plan_line(cfg, hf_config, max_length: int, num_labels: int, task_type: str,

@@ -27,6 +27,7 @@ done are skipped. (accelerate's `skip_first_batches` would need a DataLoader, an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -49,7 +50,14 @@ from ..cache import (
 )
 from ..checkpoint import check_fingerprint, load_weights, save_json, save_weights, sha256_file
 from ..errors import BackboneMismatchError, LSTError
-from .aliases import ModelSource, backbone_signature, load_backbone, load_tokenizer, resolve_model
+from .aliases import (
+    ModelSource,
+    backbone_signature,
+    load_backbone,
+    load_config,
+    load_tokenizer,
+    resolve_model,
+)
 from .data import Encoded, collate
 from .memory import (
     current_rss_mb,
@@ -267,6 +275,19 @@ def single_examples(encoded, collate_fn=collate):
         yield collate_fn(encoded, [i], 0)   # one row: nothing to pad
 
 
+def import_runtime(source: ModelSource) -> None:
+    """Import now what a run imports later anyway, so that the runtime measured before the model
+    loads holds it: the evaluation's metrics (sklearn.metrics, ~130 MiB of RSS), and what
+    loading imports (accelerate, the model's own code: ~20 MiB)."""
+    import importlib
+    for name in ("sklearn.metrics", "accelerate"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+    with contextlib.suppress(Exception):   # unknown to the mapping: its code loads with it
+        MODEL_MAPPING[type(load_config(source))]
+
+
 # ---- the recipe ---------------------------------------------------------------------------------
 
 @dataclass
@@ -341,10 +362,8 @@ class TrainingRun:
         source = resolve_model(cfg.model, cfg.revision)
         tokenizer = load_tokenizer(source)
         seed_everything(cfg.seed)
-        # The runtime, measured here, is all that does not depend on the model: the libraries
-        # included. The evaluation's metrics library is imported now, not at the first eval, so
-        # that its ~130 MiB count as the runtime's (every run evaluates).
-        import sklearn.metrics  # noqa: F401
+        # The runtime, measured here, is all that does not depend on the model's size
+        import_runtime(source)
         rss_before_model_mb, library_before_model_mb = current_rss_mb(), library_rss_mb()
         backbone = load_backbone(source, tokenizer.pad_token_id, task.head(self.method),
                                  len(task.labels), self._load_as(), self.device)
