@@ -58,7 +58,8 @@ def test_largest_batch_is_the_last_that_fits(method):
         return plan(CONFIG, method, batch, 64)
     budget = plan_at(37).total_bytes + 1
     largest = largest_batch(plan_at, budget)
-    assert largest == 37
+    # at least 37; more where an eval batch, not the step, decides the peak (flat in the batch)
+    assert largest >= 37 and plan_at(largest).total_bytes <= budget
     assert plan_at(largest + 1).total_bytes > budget
     assert largest_batch(plan_at, plan_at(1).total_bytes - 1) == 0
 

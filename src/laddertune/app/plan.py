@@ -13,7 +13,10 @@ libraries' code it paged in since excluded), as the sum of
       a step     activations (what autograd keeps for backward, below) + gradients (4 bytes per
                  trainable parameter) + optimizer (8: AdamW's two moments) + the step's working
                  set: the larger of one layer's forward (below) and AdamW's update, whose
-                 sqrt and division make two temporaries the size of the largest trained tensor
+                 sqrt and division make two temporaries the size of the largest trained tensor.
+                 A frozen-backbone method's step peaks either there or in the frozen pass
+                 before its side network runs: every layer's state alive, and one frozen
+                 layer's working set
       an eval    AdamW's moments + one eval batch through the model without autograd: the
                  hidden states alive (every layer's, for a method that reads them) and one
                  layer's working set at --eval-batch-size
@@ -210,11 +213,15 @@ def plan(hf_config, method: str, batch_size: int, max_length: int,
     activations = (entry.activations or trained_through_activations)(model, step)
     states = len(_all_states(hf_config)) if entry.reads_backbone_states else 2
     backbone = backbone_shape(model)
-    working = max(layer_working_bytes(backbone, step, _keeps_matrix(backbone, step)),
-                  FLOAT * ADAM_TEMPORARIES * largest)
-    if entry.reads_backbone_states:   # the frozen pass: every layer's state alive at once
-        working = max(working, FLOAT * states * step.tokens * backbone.width
-                      + layer_working_bytes(backbone, step, False) - activations)
+    if entry.reads_backbone_states:
+        # the frozen pass, before the side network runs: every layer's state alive at once, and
+        # one frozen layer's working set (eval mode: the fused attention kernel)
+        frozen_pass = FLOAT * states * step.tokens * backbone.width + layer_working_bytes(
+            backbone, step, False)
+        working = max(frozen_pass - activations, FLOAT * ADAM_TEMPORARIES * largest)
+    else:
+        working = max(layer_working_bytes(backbone, step, _keeps_matrix(backbone, step)),
+                      FLOAT * ADAM_TEMPORARIES * largest)
     eval_pass = (FLOAT * states * evaluation.tokens * backbone.width
                  + layer_working_bytes(backbone, evaluation, False))
     cache = cached_tokens * backbone.width * cached_states(model) * CACHE_BYTES[cache_dtype]
