@@ -230,7 +230,7 @@ def reset_peak_rss() -> bool:
     `peak_rss_mb` reports the peak from now on; False where that is not possible.
     `peak_memory_mb` still reports the whole process's peak."""
     global _peak_before_reset_mb
-    _peak_before_reset_mb = max(_peak_before_reset_mb, peak_rss_mb() or 0.0)
+    _peak_before_reset_mb = peak_memory_mb()
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
