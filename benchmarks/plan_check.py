@@ -109,19 +109,27 @@ def row_of(key: str, config: str, data: str, allocator: str, batch: int, length:
             "command": "laddertune " + " ".join(command)}
 
 
-def run_one(root: Path, files: dict, config: str, data: str, allocator: str, batch: int,
-            length: int, threads: int) -> dict:
+def run_key(model: str, config: str, data: str, allocator: str, batch: int, length: int
+            ) -> str:
+    """A run's name (MiniLM's runs carry no model name)."""
+    prefix = "" if model == "minilm" else f"{model}_"
+    return f"{prefix}{config}_{data}_{allocator}_b{batch}_t{length}"
+
+
+def run_one(root: Path, files: dict, model: str, config: str, data: str, allocator: str,
+            batch: int, length: int, threads: int) -> dict:
     method, flags = CONFIGS[config]
-    key = f"{config}_{data}_{allocator}_b{batch}_t{length}"
+    key = run_key(model, config, data, allocator, batch, length)
     out = root / "runs" / key
-    command = ["train", "--model", "minilm", "--train", str(files[data, "train"]), "--eval",
+    command = ["train", "--model", model, "--train", str(files[data, "train"]), "--eval",
                str(files[data, "eval"]), "--method", method, "--epochs", "1", "--batch-size",
                str(batch), "--max-length", str(length), "--no-progress", "--overwrite",
                "--cache-dir", str(root / "cache"), "--output", str(out), *flags]
     with allocator_settings(ALLOCATORS[allocator]):
         stdout = laddertune(*command, threads=threads)
-    return row_of(key, config, data, allocator, batch, length, parse_plan_line(stdout),
-                  read_json(out / "metrics.json"), command)
+    return {"model": model, **row_of(key, config, data, allocator, batch, length,
+                                      parse_plan_line(stdout), read_json(out / "metrics.json"),
+                                      command)}
 
 
 @contextlib.contextmanager
@@ -141,7 +149,7 @@ def allocator_settings(settings: dict[str, str]):
 
 def report(rows: list[dict], info: dict) -> str:
     where = f"{info['cpu']}, {info['cores']} cores, torch {info['torch']}, {info['date']}"
-    lines = ["# The planner against measured peaks (MiniLM, real weights, CPU)", "",
+    lines = ["# The planner against measured peaks (real weights, CPU)", "",
              f"Command: `python benchmarks/plan_check.py`; {where}; one thread, one fresh "
              "`laddertune train` process per run (1 epoch: 64 training and 32 eval examples), on "
              "a machine shared with other jobs.", "",
@@ -151,12 +159,13 @@ def report(rows: list[dict], info: dict) -> str:
              "since. Planned: the figure `laddertune train` printed for its own run. "
              "`returning` runs set MALLOC_MMAP_THRESHOLD_=131072 (glibc returns large freed "
              "blocks at once; RSS then follows the bytes alive).", "",
-             "| configuration | data | allocator | batch × tokens | planned MiB | measured MiB "
-             "| planned / measured | runtime MiB | code paged in MiB |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["allocator"], r["data"], list(CONFIGS).index(
-            r["config"]), r["batch_size"])):
-        lines.append(f"| {r['config']} | {r['data']} | {r['allocator']} | {r['batch_size']} × "
+             "| model | configuration | data | allocator | batch × tokens | planned MiB | "
+             "measured MiB | planned / measured | runtime MiB | code paged in MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["allocator"], r.get("model", "minilm"), r["data"],
+                                         list(CONFIGS).index(r["config"]), r["batch_size"])):
+        lines.append(f"| {r.get('model', 'minilm')} | {r['config']} | {r['data']} | "
+                     f"{r['allocator']} | {r['batch_size']} × "
                      f"{r['max_length']} | {r['planned_mib']:,.0f} | {r['measured_mib']:,.0f} "
                      f"| {r['planned_vs_measured']:.2f} | {r['runtime_rss_mb']:,.0f} | "
                      f"{r['runtime_code_paged_in_mb']:,.0f} |")
@@ -172,6 +181,7 @@ def report(rows: list[dict], info: dict) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python benchmarks/plan_check.py",
                                      description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--data", default="long,tweets")
     parser.add_argument("--allocators", default="default,returning")
@@ -194,11 +204,11 @@ def main(argv=None) -> None:
             for config in args.configs.split(","):
                 for shape in args.shapes.split(","):
                     batch, length = map(int, shape.split("x"))
-                    key = f"{config}_{data}_{allocator}_b{batch}_t{length}"
+                    key = run_key(args.model, config, data, allocator, batch, length)
                     if results.get(key) and not args.again:
                         continue
-                    row = run_one(root, files, config, data, allocator, batch, length,
-                                  args.threads)
+                    row = run_one(root, files, args.model, config, data, allocator, batch,
+                                  length, args.threads)
                     print(f"{key}: planned {row['planned_mib']:,.0f} MiB, measured "
                           f"{row['measured_mib']:,.0f} MiB ({row['planned_vs_measured']:.2f}x)",
                           flush=True)

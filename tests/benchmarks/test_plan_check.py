@@ -60,7 +60,10 @@ def test_rows_carry_the_ratio_and_the_report_counts_those_within_15_percent():
     text = plan_check.report(rows, info)
     assert "default: 1 of 2 runs within 15%; planned / measured from 0.50 to 0.91." in text
     assert "returning: 1 of 1 runs within 15%" in text
-    assert "| lst | long | default | 16 × 64 | 100 | 110 | 0.91 | 490 | 25 |" in text
+    assert "| minilm | lst | long | default | 16 × 64 | 100 | 110 | 0.91 | 490 | 25 |" in text
+    assert plan_check.run_key("minilm", "lst", "long", "default", 16, 64) == \
+        "lst_long_default_b16_t64"
+    assert plan_check.run_key("smollm2", "lst", "long", "default", 16, 64).startswith("smollm2_")
 
 
 def test_allocator_settings_reach_children_and_are_undone(monkeypatch):
