@@ -6,7 +6,8 @@ methods can be compared on any machine; `reference_account` takes that account o
 at one fixed batch shape (`options.ACCOUNT_SHAPE`), the same for every method.
 `peak_memory_mb` reads the device's own figure: CUDA's allocator peak on a GPU, the process's
 peak resident set on a CPU; `reset_peak_rss` and `peak_rss_mb` measure a CPU peak from a chosen
-moment (after a model is loaded, say).
+moment (after a model is loaded, say). `library_rss_mb` is the part of the resident set that is
+shared libraries' pages: the runtime's code, paged in as it is first run.
 """
 
 from __future__ import annotations
@@ -198,13 +199,20 @@ def _position_limit(model: torch.nn.Module) -> int | None:
     return None if limit is None else limit - getattr(prompt, "num_virtual_tokens", 0)
 
 
+# The process's peak RSS before the last `reset_peak_rss`: Linux's reset lowers getrusage's
+# peak too, and the peak of a whole run must still count what came before it (loading, say)
+_peak_before_reset_mb = 0.0
+
+
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
-    """Peak memory so far: CUDA allocator peak on a GPU, else the process's peak RSS, in MiB."""
+    """Peak memory so far: CUDA allocator peak on a GPU, else the process's peak RSS, in MiB
+    (over the whole process, `reset_peak_rss` or not)."""
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return max(peak_mb, peak_rss_mb() or 0.0, _peak_before_reset_mb)
 
 
 def current_rss_mb() -> float:
@@ -219,7 +227,10 @@ def current_rss_mb() -> float:
 
 def reset_peak_rss() -> bool:
     """Start this process's peak resident set afresh (Linux's /proc/self/clear_refs), so that
-    `peak_rss_mb` reports the peak from now on; False where that is not possible."""
+    `peak_rss_mb` reports the peak from now on; False where that is not possible.
+    `peak_memory_mb` still reports the whole process's peak."""
+    global _peak_before_reset_mb
+    _peak_before_reset_mb = peak_memory_mb()
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
@@ -238,3 +249,22 @@ def peak_rss_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def library_rss_mb() -> float | None:
+    """Resident pages of this process's shared libraries (``*.so`` mappings in Linux's
+    /proc/self/smaps), in MiB; None where that cannot be read. Code is paged in the first time it
+    runs (a backward pass, a metric), so this grows during a run without the run holding more
+    data: `laddertune train` counts its growth as the runtime's, not the model's."""
+    total_kib, in_library = 0, False
+    try:
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                    fields = line.split()
+                    in_library = len(fields) > 5 and ".so" in fields[5].rsplit("/", 1)[-1]
+                elif in_library and line.startswith("Rss:"):
+                    total_kib += int(line.split()[1])
+    except OSError:
+        return None
+    return total_kib / 2**10

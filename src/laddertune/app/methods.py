@@ -99,6 +99,9 @@ class Method:
         top_layers: it can train only the top K backbone layers (--top-layers).
         reduced_backbone: its frozen backbone can be stored in bfloat16, int8 or nf4
             (--backbone-dtype): LST's, which needs no gradient, and LoRA's (QLoRA at nf4).
+        activations: what one training step keeps for backward, as `laddertune plan` predicts
+            it: (meta-device model, plan.Batch) -> bytes. None: the model is trained through
+            its transformer (`plan.trained_through_activations`).
     """
 
     name: str
@@ -113,6 +116,7 @@ class Method:
     fit: Callable | None = None
     top_layers: bool = False
     reduced_backbone: bool = False
+    activations: Callable | None = None
 
     @property
     def reads_lst_settings(self) -> bool:
@@ -307,6 +311,16 @@ def _fit_probe(run) -> dict:
     return fit_probe(run)
 
 
+# What a step keeps, for `laddertune plan` (`plan.py`, which imports this module)
+def _lst_activations(model: nn.Module, batch) -> int:
+    from .plan import lst_activations
+    return lst_activations(model, batch)
+
+
+def _fitted_activations(model: nn.Module, batch) -> int:
+    from .plan import fitted_activations
+    return fitted_activations(model, batch)
+
 
 # ---- the registry --------------------------------------------------------------------------------
 
@@ -317,7 +331,7 @@ def _fit_probe(run) -> dict:
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("lst", 3e-3, _build_lst, _save_pretrained, _load_lst, head="bare",
            reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst"),
-           reduced_backbone=True),
+           reduced_backbone=True, activations=_lst_activations),
     Method("full", 3e-4, _build_full, _save_tensors, _load_tensors, top_layers=True),
     Method("lora", 3e-4, _build_lora, _save_lora, _peft_loader("lora"), top_layers=True,
            reduced_backbone=True),
@@ -328,7 +342,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("ia3", 3e-3, _build_ia3, _save_pretrained, _peft_loader("ia3"), top_layers=True),
     # fitted to convergence (`probe.fit_probe`), not stepped: the learning rate goes unused
     Method("probe", 1.0, _build_probe, _save_probe, _load_probe, head="bare",
-           reads_backbone_states=True, tasks=("classify",), fit=_fit_probe),
+           reads_backbone_states=True, tasks=("classify",), fit=_fit_probe,
+           activations=_fitted_activations),
 )}
 
 # Views of the registry, by name

@@ -545,10 +545,12 @@ class ServeConfig:
 @dataclass(frozen=True)
 class PlanConfig:
     """Predict a training run's peak memory before loading anything: weights, the activations
-    autograd keeps (the attention term included), gradients and AdamW state, for every method or
-    the one named; with --budget, whether it fits and the largest batch that does. The figures
-    are above the runtime (Python, torch and the data), and come from the model's shapes and
-    formulas written out in laddertune/app/plan.py, not from fits to measurements."""
+    autograd keeps (the attention term included), gradients and AdamW state, and the larger of
+    a step's working set, an eval batch and a checkpoint, for every method or the one named; with
+    --budget, whether it fits and the largest batch that does. The figures are above the
+    runtime (Python, torch, the libraries and the data: what `laddertune train` records as
+    runtime_rss_mb), and come from the model's shapes and formulas written out in
+    laddertune/app/plan.py, not from fits to measurements."""
 
     model: str = field(default="minilm", metadata=_flag(
         "'minilm', 'smollm2', 'mpnet' or a local Hugging Face model folder (only its "
