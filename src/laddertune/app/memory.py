@@ -12,6 +12,7 @@ shared libraries' pages: the runtime's code, paged in as it is first run.
 
 from __future__ import annotations
 
+import functools
 import random
 import resource
 import sys
@@ -125,6 +126,10 @@ def stored_bytes(tensor: torch.Tensor) -> int:
     return sum(part.numel() * part.element_size() for part in _inner_tensors(tensor))
 
 
+SMALL_BATCHES = (2, 4)    # the batches `reference_account` measures (one example may take
+                          # a special path: no padding, a squeezed dimension)
+
+
 def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, task,
                       tokenizer) -> dict | None:
     """The memory account of one training step of `model` for `task` on a synthetic batch of
@@ -132,6 +137,10 @@ def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, tas
     attention mask, and random class indices (a classifier) or the ids themselves as targets
     (a language model). The tokens are clamped to the backbone's learned positions; ``shape``
     records the shape used.
+
+    What is saved for backward is measured at batches of 2 and 4 examples and extended to
+    `shape`'s batch along the line through them (it grows linearly with the batch at a fixed
+    length), so taking the account never holds a large batch's activations.
 
     The model is left as it was: no optimizer step, gradients cleared, train/eval mode and every
     RNG restored (dropout draws from them), so a run's results do not move. None if `shape` is,
@@ -153,16 +162,24 @@ def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, tas
                   torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     modes = {m: m.training for m in (*model.modules(), *held_modules(model))}
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, vocab_size, (examples, tokens), generator=generator)
-    labels = (torch.randint(0, num_labels, (examples,), generator=generator) if num_labels
-              else input_ids.clone())
-    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-             "labels": labels}
-    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def batch_of(size: int) -> dict:
+        input_ids = torch.randint(0, vocab_size, (size, tokens), generator=generator)
+        labels = (torch.randint(0, num_labels, (size,), generator=generator) if num_labels
+                  else input_ids.clone())
+        batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                 "labels": labels}
+        return {k: v.to(device) for k, v in batch.items()}
+
     model.zero_grad(set_to_none=True)
     try:
         model.train()
-        account = training_memory_account(model, lambda: model(**batch).loss)
+        # What backward keeps grows by the same bytes with every example of a fixed length, so
+        # two small batches give the account at any batch without holding its activations: at
+        # 32 x 256 those would be gigabytes for full fine-tuning, after training has finished.
+        small = list(SMALL_BATCHES) if examples > max(SMALL_BATCHES) else [examples]
+        accounts = [training_memory_account(model, functools.partial(_loss, model, batch_of(size)))
+                    for size in small]
     finally:
         model.zero_grad(set_to_none=True)
         for module, training in modes.items():
@@ -172,12 +189,20 @@ def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, tas
         torch.set_rng_state(rng_states[2])
         if rng_states[3] is not None:
             torch.cuda.set_rng_state_all(rng_states[3])
+    account = accounts[-1]
+    if len(accounts) == 2:
+        (b1, b2), (s1, s2) = small, [a["saved_bytes"] for a in accounts]
+        account = {**account, "saved_bytes": s1 + round((s2 - s1) * (examples - b1) / (b2 - b1))}
     parts = {"saved_for_backward_bytes": account["saved_bytes"],
              "gradient_bytes": account["gradient_bytes"],
              "optimizer_bytes": account["optimizer_bytes"],
              "trainable_weight_bytes": account["trainable_weight_bytes"]}
     return {"shape": [examples, tokens], **parts, "training_bytes": sum(parts.values()),
             "frozen_weight_bytes": account["frozen_weight_bytes"]}
+
+
+def _loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    return model(**batch).loss
 
 
 def _position_limit(model: torch.nn.Module) -> int | None:
