@@ -108,6 +108,8 @@ MINILM = ("probe", "lst-every", "lst-half", "lst-quarter",
           "full-top1", "full-top2", "full-tophalf", "lora-top1", "lora-top2", "lora-tophalf",
           "adapter-top1", "adapter-top2", "adapter-tophalf", "lora", "full",
           f"lst-every{ARM}",
+          # LoRA on the int8 backbone LST can use: the fair baseline at that dtype
+          "lora-int8",
           # the side-network designs screened on MiniLM (`DESIGNS`)
           "lst-headgate", "lst-qst", "lst-xladder", "lst-wide", "lst-late")
 SMALLER = ("probe", "lst", "lora-top1", "lora-tophalf", "lora", f"lst{ARM}")
@@ -159,11 +161,15 @@ DESIGNS = {
 }
 NOT_CACHEABLE = ("lst-late",)
 
+# NAME-SUFFIX: configuration NAME on a backbone stored in that dtype (--backbone-dtype); LoRA's
+# is QLoRA at nf4. Not cached: a sweep shares one backbone, which a pruned LST converts.
+BACKBONE_DTYPES = {"-bf16": "bfloat16", "-int8": "int8", "-nf4": "nf4"}
+
 
 def config(name: str, layers: int) -> Config:
     """A configuration from its name: METHOD, METHOD-topK (K = 1, 2 or "half" of `layers`),
     lst-every / lst-half / lst-quarter (side blocks on that share of the layers), a design of
-    `DESIGNS`, BASE@lora-time."""
+    `DESIGNS`, BASE@lora-time, BASE-int8 (a dtype of `BACKBONE_DTYPES`)."""
     if name in DESIGNS:       # beside lst-every: side blocks on every layer the design allows
         every = () if name in NOT_CACHEABLE else ("--lst-side-layers",
                                                   spaced_layers(layers, layers))
@@ -171,6 +177,11 @@ def config(name: str, layers: int) -> Config:
     if name.endswith(ARM):
         base = config(name[:-len(ARM)], layers)
         return dataclasses.replace(base, name=name, arm_of=base.name)
+    for suffix, dtype in BACKBONE_DTYPES.items():
+        if name.endswith(suffix):
+            base = config(name[:-len(suffix)], layers)
+            return dataclasses.replace(base, name=name, cacheable=False,
+                                       flags=(*base.flags, "--backbone-dtype", dtype))
     method, _, depth = name.partition("-")
     if depth.startswith("top"):
         k = layers // 2 if depth == "tophalf" else int(depth[3:])

@@ -77,10 +77,11 @@ def test_several_names_per_row_share_one_backbone_pass():
                                            alone[row].softmax(-1), **PROBS)
 
 
-def _same_shape_classifiers(model_type, task_type="SEQ_CLS", sides=4):
+def _same_shape_classifiers(model_type, task_type="SEQ_CLS", sides=4, **design):
     """Side networks of one shape with different weights: `forward_sides` stacks them."""
     torch.manual_seed(0)
-    config = dict(task_type=task_type, num_labels=3, reduction_factor=4, head_residual=True)
+    config = dict(task_type=task_type, num_labels=3, reduction_factor=4, head_residual=True,
+                  **design)
     model = get_lst_model(tiny_backbone(model_type), LSTConfig(**config)).eval()
     for i in range(1, sides):
         torch.manual_seed(i)
@@ -98,7 +99,7 @@ def _stacked_calls(model, monkeypatch):
     real = model_module._stacked_outputs
 
     def counting(*args, **kwargs):
-        calls.append(len(args[1]))
+        calls.append(len(args[2]))          # the names it runs
         return real(*args, **kwargs)
     monkeypatch.setattr(model_module, "_stacked_outputs", counting)
     return calls
@@ -149,6 +150,49 @@ def test_families_that_build_their_own_masks_stack_only_rows_every_side_reads(mo
                 alone = model.side(name)(**{k: v[rows] for k, v in inputs.items()}).logits
                 torch.testing.assert_close(out.outputs[name].logits.softmax(-1),
                                            alone.softmax(-1), **PROBS)
+
+
+def _assert_each_side_as_alone(model, inputs, out):
+    with torch.no_grad():
+        for name, rows in out.rows.items():
+            alone = model.side(name)(**{k: v[rows] for k, v in inputs.items()}).logits
+            assert torch.equal(out.outputs[name].logits.argmax(-1), alone.argmax(-1))
+            torch.testing.assert_close(out.outputs[name].logits.softmax(-1), alone.softmax(-1),
+                                       **PROBS)
+
+
+@pytest.mark.parametrize("design", [{"ladder_rank": 3}, {"xladder_depth": 1}],
+                         ids=["low-rank ladders", "xladder"])
+def test_other_ladder_designs_run_stacked_and_answer_as_alone(design, monkeypatch):
+    model = _same_shape_classifiers("llama", sides=3, **design)
+    inputs = tiny_inputs("llama", batch=3)
+    calls = _stacked_calls(model, monkeypatch)
+    with torch.no_grad():
+        for side_names in ([model.side_names] * 3, ["s2", "default", "s1"]):
+            _assert_each_side_as_alone(model, inputs, model(**inputs, side_names=side_names))
+    assert calls == [3, 3]
+
+
+def test_stacked_weights_are_held_once_and_follow_later_changes():
+    """A stacked call stacks the side networks' weights once; each side's own tensors then
+    view them, so changes made in place show, and a tensor given new storage restacks."""
+    model = _same_shape_classifiers("llama")
+    inputs = tiny_inputs("llama", batch=2)
+    with torch.no_grad():
+        model(**inputs, side_names=[model.side_names] * 2)
+    storages = {model.side(name).ladders[0].down[1].weight.untyped_storage().data_ptr()
+                for name in model.side_names}
+    assert len(storages) == 1                       # one (4, d/r, d) tensor, not four
+    with torch.no_grad():
+        model.side("s2").classifier.weight.mul_(3)                             # in place
+        up = model.side("s1").up
+        up.weight.data = up.weight + torch.randn_like(up.weight)               # new storage
+        out = model(**inputs, side_names=[["s3", "s1", "s2"], ["s2", "s1"]])  # out of order
+    _assert_each_side_as_alone(model, inputs, out)
+    model.delete_side("s3")
+    with torch.no_grad():
+        _assert_each_side_as_alone(model, inputs,
+                                   model(**inputs, side_names=[model.side_names] * 2))
 
 
 def test_token_classifiers_of_one_shape_run_stacked_too(monkeypatch):

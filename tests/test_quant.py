@@ -3,6 +3,8 @@ in, that it is converted one unit at a time, and what a run records and refuses.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import warnings
 from unittest import mock
@@ -242,7 +244,7 @@ def test_a_pruned_sweep_on_a_reduced_backbone_is_refused_before_writing(files, t
 
 @pytest.mark.parametrize("extra, words", [
     (["--backbone-dtype", "nf4"], "use --backbone-dtype int8"),
-    (["--backbone-dtype", "int8", "--method", "lora"], "drop --backbone-dtype"),
+    (["--backbone-dtype", "int8", "--method", "full"], "drop --backbone-dtype"),
 ])
 def test_bad_backbone_dtype_is_one_line(files, tmp_path, capsys, extra, words):
     assert _train(files, tmp_path / "run", *extra) == 2
@@ -328,3 +330,23 @@ def _blocks(backbone):
 def _loaded_matrices(module):
     return [p for p in module.parameters() if p.dtype == torch.float32 and not p.is_meta
             and p.dim() >= 2 and min(p.shape) > 1 and not quant._is_int8(p)]   # not scales
+
+
+def test_eval_of_an_int8_run_meets_the_int8_backbone_it_trained_on(files, tmp_path):
+    """`laddertune eval` rebuilds the backbone at the run's dtype: its scores are training's
+    own eval, with no warning about another dtype (at float32 it would warn and differ)."""
+    from laddertune.app.inference import load_run
+    run = tmp_path / "run"
+    assert _train(files, run, "--backbone-dtype", "int8") == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                  # no "trained with int8" warning
+        model, _, _ = load_run(run, device="cpu")
+    assert quant.stored_dtype(model.backbone) == "int8"
+    trained = json.loads((run / "metrics.json").read_text())["eval"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["eval", "--checkpoint", str(run), "--data",
+                     str(files / "eval.csv")]) == 0
+    again = json.loads(out.getvalue())
+    assert again["accuracy"] == trained["accuracy"]
+    assert again["loss"] == pytest.approx(trained["loss"], rel=1e-4)   # batches may differ

@@ -48,7 +48,9 @@ def backbone_fingerprint(config, stacks: list[torch.nn.Module]) -> dict:
             if not param.is_floating_point() or param.dim() < 2:
                 continue  # norms start as ones and biases as zeros: matrices tell checkpoints apart
             flat = param.detach().reshape(-1)
-            abs_means.append(flat.abs().sum(dtype=torch.float64).item() / flat.numel())
+            # a slice at a time: |w| of a whole embedding matrix is a copy of it, at load's peak
+            abs_sum = sum(part.abs().sum(dtype=torch.float64).item() for part in flat.split(2**20))
+            abs_means.append(abs_sum / flat.numel())
             # integer arithmetic: float32 linspace rounds past the end of a large matrix
             index = torch.arange(_SAMPLES, device=flat.device) * (flat.numel() - 1) // (
                 _SAMPLES - 1)

@@ -116,8 +116,9 @@ def final_norms(stack: nn.Module, family: bb.Family) -> list[nn.Module]:
 
 def final_norms_agree(stack: nn.Module, family: bb.Family, norms: list[nn.Module]) -> bool:
     """Whether `norms` after the last block give the stack's own final state, tried on two
-    tokens (a vision stack is taken as read). Run it without autograd, in eval mode."""
-    if family.kind == bb.VISION:
+    tokens (a vision stack, or one on the meta device, with no values to try, is taken as
+    read). Run it without autograd, in eval mode."""
+    if family.kind == bb.VISION or next(stack.parameters()).is_meta:
         return True
     ids = torch.tensor([[1, 2]], device=next(stack.parameters()).device)
     last = bb.get_path(stack, family.layers)[-1]

@@ -48,6 +48,7 @@ from .lm_loss import frozen_head_logits_and_loss
 from .side import (
     GenericSideStack,
     Ladder,
+    Projected,
     attach_ladder,
     drop_unused,
     generic_heads,
@@ -782,8 +783,10 @@ class LSTModel(HeldModules, nn.Module):
             if (len(group) > 1 and _can_stack([sides[name] for name in group])
                     and (same_rows or self._gathers_rows(shapes[group[0]].key,
                                                          sides[group[0]]))):
+                bank = self._side_bank(shapes[group[0]].key)
+                group = bank.order(group)
                 outputs.update(_stacked_outputs(
-                    sides[group[0]], [shapes[name] for name in group], group,
+                    sides[group[0]], bank.take(group), group,
                     [rows[name] for name in group], picked_inputs, tuple(side_states), batch))
                 continue
             # alone in its shape, or a group the stacked path cannot take: one call each
@@ -808,6 +811,16 @@ class LSTModel(HeldModules, nn.Module):
     def _forget_side_shapes(self) -> None:
         self.__dict__.pop("_side_shapes", None)
         self.__dict__.pop("_row_gather_probes", None)
+        self.__dict__.pop("_side_banks", None)
+
+    def _side_bank(self, key: tuple) -> _SideBank:
+        """The `_SideBank` of every side network of shape `key`, stacked once until the sides
+        or their weights' places change."""
+        banks = self.__dict__.setdefault("_side_banks", {})
+        if key not in banks or not banks[key].current():
+            names = [name for name in self.side_names if self._side_shape(name).key == key]
+            banks[key] = _SideBank(names, [self._side_shape(name) for name in names])
+        return banks[key]
 
     def _gathers_rows(self, key: tuple, template: LSTModel) -> bool:
         """`_takes_4d_masks(template)`, probed once per shape `key`."""
@@ -816,11 +829,15 @@ class LSTModel(HeldModules, nn.Module):
             probed[key] = _takes_4d_masks(template)
         return probed[key]
 
-    def _output_from_states(self, inputs: dict, states: tuple, pad_mask) -> LSTOutput:
+    def _output_from_states(self, inputs: dict, states: tuple, pad_mask, projected=None
+                            ) -> LSTOutput:
         """The task output of this side network from given backbone states, without the checks
         `forward` makes on them (`forward_sides` has made them once for the whole batch).
-        `pad_mask` (b, t) pools; `inputs["attention_mask"]` may be a 4D mask for attention."""
-        side_hidden, _, _ = self._run_stack(0, inputs, (None, None), False, states=states)
+        `pad_mask` (b, t) pools; `inputs["attention_mask"]` may be a 4D mask for attention;
+        `projected`, when given, is what the ladder's down-projections make of `states`."""
+        ladder_inputs = states if projected is None else Projected(projected)
+        side_hidden, _, _ = self._run_stack(0, inputs, (None, None), False,
+                                            states=ladder_inputs)
         return self._task_output(side_hidden, pad_mask, None, None,
                                  self._backbone_last(None, states))
 
@@ -1022,6 +1039,54 @@ class _SideShape:
                     weights), params, buffers)
 
 
+class _SideBank:
+    """Every side network of one shape with its weights stacked to (n, ...) once, and each
+    side's own parameters and buffers then views of its row: one copy of the weights, which
+    a stacked call reads without stacking them again, and which stay current through in-place
+    changes (an optimizer step, `load_state_dict`). A tensor given other storage since (its
+    `.data` replaced) makes `current` false, and the bank is stacked again. (`torch.save` of
+    one side's state_dict writes the whole stacked storage; laddertune's safetensors files
+    hold each side's own rows only.)
+    """
+
+    def __init__(self, names: list[str], shapes: list[_SideShape]):
+        self.position = {name: i for i, name in enumerate(names)}
+        tensors = [[t for _, t in (*shape.params, *shape.buffers)] for shape in shapes]
+        self.stacked = []
+        with torch.no_grad():
+            for rows in zip(*tensors):
+                stacked = torch.stack(rows)                                  # (n, ...)
+                for side, tensor in enumerate(rows):  # their own copies go now, one at a time
+                    tensor.data = stacked[side]
+                self.stacked.append(stacked)
+        self.tensors = tensors
+        self.addresses = [[t.data_ptr() for t in side_tensors] for side_tensors in tensors]
+        self.param_names = [f"side.{name}" for name, _ in shapes[0].params]
+        self.buffer_names = [f"side.{name}" for name, _ in shapes[0].buffers]
+
+    def current(self) -> bool:
+        """Whether every side's tensors still view the rows they were given."""
+        return all([t.data_ptr() for t in side_tensors] == addresses
+                   for side_tensors, addresses in zip(self.tensors, self.addresses))
+
+    def take(self, names: list[str]) -> tuple[dict, dict]:
+        """(params, buffers) of `names`, in bank order (`order`), stacked to (k, ...): views
+        when they are one run of rows of the bank, else a copy of their rows."""
+        rows = [self.position[name] for name in names]
+        if rows == list(range(rows[0], rows[0] + len(rows))):
+            stacked = [t[rows[0]:rows[0] + len(rows)] for t in self.stacked]
+        else:
+            index = torch.tensor(rows, device=self.stacked[0].device)
+            stacked = [t.index_select(0, index) for t in self.stacked]
+        count = len(self.param_names)
+        return (dict(zip(self.param_names, stacked[:count])),
+                dict(zip(self.buffer_names, stacked[count:])))
+
+    def order(self, names: list[str]) -> list[str]:
+        """`names` in bank order, so the first k of the bank are taken as a view."""
+        return sorted(names, key=self.position.__getitem__)
+
+
 def _same_shape_groups(shapes: dict[str, _SideShape]) -> list[list[str]]:
     """The names in `shapes`, grouped by equal `key`, in first-seen order."""
     groups: dict[tuple, list[str]] = {}
@@ -1079,29 +1144,25 @@ class _OutputFromStates(nn.Module):
         super().__init__()
         self.side = side
 
-    def forward(self, inputs: dict, states: tuple, pad_mask: torch.Tensor | None
-                ) -> dict[str, torch.Tensor]:
-        out = self.side._output_from_states(inputs, states, pad_mask)
+    def forward(self, inputs: dict, states: tuple, pad_mask: torch.Tensor | None,
+                projected: tuple | None) -> dict[str, torch.Tensor]:
+        out = self.side._output_from_states(inputs, states, pad_mask, projected)
         return {key: value for key, value in out.items() if isinstance(value, torch.Tensor)}
 
 
-def _stacked_outputs(template: LSTModel, shapes: list[_SideShape], names: list[str],
+def _stacked_outputs(template: LSTModel, weights: tuple[dict, dict], names: list[str],
                      rows: list[list[int]], inputs: dict, states: tuple, batch: int
                      ) -> dict[str, LSTOutput]:
-    """k side networks of one shape as ONE computation with a task dimension: their weights
-    stacked to (k, ...) and `template`'s forward vmapped over them, so k tasks cost about one
-    side network's kernel launches and Python calls instead of k.
+    """k side networks of one shape as ONE computation with a task dimension: their weights,
+    (params, buffers) stacked to (k, ...) in `names`' order (`_SideBank.take`), and
+    `template`'s forward vmapped over them, so k tasks cost about one side network's kernel
+    launches and Python calls instead of k.
 
     Rows: when every side reads the same rows (k tasks on one text), the inputs and states are
     shared, unbatched. Otherwise each side's rows are gathered to (k, m, ...), m the most rows
     any side reads, a shorter list padded by repeating its last row (computed, then dropped).
     """
-    # stacked afresh on every call, (k, ...) each: a copy kept between calls would go stale
-    # when a side network's weights change, and double their memory
-    params = {f"side.{name}": torch.stack([shape.params[i][1] for shape in shapes])
-              for i, (name, _) in enumerate(shapes[0].params)}
-    buffers = {f"side.{name}": torch.stack([shape.buffers[i][1] for shape in shapes])
-               for i, (name, _) in enumerate(shapes[0].buffers)}
+    params, buffers = weights
     device = states[0].device
     pad_mask = inputs.get("attention_mask")
     if all(r == rows[0] for r in rows):
@@ -1121,19 +1182,48 @@ def _stacked_outputs(template: LSTModel, shapes: list[_SideShape], names: list[s
             inputs["attention_mask"] = _attention_mask_4d(template, pad_mask, states[0].dtype)
         in_dims = 0
 
-    def one_side(side_params, side_buffers, side_inputs, side_states, side_pad_mask):
+    projected = _projected_ladders(template, params, states, shared=in_dims is None)
+
+    def one_side(side_params, side_buffers, side_inputs, side_states, side_pad_mask,
+                 side_projected):
         return functional_call(_OutputFromStates(template), (side_params, side_buffers),
-                               (side_inputs, side_states, side_pad_mask))
+                               (side_inputs, side_states, side_pad_mask, side_projected))
 
     with warnings.catch_warnings():
         # CPU's fused attention has no vmap rule: torch loops over the k tasks in C++ and says
         # so on every call; that loop is still far cheaper than k Python-level forwards
         warnings.filterwarnings("ignore", message="There is a performance drop because we "
                                 "have not yet implemented the batching rule")
-        outputs = torch.vmap(one_side, in_dims=(0, 0, in_dims, in_dims, in_dims))(
-            params, buffers, inputs, states, pad_mask)                 # {field: (k, m, ...)}
+        projected_dims = None if projected is None else 0
+        outputs = torch.vmap(one_side, in_dims=(0, 0, in_dims, in_dims, in_dims, projected_dims))(
+            params, buffers, inputs, states, pad_mask, projected)      # {field: (k, m, ...)}
     return {name: LSTOutput(**{key: value[i, :len(r)] for key, value in outputs.items()})
             for i, (name, r) in enumerate(zip(names, rows))}
+
+
+def _projected_ladders(template: LSTModel, params: dict, states: tuple, shared: bool
+                       ) -> tuple | None:
+    """Every stacked side network's ladder inputs, down_i(x_i) for i = 0 .. n, computed
+    outside vmap: (k, m, t, d/r) each. Over shared rows, one matmul per ladder for all k
+    (their weights side by side, d -> k * d/r) reads each backbone state once; over each
+    side's own rows, one batched matmul. None for QST's low-rank ladders (computed in vmap)."""
+    ladder = template.ladders[0]
+    if not all(isinstance(down, nn.Linear) for down in ladder.down):
+        return None
+    reads = [0, *(layer + 1 for layer in ladder.kept_layers)]    # the state each down_i reads
+    projected = []
+    for i, read in enumerate(reads):
+        weight = params[f"side.ladders.0.down.{i}.weight"]              # (k, d/r, d)
+        bias = params[f"side.ladders.0.down.{i}.bias"]                  # (k, d/r)
+        state = states[read].to(weight.dtype)
+        if shared:                   # (m, t, d) -> (m, t, k * d/r) -> (k, m, t, d/r)
+            out = F.linear(state, weight.flatten(0, 1), bias.flatten())
+            out = out.unflatten(-1, weight.shape[:2]).movedim(-2, 0)
+        else:                        # (k, m, t, d) -> (k, m * t, d/r) -> (k, m, t, d/r)
+            out = torch.baddbmm(bias[:, None], state.flatten(1, 2), weight.transpose(1, 2))
+            out = out.unflatten(1, state.shape[1:3])
+        projected.append(out.contiguous())
+    return tuple(projected)
 
 
 def _attention_mask_4d(template: LSTModel, pad_mask: torch.Tensor, dtype: torch.dtype

@@ -132,8 +132,18 @@ def _other_axes(tensor: torch.Tensor, axis: int) -> list[int]:
 
 def magnitude_importance(weights: dict[nn.Parameter, int]) -> dict[nn.Parameter, torch.Tensor]:
     """Scores from |W|: the L1 norm of each entry of the scored axis, keyed by the parameter."""
-    return {p: p.detach().abs().sum(_other_axes(p, axis), dtype=torch.float64)
-            for p, axis in weights.items()}
+    return {p: _l1_along(p.detach(), axis) for p, axis in weights.items()}
+
+
+def _l1_along(weight: torch.Tensor, axis: int, rows: int = 4096) -> torch.Tensor:
+    """|W| summed over every axis but `axis`, in float64, a slice of `rows` at a time along a
+    summed axis: |W| of a whole embedding table, and its float64 copy, would be two more
+    copies of the largest weight while the model loads."""
+    others = _other_axes(weight, axis)
+    if not others:
+        return weight.abs().sum(others, dtype=torch.float64)
+    return sum(part.abs().sum(others, dtype=torch.float64)
+               for part in weight.split(rows, dim=others[0]))
 
 
 def fisher_importance(model, init_data: Iterable[dict], num_samples: int,

@@ -157,6 +157,43 @@ def convert_backbone(backbone: nn.Module, storage: str, blocks: list[nn.Module],
     return compute
 
 
+def convert_task_model(task_model: nn.Module, storage: str,
+                       device: torch.device | str | None = None) -> str:
+    """Store the backbone of a Hugging Face task model as `storage`, in place, for a method that
+    trains through it (LoRA on a quantised backbone, QLoRA at nf4). Returns the compute dtype.
+
+    The base model is converted unit by unit (`convert_backbone`); a classification head stays
+    fp32 and unquantised (it trains), its input cast to fp32 when the backbone computes in
+    bf16. An LM head is converted with the model and, in int8 and nf4, kept as loaded. The
+    fingerprint stays that of the original weights (`original_fingerprint` of the base model).
+    """
+    from . import backbones as bb
+    from .checkpoint import backbone_fingerprint
+    base = task_model.base_model
+    original = original_fingerprint(base) or backbone_fingerprint(base.config, [base])
+    family = bb.detect_family(base)
+    blocks = [block for stack in bb.backbone_stacks(base, family)
+              for block in bb.get_path(stack, family.layers)]
+    lm = task_model.get_output_embeddings() is not None
+    if storage == "nf4" and device is not None:   # bitsandbytes quantises as it reaches the GPU
+        (task_model if lm else base).to(device)
+    compute = convert_backbone(task_model if lm else base, storage, blocks, device,
+                               keep_lm_head=lm)
+    remember_fingerprint(base, original)
+    if storage == "nf4":
+        task_model.is_loaded_in_4bit = True   # what peft reads to wrap bitsandbytes layers
+    if not lm and compute == "bfloat16":
+        for head in task_model.children():
+            if head is not base:
+                head.register_forward_pre_hook(_to_float32)
+    return compute
+
+
+def _to_float32(module: nn.Module, args):
+    """Forward pre-hook: a trainable fp32 head reads a bf16 backbone's states as fp32."""
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+
+
 def check_convertible(backbone: nn.Module, storage: str, pruned: bool = False) -> None:
     """Raises LSTConfigError when `backbone` is stored in another reduced dtype than `storage`,
     or (`pruned`: pruning will read it) has lost its original weights: stored in int8 or nf4,
@@ -274,19 +311,41 @@ def _own_parameters(unit: nn.Module):
 
 
 def _upcast(unit: nn.Module, args) -> None:
-    """Forward pre-hook: this unit's bf16 weights as fp32 copies, for this call only."""
+    """Forward pre-hook: this unit's bf16 weights as fp32 copies, for this call only. A
+    backward through the unit (LoRA trains through the backbone) upcasts them again: autograd
+    keeps the weight itself, whose data is bf16 again by then (see `_UpcastAgain`)."""
     unit._laddertune_stored = {}
     for param in {id(p): p for p in unit.parameters()}.values():
         if param.dtype == torch.bfloat16:
             unit._laddertune_stored[param] = param.data
             param.data = param.data.float()
+    unit._laddertune_saving = torch.autograd.graph.saved_tensors_hooks(
+        _UpcastAgain.pack(unit._laddertune_stored), _UpcastAgain.unpack)
+    unit._laddertune_saving.__enter__()
 
 
 def _restore(unit: nn.Module, args, output) -> None:
     """Forward hook: drop the fp32 copies, back to the stored bf16 weights."""
+    unit._laddertune_saving.__exit__(None, None, None)
     for param, stored in unit._laddertune_stored.items():
         param.data = stored
     unit._laddertune_stored = {}
+
+
+class _UpcastAgain:
+    """What autograd keeps of an upcast weight: the weight, upcast once more when backward
+    reads it, so no fp32 copy lives from the forward call to the backward one."""
+
+    def __init__(self, param: nn.Parameter):
+        self.param = param
+
+    @staticmethod
+    def pack(upcast: dict):
+        return lambda tensor: _UpcastAgain(tensor) if tensor in upcast else tensor
+
+    @staticmethod
+    def unpack(saved):
+        return saved.param.float() if isinstance(saved, _UpcastAgain) else saved
 
 
 def _to_nf4(backbone: nn.Module, keep: set[int]) -> None:

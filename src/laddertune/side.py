@@ -77,6 +77,13 @@ class LowRankDown(nn.Module):
         return self.norm(self.outer(F.silu(self.inner(x))))
 
 
+class Projected(tuple):
+    """The ladder's inputs already down-projected, in place of the backbone's states: entry i
+    is down_i's output, (b, t, d/r), for i = 0 (the embeddings' h_0) .. n. Several side
+    networks that read one batch's states get theirs this way from one matmul per layer
+    (`LSTModel`'s stacked calls) instead of one each."""
+
+
 class Ladder(nn.Module):
     """Down-projections and gates from one backbone stack into one side stack.
 
@@ -120,12 +127,21 @@ class Ladder(nn.Module):
         """h_0 = down_0(embeddings): (b, t, d) -> (b, t, d/r)."""
         return self.down[0](embeddings.to(self.gate_alphas.dtype))
 
+    def start(self, hidden_states: Sequence[torch.Tensor]) -> torch.Tensor:
+        """h_0 from the backbone's states, or given in `Projected` ones: (b, t, d/r)."""
+        if isinstance(hidden_states, Projected):
+            return hidden_states[0]
+        return self.first(hidden_states[0])
+
     def mix(self, k: int, side_hidden: torch.Tensor, hidden_states: Sequence[torch.Tensor]
             ) -> torch.Tensor:
         """Gate the ladder from backbone layer kept_layers[k] into the side stream."""
-        # hidden_states[l + 1] is the output of backbone layer l
-        backbone_out = hidden_states[self.kept_layers[k] + 1]             # (b, t, d)
-        ladder = self.down[k + 1](backbone_out.to(self.gate_alphas.dtype))  # (b, t, d/r)
+        if isinstance(hidden_states, Projected):
+            ladder = hidden_states[k + 1]                                  # (b, t, d/r)
+        else:
+            # hidden_states[l + 1] is the output of backbone layer l
+            backbone_out = hidden_states[self.kept_layers[k] + 1]         # (b, t, d)
+            ladder = self.down[k + 1](backbone_out.to(self.gate_alphas.dtype))  # (b, t, d/r)
         mu = self.gates()[k]                                   # () or (d/r,), over (b, t, d/r)
         return mu * side_hidden + (1 - mu) * ladder
 
@@ -133,14 +149,17 @@ class Ladder(nn.Module):
     def reading(self, hidden_states: Sequence[torch.Tensor]):
         """Hand the backbone's states (embeddings, then every layer's output) to this ladder's
         side stack while it runs inside the `with` block."""
-        token = _READINGS.set((*_READINGS.get(), (self, tuple(hidden_states))))
+        if not isinstance(hidden_states, Projected):
+            hidden_states = tuple(hidden_states)
+        token = _READINGS.set((*_READINGS.get(), (self, hidden_states)))
         try:
             yield
         finally:
             _READINGS.reset(token)
 
     def read(self) -> tuple[torch.Tensor, ...]:
-        """The states of the innermost `reading` of this ladder."""
+        """The states (or `Projected` ladder inputs) of the innermost `reading` of this
+        ladder."""
         for ladder, hidden_states in reversed(_READINGS.get()):
             if ladder is self:
                 return hidden_states
@@ -163,7 +182,7 @@ class SideInput(HeldModules, nn.Module):
 
     def forward(self, *args, **kwargs) -> torch.Tensor:
         ladder = self._held("ladder")
-        return ladder.first(ladder.read()[0])
+        return ladder.start(ladder.read())
 
     def __getattr__(self, name):
         try:
@@ -270,7 +289,7 @@ class GenericSideStack(nn.Module):
         ladder = self.ladder[0]
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None    # no padding: SDPA's fused kernels keep no (t, t) weights
-        h = ladder.first(hidden_states[0])             # (b, t, d/r)
+        h = ladder.start(hidden_states)                # (b, t, d/r)
         for k, block in enumerate(self.blocks):
             h = ladder.mix(k, h, hidden_states)        # gated ladder from backbone layer l_k
             h = block(h, attention_mask)               # (b, t, d/r)

@@ -79,3 +79,32 @@ def test_t5_side_attention_keeps_no_dropout_mask():
     attention = [m for m in model.side_model.modules() if type(m).__name__ == "T5Attention"]
     assert attention and all(m.dropout == 0.0 for m in attention)
     assert model.side_model.config.dropout_rate == 0.1   # hidden-state dropout stays
+
+
+def test_the_whole_process_peak_survives_a_peak_reset():
+    import sys
+
+    import pytest
+
+    from laddertune.app.memory import peak_memory_mb, peak_rss_mb, reset_peak_rss
+    if not sys.platform.startswith("linux") or not reset_peak_rss():
+        pytest.skip("resetting the peak needs Linux's /proc/self/clear_refs")
+    block = torch.ones(64 * 2**20 // 4)      # 64 MiB resident (mmapped), then returned
+    held_peak = peak_memory_mb()
+    del block
+    reset_peak_rss()
+    # the reset lowers the kernel's figure by the freed block; the whole process's peak stays
+    # (the kernel batches its RSS counters: they agree to within a fraction of a MiB)
+    assert peak_rss_mb() < held_peak - 32
+    assert peak_memory_mb() >= held_peak - 1
+
+
+def test_library_pages_are_counted_on_linux():
+    import sys
+
+    from laddertune.app.memory import current_rss_mb, library_rss_mb
+    pages = library_rss_mb()
+    if not sys.platform.startswith("linux"):
+        assert pages is None
+        return
+    assert 0 < pages < current_rss_mb()       # torch's own .so files are mapped and resident

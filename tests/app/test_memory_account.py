@@ -2,6 +2,7 @@
 apart, taken after training without moving the run's results."""
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -107,3 +108,21 @@ def test_the_model_is_left_as_it_was():
     assert torch.equal(torch.get_rng_state(), rng)
     for name, p in model.named_parameters():
         assert torch.equal(p, before[name]), name
+
+
+@pytest.mark.parametrize("family", ["bert", "llama"])
+def test_the_account_at_a_large_batch_is_the_one_measured_there(family):
+    """Saved bytes are measured at 2 and 4 examples and extended along their line; a batch of
+    12 measured directly keeps the same bytes (every term grows with the batch)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from laddertune.app import memory
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(family, num_labels=3,
+                                                                        pad_token_id=0))
+    extended = reference_account(model, (12, 16), _Task(), _Tokenizer())
+    with mock.patch.object(memory, "SMALL_BATCHES", (12,)):
+        measured = reference_account(model, (12, 16), _Task(), _Tokenizer())
+    assert extended["shape"] == measured["shape"] == [12, 16]
+    assert extended["saved_for_backward_bytes"] == measured["saved_for_backward_bytes"]
+    assert extended["training_bytes"] == measured["training_bytes"]

@@ -183,9 +183,22 @@ def test_commit_makes_one_commit_per_finished_run(tmp_path):
     ("lst-quarter", ("--lst-side-layers", "3,7,11")), ("full", ()),
     ("lst-xladder", ("--lst-side-layers", "0,1,2,3,4,5,6,7,8,9,10,11",
                      "--lst-xladder-depth", "2")),
-    ("lst-late", ("--lst-preset", "late"))])
+    ("lst-late", ("--lst-preset", "late")),
+    ("lora-int8", ("--backbone-dtype", "int8")),
+    ("lora-top2-nf4", ("--top-layers", "2", "--backbone-dtype", "nf4")),
+    ("lst-half-bf16", ("--lst-side-layers", "1,3,5,7,9,11", "--backbone-dtype", "bfloat16"))])
 def test_configuration_names_become_flags(name, flags):
     assert frontier.config(name, 12).flags == flags
+
+
+def test_a_backbone_dtype_suffix_keeps_the_method_and_is_not_cached():
+    lora = frontier.config("lora-int8", 12)
+    assert (lora.method, lora.cacheable, lora.arm_of) == ("lora", False, None)
+    assert not frontier.config("lst-every-int8", 12).cacheable
+    arm = frontier.config(f"lora-int8{frontier.ARM}", 12)
+    assert (arm.method, arm.arm_of, arm.flags) == ("lora", "lora-int8",
+                                                    ("--backbone-dtype", "int8"))
+    assert "lora-int8" in frontier.MINILM
 
 
 def test_designs_read_the_cache_except_the_late_route():
@@ -248,4 +261,4 @@ def test_filters_pick_cells_and_configurations():
     assert not frontier.selected("lst-every@lora-time", ("lst*",))      # the arm: by its @
     assert frontier.selected("lst-every@lora-time", ("lst-every@lora-time",))
     assert frontier.in_order(frontier.MINILM, ("lora", "lst-half", "lora-*")) == [
-        "lora", "lst-half", "lora-top1", "lora-top2", "lora-tophalf"]
+        "lora", "lst-half", "lora-top1", "lora-top2", "lora-tophalf", "lora-int8"]

@@ -395,8 +395,10 @@ def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels:
     A bare backbone stored as `backbone_dtype` (``laddertune.quant``, computing as `device`
     can) is converted as it loads, one block at a time, from a model.safetensors file: the
     fp32 weights are never all in memory, and its fingerprint is taken of the original weights
-    as they stream past. Other heads and files load in float32 and are converted afterwards,
-    one block at a time, by `get_lst_model`.
+    as they stream past. Other files load in float32 and are converted afterwards, one block at
+    a time, by `get_lst_model`. A model with a head (LoRA on a reduced backbone) loads in
+    float32 and has its backbone converted here (`quant.convert_task_model`); its head stays
+    float32.
 
     Raises:
         DataError: the folder cannot be loaded, or has no LM head to generate with.
@@ -427,6 +429,9 @@ def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels:
                                      **_offline_kwargs(source))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
+    if backbone_dtype != "float32" and head != "bare":   # a bare one: `get_lst_model` does
+        from .. import quant
+        quant.convert_task_model(model, backbone_dtype, device or "cpu")
     return model
 
 

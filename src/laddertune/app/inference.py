@@ -52,7 +52,10 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
     tokenizer = load_tokenizer(source)
     method, labels = info["method"], info["labels"]
     head = task_of_run(info).head(get_method(method))
-    backbone = load_backbone(source, tokenizer.pad_token_id, head, len(labels))
+    # the trained part meets the backbone stored as it trained, at that memory
+    storage = info.get("backbone_dtype", "float32")
+    on = pick_device(device)
+    backbone = load_backbone(source, tokenizer.pad_token_id, head, len(labels), storage, on)
     try:
         check_fingerprint(info["backbone_fingerprint"], backbone_signature(backbone), "run")
     except BackboneMismatchError:
@@ -60,4 +63,4 @@ def load_run(run_dir: str | Path, device: str = "auto", model: str | None = None
             f"{folder.path} was trained on another backbone than the {name!r} loaded now (its "
             "weights or config differ); pass --model with the model it was trained on") from None
     trained = load_trained(backbone, method, folder.path)
-    return trained.to(pick_device(device)).eval(), tokenizer, info
+    return trained.to(on).eval(), tokenizer, info

@@ -6,11 +6,13 @@ methods can be compared on any machine; `reference_account` takes that account o
 at one fixed batch shape (`options.ACCOUNT_SHAPE`), the same for every method.
 `peak_memory_mb` reads the device's own figure: CUDA's allocator peak on a GPU, the process's
 peak resident set on a CPU; `reset_peak_rss` and `peak_rss_mb` measure a CPU peak from a chosen
-moment (after a model is loaded, say).
+moment (after a model is loaded, say). `library_rss_mb` is the part of the resident set that is
+shared libraries' pages: the runtime's code, paged in as it is first run.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import resource
 import sys
@@ -124,6 +126,10 @@ def stored_bytes(tensor: torch.Tensor) -> int:
     return sum(part.numel() * part.element_size() for part in _inner_tensors(tensor))
 
 
+SMALL_BATCHES = (2, 4)    # the batches `reference_account` measures (one example may take
+                          # a special path: no padding, a squeezed dimension)
+
+
 def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, task,
                       tokenizer) -> dict | None:
     """The memory account of one training step of `model` for `task` on a synthetic batch of
@@ -131,6 +137,10 @@ def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, tas
     attention mask, and random class indices (a classifier) or the ids themselves as targets
     (a language model). The tokens are clamped to the backbone's learned positions; ``shape``
     records the shape used.
+
+    What is saved for backward is measured at batches of 2 and 4 examples and extended to
+    `shape`'s batch along the line through them (it grows linearly with the batch at a fixed
+    length), so taking the account never holds a large batch's activations.
 
     The model is left as it was: no optimizer step, gradients cleared, train/eval mode and every
     RNG restored (dropout draws from them), so a run's results do not move. None if `shape` is,
@@ -152,16 +162,24 @@ def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, tas
                   torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     modes = {m: m.training for m in (*model.modules(), *held_modules(model))}
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(0, vocab_size, (examples, tokens), generator=generator)
-    labels = (torch.randint(0, num_labels, (examples,), generator=generator) if num_labels
-              else input_ids.clone())
-    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-             "labels": labels}
-    batch = {k: v.to(device) for k, v in batch.items()}
+
+    def batch_of(size: int) -> dict:
+        input_ids = torch.randint(0, vocab_size, (size, tokens), generator=generator)
+        labels = (torch.randint(0, num_labels, (size,), generator=generator) if num_labels
+                  else input_ids.clone())
+        batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                 "labels": labels}
+        return {k: v.to(device) for k, v in batch.items()}
+
     model.zero_grad(set_to_none=True)
     try:
         model.train()
-        account = training_memory_account(model, lambda: model(**batch).loss)
+        # What backward keeps grows by the same bytes with every example of a fixed length, so
+        # two small batches give the account at any batch without holding its activations: at
+        # 32 x 256 those would be gigabytes for full fine-tuning, after training has finished.
+        small = list(SMALL_BATCHES) if examples > max(SMALL_BATCHES) else [examples]
+        accounts = [training_memory_account(model, functools.partial(_loss, model, batch_of(size)))
+                    for size in small]
     finally:
         model.zero_grad(set_to_none=True)
         for module, training in modes.items():
@@ -171,12 +189,20 @@ def reference_account(model: torch.nn.Module, shape: tuple[int, int] | None, tas
         torch.set_rng_state(rng_states[2])
         if rng_states[3] is not None:
             torch.cuda.set_rng_state_all(rng_states[3])
+    account = accounts[-1]
+    if len(accounts) == 2:
+        (b1, b2), (s1, s2) = small, [a["saved_bytes"] for a in accounts]
+        account = {**account, "saved_bytes": s1 + round((s2 - s1) * (examples - b1) / (b2 - b1))}
     parts = {"saved_for_backward_bytes": account["saved_bytes"],
              "gradient_bytes": account["gradient_bytes"],
              "optimizer_bytes": account["optimizer_bytes"],
              "trainable_weight_bytes": account["trainable_weight_bytes"]}
     return {"shape": [examples, tokens], **parts, "training_bytes": sum(parts.values()),
             "frozen_weight_bytes": account["frozen_weight_bytes"]}
+
+
+def _loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    return model(**batch).loss
 
 
 def _position_limit(model: torch.nn.Module) -> int | None:
@@ -198,13 +224,20 @@ def _position_limit(model: torch.nn.Module) -> int | None:
     return None if limit is None else limit - getattr(prompt, "num_virtual_tokens", 0)
 
 
+# The process's peak RSS before the last `reset_peak_rss`: Linux's reset lowers getrusage's
+# peak too, and the peak of a whole run must still count what came before it (loading, say)
+_peak_before_reset_mb = 0.0
+
+
 def peak_memory_mb(device: torch.device | str | None = None) -> float:
-    """Peak memory so far: CUDA allocator peak on a GPU, else the process's peak RSS, in MiB."""
+    """Peak memory so far: CUDA allocator peak on a GPU, else the process's peak RSS, in MiB
+    (over the whole process, `reset_peak_rss` or not)."""
     device = torch.device(device) if device is not None else None
     if device is not None and device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    peak_mb = peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return max(peak_mb, peak_rss_mb() or 0.0, _peak_before_reset_mb)
 
 
 def current_rss_mb() -> float:
@@ -219,7 +252,10 @@ def current_rss_mb() -> float:
 
 def reset_peak_rss() -> bool:
     """Start this process's peak resident set afresh (Linux's /proc/self/clear_refs), so that
-    `peak_rss_mb` reports the peak from now on; False where that is not possible."""
+    `peak_rss_mb` reports the peak from now on; False where that is not possible.
+    `peak_memory_mb` still reports the whole process's peak."""
+    global _peak_before_reset_mb
+    _peak_before_reset_mb = peak_memory_mb()
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
@@ -238,3 +274,22 @@ def peak_rss_mb() -> float | None:
     except OSError:
         pass
     return None
+
+
+def library_rss_mb() -> float | None:
+    """Resident pages of this process's shared libraries (``*.so`` mappings in Linux's
+    /proc/self/smaps), in MiB; None where that cannot be read. Code is paged in the first time it
+    runs (a backward pass, a metric), so this grows during a run without the run holding more
+    data: `laddertune train` counts its growth as the runtime's, not the model's."""
+    total_kib, in_library = 0, False
+    try:
+        with open("/proc/self/smaps") as smaps:
+            for line in smaps:
+                if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                    fields = line.split()
+                    in_library = len(fields) > 5 and ".so" in fields[5].rsplit("/", 1)[-1]
+                elif in_library and line.startswith("Rss:"):
+                    total_kib += int(line.split()[1])
+    except OSError:
+        return None
+    return total_kib / 2**10

@@ -18,6 +18,8 @@ adapter modules), so pass a fresh model to each method.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,9 @@ TRAINED_WEIGHTS = "trained_weights.safetensors"
 # peft's name for each peft method, as its adapter_config.json records it.
 _PEFT_TYPES = {"lora": "LORA", "prompt": "PROMPT_TUNING", "ia3": "IA3"}
 _PEFT_CONFIG = "adapter_config.json"
+
+# What a LoRA run on a reduced backbone (--backbone-dtype) records of it beside its adapter.
+BACKBONE_DTYPES_FILE = "backbone_dtype.json"
 
 # Task types whose head is the pretrained LM head (often tied to the embeddings): kept frozen.
 _LM_TASKS = ("CAUSAL_LM", "SEQ_2_SEQ_LM")
@@ -92,6 +97,11 @@ class Method:
             epochs of optimizer steps: (built TrainingRun) -> the record metrics.json keeps
             as "fit". None: the method trains by steps.
         top_layers: it can train only the top K backbone layers (--top-layers).
+        reduced_backbone: its frozen backbone can be stored in bfloat16, int8 or nf4
+            (--backbone-dtype): LST's, which needs no gradient, and LoRA's (QLoRA at nf4).
+        activations: what one training step keeps for backward, as `laddertune plan` predicts
+            it: (meta-device model, plan.Batch) -> bytes. None: the model is trained through
+            its transformer (`plan.trained_through_activations`).
     """
 
     name: str
@@ -105,6 +115,8 @@ class Method:
     tasks: tuple[str, ...] = ("classify", "generate")
     fit: Callable | None = None
     top_layers: bool = False
+    reduced_backbone: bool = False
+    activations: Callable | None = None
 
     @property
     def reads_lst_settings(self) -> bool:
@@ -158,7 +170,8 @@ def _build_lora(task_model: nn.Module, s: BuildSettings) -> nn.Module:
                    **_top_layers().peft_layers(task_model, s.top_layers)}
     lora = LoraConfig(task_type=s.task_type, r=s.lora_rank, lora_alpha=s.lora_rank,
                       lora_dropout=0.0, **targets)
-    return get_peft_model(task_model, lora)
+    with _torchao_quiet():
+        return get_peft_model(task_model, lora)   # LoRA's A and B in fp32 on any backbone
 
 
 def _build_prompt(task_model: nn.Module, s: BuildSettings) -> nn.Module:
@@ -186,6 +199,20 @@ def _save_pretrained(model: nn.Module, directory: Path) -> None:
     model.save_pretrained(str(directory))
 
 
+def _save_lora(model: nn.Module, directory: Path) -> None:
+    """The adapter, and, on a reduced backbone, how that backbone was stored and computed (as
+    an LST side network's config records it); never the backbone's weights."""
+    from .. import quant
+    from ..checkpoint import save_json
+    model.save_pretrained(str(directory))
+    stored = quant.stored_dtype(model.base_model)
+    if stored != "float32":
+        device = next(model.parameters()).device
+        save_json({"backbone_dtype": stored,
+                   "backbone_compute_dtype": quant.compute_dtype(stored, device)},
+                  directory / BACKBONE_DTYPES_FILE)
+
+
 def _save_tensors(model: nn.Module, directory: Path) -> None:
     from ..checkpoint import save_weights
     save_weights({n: p for n, p in model.named_parameters() if p.requires_grad},
@@ -206,8 +233,34 @@ def _peft_loader(method: str) -> Callable[[nn.Module, Path], nn.Module]:
         if saved != _PEFT_TYPES[method]:
             raise CheckpointError(f"{directory} holds a peft {saved} adapter, not {method}; "
                                   "load it with the method it was trained with")
-        return PeftModel.from_pretrained(task_model, str(directory)).eval()
+        _warn_other_backbone_dtype(task_model, directory)
+        with _torchao_quiet():
+            return PeftModel.from_pretrained(task_model, str(directory)).eval()
     return load
+
+
+def _warn_other_backbone_dtype(task_model: nn.Module, directory: Path) -> None:
+    """Warn when an adapter meets a backbone stored in another dtype than it trained on (the
+    outputs then differ a little); `inference.load_run` stores it as the run did."""
+    from .. import quant
+    from ..checkpoint import load_json
+    from ..errors import LSTWarning
+    record = directory / BACKBONE_DTYPES_FILE
+    trained = load_json(record)["backbone_dtype"] if record.is_file() else "float32"
+    now = quant.stored_dtype(task_model)
+    if trained != now:
+        warnings.warn(f"this adapter was trained on a backbone stored in {trained}; this one "
+                      f"is stored in {now}, so the outputs differ a little from training's",
+                      LSTWarning, stacklevel=4)
+
+
+@contextlib.contextmanager
+def _torchao_quiet():
+    """peft warns, once per layer, that a torchao int8 layer cannot merge LoRA into it: merging
+    is never asked for here, so that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*without `get_apply_tensor_subclass`")
+        yield
 
 
 def _load_tensors(task_model: nn.Module, directory: Path) -> nn.Module:
@@ -258,6 +311,16 @@ def _fit_probe(run) -> dict:
     return fit_probe(run)
 
 
+# What a step keeps, for `laddertune plan` (`plan.py`, which imports this module)
+def _lst_activations(model: nn.Module, batch) -> int:
+    from .plan import lst_activations
+    return lst_activations(model, batch)
+
+
+def _fitted_activations(model: nn.Module, batch) -> int:
+    from .plan import fitted_activations
+    return fitted_activations(model, batch)
+
 
 # ---- the registry --------------------------------------------------------------------------------
 
@@ -267,9 +330,11 @@ def _fit_probe(run) -> dict:
 # in configs/ia3.json of their code, r-three/t-few).
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("lst", 3e-3, _build_lst, _save_pretrained, _load_lst, head="bare",
-           reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst")),
+           reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst"),
+           reduced_backbone=True, activations=_lst_activations),
     Method("full", 3e-4, _build_full, _save_tensors, _load_tensors, top_layers=True),
-    Method("lora", 3e-4, _build_lora, _save_pretrained, _peft_loader("lora"), top_layers=True),
+    Method("lora", 3e-4, _build_lora, _save_lora, _peft_loader("lora"), top_layers=True,
+           reduced_backbone=True),
     Method("bitfit", 3e-4, _build_bitfit, _save_tensors, _load_tensors),
     Method("prompt", 0.3, _build_prompt, _save_pretrained, _peft_loader("prompt")),
     Method("adapter", 3e-4, _build_adapter, _save_adapters, _load_adapters,
@@ -277,7 +342,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("ia3", 3e-3, _build_ia3, _save_pretrained, _peft_loader("ia3"), top_layers=True),
     # fitted to convergence (`probe.fit_probe`), not stepped: the learning rate goes unused
     Method("probe", 1.0, _build_probe, _save_probe, _load_probe, head="bare",
-           reads_backbone_states=True, tasks=("classify",), fit=_fit_probe),
+           reads_backbone_states=True, tasks=("classify",), fit=_fit_probe,
+           activations=_fitted_activations),
 )}
 
 # Views of the registry, by name
@@ -368,7 +434,8 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 
 
 def save_trained(model: nn.Module, method: str, directory: Path) -> list[Path]:
-    """Write what `method` trained to `directory`: the LST side network, the peft adapter, the
+    """Write what `method` trained to `directory`: the LST side network, the peft adapter (with
+    `BACKBONE_DTYPES_FILE` for LoRA on a reduced backbone), the
     bottleneck adapters (`adapters.ADAPTER_WEIGHTS` + `ADAPTER_CONFIG`), or the trained tensors
     (full fine-tuning, BitFit). Never the frozen backbone. Returns the files written, each
     readable by others (peft writes 0600 files)."""

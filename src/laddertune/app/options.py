@@ -157,10 +157,11 @@ class TrainConfig:
         "LST; see LSTConfig.late); --lst-* flags override any",
         choices=LST_PRESETS))
     backbone_dtype: str = field(default="float32", metadata=_flag(
-        "LST only: how the frozen backbone is stored: float32; bfloat16 (half the weight "
+        "LST and LoRA: how the frozen backbone is stored: float32; bfloat16 (half the weight "
         "memory, computed in bf16 where the device has fast bf16 kernels, else upcast one layer "
         "at a time); int8 (a quarter; torchao, `pip install laddertune[quant]`); nf4 "
-        "(bitsandbytes 4-bit, CUDA only). The side network stays float32",
+        "(bitsandbytes 4-bit, CUDA only; QLoRA with lora). The side network, LoRA's weights "
+        "and the head stay float32",
         choices=BACKBONE_DTYPES))
     lst: dict = field(default_factory=dict, metadata=_flag(
         "LST settings, one --lst-NAME flag per LSTConfig field", nested=True))
@@ -544,10 +545,12 @@ class ServeConfig:
 @dataclass(frozen=True)
 class PlanConfig:
     """Predict a training run's peak memory before loading anything: weights, the activations
-    autograd keeps (the attention term included), gradients and AdamW state, for every method or
-    the one named; with --budget, whether it fits and the largest batch that does. The figures
-    are above the runtime (Python, torch and the data), and come from the model's shapes and
-    formulas written out in laddertune/app/plan.py, not from fits to measurements."""
+    autograd keeps (the attention term included), gradients and AdamW state, and the larger of
+    a step's working set, an eval batch and a checkpoint, for every method or the one named; with
+    --budget, whether it fits and the largest batch that does. The figures are above the
+    runtime (Python, torch, the libraries and the data: what `laddertune train` records as
+    runtime_rss_mb), and come from the model's shapes and formulas written out in
+    laddertune/app/plan.py, not from fits to measurements."""
 
     model: str = field(default="minilm", metadata=_flag(
         "'minilm', 'smollm2', 'mpnet' or a local Hugging Face model folder (only its "
@@ -650,14 +653,15 @@ def _account_shape(text: str) -> tuple[int, int] | None:
 
 
 def _check_backbone_dtype(config) -> None:
-    """--backbone-dtype: LST's frozen backbone only, nf4 only where CUDA will run it, int8 only
-    with torchao installed."""
+    """--backbone-dtype: the frozen backbone of LST or LoRA only (`Method.reduced_backbone`),
+    nf4 only where CUDA will run it, int8 only with torchao installed."""
     if config.backbone_dtype == "float32":
         return
-    if not config.method_entry.reads_lst_settings:
-        raise UsageError(f"--backbone-dtype {config.backbone_dtype} stores LST's frozen "
-                         f"backbone; --method {config.method} trains the backbone in float32: "
-                         "drop --backbone-dtype")
+    if not config.method_entry.reduced_backbone:
+        able = " or ".join(m.name for m in REGISTRY.values() if m.reduced_backbone)
+        raise UsageError(f"--backbone-dtype {config.backbone_dtype} stores the frozen backbone "
+                         f"of {able}; --method {config.method} trains or reads the backbone "
+                         "in float32: drop --backbone-dtype")
     import importlib.util
 
     import torch

@@ -1,13 +1,27 @@
 """`laddertune plan`: will a training run fit, before anything is loaded?
 
-It predicts the four terms `memory.training_memory_account` measures, from the model's shapes:
+It predicts the process's peak memory above the runtime (what `laddertune train` records as
+metrics.json's `peak_above_runtime_mb`: the peak less the RSS before the model loaded, the
+libraries' code it paged in since excluded), as the sum of
 
     weights      every parameter, at the bytes its storage takes (the frozen LST backbone at
                  --backbone-dtype: bf16 2 bytes; int8 1 byte plus a 4-byte scale per row for
                  Linear and embedding weights; nf4 half a byte plus a 4-byte scale per 64)
-    gradients    4 bytes per trainable parameter
-    optimizer    8 bytes per trainable parameter (AdamW's two moments)
-    activations  what autograd keeps for backward, written out below
+    cache        --cache-backbone: the cached states of the training and eval examples, which the
+                 cache holds in memory (its dtype's bytes per value)
+    and the largest of
+      a step     activations (what autograd keeps for backward, below) + gradients (4 bytes per
+                 trainable parameter) + optimizer (8: AdamW's two moments) + the step's working
+                 set: the larger of one layer's forward (below) and AdamW's update, whose
+                 sqrt and division make two temporaries the size of the largest trained tensor.
+                 A frozen-backbone method's step peaks either there or in the frozen pass
+                 before its side network runs: every layer's state alive, and one frozen
+                 layer's working set
+      an eval    AdamW's moments + one eval batch through the model without autograd: the
+                 hidden states alive (every layer's, for a method that reads them) and one
+                 layer's working set at --eval-batch-size
+      a checkpoint   AdamW's moments + the trained weights and moments serialised twice (as
+                 tensor bytes, then as the file's bytes) before the file is written
 
 The parameters are counted exactly, on a model built on PyTorch's meta device (shapes, no
 weights, no memory). The activations are formulas in the batch b, the length t, n = b*t tokens,
@@ -20,23 +34,34 @@ block saves in fp32 (4 bytes each), not fitted to measurements:
         and q, k, v for attention; 2 n f: the activation's input and output; 4 n: the norms'
         means and inverse deviations; the attention term: probabilities, dropout mask and the
         dropped probabilities (b a t^2 each), kept where attention dropout is on and the
-        kernel is PyTorch's math one (CPU), else the fused kernel's log-sum-exp (b a t).
-    LoRA adds                 4 * n * rank per Linear layer of the block (the low-rank input)
-    an LST side block         the same at width d/r and feed-forward f/r, plus n d/r for its
+        kernel is PyTorch's math one (CPU, training), else the fused kernel's log-sum-exp (b a t).
+    LoRA adds                 4 * n * rank per adapted Linear layer (the low-rank input)
+    one layer's working set   4 * (4 n d + 2 n f + 2 b a t^2 where the matrix is kept): its
+                              input and output, q/k/v, the feed-forward's inner activation and
+                              the attention scores before and after the softmax
+    an LST side block         a block at width d/r and feed-forward f/r, plus n d/r for its
                               ladder gate; its attention dropout is off by default (fused)
-    LST's ladders             4 * n * d for each state they read (embeddings + kept layers)
+    LST's ladders             4 * n * d for each backbone state they read (embeddings + kept
+                              layers + xLadder's); a low-rank ladder of rank k adds
+                              4 * (2 n k + n d/r + 2 n) (its swish's input and output, its norm)
+    LST's late route          its K trained top layers, each a block trained through
     outside the blocks        4 * (3 b d + n), and 4 * 2 n d more where the embeddings train
 
-The backbone of a frozen-backbone method keeps nothing (it runs without autograd). Prompt tuning
-counts its virtual tokens in t. The formulas were checked against the account for lst, lora and
-full on BERT-style models (tests/app/test_plan.py); decoder blocks (gated feed-forwards, RMS
-norms, rotary embeddings) keep somewhat different tensors.
+Only the blocks from the lowest one with a trained parameter up are trained through (top-layer
+LoRA and full fine-tuning keep nothing below); a frozen-backbone method's backbone keeps nothing
+(it runs without autograd, all its layers' states alive until the side network has read them).
+Prompt tuning counts its virtual tokens in t. What differs per method is the registry's
+`Method.activations` (`methods.py`); the formulas were checked against the measured account on
+BERT-style models (tests/app/test_plan.py) and against `laddertune train`'s measured peaks
+(benchmarks/plan_check.py). Decoder blocks (gated feed-forwards, RMS norms, rotary
+embeddings) keep somewhat different tensors.
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -48,28 +73,61 @@ from .methods import build_method, get_method
 
 FLOAT = 4               # bytes of an fp32 activation, gradient or optimizer moment
 ADAM_MOMENTS = 2
+ADAM_TEMPORARIES = 2    # AdamW's update: sqrt(v) and its quotient, each the size of the tensor
 NF4_BLOCK = 64          # bitsandbytes' default block of weights sharing one scale
+SERIALISED_COPIES = 2   # a checkpoint's tensors as bytes, then the safetensors file's bytes
+CACHE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """Predicted bytes of one training step of `method` at `batch_size` x `max_length`."""
+    """Predicted bytes of a training run of `method` at `batch_size` x `max_length` (module
+    doc): the four terms the memory account measures, and what the process's peak adds."""
 
     method: str
     batch_size: int
     max_length: int
     backbone_dtype: str
     weight_bytes: int
-    activation_bytes: int
+    activation_bytes: int      # kept for backward by one step
     gradient_bytes: int
     optimizer_bytes: int
+    working_bytes: int = 0     # a step's largest transient: one layer's forward or AdamW's update
+    eval_bytes: int = 0        # one eval batch without autograd
+    cache_bytes: int = 0       # --cache-backbone's states held in memory
+    checkpoint_bytes: int = 0  # an epoch's checkpoint, serialised in memory before it is written
+
+    @property
+    def account_bytes(self) -> int:
+        """What `memory.training_memory_account` measures of one step."""
+        return self.weight_bytes + self.activation_bytes + self.gradient_bytes + \
+            self.optimizer_bytes
+
+    @property
+    def step_bytes(self) -> int:
+        return self.activation_bytes + self.gradient_bytes + self.optimizer_bytes + \
+            self.working_bytes
 
     @property
     def total_bytes(self) -> int:
-        return self.weight_bytes + self.activation_bytes + self.gradient_bytes + \
-            self.optimizer_bytes
+        """The predicted peak above the runtime."""
+        return self.weight_bytes + self.cache_bytes + max(
+            self.step_bytes, self.optimizer_bytes + max(self.eval_bytes, self.checkpoint_bytes))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Where a formula is evaluated: b examples of t tokens, training on `device`."""
+
+    size: int
+    length: int
+    device: str
+
+    @property
+    def tokens(self) -> int:
+        return self.size * self.length
 
 
 @dataclass(frozen=True)
@@ -98,10 +156,13 @@ def parse_bytes(text: str) -> int:
 
 
 def meta_model(hf_config, method: str, num_labels: int = 2, reduction_factor: int = 8,
-               lora_rank: int = 32):
+               lora_rank: int = 32, lst_config: LSTConfig | None = None,
+               top_layers: int | None = None):
     """The model `method` trains, built on the meta device from `hf_config`: every parameter
     has its shape and dtype, none has memory. LST's side network starts random here (pruning
     reads weights, and chooses no shape)."""
+    from dataclasses import replace
+
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     head = get_method(method).head
@@ -112,71 +173,184 @@ def meta_model(hf_config, method: str, num_labels: int = 2, reduction_factor: in
         config.num_labels = num_labels
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0
+    lst = replace(lst_config or LSTConfig(num_labels=num_labels,
+                                          reduction_factor=reduction_factor),
+                  side_init="random", backbone_dtype="float32")
     with torch.device("meta"):
         task_model = auto.from_config(config)
-        lst = LSTConfig(num_labels=num_labels, reduction_factor=reduction_factor,
-                        side_init="random")
         return build_method(method, task_model, num_labels=num_labels, lst_config=lst,
-                            lora_rank=lora_rank)
+                            lora_rank=lora_rank, top_layers=top_layers)
 
 
 def plan(hf_config, method: str, batch_size: int, max_length: int,
          backbone_dtype: str = "float32", num_labels: int = 2, reduction_factor: int = 8,
-         device: str = "cpu", lora_rank: int = 32, prompt_tokens: int = 20) -> MemoryPlan:
-    """The predicted training memory of one run (see the module doc for the formulas)."""
-    model = meta_model(hf_config, method, num_labels, reduction_factor, lora_rank)
+         device: str = "cpu", lora_rank: int = 32, lst_config: LSTConfig | None = None,
+         top_layers: int | None = None, eval_batch_size: int = 64,
+         cached_tokens: int = 0, cache_dtype: str = "float16") -> MemoryPlan:
+    """The predicted memory of one training run (see the module doc for the formulas).
+
+    Args:
+        lst_config: LST's settings (layers kept, late route, xLadder, ladder rank); by default
+            LSTConfig's at `reduction_factor`.
+        top_layers: --top-layers: only the top K backbone layers train.
+        eval_batch_size: examples per eval forward pass.
+        cached_tokens: --cache-backbone: the tokens of every example whose states it caches.
+        cache_dtype: the cached states' dtype.
+    """
+    entry = get_method(method)
+    model = meta_model(hf_config, method, num_labels, reduction_factor, lora_rank, lst_config,
+                       top_layers)
     held = [m for name in getattr(model, "held_names", ()) for m in [getattr(model, name)]]
     trainable = {id(p): p for p in model.parameters() if p.requires_grad}
     frozen_backbone = {id(p): p for m in held for p in m.parameters()}
-    weights = sum(_stored_bytes(m, backbone_dtype) for m in held) + sum(
-        p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values()
-        if id(p) not in frozen_backbone)
+    if not held and backbone_dtype != "float32":   # LoRA on a reduced backbone: all but the
+        frozen_backbone = {i: p for i, p in _unique_parameters(model).items()   # trained
+                           if i not in trainable}
+        held = [model]
+    weights = sum(_stored_bytes(m, backbone_dtype, skip=trainable) for m in held) + sum(
+        p.numel() * p.element_size() for i, p in _unique_parameters(model).items()
+        if i not in frozen_backbone)
     params = sum(p.numel() for p in trainable.values())
-    length = max_length + (prompt_tokens if method == "prompt" else 0)
-    if get_method(method).fit is not None:   # fitted on pooled features: a vector per example
-        activations = FLOAT * batch_size * bb.model_width(hf_config)
+    largest = max((p.numel() for p in trainable.values()), default=0)
+    length = max_length + _virtual_tokens(model)
+    step, evaluation = Batch(batch_size, length, device), Batch(eval_batch_size, length, device)
+    activations = (entry.activations or trained_through_activations)(model, step)
+    states = len(_all_states(hf_config)) if entry.reads_backbone_states else 2
+    backbone = backbone_shape(model)
+    if entry.reads_backbone_states:
+        # the frozen pass, before the side network runs: every layer's state alive at once, and
+        # one frozen layer's working set (eval mode: the fused attention kernel)
+        frozen_pass = FLOAT * states * step.tokens * backbone.width + layer_working_bytes(
+            backbone, step, False)
+        working = max(frozen_pass - activations, FLOAT * ADAM_TEMPORARIES * largest)
     else:
-        activations = _activation_bytes(model, method, batch_size, length, device, lora_rank)
+        working = max(layer_working_bytes(backbone, step, _keeps_matrix(backbone, step)),
+                      FLOAT * ADAM_TEMPORARIES * largest)
+    eval_pass = (FLOAT * states * evaluation.tokens * backbone.width
+                 + layer_working_bytes(backbone, evaluation, False))
+    cache = cached_tokens * backbone.width * cached_states(model) * CACHE_BYTES[cache_dtype]
+    checkpoint = SERIALISED_COPIES * FLOAT * (1 + ADAM_MOMENTS) * params
     return MemoryPlan(method, batch_size, max_length, backbone_dtype, weights, activations,
-                      FLOAT * params, FLOAT * ADAM_MOMENTS * params)
+                      FLOAT * params, FLOAT * ADAM_MOMENTS * params, working, eval_pass, cache,
+                      checkpoint)
 
 
-def largest_batch(one: MemoryPlan, two: MemoryPlan, budget: int) -> int:
-    """The largest batch whose plan fits `budget` (0 if none), from the plans at batches 1 and
-    2: everything but the activations is fixed, and the activations grow with the batch."""
-    per_example = two.activation_bytes - one.activation_bytes
-    fixed = one.total_bytes - per_example
-    if fixed + per_example > budget:
+def largest_batch(plan_at: Callable[[int], MemoryPlan], budget: int) -> int:
+    """The largest batch whose plan fits `budget` (0 if none): the plan grows with the batch,
+    so doubling, then halving the gap, finds it."""
+    if plan_at(1).total_bytes > budget:
         return 0
-    return int((budget - fixed) // per_example) if per_example > 0 else 2**31
+    low, high = 1, 2
+    while plan_at(high).total_bytes <= budget:
+        if high >= 2**31:
+            return high
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if plan_at(middle).total_bytes <= budget else (low, middle)
+    return low
 
 
-def _activation_bytes(model, method: str, b: int, t: int, device: str, lora_rank: int) -> int:
-    n = b * t
-    if method == "lst":
-        side = _shape(model.side_model, model.family, model.config.side_attention_dropout > 0)
-        backbone_width = model.width
-        ladder_reads = sum(len(k) + 1 for k in model.kept_layers)
-        blocks = side.blocks * (_block(side, b, t, device) + FLOAT * n * side.width)
-        return blocks + FLOAT * (ladder_reads * n * backbone_width + 3 * b * backbone_width + n)
+# ---- activations, per method (the registry's `Method.activations`) --------------------------
+
+def trained_through_activations(model: nn.Module, batch: Batch) -> int:
+    """What a model trained through its transformer keeps: its blocks from the lowest with a
+    trained parameter up (all of them where the embeddings or a prompt train), LoRA's
+    low-rank inputs in those, and the head."""
     base = _base_model(model)
     family = bb.detect_family(base)
     shape = _shape(base, family, _attention_dropout(base.config))
-    per_block = _block(shape, b, t, device)
-    if method == "lora":
-        per_block += FLOAT * n * lora_rank * shape.linears_per_block
-    embeddings = base.get_input_embeddings().weight.requires_grad
-    outside = FLOAT * (3 * b * shape.width + n + (2 * n * shape.width if embeddings else 0))
-    return shape.blocks * per_block + outside
+    blocks = [block for stack in bb.backbone_stacks(base, family) for block in _blocks(stack,
+                                                                                       family)]
+    inputs_train = base.get_input_embeddings().weight.requires_grad or _virtual_tokens(model)
+    first = 0 if inputs_train else next(
+        (i for i, block in enumerate(blocks) if any(p.requires_grad for p in block.parameters())),
+        len(blocks))
+    trained = blocks[first:]
+    n = batch.tokens
+    low_rank = sum(_lora_rank(m) for block in trained for m in block.modules())
+    outside = FLOAT * (3 * batch.size * shape.width + n + (2 * n * shape.width if inputs_train
+                                                           else 0))
+    return len(trained) * _block(shape, batch) + FLOAT * n * low_rank + outside
 
 
-def _block(shape: _Shape, b: int, t: int, device: str) -> int:
+def lst_activations(model: nn.Module, batch: Batch) -> int:
+    """What an LST step keeps: the side blocks, the backbone states its ladders read, low-rank
+    ladders' insides, the late route's trained top layers and the head (module doc)."""
+    n, b = batch.tokens, batch.size
+    side = _shape(model.side_model, model.family, model.config.side_attention_dropout > 0)
+    blocks = side.blocks * (_block(side, batch) + FLOAT * n * side.width)
+    states_read = sum(len(set(layers)) + 1 for layers in model.ladder_layers)
+    ladders = sum(FLOAT * (2 * n * down.inner.out_features + n * side.width + 2 * n)
+                  for ladder in model.ladders for down in ladder.down if hasattr(down, "inner"))
+    late = 0
+    if model.late is not None:
+        backbone = backbone_shape(model)
+        late = len(model.late.blocks) * _block(backbone, batch) + FLOAT * n * sum(
+            m.lora_a.out_features for m in model.late.modules() if hasattr(m, "lora_a"))
+    return blocks + ladders + late + FLOAT * (states_read * n * model.width
+                                              + 3 * b * model.width + n)
+
+
+def fitted_activations(model: nn.Module, batch: Batch) -> int:
+    """A method fitted on pooled features (the probe): a vector per example."""
+    return FLOAT * batch.size * backbone_shape(model).width
+
+
+# ---- shapes ---------------------------------------------------------------------------------
+
+def _block(shape: _Shape, batch: Batch) -> int:
     """Bytes one block trained through keeps (module doc)."""
-    n = b * t
-    matrix = shape.attention_dropout and device == "cpu"
+    b, t, n = batch.size, batch.length, batch.tokens
+    matrix = _keeps_matrix(shape, batch)
     attention = 3 * b * shape.heads * t * t if matrix else b * shape.heads * t
     hidden = (10 if matrix else 11) * n * shape.width
     return FLOAT * (hidden + 2 * n * shape.ffn + 4 * n + attention)
+
+
+def layer_working_bytes(shape: _Shape, batch: Batch, matrix: bool) -> int:
+    """One layer's forward working set (module doc): what a step or an eval holds beyond what
+    it keeps, at the widest layer."""
+    b, t, n = batch.size, batch.length, batch.tokens
+    scores = 2 * b * shape.heads * t * t if matrix else 0
+    return FLOAT * (4 * n * shape.width + 2 * n * shape.ffn + scores)
+
+
+def _keeps_matrix(shape: _Shape, batch: Batch) -> bool:
+    """Attention with dropout on a CPU runs PyTorch's math kernel, which keeps its matrix."""
+    return shape.attention_dropout and batch.device == "cpu"
+
+
+def backbone_shape(model: nn.Module) -> _Shape:
+    """The shape of the transformer `model` trains, or holds frozen."""
+    held = [getattr(model, name) for name in getattr(model, "held_names", ())]
+    base = _base_model(held[0] if held else model)
+    return _shape(base, bb.detect_family(base), _attention_dropout(base.config))
+
+
+def _all_states(hf_config) -> range:
+    """The states a backbone run for its hidden states returns: embeddings + every layer."""
+    layers = getattr(hf_config, "num_hidden_layers", None) or getattr(hf_config, "n_layer", 0)
+    return range(layers + 1)
+
+
+def cached_states(model: nn.Module) -> int:
+    """States per token the backbone cache stores: those the ladders (or the probe) read."""
+    layers = getattr(model, "ladder_layers", None)
+    return sum(len(set(kept)) + 1 for kept in layers) if layers else 1
+
+
+def _virtual_tokens(model: nn.Module) -> int:
+    """Prompt tuning's virtual tokens, which every sequence carries before its text."""
+    config = getattr(model, "active_peft_config", None)
+    return getattr(config, "num_virtual_tokens", 0) or 0
+
+
+def _lora_rank(module: nn.Module) -> int:
+    """The summed rank of peft's LoRA adapters on `module` (0 if none)."""
+    adapters = getattr(module, "lora_A", None)
+    return sum(a.out_features for a in adapters.values()) if isinstance(adapters,
+                                                                        nn.ModuleDict) else 0
 
 
 def _shape(stack_owner: nn.Module, family, attention_dropout: bool) -> _Shape:
@@ -214,15 +388,22 @@ def _attention_dropout(config) -> bool:
     return any((getattr(config, name, 0) or 0) > 0 for name in names)
 
 
-def _stored_bytes(backbone: nn.Module, storage: str) -> int:
-    """Bytes of a frozen backbone's weights stored as `storage` (laddertune.quant)."""
+def _unique_parameters(module: nn.Module) -> dict[int, torch.Tensor]:
+    return {id(p): p for p in module.parameters()}
+
+
+def _stored_bytes(backbone: nn.Module, storage: str, skip=()) -> int:
+    """Bytes of a frozen backbone's weights stored as `storage` (laddertune.quant); parameters
+    in `skip` (ids: trained ones, which stay float32) are not counted."""
     total = 0
     quantised = {}
     for module in backbone.modules():
         if storage == "int8" and isinstance(module, (nn.Linear, nn.Embedding)) or \
                 storage == "nf4" and isinstance(module, nn.Linear):
             quantised[id(module.weight)] = module.weight
-    for param in {id(p): p for p in backbone.parameters()}.values():
+    for key, param in _unique_parameters(backbone).items():
+        if key in skip:
+            continue
         if id(param) in quantised and storage == "int8":
             total += param.numel() + FLOAT * param.shape[0]
         elif id(param) in quantised:
@@ -251,9 +432,11 @@ def plan_table(cfg) -> str:
     from .methods import METHODS
     from .options import UsageError
     methods = list(METHODS) if cfg.method == "all" else [cfg.method]
-    if cfg.method not in ("all", "lst") and cfg.backbone_dtype != "float32":
-        raise UsageError(f"--backbone-dtype {cfg.backbone_dtype} stores LST's frozen backbone; "
-                         f"--method {cfg.method} trains it in float32: drop --backbone-dtype")
+    if cfg.method != "all" and cfg.backbone_dtype != "float32" and not get_method(
+            cfg.method).reduced_backbone:
+        raise UsageError(f"--backbone-dtype {cfg.backbone_dtype} stores a frozen backbone "
+                         f"(lst, lora); --method {cfg.method} trains it in float32: drop "
+                         "--backbone-dtype")
     hf_config = load_config(resolve_model(cfg.model))
     limit = getattr(hf_config, "max_position_embeddings", None)
     if isinstance(limit, int) and cfg.max_length > limit:
@@ -263,12 +446,13 @@ def plan_table(cfg) -> str:
         "cuda" if torch.cuda.is_available() else "cpu")
     budget = parse_bytes(cfg.budget) if cfg.budget else None
     lines = [f"{cfg.model}, batch {cfg.batch_size} x {cfg.max_length} tokens, on {device}"
-             + (f", budget {mib(budget)}" if budget else "") + " (memory above the runtime)",
+             + (f", budget {mib(budget)}" if budget else "") + " (peak memory above the "
+             "runtime; total: weights + the larger of a step and an eval)",
              f"{'method':<8} {'backbone':<9} {'weights':>12} {'activations':>13} "
-             f"{'gradients':>12} {'optimizer':>12} {'total':>12}"
+             f"{'gradients':>12} {'optimizer':>12} {'working':>12} {'eval':>12} {'total':>12}"
              + ("  fits  largest batch" if budget else "")]
     for method in methods:
-        storage = cfg.backbone_dtype if method == "lst" else "float32"
+        storage = cfg.backbone_dtype if get_method(method).reduced_backbone else "float32"
         kwargs = dict(backbone_dtype=storage, num_labels=cfg.num_labels,
                       reduction_factor=cfg.reduction_factor, device=device)
         try:
@@ -279,28 +463,49 @@ def plan_table(cfg) -> str:
             continue
         row = (f"{method:<8} {storage:<9} {mib(one.weight_bytes):>12} "
                f"{mib(one.activation_bytes):>13} {mib(one.gradient_bytes):>12} "
-               f"{mib(one.optimizer_bytes):>12} {mib(one.total_bytes):>12}")
+               f"{mib(one.optimizer_bytes):>12} {mib(one.working_bytes):>12} "
+               f"{mib(one.eval_bytes):>12} {mib(one.total_bytes):>12}")
         if budget:
-            largest = largest_batch(plan(hf_config, method, 1, cfg.max_length, **kwargs),
-                                    plan(hf_config, method, 2, cfg.max_length, **kwargs), budget)
+            largest = largest_batch(
+                lambda b, m=method, k=kwargs: plan(hf_config, m, b, cfg.max_length, **k), budget)
             fits = one.total_bytes <= budget
             row += f"  {'yes' if fits else 'no':<4}  {largest if largest else 'none fits'}"
         lines.append(row)
     return "\n".join(lines)
 
 
+def run_plan(cfg, hf_config, max_length: int, num_labels: int, device: torch.device,
+             train_set=None, eval_set=None) -> MemoryPlan:
+    """The plan of a `laddertune train` run (a TrainConfig `cfg`) on its tokenized data: its
+    batches are as long as its longest example and hold no more examples than its sets, and
+    --cache-backbone holds every example's states."""
+    entry = get_method(cfg.method)
+    sets = [s for s in (train_set, eval_set) if s is not None]
+    lengths = [min(len(ids), max_length) for s in sets for ids in s.input_ids]
+    length = max(lengths, default=max_length)
+    batch = min(cfg.batch_size, len(train_set)) if train_set else cfg.batch_size
+    eval_batch = min(cfg.eval_batch_size, len(eval_set)) if eval_set else cfg.eval_batch_size
+    cached = sum(lengths) if cfg.cache_backbone and entry.reads_backbone_states else 0
+    lst = cfg.lst_config(num_labels) if entry.reads_lst_settings else None
+    return plan(hf_config, cfg.method, batch, length, cfg.backbone_dtype, num_labels,
+                cfg.reduction_factor, device.type, lst_config=lst, top_layers=cfg.top_layers,
+                eval_batch_size=eval_batch, cached_tokens=cached, cache_dtype=cfg.cache_dtype)
+
+
 def plan_line(cfg, hf_config, max_length: int, num_labels: int, task_type: str,
-              device: torch.device) -> str | None:
+              device: torch.device, train_set=None, eval_set=None) -> str | None:
     """What `laddertune train` prints of its own run's plan before training (classifiers: the
     plan's formulas are for classification heads), or None."""
     if task_type != "SEQ_CLS":
         return None
     try:
-        one = plan(hf_config, cfg.method, cfg.batch_size, max_length, cfg.backbone_dtype,
-                   num_labels, cfg.reduction_factor, device.type)
+        one = run_plan(cfg, hf_config, max_length, num_labels, device, train_set, eval_set)
     except Exception:  # noqa: BLE001 - a plan is advice: one that cannot be made stops nothing
         return None
-    return (f"plan: {cfg.method} at batch {cfg.batch_size} x {max_length} tokens should take "
-            f"{mib(one.total_bytes)} above the runtime (weights {mib(one.weight_bytes)}, "
-            f"activations {mib(one.activation_bytes)}, gradients and AdamW "
-            f"{mib(one.gradient_bytes + one.optimizer_bytes)}; `laddertune plan` explains)")
+    cache = f", cached states {mib(one.cache_bytes)}" if one.cache_bytes else ""
+    return (f"plan: {cfg.method} at batch {cfg.batch_size} x {one.max_length} tokens should "
+            f"peak at {mib(one.total_bytes)} above the runtime (weights "
+            f"{mib(one.weight_bytes)}, activations {mib(one.activation_bytes)}, gradients and "
+            f"AdamW {mib(one.gradient_bytes + one.optimizer_bytes)}, working set "
+            f"{mib(one.working_bytes)}, eval {mib(one.eval_bytes)}{cache}; `laddertune plan` "
+            "explains)")

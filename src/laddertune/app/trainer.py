@@ -27,6 +27,7 @@ done are skipped. (accelerate's `skip_first_batches` would need a DataLoader, an
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -49,9 +50,23 @@ from ..cache import (
 )
 from ..checkpoint import check_fingerprint, load_weights, save_json, save_weights, sha256_file
 from ..errors import BackboneMismatchError, LSTError
-from .aliases import ModelSource, backbone_signature, load_backbone, load_tokenizer, resolve_model
+from .aliases import (
+    ModelSource,
+    backbone_signature,
+    load_backbone,
+    load_config,
+    load_tokenizer,
+    resolve_model,
+)
 from .data import Encoded, collate
-from .memory import current_rss_mb, peak_memory_mb, peak_rss_mb, reference_account, reset_peak_rss
+from .memory import (
+    current_rss_mb,
+    library_rss_mb,
+    peak_memory_mb,
+    peak_rss_mb,
+    reference_account,
+    reset_peak_rss,
+)
 from .methods import count_parameters, get_method, save_trained, trainable_parameters
 from .options import DEFAULT_MAX_LENGTH, TrainConfig, UsageError
 from .plan import plan_line
@@ -261,6 +276,19 @@ def single_examples(encoded, collate_fn=collate):
         yield collate_fn(encoded, [i], 0)   # one row: nothing to pad
 
 
+def import_runtime(source: ModelSource) -> None:
+    """Import now what a run imports later anyway, so that the runtime measured before the model
+    loads holds it: the evaluation's metrics (sklearn.metrics, ~130 MiB of RSS), and what
+    loading imports (accelerate, the model's own code: ~20 MiB)."""
+    import importlib
+    for name in ("sklearn.metrics", "accelerate"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+    with contextlib.suppress(Exception):   # unknown to the mapping: its code loads with it
+        MODEL_MAPPING[type(load_config(source))]
+
+
 # ---- the recipe ---------------------------------------------------------------------------------
 
 @dataclass
@@ -275,7 +303,8 @@ class RunData:
     max_length: int            # --max-length fitted to the backbone (run.json records it)
     train_set: Encoded
     eval_set: Encoded
-    rss_before_model_mb: float
+    rss_before_model_mb: float           # the runtime: the process before the model loads
+    library_before_model_mb: float | None    # the shared libraries' pages in it
 
 
 class TrainingRun:
@@ -334,19 +363,21 @@ class TrainingRun:
         source = resolve_model(cfg.model, cfg.revision)
         tokenizer = load_tokenizer(source)
         seed_everything(cfg.seed)
-        rss_before_model_mb = current_rss_mb()
+        # The runtime, measured here, is all that does not depend on the model's size
+        import_runtime(source)
+        rss_before_model_mb, library_before_model_mb = current_rss_mb(), library_rss_mb()
         backbone = load_backbone(source, tokenizer.pad_token_id, task.head(self.method),
                                  len(task.labels), self._load_as(), self.device)
         fingerprint = backbone_signature(backbone)
         self._check_same_backbone(fingerprint)
         max_length = fit_max_length(backbone, cfg.max_length, cfg.model, tokenizer)
+        train_set, eval_set = task.prepare(backbone, tokenizer, cfg, max_length)
         planned = plan_line(cfg, backbone.config, max_length, len(task.labels), task.task_type,
-                            self.device)
+                            self.device, train_set, eval_set)
         if planned and self.processes.is_main:
             self.log(planned)
-        train_set, eval_set = task.prepare(backbone, tokenizer, cfg, max_length)
         self.data = RunData(task, source, tokenizer, fingerprint, max_length, train_set,
-                            eval_set, rss_before_model_mb)
+                            eval_set, rss_before_model_mb, library_before_model_mb)
         return backbone
 
     def share_data(self, lead: TrainingRun) -> None:
@@ -423,8 +454,8 @@ class TrainingRun:
     def _load_as(self) -> str:
         """--backbone-dtype converts as the backbone loads unless pruning is to read the
         original weights first (then the model converts them after pruning)."""
-        if not self.method.reads_lst_settings:
-            return "float32"
+        if not self.method.reads_lst_settings:   # LoRA: converted as it loads, head apart
+            return self.cfg.backbone_dtype
         prunes = self.cfg.lst_config().side_init != "random"
         return "float32" if prunes else self.cfg.backbone_dtype
 
@@ -679,6 +710,23 @@ class TrainingRun:
             return peak_memory_mb(self.device)
         return peak_memory_mb(self.device) - self.data.rss_before_model_mb
 
+    def _runtime_figures(self) -> dict:
+        if self.device.type == "cuda":
+            return {}
+        code = self._runtime_code_mb()
+        above = None if code is None else round(self._training_memory_mb() - code, 1)
+        return {"runtime_rss_mb": round(self.data.rss_before_model_mb, 1),
+                "runtime_code_paged_in_mb": None if code is None else round(code, 1),
+                "peak_above_runtime_mb": above}
+
+    def _runtime_code_mb(self) -> float | None:
+        """CPU: the shared libraries' pages the run has paged in since the model began to load
+        (kernels first run by a backward pass, an optimizer, an eval): the runtime's code."""
+        now, before = library_rss_mb(), self.data.library_before_model_mb
+        if self.device.type == "cuda" or now is None or before is None:
+            return None
+        return max(now - before, 0.0)
+
     def _memory_mb(self) -> float:
         if self.device.type == "cuda":
             return torch.cuda.memory_allocated(self.device) / 2**20
@@ -723,6 +771,10 @@ class TrainingRun:
             # what training itself took: the peak less what the process held before the model
             # was loaded (Python, torch, the data); on a GPU the allocator's peak
             "training_memory_mb": round(self._training_memory_mb(), 1),
+            # CPU: the runtime that figure is measured above (the RSS before the model loaded:
+            # Python, torch, the libraries, the tokenizer, the data), and the code the run paged
+            # in since; the peak above both is what `laddertune plan` predicts
+            **self._runtime_figures(),
             # CPU: the peak of the training steps less what the process held once the model
             # was built (gradients, optimizer state, activations); loading and evals excluded
             "training_peak_rss_mb": (None if not self.peak_rss_reset else round(
