@@ -4,6 +4,7 @@ to convergence, its penalty chosen on the eval split, in the one training loop."
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 import torch
@@ -92,7 +93,7 @@ def test_the_run_records_the_grid_each_fit_converged_and_the_choice(probe_run):
     best = max(fit["grid"], key=lambda r: (r["eval_accuracy"], r["eval_macro_f1"],
                                            -r["eval_loss"]))
     assert fit["chosen_C"] == best["C"]
-    # the saved probe (standardisation folded into the layer) scores what the grid recorded
+    # the saved probe (its standardisation kept beside the layer) scores what the grid recorded
     scores = metrics(probe_run)["eval"]
     assert scores["accuracy"] == best["eval_accuracy"]
     assert scores["loss"] == pytest.approx(best["eval_loss"], abs=1e-4)
@@ -102,7 +103,8 @@ def test_the_run_saves_safetensors_and_eval_and_predict_load_it(files, probe_run
     assert (probe_run / PROBE_WEIGHTS).is_file()
     assert not list(probe_run.glob("*.bin")) and not list(probe_run.glob("*.pt"))
     state = load_file(str(probe_run / PROBE_WEIGHTS))
-    assert set(state) == {"weight", "bias"} and state["weight"].shape == (3, 32)
+    assert set(state) == {"weight", "bias", "feature_mean", "feature_scale"}
+    assert state["weight"].shape == (3, 32) and state["feature_scale"].shape == (32,)
     info = json.loads((probe_run / "run.json").read_text())
     assert info["method"] == "probe"
     capsys.readouterr()
@@ -124,6 +126,49 @@ def test_cached_features_fit_the_same_probe_as_the_backbone_run_live(files, prob
     assert metrics(live)["fit"]["chosen_C"] == metrics(probe_run)["fit"]["chosen_C"]
     for name in cached:   # float32 cache: the same features, up to the order of float sums
         torch.testing.assert_close(cached[name], uncached[name], rtol=1e-3, atol=1e-3)
+
+
+def test_a_probe_saved_with_its_standardisation_folded_in_still_loads(probe_run, tmp_path):
+    """Probes saved before the standardisation was kept apart hold W / s and b - (W / s) m."""
+    from safetensors.torch import save_file
+
+    from laddertune.app.probe import load_probe
+    state = load_file(str(probe_run / PROBE_WEIGHTS))
+    folded = state["weight"].double() / state["feature_scale"].double()
+    old = {"weight": folded.float(),
+           "bias": (state["bias"].double() - folded @ state["feature_mean"].double()).float()}
+    (tmp_path / "old").mkdir()
+    save_file(old, str(tmp_path / "old" / PROBE_WEIGHTS))
+    backbone = tiny_backbone("bert")
+    new, legacy = load_probe(backbone, probe_run), load_probe(backbone, tmp_path / "old")
+    ids = torch.randint(3, 60, (4, 7))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    torch.testing.assert_close(legacy(**inputs).logits, new(**inputs).logits, rtol=1e-4,
+                               atol=1e-4)   # float32 folding of well-spread features
+
+
+def test_a_feature_with_no_spread_in_training_cannot_blow_up_the_logits():
+    """A feature nearly constant in training (1e-6 of spread) but off by 1e-3 elsewhere
+    (another split, a float16 cache) is scaled by the floor, not by its own spread."""
+    from types import SimpleNamespace
+
+    from laddertune.app import probe as probe_module
+    torch.manual_seed(0)
+    model = ProbeModel(tiny_backbone("bert"), 2)
+    x = torch.randn(64, model.width)
+    y = (x[:, 1] > 0).long()
+    x[:, 0] = 0.5 + 1e-6 * (2 * y - 1)         # no spread, yet it tells the label apart
+    features = {"train": x, "eval": x.clone()}
+    with mock.patch.object(probe_module, "_features",
+                           lambda m, encoded, run, states: (features[encoded], y)):
+        probe_module.fit_probe(SimpleNamespace(model=model, train_set="train", eval_set="eval",
+                                               train_states=None, eval_states=None,
+                                               labels=["a", "b"]))
+    shifted = x.clone()
+    shifted[:, 0] += 1e-3
+    logits = model.classifier((shifted - model.feature_mean) / model.feature_scale)
+    assert logits.abs().max() < 100
+    assert (logits.argmax(-1) == y).float().mean() > 0.9
 
 
 def test_the_probe_reads_only_the_final_state_and_trains_only_its_layer():

@@ -15,8 +15,12 @@ checked for convergence.
 
 The probe reads the backbone the way LST does (`backbone_states`), so `--cache-backbone`
 caches its features. The training loop calls `fit_probe` once instead of its epochs
-(`methods.Method.fit`). The standardisation is folded into the linear layer, so the saved
-model (`probe.safetensors`) is one weight matrix and one bias.
+(`methods.Method.fit`). The model keeps the standardisation apart from the linear layer (the
+features' training mean and scale as buffers), and `probe.safetensors` saves all four:
+folding a scale near zero into the weights (W / s) would cancel catastrophically in float32.
+A feature whose training spread is below `SCALE_FLOOR` of the typical one is scaled by that
+floor: it carries no signal, and dividing by its own spread would turn the noise of another
+split (or of a float16 cache) into huge logits.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .evaluation import eval_batches
 from .report import classification_metrics
 
 PROBE_WEIGHTS = "probe.safetensors"
+SCALE_FLOOR = 1e-3     # of the mean feature spread: below it a feature is scaled by the floor
 C_GRID = tuple(10.0 ** e for e in range(-4, 3))   # 1e-4 .. 1e2, weakest penalty last
 GRAD_TOLERANCE = 1e-6     # the largest gradient entry of the mean objective at convergence
 MAX_ITERATIONS = 5000
@@ -73,6 +78,9 @@ class ProbeModel(HeldModules, nn.Module):
         self.width = bb.model_width(backbone.config)
         self.config = ProbeSettings(num_labels)
         self.classifier = nn.Linear(self.width, num_labels)
+        # the features' standardisation, fitted with the classifier: (x - mean) / scale
+        self.register_buffer("feature_mean", torch.zeros(self.width))
+        self.register_buffer("feature_scale", torch.ones(self.width))
 
     def ladder_inputs(self, index: int = 0) -> list[int]:
         """The one state read: the final one, at index L of the (L + 1) states."""
@@ -111,8 +119,9 @@ class ProbeModel(HeldModules, nn.Module):
 
     def forward(self, input_ids=None, attention_mask=None, labels=None,
                 backbone_hidden_states=None, **inputs) -> LSTOutput:
-        logits = self.classifier(self.features(attention_mask, backbone_hidden_states,
-                                               input_ids=input_ids, **inputs))
+        features = self.features(attention_mask, backbone_hidden_states, input_ids=input_ids,
+                                 **inputs)                                       # (b, d)
+        logits = self.classifier((features - self.feature_mean) / self.feature_scale)
         loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
         return LSTOutput(loss, logits, None, None)
 
@@ -202,7 +211,8 @@ def fit_probe(run) -> dict:
     x, y = _features(model, run.train_set, run, run.train_states)
     x_eval, y_eval = _features(model, run.eval_set, run, run.eval_states)
     mean = x.double().mean(0)
-    scale = x.double().std(0, unbiased=False).clamp(min=1e-8)
+    spread = x.double().std(0, unbiased=False)
+    scale = spread.clamp(min=max(SCALE_FLOOR * spread.mean().item(), 1e-12))
     standard, standard_eval = (x.double() - mean) / scale, (x_eval.double() - mean) / scale
     num_labels = model.config.num_labels
     grid, solutions, start = [], [], None
@@ -220,10 +230,11 @@ def fit_probe(run) -> dict:
     best = max(range(len(grid)), key=lambda i: (grid[i]["eval_accuracy"],
                                                grid[i]["eval_macro_f1"], -grid[i]["eval_loss"]))
     weight, bias = solutions[best]["weight"], solutions[best]["bias"]
-    with torch.no_grad():         # fold the standardisation into the layer: W/s, b - (W/s)·m
-        folded = weight / scale
-        model.classifier.weight.copy_(folded.float())
-        model.classifier.bias.copy_((bias - folded @ mean).float())
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight.float())
+        model.classifier.bias.copy_(bias.float())
+        model.feature_mean.copy_(mean.float())
+        model.feature_scale.copy_(scale.float())
     return {"solver": "L-BFGS (float64, full batch, standardised features)",
             "objective": "mean cross-entropy + |W|^2 / (2 C n)",
             "grad_tolerance": GRAD_TOLERANCE, "chosen_C": C_GRID[best],
@@ -238,7 +249,8 @@ def build_probe(task_model: nn.Module, settings) -> ProbeModel:
 
 
 def save_probe(model: ProbeModel, directory: Path) -> None:
-    save_weights({n: p for n, p in model.classifier.named_parameters()},
+    save_weights({**dict(model.classifier.named_parameters()),
+                  "feature_mean": model.feature_mean, "feature_scale": model.feature_scale},
                  Path(directory) / PROBE_WEIGHTS)
 
 
@@ -253,5 +265,14 @@ def load_probe(task_model: nn.Module, directory: Path) -> ProbeModel:
         raise CheckpointError(f"{Path(directory) / PROBE_WEIGHTS} is a probe of width "
                               f"{weight.shape[1]}, not this backbone's {model.width}; load it "
                               "with the model it was trained on")
+    # probes saved before the standardisation was kept apart hold it folded in: mean 0, scale 1
+    for name in ("feature_mean", "feature_scale"):
+        value = state.pop(name, None)
+        if value is not None:
+            if value.shape != (model.width,):
+                raise CheckpointError(f"{Path(directory) / PROBE_WEIGHTS} holds a {name} of "
+                                      f"shape {tuple(value.shape)}, not ({model.width},); "
+                                      "train the run again")
+            getattr(model, name).copy_(value)
     model.classifier.load_state_dict(state)
     return model.eval()
