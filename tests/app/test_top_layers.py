@@ -150,7 +150,8 @@ def test_k_outside_the_depth_and_two_stacks_are_refused():
     (["--method", "lora", "--top-layers", "0"], "--top-layers must be a whole number >= 1"),
     (["--method", "lora", "--top-layers", "1", "--cache-backbone", "--backbone-dtype", "int8"],
      "caches float32 layers below"),
-    (["--method", "full", "--cache-backbone"], "or a method with --top-layers K"),
+    (["--method", "full", "--cache-backbone"], "or full, lora, adapter, ia3 with --top-layers K"),
+    (["--method", "bitfit", "--cache-backbone"], "bitfit at full depth"),
 ])
 def test_bad_top_layers_are_one_line(flags, expected, capsys):
     assert main(["train", "--device", "cpu", *flags]) == 2
@@ -238,8 +239,10 @@ def test_cached_states_replayed_into_the_top_layers_give_the_live_logits(method,
     batch = _batch()
     batch["attention_mask"][1, 5:] = 0                     # a padded row
     batch.pop("labels")
-    calls = _counted_layers(model)
     with torch.no_grad():
+        source.backbone_states(**batch)                    # the first batch checks the replay
+        assert source.checked
+        calls = _counted_layers(model)
         states = source.backbone_states(**batch)
         assert calls == [1, 1, 0, 0]                       # stopped at the top layers' input
         live = model(**batch).logits
@@ -306,3 +309,62 @@ def test_caching_every_layer_is_refused_in_one_line(files, tmp_path, capsys):
                  "--cache-backbone", "--cache-dir", str(tmp_path / "states"), *FLAGS]) == 2
     err = capsys.readouterr().err.strip()
     assert "nothing below is frozen to cache" in err and "\n" not in err
+
+
+# families whose layer loop reads something by a layer's place in the list
+_LLAMA_LIKE = dict(hidden_size=32, num_hidden_layers=DEPTH, num_attention_heads=4,
+                   num_key_value_heads=2, intermediate_size=64, vocab_size=64, pad_token_id=0)
+PLACED = {
+    # config.layer_types[i]: sliding-window or full attention (Gemma 3: and the rotary base)
+    "gemma2": dict(_LLAMA_LIKE, head_dim=8, sliding_window=4),
+    "gemma3_text": dict(_LLAMA_LIKE, head_dim=8, sliding_window=4),
+    "qwen2": dict(_LLAMA_LIKE, use_sliding_window=True, sliding_window=4, max_window_layers=2),
+    # a convolution after layer 0 only
+    "deberta-v2": dict(hidden_size=32, num_hidden_layers=DEPTH, num_attention_heads=4,
+                       intermediate_size=64, vocab_size=64, conv_kernel_size=3,
+                       relative_attention=True, position_buckets=8, max_relative_positions=16,
+                       pos_att_type=["p2c", "c2p"]),
+}
+
+
+def _placed(model_type: str, lm: bool, k: int = 3):
+    torch.manual_seed(0)
+    auto = AutoModelForCausalLM if lm else AutoModelForSequenceClassification
+    task_model = auto.from_config(AutoConfig.for_model(model_type, **PLACED[model_type]))
+    model = build_method("lora", task_model, "CAUSAL_LM" if lm else "SEQ_CLS", top_layers=k)
+    ids = torch.randint(3, 64, (3, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    return model, {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.mark.parametrize("model_type, lm", [(t, lm) for t in PLACED for lm in (False, True)
+                                            if not (lm and t == "deberta-v2")])
+def test_the_cut_follows_what_layers_read_by_their_place(model_type, lm):
+    model, batch = _placed(model_type, lm)
+    model.eval()
+    source = BelowTopLayers(model, 3)
+    replay_cached_states(model, 3)
+    with torch.no_grad():
+        states = source.backbone_states(**batch)        # checks the replay once, or raises
+        live = model(**batch).logits
+        replayed = model(**batch, backbone_hidden_states=states).logits
+    if lm:                                              # padded positions are never read
+        live, replayed = live[batch["attention_mask"].bool()], replayed[
+            batch["attention_mask"].bool()]
+    torch.testing.assert_close(replayed, live, rtol=1e-5, atol=1e-6)
+    config = base_model(model).config
+    assert getattr(config, "layer_types", [None] * DEPTH) is None or len(
+        getattr(config, "layer_types", [None] * DEPTH)) == DEPTH       # restored
+
+
+def test_a_replay_that_differs_from_the_live_model_is_refused_in_one_line(monkeypatch):
+    """Should a family read something else by a layer's place, the first batch's check stops
+    the run instead of training on wrong states: shown by a cut that forgets layer_types."""
+    from laddertune.app import top_layers
+    monkeypatch.setattr(top_layers.cut_layers, "_swap", lambda *args: None)
+    model, batch = _placed("gemma2", lm=False)
+    source = BelowTopLayers(model, 3)
+    replay_cached_states(model, 3)
+    with pytest.raises(LSTConfigError, match="cannot replay cached states into this gemma2"):
+        source.backbone_states(**batch)

@@ -271,7 +271,8 @@ class TrainConfig:
                 and self.top_layers is None):
             readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
                                   if m.reads_backbone_states)
-            raise UsageError(f"--cache-backbone is for {readers}, or a method with --top-layers "
+            topk = ", ".join(m.name for m in REGISTRY.values() if m.top_layers)
+            raise UsageError(f"--cache-backbone is for {readers}, or {topk} with --top-layers "
                              f"K: {self.method} at full depth trains through the backbone, "
                              "whose states then change every step")
         if self.cache_backbone and lst.late_layers:

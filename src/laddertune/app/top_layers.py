@@ -176,9 +176,35 @@ class BelowTopLayers:
         self.below = [(name, p) for name, p in stack.named_parameters() if id(p) in below]
         self.config = SimpleNamespace(backbone_dropout=False, ladder_last_layer="final",
                                       task_type="SEQ_CLS")
+        self.checked = False
 
     def ladder_inputs(self, index: int = 0) -> list[int]:
         return [self.index]
+
+    def check_replay(self, inputs: dict, states: tuple) -> None:
+        """Refuse, in one line, a model whose top layers do not compute from the replayed state
+        what they compute live: compared once, on the first batch, in eval mode. A family whose
+        layers read something by their place in the list that `cut_layers` does not follow
+        would otherwise train on wrong states without a word."""
+        modes = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                live = self.model(**inputs).logits.float()
+                replayed = self.model(**inputs, backbone_hidden_states=states).logits.float()
+        finally:
+            for module, mode in modes:
+                module.training = mode
+        mask = inputs.get("attention_mask")
+        if live.dim() == 3 and mask is not None:         # per-token logits: real tokens only
+            live, replayed = live[mask.bool()], replayed[mask.bool()]
+        gap = (replayed - live).abs().max().item() if live.numel() else 0.0
+        if not gap <= 1e-3 * live.abs().max().item() + 1e-4:
+            raise LSTConfigError(
+                f"--cache-backbone cannot replay cached states into this "
+                f"{self.hf_config.model_type}'s top {self.depth - self.index} layers (they "
+                f"compute other logits from them, off by {gap:.2g}); drop --cache-backbone")
+        self.checked = True
 
     def parameters(self):
         return self.stacks[0].parameters()
@@ -213,7 +239,10 @@ class BelowTopLayers:
             handle.remove()
             for module, mode in modes:
                 module.training = mode
-        return ((None,) * self.index + (caught[0],) + (None,) * (self.depth - self.index),)
+        states = ((None,) * self.index + (caught[0],) + (None,) * (self.depth - self.index),)
+        if not self.checked:
+            self.check_replay({k: v for k, v in inputs.items() if v is not None}, states)
+        return states
 
 
 class _Reached(Exception):
@@ -222,20 +251,42 @@ class _Reached(Exception):
 
 class cut_layers:
     """Within it, the stack's layer list (at `path` in it) holds layers[start:] only, the same
-    modules."""
+    modules, and what the stack's loop reads by a layer's place in the list follows the cut:
+    the config's per-layer `layer_types` (sliding-window or full attention, Gemma's local or
+    global rotary base) is cut the same way, no key/value cache is made (its layer count is
+    the config's), and DeBERTa-v2's convolution, which follows layer 0, is dropped once layer 0
+    is below."""
 
     def __init__(self, stack: nn.Module, path: str, start: int):
         self.stack, self.path = stack, path
         self.layers = bb.get_path(stack, path)
         self.start = start
+        self.saved: list[tuple[object, str, object]] = []
+
+    def _swap(self, owner, name: str, value) -> None:
+        self.saved.append((owner, name, getattr(owner, name)))
+        setattr(owner, name, value)
 
     def __enter__(self):
         cut = nn.ModuleList(list(self.layers)[self.start:])
         bb.set_path(self.stack, self.path, cut)
+        config = getattr(self.stack, "config", None)
+        types = getattr(config, "layer_types", None)
+        if isinstance(types, (list, tuple)) and len(types) == len(self.layers):
+            self._swap(config, "layer_types", list(types)[self.start:])
+        if getattr(config, "use_cache", False):
+            self._swap(config, "use_cache", False)
+        parent = self.path.rpartition(".")[0]
+        holder = bb.get_path(self.stack, parent) if parent else self.stack
+        if self.start > 0 and isinstance(getattr(holder, "conv", None), nn.Module):
+            self._swap(holder, "conv", None)
         return cut
 
     def __exit__(self, *exc):
         bb.set_path(self.stack, self.path, self.layers)
+        for owner, name, value in reversed(self.saved):
+            setattr(owner, name, value)
+        self.saved.clear()
         return False
 
 
