@@ -114,8 +114,8 @@ class LSTConfig:
         up_init: How the up-projection (d/r -> d) starts: ``zero`` (the side network's output
             starts at none: the head starts as the pretrained model, but the side network gets
             no gradient on the first step), ``default`` (PyTorch's Linear initialisation, as
-            QST) or ``auto`` (zero with ``head_residual`` or the late route, else small normal
-            weights, std 0.01).
+            QST and the reference code) or ``auto`` (zero with ``head_residual`` or the late
+            route, else PyTorch's default).
         late_layers: K > 0 takes the late route (SHERL, DTL; `laddertune.late`): side blocks on
             the layers below the top K only; the side network's up-projected output is added to
             the backbone stream before its top K layers, and trained copies of those K layers
@@ -271,8 +271,8 @@ class LSTConfig:
         default="auto",
         metadata={"help": "How the up-projection starts: 'zero' (the head starts at the "
                           "backbone's own state), 'default' (PyTorch's Linear init, as QST) or "
-                          "'auto' (zero with head_residual or the late route, else normal "
-                          "with std 0.01)."},
+                          "'auto' (zero with head_residual or the late route, else "
+                          "PyTorch's default)."},
     )
     late_layers: int = field(
         default=0,

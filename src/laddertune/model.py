@@ -1001,14 +1001,17 @@ def _warn_other_dtype(meta: dict, model: LSTModel) -> None:
 
 
 def _init_up(up: nn.Linear, config: LSTConfig) -> None:
-    """`config.up_init`: zero (a correction that starts at none), PyTorch's default (as QST), or
-    auto: zero under head_residual, else small normal weights."""
+    """`config.up_init`: zero (a correction that starts at none), PyTorch's default (as QST and
+    the reference code), or auto: zero under head_residual or the late route, else PyTorch's
+    default. (Normal weights of std 0.01, the auto start before, left the classifier's
+    gradient to the side network scaled by 0.01: on sentence pairs the head sat at chance for
+    one to two epochs; benchmarks/results/frontier/plateau.md.)"""
     choice = config.up_init
     if choice == "auto":   # a correction to a backbone state starts at none
-        choice = "zero" if config.head_residual or config.late_layers else "small"
+        choice = "zero" if config.head_residual or config.late_layers else "default"
     if choice == "default":
         return                                  # nn.Linear's own kaiming-uniform start
-    nn.init.normal_(up.weight, std=0.0 if choice == "zero" else 0.01)
+    nn.init.zeros_(up.weight)
     nn.init.zeros_(up.bias)
 
 
