@@ -158,8 +158,8 @@ class Config:
 # the late route (top 2 layers trained, so it cannot read cached states).
 DESIGNS = {
     "lst-headgate": ("--lst-head-gate", "true"),
-    # the default's up-projection starts at std 0.01 (`up_init="auto"`): on the pairs the
-    # head sat at chance for 1-2 epochs; PyTorch's default start, as QST's, alone
+    # the up-projection at PyTorch's default start, as QST's, alone: the std-0.01 start the
+    # other rows pin sat at chance for 1-2 epochs on the pairs; this is auto's start today
     "lst-updefault": ("--lst-up-init", "default"),
     "lst-qst": ("--lst-ladder-rank", "16", "--lst-gate-per-channel", "true",
                 "--lst-head-gate", "true", "--lst-up-init", "default"),
@@ -440,13 +440,19 @@ class Frontier:
     def common(self, cell, cfg: Config, files: dict, epochs: int) -> list:
         """The flags every run of `cfg` in `cell` shares."""
         backbone, dataset = self.backbones[cell[0]], self.datasets[cell[1]]
+        # LST's classification rows were measured with the up-projection's std-0.01 start,
+        # auto's before 2026-12-07: they keep it, and lst-updefault measures today's default
+        pinned = (cfg.method == "lst" and dataset.task == "classify"
+                  and cfg.name != "lst-updefault" and not any(
+                      flag in cfg.flags for flag in ("--lst-up-init", "--lst-preset")))
+        small = ["--lst-up-init", "small"] if pinned else []
         cache = ["--cache-backbone", "--cache-dir", self.work / "cache"] if (
             cfg.cacheable and (reads_backbone_states(cfg.method) or caches_below(cfg))) else []
         return ["--model", backbone.model, "--task", dataset.task, "--train", files["train"],
                 "--eval", files["dev"], "--method", cfg.method, "--epochs", epochs,
                 "--batch-size", dataset.batch_size, "--max-length", dataset.spec.max_length,
                 "--device", self.device, "--no-progress", *dataset.flags,
-                *dataset.method_flags.get(cfg.method, ()), *cfg.flags, *cache]
+                *dataset.method_flags.get(cfg.method, ()), *cfg.flags, *small, *cache]
 
     def result(self, folder: Path, files: dict, command: list, wall: float, shared: int,
                task: str) -> dict:

@@ -122,6 +122,8 @@ def test_up_init_default_is_pytorchs_and_zero_is_zero():
     assert default.up.weight.abs().max() > 0.05                         # kaiming-uniform
     # auto is the same start without head_residual (plateau.md: std 0.01 stalled the head)
     assert auto.up.weight.abs().max() > 0.05 and auto.up.bias.abs().max() > 0
+    _, small = build("bert", up_init="small")           # auto's start before 2026-12-07
+    assert 0 < small.up.weight.std() < 0.02 and small.up.bias.abs().sum() == 0
     assert auto.head_gate_logits is None
 
 

@@ -15,7 +15,7 @@ GATE_KINDS = ("learnable", "fixed")
 SIDE_BLOCKS = ("auto", "native", "generic")
 POOLINGS = ("auto", "first", "last", "mean")
 LAST_LAYER_READINGS = ("raw", "normed")
-UP_INITS = ("auto", "zero", "default")
+UP_INITS = ("auto", "zero", "default", "small")
 LATE_TUNINGS = ("full", "lora")
 BACKBONE_DTYPES = ("float32", "bfloat16", "int8", "nf4")   # laddertune.quant explains each
 CONFIG_NAME = "lst_config.json"
@@ -114,8 +114,9 @@ class LSTConfig:
         up_init: How the up-projection (d/r -> d) starts: ``zero`` (the side network's output
             starts at none: the head starts as the pretrained model, but the side network gets
             no gradient on the first step), ``default`` (PyTorch's Linear initialisation, as
-            QST and the reference code) or ``auto`` (zero with ``head_residual`` or the late
-            route, else PyTorch's default).
+            QST and the reference code), ``small`` (normal weights of std 0.01, zero bias: the
+            ``auto`` start before 2026-12-07, kept to reproduce runs made with it) or ``auto``
+            (zero with ``head_residual`` or the late route, else PyTorch's default).
         late_layers: K > 0 takes the late route (SHERL, DTL; `laddertune.late`): side blocks on
             the layers below the top K only; the side network's up-projected output is added to
             the backbone stream before its top K layers, and trained copies of those K layers
@@ -271,6 +272,7 @@ class LSTConfig:
         default="auto",
         metadata={"help": "How the up-projection starts: 'zero' (the head starts at the "
                           "backbone's own state), 'default' (PyTorch's Linear init, as QST) or "
+                          "'small' (normal, std 0.01: auto's start before 2026-12-07) or "
                           "'auto' (zero with head_residual or the late route, else "
                           "PyTorch's default)."},
     )

@@ -1011,7 +1011,7 @@ def _init_up(up: nn.Linear, config: LSTConfig) -> None:
         choice = "zero" if config.head_residual or config.late_layers else "default"
     if choice == "default":
         return                                  # nn.Linear's own kaiming-uniform start
-    nn.init.zeros_(up.weight)
+    nn.init.normal_(up.weight, std=0.01 if choice == "small" else 0.0)
     nn.init.zeros_(up.bias)
 
 

@@ -309,3 +309,15 @@ def test_a_reduced_backbone_runs_paired_at_its_bases_chosen_rate(tmp_path):
     assert suite.rates_needed(CELL, "lora-int8") == 1
     report = frontier.write_report(suite).read_text()
     assert "lora-int8 against lora, paired by seed at lr 0.0003: test +0.00 points" in report
+
+
+def test_lst_rows_keep_the_up_start_they_were_measured_with(tmp_path):
+    suite, _ = fake_suite(tmp_path, {})
+    files = {"train": "t.csv", "dev": "d.csv"}
+
+    def up(name):
+        flags = [str(f) for f in suite.common(CELL, frontier.config(name, 4), files, 2)]
+        return flags[flags.index("--lst-up-init") + 1] if "--lst-up-init" in flags else None
+    assert up("lst-every") == up("lst-headgate") == up("lst-every-bf16") == "small"
+    assert up("lst-updefault") == up("lst-qst") == "default"
+    assert up("lst-late") is None and up("lora-top1") is None
