@@ -37,7 +37,7 @@ CASES = ([f"{model_type}/SEQ_CLS" for model_type in [*sorted(ALL_FAMILIES), "mpn
          + [f"{model_type}/CAUSAL_LM" for model_type in sorted(DECODER_FAMILIES)]
          + [f"{model_type}/SEQ_2_SEQ_LM" for model_type in sorted(SEQ2SEQ_FAMILIES)])
 pytestmark = pytest.mark.numerics
-RTOL, ATOL = 1e-5, 1e-7    # float32 rounding on another BLAS; far below what a change moves
+RTOL, ATOL = 1e-5, 1e-6    # float32 rounding on another BLAS or kernel; far below a change
 
 
 def outputs(case: str, **config) -> dict[str, list[float] | float]:
