@@ -3,7 +3,8 @@
 For each cell of `GRID` (a backbone and a data set) and each method configuration in it, the
 product itself trains and scores. A method that reads the frozen backbone's states (the
 registry's `reads_backbone_states`: LST, the probe) runs on the backbone cache, and its rates of
-one seed train together in one `laddertune sweep`; the others run `laddertune train` once per
+one seed train together in one `laddertune sweep`; a top-K baseline caches the state entering
+its top K layers (`--top-layers K --cache-backbone`); the others run `laddertune train` once per
 rate. Every run is scored on the test split by `laddertune eval` as soon as it finishes:
 
     rates     seed 0 at 3 learning rates, centred on the method's default rate
@@ -205,6 +206,13 @@ def rate_grid(method: str) -> tuple[float, ...]:
     return next_rate(centre, up=False), centre, next_rate(centre, up=True)
 
 
+def caches_below(cfg: Config) -> bool:
+    """A top-K configuration (K below the depth) caches the state entering its top K layers.
+    Runs made before that (lora-top1 on tweets and BBC News) ran the layers below live, with
+    their dropout; the report says so."""
+    return "--top-layers" in cfg.flags
+
+
 def reads_backbone_states(method: str) -> bool:
     """From the registry; False for a method it lacks (the run then fails in one line)."""
     from laddertune.app.methods import REGISTRY
@@ -390,7 +398,7 @@ class Frontier:
         """The flags every run of `cfg` in `cell` shares."""
         backbone, dataset = self.backbones[cell[0]], self.datasets[cell[1]]
         cache = ["--cache-backbone", "--cache-dir", self.work / "cache"] if (
-            cfg.cacheable and reads_backbone_states(cfg.method)) else []
+            cfg.cacheable and (reads_backbone_states(cfg.method) or caches_below(cfg))) else []
         return ["--model", backbone.model, "--task", dataset.task, "--train", files["train"],
                 "--eval", files["dev"], "--method", cfg.method, "--epochs", epochs,
                 "--batch-size", dataset.batch_size, "--max-length", dataset.spec.max_length,
@@ -594,6 +602,12 @@ def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list) -> list
         if r["budget_seconds"] is not None:
             lines.append(f"{name}: {r['epochs']} epochs on the cached backbone, as many as fit "
                          f"in LoRA's {r['budget_seconds']:.0f} s of training.")
+    commands = {n: [str(rec.get("command", "")) for rec in suite.records(cell, n)] for n in rows}
+    live = [n for n, seen in commands.items()
+            if any("--top-layers" in c and "--cache-backbone" not in c for c in seen)]
+    if live:
+        lines.append(f"{', '.join(live)}: the layers below the top K ran live, with dropout, "
+                     "before top-K runs read them from the cache (eval mode, no dropout).")
     short = [n for n, r in rows.items() if task == "generate" and (r["steps"] or 0) <
              MIN_GENERATE_STEPS]
     if short:

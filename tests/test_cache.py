@@ -216,3 +216,37 @@ def test_the_dataset_trains_from_the_cache_without_the_backbone(tmp_path):
             losses.append(loss.item())
     hook.remove()
     assert not calls and losses[-1] < losses[0]
+
+
+def test_two_writers_filling_one_cache_keep_every_example_in_its_place(tmp_path):
+    """Runs of several methods may fill one cache at once: neither overwrites the other's
+    shards or manifest entries, and each example reads back its own states."""
+    model = build().eval()
+    rows = examples(12)
+    key = cache_key(model, examples_digest(rows), "float32")
+    first, second = (StateCache(tmp_path, key, len(rows), shard_size=2) for _ in range(2))
+    with torch.no_grad():
+        for start in range(0, 12, 2):                     # interleaved: 0-1, 2-3, 4-5, ...
+            writer = first if start % 4 == 0 else second
+            indices = [start, start + 1]
+            batch = batch_of(rows, indices)
+            writer.add(indices, model.backbone_states(**batch), example_lengths(model, batch))
+    reader = StateCache(tmp_path, key, len(rows))
+    assert reader.complete and len(list(reader.folder.glob("shard-*"))) == 6
+    with torch.no_grad():
+        for index in range(12):
+            want = model.backbone_states(**batch_of(rows, [index]))[0]
+            got = reader.read([index])[0]
+            for i in model.ladder_inputs():
+                torch.testing.assert_close(got[i], want[i])
+
+
+def test_a_shard_holding_other_examples_than_listed_is_refused(tmp_path):
+    cache = fill(build().eval(), examples(10), tmp_path)
+    manifest = json.loads((cache.folder / "manifest.json").read_text())
+    first, second = manifest["shards"][:2]
+    first["file"], second["file"] = second["file"], first["file"]     # swapped entries
+    (cache.folder / "manifest.json").write_text(json.dumps(manifest))
+    reread = StateCache(tmp_path, cache.key, cache.size)
+    with pytest.raises(CheckpointError, match="damaged"):
+        reread.read([0])

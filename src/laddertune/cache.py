@@ -10,15 +10,18 @@ backbone never runs again.
                  examples' inputs (token ids: they carry the tokenizer, the max length and the
                  data; and sentence pairs' segment ids, where the backbone reads them). Another
                  key is another folder: a stale cache is never read.
-    folder       <root>/<key>/: manifest.json, and shard-NNNNN.safetensors files each holding
+    folder       <root>/<key>/: manifest.json, and shard-<random>.safetensors files each holding
                  some examples: for stack s and state i a tensor ``s{s}.i{i}`` of their tokens one
                  after another (tokens, d), with ``s{s}.offsets`` (n + 1,) and ``examples`` (n,)
     writing      examples gather in memory and are written a shard at a time (temporary file,
                  then rename); a shard counts once the manifest lists it. A killed writer loses
-                 at most the unlisted examples, and `missing()` names them for the next run
+                 at most the unlisted examples, and `missing()` names them for the next run.
+                 Several runs may fill one cache at once: shard names never collide, and each
+                 writer merges its shard into the manifest on disk under a lock
     reading      only once the manifest says complete; each shard is read into memory once,
                  and a batch's examples are cut from it and right-padded with zeros (pad
-                 positions are never read: attention masks them and the loss ignores them)
+                 positions are never read: attention masks them and the loss ignores them);
+                 a shard whose examples are not those its manifest entry lists is refused
 
 Examples are right-padded batches of the model's inputs. Padding is not stored: an example keeps
 as many tokens as its attention mask has (decoder states: its labels, for text-to-text).
@@ -26,10 +29,13 @@ as many tokens as its attention mask has (decoder states: its labels, for text-t
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -183,13 +189,17 @@ class StateCache:
             for k, state in enumerate(inputs):
                 tensors[f"s{s}.i{state}"] = torch.cat(
                     [example[s][k] for _, example in self._pending]).contiguous()
-        name = f"shard-{len(self.manifest['shards']):05d}.safetensors"
+        # a name no other writer picks: runs of several methods may fill one cache at once
+        name = f"shard-{uuid.uuid4().hex[:16]}.safetensors"
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.folder / name, save(tensors))
-        self.manifest["shards"].append({"file": name,
-                                        "examples": [i for i, _ in self._pending]})
-        self.manifest["complete"] = len(self.stored()) == self.size
-        save_json(self.manifest, self.folder / MANIFEST)
+        with _locked(self.folder):
+            # what other writers listed since this one read the manifest stays listed
+            self.manifest = self._read_manifest()
+            self.manifest["shards"].append({"file": name,
+                                            "examples": [i for i, _ in self._pending]})
+            self.manifest["complete"] = len(self.stored()) == self.size
+            save_json(self.manifest, self.folder / MANIFEST)
         self._pending = []
         self._index = None
 
@@ -236,15 +246,31 @@ class StateCache:
         """A shard's tensors, read once and kept: later epochs read memory, not disk."""
         if file not in self._shards:
             try:
-                self._shards[file] = load_file(str(self.folder / file))
+                tensors = load_file(str(self.folder / file))
+                listed = next(shard["examples"] for shard in self.manifest["shards"]
+                              if shard["file"] == file)
+                if tensors["examples"].tolist() != listed:
+                    raise ValueError("other examples than its manifest entry lists")
             except Exception as err:  # noqa: BLE001 - any read failure is a damaged shard
                 raise CheckpointError(f"{self.folder / file} is damaged ({type(err).__name__});"
                                       f" delete {self.folder} to rebuild the cache") from None
+            self._shards[file] = tensors
         return self._shards[file]
 
     def delete(self) -> None:
         self._shards.clear()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """An exclusive lock on `folder`'s manifest, held while it is read, merged and written."""
+    with open(folder / ".lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def free_bytes(path: str | Path) -> int:

@@ -262,3 +262,12 @@ def test_filters_pick_cells_and_configurations():
     assert frontier.selected("lst-every@lora-time", ("lst-every@lora-time",))
     assert frontier.in_order(frontier.MINILM, ("lora", "lst-half", "lora-*")) == [
         "lora", "lst-half", "lora-top1", "lora-top2", "lora-tophalf", "lora-int8"]
+
+
+def test_top_k_baselines_run_on_the_cache_of_the_layers_below(tmp_path):
+    suite, _ = fake_suite(tmp_path, {})
+    files = {"train": "t.csv", "dev": "d.csv"}
+    flags = {name: suite.common(CELL, frontier.config(name, 4), files, 2)
+             for name in ("lora-top1", "full-tophalf", "lora", "lst-every", "lora-top2-int8")}
+    cached = {name for name, f in flags.items() if "--cache-backbone" in f}
+    assert cached == {"lora-top1", "full-tophalf", "lst-every"}

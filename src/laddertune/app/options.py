@@ -176,8 +176,10 @@ class TrainConfig:
         "memory falls with K (the paper's low-memory baselines). Default: every layer",
         metavar="K"))
     cache_backbone: bool = field(default=False, metadata=_flag(
-        "LST and probe only: store the frozen backbone's states the first time it computes "
-        "them, so later epochs, evaluations and runs on the same data never run it again"))
+        "LST, the probe, and --top-layers K: store the frozen backbone's states (for top K, "
+        "the state entering the top K layers, from the layers below in eval mode) the first "
+        "time it computes them, so later epochs, evaluations and runs on the same data never "
+        "run them again"))
     cache_dir: str | None = field(default=None, metadata=_flag(
         "where --cache-backbone keeps its caches, shared by runs (default: "
         "$LADDERTUNE_CACHE/states, ~/.cache/laddertune/states)", metavar="DIR",
@@ -265,11 +267,14 @@ class TrainConfig:
                              f"{self.model} is a local model; drop --revision")
         lst = self.lst_config(num_labels=2)   # a bad --lst-* value fails now, not after loading
         _check_backbone_dtype(self)
-        if self.cache_backbone and not self.method_entry.reads_backbone_states:
+        if (self.cache_backbone and not self.method_entry.reads_backbone_states
+                and self.top_layers is None):
             readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
                                   if m.reads_backbone_states)
-            raise UsageError(f"--cache-backbone is for {readers}: {self.method} trains "
-                             "through the backbone, whose states then change every step")
+            topk = ", ".join(m.name for m in REGISTRY.values() if m.top_layers)
+            raise UsageError(f"--cache-backbone is for {readers}, or {topk} with --top-layers "
+                             f"K: {self.method} at full depth trains through the backbone, "
+                             "whose states then change every step")
         if self.cache_backbone and lst.late_layers:
             raise UsageError("--cache-backbone stores what the ladders read, but the late "
                              "route runs the backbone's top layers on each call; drop "
@@ -301,10 +306,9 @@ class TrainConfig:
             able = ", ".join(m.name for m in REGISTRY.values() if m.top_layers)
             raise UsageError(f"--top-layers is for --method {able}, not {self.method}; drop it "
                              "or pick one of those")
-        if self.cache_backbone:
-            raise UsageError("--cache-backbone cannot serve --top-layers: laddertune does not "
-                             "feed cached states into a model's middle layers (rotary positions "
-                             "and attention masks differ by family); drop one of them")
+        if self.cache_backbone and self.backbone_dtype not in (None, "float32"):
+            raise UsageError(f"--cache-backbone with --top-layers caches float32 layers below, "
+                             f"not --backbone-dtype {self.backbone_dtype}; drop one of them")
 
     def _warn_unused(self) -> None:
         """Settings of another method or task than the one trained do nothing: say so once."""

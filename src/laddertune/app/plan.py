@@ -485,7 +485,9 @@ def run_plan(cfg, hf_config, max_length: int, num_labels: int, device: torch.dev
     length = max(lengths, default=max_length)
     batch = min(cfg.batch_size, len(train_set)) if train_set else cfg.batch_size
     eval_batch = min(cfg.eval_batch_size, len(eval_set)) if eval_set else cfg.eval_batch_size
-    cached = sum(lengths) if cfg.cache_backbone and entry.reads_backbone_states else 0
+    reads_cache = cfg.cache_backbone and (entry.reads_backbone_states
+                                          or cfg.top_layers is not None)
+    cached = sum(lengths) if reads_cache else 0      # top K: the one state entering them
     lst = cfg.lst_config(num_labels) if entry.reads_lst_settings else None
     return plan(hf_config, cfg.method, batch, length, cfg.backbone_dtype, num_labels,
                 cfg.reduction_factor, device.type, lst_config=lst, top_layers=cfg.top_layers,

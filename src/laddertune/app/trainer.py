@@ -394,6 +394,22 @@ class TrainingRun:
         cache once per batch for both."""
         self.train_states, self.eval_states = lead.train_states, lead.eval_states
 
+    def state_source(self):
+        """What computes the frozen states this run reads as given: the model (LST, the probe),
+        the layers below the top K (`--top-layers K --cache-backbone`), or None: the model runs
+        its backbone itself (the late route runs the backbone's top layers on each call)."""
+        if self.method.reads_backbone_states:
+            return self.model if getattr(self.model, "reads_given_states", True) else None
+        if not (self.cfg.cache_backbone and self.cfg.top_layers is not None):
+            return None
+        from . import top_layers
+        if not top_layers.restricts(top_layers.base_model(self.model), self.cfg.top_layers):
+            raise UsageError(f"--top-layers {self.cfg.top_layers} is every layer of this model: "
+                             "nothing below is frozen to cache; drop --cache-backbone or pass a "
+                             "smaller K")
+        top_layers.replay_cached_states(self.model, self.cfg.top_layers)
+        return top_layers.BelowTopLayers(self.model, self.cfg.top_layers)
+
     def build(self, backbone, write: bool = True) -> TrainingRun:
         """The model on `backbone`, its optimizer and, with `write`, the run folder."""
         cfg = self.cfg
@@ -401,16 +417,16 @@ class TrainingRun:
         self.model = build_model(backbone, cfg, self.task, self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
-        # the late route (LSTConfig.late_layers) runs the backbone's top layers itself
-        if self.method.reads_backbone_states and getattr(self.model, "reads_given_states", True):
+        source = self.state_source()
+        if source is not None:
             if cfg.cache_backbone and self.processes.world_size > 1:
                 raise UsageError("--cache-backbone runs in one process; drop it under torchrun "
                                  "or train on one device")
-            caches = ((open_cache(self.model, self.train_set, cfg, self.log, "training"),
-                       open_cache(self.model, self.eval_set, cfg, self.log, "eval"))
+            caches = ((open_cache(source, self.train_set, cfg, self.log, "training"),
+                       open_cache(source, self.eval_set, cfg, self.log, "eval"))
                       if cfg.cache_backbone else (None, None))
             self.train_states, self.eval_states = (
-                BackboneStates(self.model, cache, self.pad, cfg.eval_batch_size,
+                BackboneStates(source, cache, self.pad, cfg.eval_batch_size,
                                self.task.collate) for cache in caches)
         self.trainable, self.total = count_parameters(self.model)
         # optimizer steps: each takes --grad-accum-steps micro-batches (the last, what is left)
