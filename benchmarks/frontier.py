@@ -8,7 +8,8 @@ its top K layers (`--top-layers K --cache-backbone`); the others run `laddertune
 rate. Every run is scored on the test split by `laddertune eval` as soon as it finishes:
 
     rates     seed 0 at 3 learning rates, centred on the method's default rate
-              (`laddertune.app.methods.DEFAULT_LR`), a factor of about 3 apart
+              (`laddertune.app.methods.DEFAULT_LR`), a factor of about 3 apart; while the
+              best of them is the lowest or highest tried, one more past it (at most 2)
     seeds     seeds 1 and 2 at the best 2 of those rates (by seed 0's dev score)
     choose    the rate with the best 3-seed dev mean (accuracy, then macro-F1; for generation
               ROUGE-L, then the lower loss); test is never read to choose
@@ -59,6 +60,7 @@ from runner import (
 SEEDS = (0, 1, 2)
 EPOCHS = 3
 RATES_TRIED, RATES_KEPT = 3, 2
+EDGE_STEPS = 2                 # rates tried past the grid's edge while seed 0's best sits on it
 MIN_GENERATE_STEPS = 300       # the issue's floor for headline generation
 RESULTS, WORK = Path("benchmarks/results/frontier"), Path("runs/frontier")
 NO_RATE = ("probe",)           # chooses its own regularisation on dev, inside the run
@@ -235,6 +237,25 @@ def best_rates(first_seed: dict[float, dict], task: str, keep: int = RATES_KEPT)
     return sorted(first_seed, key=lambda lr: dev_rank([first_seed[lr]], task), reverse=True)[:keep]
 
 
+def edge_step(first_seed: dict[float, dict], task: str) -> float | None:
+    """The rate to try next when seed 0's best rate, strictly, is the lowest or highest tried
+    (one step past it on the 1-3-10 ladder), while fewer than `EDGE_STEPS` such steps were
+    taken; None when the best lies inside the rates tried, ties, or the steps are spent. A
+    grid centred on each method's default put LST's best at its low edge and the baselines'
+    at their high edge on most cells: a choice on the edge is not a tuned rate."""
+    rates = sorted(lr for lr in first_seed if lr is not None)
+    if len(rates) < 2 or len(rates) >= RATES_TRIED + EDGE_STEPS:
+        return None
+    best, second = best_rates(first_seed, task, keep=2)
+    if dev_rank([first_seed[best]], task) == dev_rank([first_seed[second]], task):
+        return None                       # a tie: the edge is not better than the inside
+    if best == rates[0]:
+        return next_rate(best, up=False)
+    if best == rates[-1]:
+        return next_rate(best, up=True)
+    return None
+
+
 def choose(records: list[dict], task: str, rates_needed: int = 1,
            seeds=SEEDS) -> dict | None:
     """The chosen rate of one configuration and its seeds' runs, from its finished runs; None
@@ -244,7 +265,10 @@ def choose(records: list[dict], task: str, rates_needed: int = 1,
     rates = sorted({r["lr"] for r in records if r["seed"] == seeds[0]}, key=str)
     if not rates or len(rates) < rates_needed:
         return None
-    kept = best_rates({lr: by[(lr, seeds[0])] for lr in rates}, task)
+    first = {lr: by[(lr, seeds[0])] for lr in rates}
+    if rates_needed > 1 and edge_step(first, task) is not None:
+        return None                       # seed 0's best is on the edge: a rate past it is due
+    kept = best_rates(first, task)
     if any((lr, s) not in by for lr in kept for s in seeds):
         return None
     chosen = max(kept, key=lambda lr: dev_rank([by[(lr, s)] for s in seeds], task))
@@ -297,6 +321,8 @@ class Frontier:
         else:
             rates = (one_rate()[cfg.method],) if backbone.one_rate else rate_grid(cfg.method)
             first = self.runs(cell, cfg, rates, SEEDS[0])
+            while not backbone.one_rate and (step := edge_step(first, dataset.task)) is not None:
+                first.update(self.runs(cell, cfg, [step], SEEDS[0]))
             kept = best_rates(first, dataset.task)
             for seed in SEEDS[1:]:
                 self.runs(cell, cfg, kept, seed)

@@ -39,7 +39,9 @@ CONFIGS = {
     "full": ("full", ()),
 }
 SHAPES = ((16, 64), (32, 128))
-ALLOCATORS = {"default": {}, "returning": {"MALLOC_MMAP_THRESHOLD_": "131072"}}
+ALLOCATORS = {"default": {}, "returning": {"MALLOC_MMAP_THRESHOLD_": "131072"},
+              # large blocks only (>= 4 MiB) returned: what a user could set at little cost
+              "returning-4m": {"MALLOC_MMAP_THRESHOLD_": str(4 * 2**20)}}
 TWEETS_PER_TEXT = 8
 PLAN_LINE = re.compile(r"^plan: .* should peak at ([\d,.]+) MiB above the runtime \((.*)\)")
 PART = re.compile(r"(weights|activations|gradients and AdamW|working set|eval|cached states) "

@@ -368,3 +368,18 @@ def test_a_replay_that_differs_from_the_live_model_is_refused_in_one_line(monkey
     replay_cached_states(model, 3)
     with pytest.raises(LSTConfigError, match="cannot replay cached states into this gemma2"):
         source.backbone_states(**batch)
+
+
+def test_a_cached_top_k_run_killed_mid_epoch_completes_its_cache_on_resume(
+        files, tmp_path, monkeypatch, capsys):
+    from cli_helpers import interrupt_at_step
+    states = tmp_path / "states"
+    interrupt_at_step(monkeypatch, 3)
+    out = tmp_path / "killed"
+    assert _cached_run(files, out, states, "--save-every", "2") == 130
+    monkeypatch.undo()
+    assert _cached_run(files, out, states, "--save-every", "2", "--resume") == 0
+    manifests = [json.loads(p.read_text()) for p in states.glob("*/manifest.json")]
+    assert manifests and all(m["complete"] for m in manifests)
+    train_manifest = next(m for m in manifests if m["size"] == 32)
+    assert sorted(i for s in train_manifest["shards"] for i in s["examples"]) == list(range(32))

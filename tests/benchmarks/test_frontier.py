@@ -14,6 +14,7 @@ from tiny_models import save_tiny_text_model, topic_rows, write_csv
 
 CELL = ("tiny", "topics")
 A, B, C = frontier.rate_grid("lora")     # the three rates lora tries, low to high
+BELOW_A = frontier.next_rate(A, up=False)
 
 
 def fake_suite(tmp_path, dev, test=None, configs=("lora",), **kw) -> tuple[Frontier, list]:
@@ -50,12 +51,14 @@ MIB = {"lora": 300, "lst": 40, "probe": 1, "full": 900}
 def test_three_rates_on_seed_zero_then_three_seeds_at_the_best_two_chosen_on_the_dev_mean(
         tmp_path):
     # seed 0 ranks A > B > C; over 3 seeds B's dev mean beats A's. Test would pick A.
-    dev = {(A, 0): 0.80, (B, 0): 0.78, (C, 0): 0.70,
+    # (A is the lowest rate, so the edge rule tries one below it, which does worse)
+    dev = {(A, 0): 0.80, (B, 0): 0.78, (C, 0): 0.70, (BELOW_A, 0): 0.6,
            (A, 1): 0.70, (A, 2): 0.70, (B, 1): 0.79, (B, 2): 0.79}
     test = {(A, s): 0.99 for s in range(3)}
     suite, calls = fake_suite(tmp_path, dev, test)
     chosen = suite.tune(CELL, "lora")
-    assert calls == [("lora", [A, B, C], 0, 2), ("lora", [A, B], 1, 2), ("lora", [A, B], 2, 2)]
+    assert calls == [("lora", [A, B, C], 0, 2), ("lora", [BELOW_A], 0, 2),
+                     ("lora", [A, B], 1, 2), ("lora", [A, B], 2, 2)]
     assert chosen["lr"] == B and chosen["rates_kept"] == [A, B]
     assert [r["seed"] for r in chosen["runs"]] == [0, 1, 2]
     assert [r["test"]["accuracy"] for r in chosen["runs"]] == pytest.approx([0.22, 0.21, 0.21])
@@ -271,3 +274,26 @@ def test_top_k_baselines_run_on_the_cache_of_the_layers_below(tmp_path):
              for name in ("lora-top1", "full-tophalf", "lora", "lst-every", "lora-top2-int8")}
     cached = {name for name, f in flags.items() if "--cache-backbone" in f}
     assert cached == {"lora-top1", "full-tophalf", "lst-every"}
+
+
+def test_a_best_rate_on_the_grids_edge_is_followed_past_it_at_most_twice(tmp_path):
+    up1, up2 = frontier.next_rate(C, up=True), frontier.next_rate(frontier.next_rate(C, True), True)
+    # seed 0 keeps improving upward: two steps past C, then it stops and seeds follow
+    dev = {(A, 0): 0.6, (B, 0): 0.7, (C, 0): 0.8, (up1, 0): 0.85, (up2, 0): 0.9}
+    suite, calls = fake_suite(tmp_path, dev)
+    chosen = suite.tune(CELL, "lora")
+    assert calls[:3] == [("lora", [A, B, C], 0, 2), ("lora", [up1], 0, 2),
+                         ("lora", [up2], 0, 2)]
+    assert calls[3:] == [("lora", [up2, up1], 1, 2), ("lora", [up2, up1], 2, 2)]
+    assert chosen["rates_tried"] == sorted([A, B, C, up1, up2], key=str)
+
+
+def test_the_edge_rule_stops_inside_and_a_pending_step_leaves_no_choice(tmp_path):
+    inside = {lr: {"dev": {"accuracy": acc, "macro_f1": acc}} for lr, acc in
+              ((A, 0.7), (B, 0.8), (C, 0.75))}
+    assert frontier.edge_step(inside, "classify") is None
+    on_edge = {**inside, C: {"dev": {"accuracy": 0.9, "macro_f1": 0.9}}}
+    assert frontier.edge_step(on_edge, "classify") == frontier.next_rate(C, up=True)
+    records = [{"lr": lr, "seed": s, **r} for lr, r in on_edge.items() for s in range(3)]
+    assert frontier.choose(records, "classify", rates_needed=3) is None
+    assert frontier.choose(records, "classify", rates_needed=1) is not None
