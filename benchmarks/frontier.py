@@ -3,9 +3,9 @@
 For each cell of `GRID` (a backbone and a data set) and each method configuration in it, the
 product itself trains and scores. A method that reads the frozen backbone's states (the
 registry's `reads_backbone_states`: LST, the probe) runs on the backbone cache, and its rates of
-one seed train together in one `laddertune sweep`; a top-K baseline caches the state entering
-its top K layers (`--top-layers K --cache-backbone`); the others run `laddertune train` once per
-rate. Every run is scored on the test split by `laddertune eval` as soon as it finishes:
+one seed train together in one `laddertune sweep`; so do a top-K baseline's, on the cached state
+entering its top K layers (`--top-layers K --cache-backbone`); the others run `laddertune train`
+once per rate. Every run is scored on the test split by `laddertune eval` as soon as it finishes:
 
     rates     seed 0 at 3 learning rates, centred on the method's default rate
               (`laddertune.app.methods.DEFAULT_LR`), a factor of about 3 apart; while the
@@ -404,7 +404,7 @@ class Frontier:
         files = self.data(cell[1])
         out = self.work / cell[0] / cell[1] / cfg.name / f"s{seed}-e{epochs}"
         args = [*self.common(cell, cfg, files, epochs), "--seed", seed]
-        sweep = cfg.cacheable and reads_backbone_states(cfg.method)
+        sweep = cfg.cacheable and (reads_backbone_states(cfg.method) or caches_below(cfg))
         if sweep and cfg.has_rate and len(lrs) > 1:
             grid = ",".join(f"{lr:g}" for lr in lrs)
             command = ["sweep", *args, "--output", out, "--overwrite", "--grid", f"lr={grid}"]

@@ -383,3 +383,21 @@ def test_a_cached_top_k_run_killed_mid_epoch_completes_its_cache_on_resume(
     assert manifests and all(m["complete"] for m in manifests)
     train_manifest = next(m for m in manifests if m["size"] == 32)
     assert sorted(i for s in train_manifest["shards"] for i in s["examples"]) == list(range(32))
+
+
+def test_a_top_k_sweep_trains_each_rate_as_a_cached_run_alone(files, tmp_path, capsys):
+    common = ["--model", str(files / "tiny"), "--train", str(files / "train.csv"), "--eval",
+              str(files / "eval.csv"), "--method", "lora", "--top-layers", "1", "--epochs", "2",
+              "--cache-backbone", "--cache-dtype", "float32", "--cache-dir",
+              str(tmp_path / "states"), "--device", "cpu", "--no-progress", "--batch-size", "8"]
+    assert main(["sweep", *common, "--output", str(tmp_path / "sweep"),
+                 "--grid", "lr=3e-3,1e-2"]) == 0
+    assert main(["train", *common, "--lr", "1e-2", "--output", str(tmp_path / "alone")]) == 0
+    swept = json.loads((tmp_path / "sweep" / "lr-0.01" / "metrics.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "metrics.json").read_text())
+    assert swept["eval"]["loss"] == pytest.approx(alone["eval"]["loss"], rel=1e-4, abs=1e-5)
+    assert swept["eval"]["accuracy"] == alone["eval"]["accuracy"]
+    capsys.readouterr()
+    assert main(["sweep", *common, "--output", str(tmp_path / "seeds"), "--grid",
+                 "seed=0,1"]) == 2
+    assert "sweep seeds in separate sweeps" in capsys.readouterr().err

@@ -6,6 +6,11 @@ once, builds K LST models on that one backbone (it is never changed), and for ea
 computes the states once (or reads them from the cache) and takes one optimizer step of each
 model on them. Evaluation shares the states the same way.
 
+A top-K baseline (`--top-layers K --cache-backbone`) sweeps the same way: the layers below
+its top K are frozen, so their output, read once per batch, serves every configuration. Each
+configuration builds on its own copy of the loaded model (the method changes it), from the
+random state right after loading, as a run alone does; seeds are swept in separate sweeps.
+
 Each configuration is a `TrainingRun` of its own, writing a complete run folder (loadable by
 `eval` and `predict`) under the sweep's folder; the sweep adds sweep.json, summary.md and
 sweep.png, and names the best configuration by its accuracy on the eval (dev) split.
@@ -20,6 +25,7 @@ stream, so they match a run alone in distribution, not bit for bit.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -95,11 +101,20 @@ def configurations(base: TrainConfig, grid: dict[str, list]) -> list[tuple[str, 
 
 def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
     """Train every configuration of `grid` on `base`; the summary, with the best on eval."""
-    if not get_method(base.method).reads_backbone_states:
+    top_k = base.top_layers is not None    # the layers below the top K, shared (cached)
+    if not (get_method(base.method).reads_backbone_states or top_k):
         readers = " or ".join(f"--method {m.name}" for m in REGISTRY.values()
                               if m.reads_backbone_states)
         raise UsageError(f"a sweep shares the backbone's states between configurations, which "
-                         f"only {readers} reads; {base.method} cannot sweep this way")
+                         f"only {readers}, or a method with --top-layers K and "
+                         f"--cache-backbone, reads; {base.method} cannot sweep this way")
+    if top_k and not base.cache_backbone:
+        raise UsageError("a sweep of --top-layers K shares the layers below through their "
+                         "cache; add --cache-backbone")
+    if top_k and "seed" in grid:
+        raise UsageError("a sweep of --top-layers K builds every configuration from one loaded "
+                         "model, whose new head the sweep's --seed drew; sweep seeds in "
+                         "separate sweeps (one --seed each)")
     if get_method(base.method).fit is not None:
         raise UsageError(f"--method {base.method} is fitted once and chooses its own "
                          "regularisation on the eval set (see metrics.json's \"fit\"); train "
@@ -118,9 +133,17 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
         backbone = lead.load()
         for run in runs[1:]:
             run.share_data(lead)
-        for run in runs:
-            seed_everything(run.cfg.seed)    # as a run of its own: its seed, then its model
-            run.build(backbone)
+        # LST never changes the backbone, so its models share one; a top-K method changes the
+        # task model it is given (PEFT's layers, frozen flags), so each gets its own copy
+        backbones = [backbone] + [copy.deepcopy(backbone) if top_k else backbone
+                                  for _ in runs[1:]]
+        loaded = _random_state()             # a top-K run alone builds right after loading
+        for run, own in zip(runs, backbones):
+            if top_k:
+                _set_random_state(loaded)
+            else:
+                seed_everything(run.cfg.seed)    # as a run of its own: its seed, then its model
+            run.build(own)
             run.share_backbone_states(lead)
         _check_shared_states(runs)
         log(f"sweep of {len(runs)} configurations on {base.model}: {len(lead.train_set)} train / "
@@ -156,8 +179,26 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
     return _summarize(base, grid, configs, results, log)
 
 
+def _random_state() -> tuple:
+    import random
+
+    import numpy as np
+    import torch
+    return random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+
+
+def _set_random_state(state: tuple) -> None:
+    import random
+
+    import numpy as np
+    import torch
+    random.setstate(state[0])
+    np.random.set_state(state[1])
+    torch.random.set_rng_state(state[2])
+
+
 def _check_shared_states(runs: list[TrainingRun]) -> None:
-    reads = {tuple(tuple(run.model.ladder_inputs(i)) for i in range(len(run.model.stacks)))
+    reads = {tuple(tuple(run.source.ladder_inputs(i)) for i in range(len(run.source.stacks)))
              for run in runs}
     if len(reads) != 1:   # an internal invariant: VARIED_LST keeps the states alike
         raise RuntimeError(f"sweep configurations read different backbone states: {reads}")
@@ -180,7 +221,7 @@ def _summarize(base, grid, configs, results, log) -> dict:
     summary = {"base": dataclasses.asdict(base), "grid": grid, "runs": rows,
                "best": best["name"], "chosen_on": "eval split accuracy (ties: macro-F1, loss)"}
     save_json(summary, folder / "sweep.json")
-    lines = [f"# Sweep: {len(rows)} configurations of LST on {base.model}", "",
+    lines = [f"# Sweep: {len(rows)} configurations of {base.method} on {base.model}", "",
              f"Best on the eval split: **{best['name']}** ({best['folder']}).", "",
              "| configuration | " + " | ".join(grid) + " | eval accuracy | macro-F1 | loss |",
              "|---|" + "---|" * (len(grid) + 3)]

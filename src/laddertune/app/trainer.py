@@ -417,7 +417,7 @@ class TrainingRun:
         self.model = build_model(backbone, cfg, self.task, self.train_set)
         self.model.to(self.device).train()
         self.train_states = self.eval_states = None
-        source = self.state_source()
+        self.source = source = self.state_source()
         if source is not None:
             if cfg.cache_backbone and self.processes.world_size > 1:
                 raise UsageError("--cache-backbone runs in one process; drop it under torchrun "
