@@ -142,6 +142,7 @@ class Config:
     method: str
     flags: tuple = ()
     arm_of: str | None = None    # the equal-wall-clock arm: the configuration it retrains
+    dtype_of: str | None = None  # NAME-DTYPE: NAME on a reduced backbone, paired with NAME
     cacheable: bool = True       # False: trains backbone layers, so reads no cached states
 
     @property
@@ -165,7 +166,9 @@ DESIGNS = {
 NOT_CACHEABLE = ("lst-late",)
 
 # NAME-SUFFIX: configuration NAME on a backbone stored in that dtype (--backbone-dtype); LoRA's
-# is QLoRA at nf4. Not cached: a sweep shares one backbone, which a pruned LST converts.
+# is QLoRA at nf4. Paired with NAME: NAME's chosen rate, its 3 seeds, the same flags, so the
+# seeds' differences measure what the dtype costs. One rate per run, so never a sweep (a sweep
+# shares one backbone, which a pruned LST converts); LST's cache is keyed by the dtypes.
 BACKBONE_DTYPES = {"-bf16": "bfloat16", "-int8": "int8", "-nf4": "nf4"}
 
 
@@ -183,7 +186,9 @@ def config(name: str, layers: int) -> Config:
     for suffix, dtype in BACKBONE_DTYPES.items():
         if name.endswith(suffix):
             base = config(name[:-len(suffix)], layers)
-            return dataclasses.replace(base, name=name, cacheable=False,
+            # a top-K cache holds float32 layers below: a reduced one runs them live
+            return dataclasses.replace(base, name=name, dtype_of=base.name,
+                                       cacheable=base.cacheable and not caches_below(base),
                                        flags=(*base.flags, "--backbone-dtype", dtype))
     method, _, depth = name.partition("-")
     if depth.startswith("top"):
@@ -315,6 +320,13 @@ class Frontier:
         cfg = config(name, backbone.layers)
         if cfg.arm_of:
             return self.equal_time(cell, cfg)
+        if cfg.dtype_of:
+            base = self.tune(cell, cfg.dtype_of)
+            if base is None:
+                return None
+            for seed in SEEDS:
+                self.runs(cell, cfg, [base["lr"]], seed)
+            return choose(self.records(cell, name), dataset.task)
         if not cfg.has_rate:
             for seed in SEEDS:
                 self.runs(cell, cfg, [None], seed)
@@ -330,7 +342,8 @@ class Frontier:
 
     def rates_needed(self, cell: tuple, name: str) -> int:
         cfg = config(name, self.backbones[cell[0]].layers)
-        one = cfg.arm_of or not cfg.has_rate or self.backbones[cell[0]].one_rate
+        one = (cfg.arm_of or cfg.dtype_of or not cfg.has_rate
+               or self.backbones[cell[0]].one_rate)
         return 1 if one else RATES_TRIED
 
     def equal_time(self, cell: tuple, cfg: Config) -> dict | None:
@@ -628,6 +641,10 @@ def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list) -> list
         if r["budget_seconds"] is not None:
             lines.append(f"{name}: {r['epochs']} epochs on the cached backbone, as many as fit "
                          f"in LoRA's {r['budget_seconds']:.0f} s of training.")
+    for name in rows:
+        cfg = config(name, suite.backbones[cell[0]].layers)
+        if cfg.dtype_of in rows:
+            lines.append(paired_sentence(suite, cell, cfg, task))
     commands = {n: [str(rec.get("command", "")) for rec in suite.records(cell, n)] for n in rows}
     live = [n for n, seen in commands.items()
             if any("--top-layers" in c and "--cache-backbone" not in c for c in seen)]
@@ -646,6 +663,25 @@ def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list) -> list
         _plot(points, front, f"{cell[0]} on {cell[1]}", metric, plot)
         lines.append(f"![Pareto front]({plot.name})")
     return lines + [""]
+
+
+def paired_sentence(suite: Frontier, cell: tuple, cfg: Config, task: str) -> str:
+    """What the reduced backbone costs `cfg.dtype_of`: per seed, the test score's difference at
+    the same rate and flags, and their mean (the low-precision issue's bar: within 0.5)."""
+    metric = "rouge_l" if task == "generate" else "accuracy"
+    base = choose(suite.records(cell, cfg.dtype_of), task, suite.rates_needed(cell, cfg.dtype_of))
+    mine = {r["seed"]: r for r in suite.records(cell, cfg.name) if r["lr"] == base["lr"]}
+    pairs = [(s, 100 * (mine[s]["test"][metric] - r["test"][metric]),
+              100 * (mine[s]["dev"][metric] - r["dev"][metric]))
+             for s, r in ((r["seed"], r) for r in base["runs"]) if s in mine]
+    if not pairs:
+        return f"{cfg.name}: no run at {cfg.dtype_of}'s rate yet."
+    test = statistics.mean(d for _, d, _ in pairs)
+    dev = statistics.mean(d for _, _, d in pairs)
+    verdict = "within" if abs(test) <= 0.5 and abs(dev) <= 0.5 else "outside"
+    return (f"{cfg.name} against {cfg.dtype_of}, paired by seed at lr {base['lr']:g}: test "
+            f"{test:+.2f} points (" + ", ".join(f"seed {s} {d:+.2f}" for s, d, _ in pairs)
+            + f"), dev {dev:+.2f}: {verdict} 0.5 points.")
 
 
 def _num(value) -> str:

@@ -194,10 +194,11 @@ def test_configuration_names_become_flags(name, flags):
     assert frontier.config(name, 12).flags == flags
 
 
-def test_a_backbone_dtype_suffix_keeps_the_method_and_is_not_cached():
+def test_a_backbone_dtype_suffix_keeps_the_method_and_pairs_with_its_base():
     lora = frontier.config("lora-int8", 12)
-    assert (lora.method, lora.cacheable, lora.arm_of) == ("lora", False, None)
-    assert not frontier.config("lst-every-int8", 12).cacheable
+    assert (lora.method, lora.arm_of, lora.dtype_of) == ("lora", None, "lora")
+    assert frontier.config("lst-every-int8", 12).cacheable          # keyed by the dtypes
+    assert not frontier.config("lora-top2-int8", 12).cacheable      # float32 layers below
     arm = frontier.config(f"lora-int8{frontier.ARM}", 12)
     assert (arm.method, arm.arm_of, arm.flags) == ("lora", "lora-int8",
                                                     ("--backbone-dtype", "int8"))
@@ -297,3 +298,14 @@ def test_the_edge_rule_stops_inside_and_a_pending_step_leaves_no_choice(tmp_path
     records = [{"lr": lr, "seed": s, **r} for lr, r in on_edge.items() for s in range(3)]
     assert frontier.choose(records, "classify", rates_needed=3) is None
     assert frontier.choose(records, "classify", rates_needed=1) is not None
+
+
+def test_a_reduced_backbone_runs_paired_at_its_bases_chosen_rate(tmp_path):
+    dev = {(A, 0): 0.6, (B, 0): 0.8, (C, 0): 0.7, (A, 1): 0.6, (A, 2): 0.6,
+           (B, 1): 0.8, (B, 2): 0.8}
+    suite, calls = fake_suite(tmp_path, dev, configs=("lora", "lora-int8"))
+    suite.tune(CELL, "lora-int8")
+    assert calls[-3:] == [("lora-int8", [B], s, 2) for s in range(3)]
+    assert suite.rates_needed(CELL, "lora-int8") == 1
+    report = frontier.write_report(suite).read_text()
+    assert "lora-int8 against lora, paired by seed at lr 0.0003: test +0.00 points" in report
