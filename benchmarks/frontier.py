@@ -111,8 +111,9 @@ MINILM = ("probe", "lst-every", "lst-half", "lst-quarter",
           "full-top1", "full-top2", "full-tophalf", "lora-top1", "lora-top2", "lora-tophalf",
           "adapter-top1", "adapter-top2", "adapter-tophalf", "lora", "full",
           f"lst-every{ARM}",
-          # LoRA on the int8 backbone LST can use: the fair baseline at that dtype
-          "lora-int8",
+          # LoRA on the int8 backbone LST can use: the fair baseline at that dtype; LST on a
+          # bfloat16 and an int8 backbone, paired with LST's float32 runs
+          "lora-int8", "lst-every-bf16", "lst-every-int8",
           # the side-network designs screened on MiniLM (`DESIGNS`)
           "lst-headgate", "lst-qst", "lst-xladder", "lst-wide", "lst-late")
 SMALLER = ("probe", "lst", "lora-top1", "lora-tophalf", "lora", f"lst{ARM}")
