@@ -604,11 +604,22 @@ def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list) -> list
     rows = {}
     for name in names:
         records = suite.records(cell, name)
-        choice = choose(records, task, suite.rates_needed(cell, name)) if records else None
+        needed = suite.rates_needed(cell, name)
+        choice = choose(records, task, needed) if records else None
+        on_edge = False
+        if choice is None and records:
+            # every rate of the grid run, seeds at the best 2, but seed 0's best on the edge:
+            # shown, marked, until the rate past it has run
+            choice = choose(records, task, 1)
+            on_edge = choice is not None and len(choice["rates_tried"]) >= needed
+            choice = choice if on_edge else None
         if choice is None:
             missing.append(f"{'/'.join(cell)} {name}: {len(records)} runs finished")
         else:
-            rows[name] = summarize(choice, task)
+            rows[name] = {**summarize(choice, task), "on_edge": on_edge}
+            if on_edge:
+                missing.append(f"{'/'.join(cell)} {name}: the rate past seed 0's best "
+                               "(on the grid's edge) is still to run")
     points = {n: (r["training_mib"], r["test_mean"]) for n, r in rows.items()
               if r["training_mib"] is not None}
     front = pareto_front(points)
@@ -632,9 +643,13 @@ def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list) -> list
             f"{r['dev_mean']:.2f} | {r['drop']:+.2f} | {r['test_loss']:.4f} | "
             f"{_num(r['training_mib'])} | {_num(r['frozen_mib'])} | {_num(r['peak_rss_mb'])} | "
             f"{_num(r['train_seconds'])}{'*' if r['shared'] else ''} | "
-            f"{'own (dev)' if r['lr'] is None else format(r['lr'], 'g')} | {r['epochs']} | "
+            f"{'own (dev)' if r['lr'] is None else format(r['lr'], 'g')}"
+            f"{' †' if r.get('on_edge') else ''} | {r['epochs']} | "
             f"{mark} |")
     lines += ["", budget_sentence(points, front)]
+    if any(r.get("on_edge") for r in rows.values()):
+        lines.append("lr marked † is the lowest or highest rate tried on seed 0 and the best "
+                     "there: the rate one step past it is still to run, so that row may move.")
     if any(r["shared"] for r in rows.values()):
         lines.append("train s marked * is that of a `laddertune sweep`: the whole sweep's loop, "
                      "shared by the configurations it trained together.")

@@ -109,6 +109,23 @@ def test_the_cache_and_the_eval_batch_count_in_the_peak():
     assert wide.eval_bytes > plain.eval_bytes and wide.total_bytes > plain.total_bytes
 
 
+def test_a_cached_top_k_run_counts_the_one_state_it_caches(tmp_path):
+    from types import SimpleNamespace
+
+    from laddertune.app.plan import run_plan
+    top = plan(CONFIG, "lora", 8, 64, top_layers=1, cached_tokens=1000)
+    assert top.cache_bytes == 1000 * CONFIG.hidden_size * 1 * 2   # the state entering layer L-K
+    class Tokenized(list):               # what run_plan reads of an encoded set
+        input_ids = property(lambda self: list(self))
+
+    train_set = Tokenized([[1] * 10] * 30)
+    cfg = SimpleNamespace(method="lora", batch_size=8, eval_batch_size=8, cache_backbone=True,
+                          top_layers=1, backbone_dtype="float32", reduction_factor=8,
+                          cache_dtype="float16", lst_config=None)
+    cached = run_plan(cfg, CONFIG, 64, 2, torch.device("cpu"), train_set)
+    assert cached.cache_bytes == 300 * CONFIG.hidden_size * 2
+
+
 def test_sizes_parse_in_both_units():
     assert parse_bytes("8GiB") == 8 * 2**30 and parse_bytes("512 MB") == 512 * 10**6
     with pytest.raises(ValueError):
