@@ -115,7 +115,7 @@ MINILM = ("probe", "lst-every", "lst-half", "lst-quarter",
           # bfloat16 and an int8 backbone, paired with LST's float32 runs
           "lora-int8", "lst-every-bf16", "lst-every-int8",
           # the side-network designs screened on MiniLM (`DESIGNS`)
-          "lst-headgate", "lst-qst", "lst-xladder", "lst-wide", "lst-late")
+          "lst-headgate", "lst-updefault", "lst-qst", "lst-xladder", "lst-wide", "lst-late")
 SMALLER = ("probe", "lst", "lora-top1", "lora-tophalf", "lora", f"lst{ARM}")
 GRID = {
     ("minilm", "bbc-news"): MINILM,
@@ -158,6 +158,9 @@ class Config:
 # the late route (top 2 layers trained, so it cannot read cached states).
 DESIGNS = {
     "lst-headgate": ("--lst-head-gate", "true"),
+    # the default's up-projection starts at std 0.01 (`up_init="auto"`): on the pairs the
+    # head sat at chance for 1-2 epochs; PyTorch's default start, as QST's, alone
+    "lst-updefault": ("--lst-up-init", "default"),
     "lst-qst": ("--lst-ladder-rank", "16", "--lst-gate-per-channel", "true",
                 "--lst-head-gate", "true", "--lst-up-init", "default"),
     "lst-xladder": ("--lst-xladder-depth", "2"),
