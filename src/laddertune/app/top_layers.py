@@ -186,15 +186,10 @@ class BelowTopLayers:
         what they compute live: compared once, on the first batch, in eval mode. A family whose
         layers read something by their place in the list that `cut_layers` does not follow
         would otherwise train on wrong states without a word."""
-        modes = [(module, module.training) for module in self.model.modules()]
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                live = self.model(**inputs).logits.float()
-                replayed = self.model(**inputs, backbone_hidden_states=states).logits.float()
-        finally:
-            for module, mode in modes:
-                module.training = mode
+        from ..model import frozen  # here: the CLI imports this file at start-up
+        with frozen(self.model):
+            live = self.model(**inputs).logits.float()
+            replayed = self.model(**inputs, backbone_hidden_states=states).logits.float()
         mask = inputs.get("attention_mask")
         if live.dim() == 3 and mask is not None:         # per-token logits: real tokens only
             live, replayed = live[mask.bool()], replayed[mask.bool()]
@@ -228,17 +223,15 @@ class BelowTopLayers:
             caught.append(args[0] if args else kwargs["hidden_states"])
             raise _Reached
 
+        from ..model import frozen  # here: the CLI imports this file at start-up
         handle = self.first_top.register_forward_pre_hook(catch, with_kwargs=True)
-        modes = [(module, module.training) for module in stack.modules()]
-        stack.eval()
         try:
-            stack(**inputs, return_dict=True)
+            with frozen(stack):
+                stack(**inputs, return_dict=True)
         except _Reached:
             pass
         finally:
             handle.remove()
-            for module, mode in modes:
-                module.training = mode
         states = ((None,) * self.index + (caught[0],) + (None,) * (self.depth - self.index),)
         if not self.checked:
             self.check_replay({k: v for k, v in inputs.items() if v is not None}, states)
