@@ -72,6 +72,9 @@ class Backbone:
     model: str                 # --model
     layers: int                # L: top-K's L/2, LST's half and quarter
     one_rate: bool = False     # each method at one rate (`ONE_RATE`), seeds only
+    # its LST classification rows began before 2026-12-07 with the up-projection's std-0.01
+    # start (auto's then) and keep it; lst-updefault measures today's default beside them
+    small_up_start: bool = False
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,7 @@ class Dataset:
     write: object = write_data                       # (spec, folder, train_cap) -> paths
 
 
-BACKBONES = {"minilm": Backbone("minilm", 6), "mpnet": Backbone("mpnet", 12),
+BACKBONES = {"minilm": Backbone("minilm", 6, small_up_start=True), "mpnet": Backbone("mpnet", 12),
              "smollm2": Backbone("smollm2", 30, one_rate=True)}
 
 DATASETS = {
@@ -440,9 +443,7 @@ class Frontier:
     def common(self, cell, cfg: Config, files: dict, epochs: int) -> list:
         """The flags every run of `cfg` in `cell` shares."""
         backbone, dataset = self.backbones[cell[0]], self.datasets[cell[1]]
-        # LST's classification rows were measured with the up-projection's std-0.01 start,
-        # auto's before 2026-12-07: they keep it, and lst-updefault measures today's default
-        pinned = (cfg.method == "lst" and dataset.task == "classify"
+        pinned = (backbone.small_up_start and cfg.method == "lst" and dataset.task == "classify"
                   and cfg.name != "lst-updefault" and not any(
                       flag in cfg.flags for flag in ("--lst-up-init", "--lst-preset")))
         small = ["--lst-up-init", "small"] if pinned else []

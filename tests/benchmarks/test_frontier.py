@@ -38,7 +38,8 @@ def fake_suite(tmp_path, dev, test=None, configs=("lora",), **kw) -> tuple[Front
                        "epochs": epochs}
         return out.items()
     suite = Frontier(tmp_path / "results", tmp_path / "work", epochs=2, log=lambda *a: None,
-                     backbones={"tiny": Backbone("tiny", 4)},
+                     backbones={"tiny": Backbone("tiny", 4, small_up_start=True),
+                                "wide": Backbone("wide", 8)},
                      datasets={"topics": Dataset(DataSpec("topics", 10, 10, None, 32))},
                      grid={CELL: configs}, **kw)
     suite.train = train.__get__(suite)
@@ -321,3 +322,7 @@ def test_lst_rows_keep_the_up_start_they_were_measured_with(tmp_path):
     assert up("lst-every") == up("lst-headgate") == up("lst-every-bf16") == "small"
     assert up("lst-updefault") == up("lst-qst") == "default"
     assert up("lst-late") is None and up("lora-top1") is None
+    # the other backbones' rows began after the default changed, and run it
+    flags = [str(f) for f in suite.common(("wide", CELL[1]), frontier.config("lst", 8),
+                                          files, 2)]
+    assert "--lst-up-init" not in flags
