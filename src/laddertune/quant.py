@@ -182,11 +182,18 @@ def convert_task_model(task_model: nn.Module, storage: str,
     remember_fingerprint(base, original)
     if storage == "nf4":
         task_model.is_loaded_in_4bit = True   # what peft reads to wrap bitsandbytes layers
-    if not lm and compute == "bfloat16":
-        for head in task_model.children():
-            if head is not base:
-                head.register_forward_pre_hook(_to_float32)
+    if not lm:
+        fp32_head(task_model, compute)
     return compute
+
+
+def fp32_head(task_model: nn.Module, compute: str) -> None:
+    """A classification head trains in fp32: when the backbone computes in bf16, the head's
+    modules read its states cast to fp32."""
+    if compute == "bfloat16":
+        for head in task_model.children():
+            if head is not task_model.base_model:
+                head.register_forward_pre_hook(_to_float32)
 
 
 def _to_float32(module: nn.Module, args):
