@@ -18,6 +18,7 @@ the blocks), so a full second copy of the weights never exists. The side network
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -35,6 +36,23 @@ from .errors import LSTConfigError
 # Fingerprints of backbones as loaded, taken before conversion: a converted backbone's weights
 # are no longer the original ones it must be recognised by.
 _ORIGINAL_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DEFERRED = [False]    # inside `conversion_deferred`
+
+
+@contextlib.contextmanager
+def conversion_deferred():
+    """Inside, a new LSTModel leaves its backbone as loaded and only records the dtype it will
+    compute in: a sweep prunes every configuration from the original weights, then converts
+    the backbone they share once (`LSTModel.convert_backbone`)."""
+    _DEFERRED[0] = True
+    try:
+        yield
+    finally:
+        _DEFERRED[0] = False
+
+
+def conversion_is_deferred() -> bool:
+    return _DEFERRED[0]
 
 
 def fast_bf16(device: torch.device | str) -> bool:
