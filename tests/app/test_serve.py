@@ -52,6 +52,7 @@ def runs(tmp_path_factory):
             ("topics", "lm", "topics.csv", []), ("duo", "lm", "duo.csv", ["--seed", "3"]),
             ("chat", "lm", "pairs.csv", ["--task", "generate", "--chat-template"]),
             ("stranger", "other-lm", "topics.csv", []),
+            ("half", "lm", "topics.csv", ["--backbone-dtype", "bfloat16"]),
             ("lora-a", "lm", "topics.csv", ["--method", "lora"]),
             ("lora-b", "lm", "topics.csv", ["--method", "lora", "--seed", "5"])):
         assert main(["train", "--model", str(root / model), "--train", str(root / data),
@@ -345,16 +346,40 @@ def test_lora_runs_are_served_as_adapters_of_one_base_model_through_adapter_name
                 assert abs(p - float(row[f"prob_{label}"])) < PROBS
 
 
+# ---- a reduced backbone ----------------------------------------------------------------------
+
+def test_runs_trained_on_a_bf16_backbone_are_served_on_one(runs, recwarn):
+    """The server stores its backbone as its first run trained on it: no warning about another
+    dtype, and predict's answers (predict rebuilds the run's backbone too)."""
+    import torch
+
+    from laddertune import quant
+    from laddertune.app.serve.pool import TaskConflict, TaskPool
+    pool = TaskPool([("half", str(runs / "half"))], torch.device("cpu"))
+    assert pool.backbone_dtype == "bfloat16"
+    assert quant.stored_dtype(pool.backbone) == "bfloat16"
+    assert not [w for w in recwarn if "trained on a" in str(w.message)]
+    ids = pool.tokenizer(TEXTS)["input_ids"]
+    answers = pool.classify([(row, ["half"]) for row in ids], max_batch_size=8)
+    for answer, row in zip(answers, _predict(runs, "half")):
+        for label, p in zip(pool.tasks["half"].labels, answer["half"]):
+            # bf16 kernels (where the CPU has them) round by the batch's padding
+            assert abs(p - float(row[f"prob_{label}"])) < 2e-3
+    with pytest.raises(TaskConflict, match="stored in float32, and this server's is bfloat16"):
+        pool.load("topics", str(runs / "topics"))
+
+
 # ---- the command line ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("checkpoints, words", [
     (["nowhere"], "is not a folder"),
     (["a={topics}", "a={duo}"], "names 'a' twice"),
     (["{topics}", "other={stranger}"], "another backbone"),
+    (["{topics}", "{half}"], "stored in bfloat16, and this server's is float32"),
 ])
 def test_serve_refuses_runs_it_cannot_serve_in_one_line(runs, capsys, checkpoints, words):
-    given = [c.format(topics=runs / "topics", duo=runs / "duo", stranger=runs / "stranger")
-             for c in checkpoints]
+    given = [c.format(topics=runs / "topics", duo=runs / "duo", stranger=runs / "stranger",
+                      half=runs / "half") for c in checkpoints]
     capsys.readouterr()
     assert main(["serve", "--device", "cpu", "--checkpoint", *given]) == 2
     err = capsys.readouterr().err.strip()

@@ -102,7 +102,10 @@ class TaskPool:
         else:
             head, num_labels = ("lm" if "generate" in kinds else "bare"), 2
         self.head = head
-        self.backbone = load_backbone(source, self.pad, head, num_labels).to(device).eval()
+        # stored as the first run trained on it: each side network meets the states it learned
+        self.backbone_dtype = first.get("backbone_dtype", "float32")
+        self.backbone = load_backbone(source, self.pad, head, num_labels, self.backbone_dtype,
+                                      device).to(device).eval()
         self.fingerprint = backbone_signature(self.backbone)
         for name, directory, _ in infos:
             self.load(name, directory)
@@ -138,6 +141,11 @@ class TaskPool:
         except BackboneMismatchError:
             raise TaskConflict(f"{directory} was trained on another backbone than this server's "
                                f"{self.model_name}; serve it from a server of its own") from None
+        dtype = info.get("backbone_dtype", "float32")
+        if dtype != self.backbone_dtype:
+            raise TaskConflict(f"{directory} was trained on the backbone stored in {dtype}, and "
+                               f"this server's is {self.backbone_dtype}; serve it from a server "
+                               "of its own")
         task = task_of_run(info)
         with self.lock:
             side = self._attach(name, Path(directory))
