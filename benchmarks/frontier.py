@@ -115,18 +115,21 @@ MINILM = ("probe", "lst-every", "lst-half", "lst-quarter",
           "adapter-top1", "adapter-top2", "adapter-tophalf", "lora", "full",
           f"lst-every{ARM}",
           # LoRA on the int8 backbone LST can use: the fair baseline at that dtype; LST on a
-          # bfloat16 and an int8 backbone, paired with LST's float32 runs
-          "lora-int8", "lst-every-bf16", "lst-every-int8",
+          # bfloat16 and an int8 backbone, paired with LST's float32 runs (today's default
+          # start too: the CLI's dtype default is chosen on it)
+          "lora-int8", "lst-every-bf16", "lst-every-int8", "lst-updefault-bf16",
           # the side-network designs screened on MiniLM (`DESIGNS`)
           "lst-headgate", "lst-updefault", "lst-qst", "lst-xladder", "lst-wide", "lst-late")
 SMALLER = ("probe", "lst", "lora-top1", "lora-tophalf", "lora", f"lst{ARM}")
+# and MPNet-base's LST at each backbone dtype: the bigger backbone in MiniLM's memory
+MPNET = (*SMALLER, "lst-bf16", "lst-int8")
 GRID = {
     ("minilm", "bbc-news"): MINILM,
     ("minilm", "tweet-sentiment"): MINILM,
     ("minilm", "bbc-headlines"): MINILM,
     # where a sentence-embedding probe is weakest: sentiment and the pairs
-    ("mpnet", "tweet-sentiment"): SMALLER,
-    ("mpnet", "bbc-headlines"): SMALLER,
+    ("mpnet", "tweet-sentiment"): MPNET,
+    ("mpnet", "bbc-headlines"): MPNET,
     ("smollm2", "headline-generation"): tuple(c for c in SMALLER if c != "probe"),
     ("smollm2", "tweet-sentiment"): SMALLER,
 }
