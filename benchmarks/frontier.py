@@ -450,6 +450,10 @@ class Frontier:
                   and cfg.name != "lst-updefault" and not any(
                       flag in cfg.flags for flag in ("--lst-up-init", "--lst-preset")))
         small = ["--lst-up-init", "small"] if pinned else []
+        # LST rows store the backbone as float32 unless they name a dtype (a paired variant):
+        # what every committed LST row was measured with, whatever the CLI's default
+        if cfg.method == "lst" and "--backbone-dtype" not in cfg.flags:
+            small += ["--backbone-dtype", "float32"]
         cache = ["--cache-backbone", "--cache-dir", self.work / "cache"] if (
             cfg.cacheable and (reads_backbone_states(cfg.method) or caches_below(cfg))) else []
         return ["--model", backbone.model, "--task", dataset.task, "--train", files["train"],

@@ -11,6 +11,7 @@ from unittest import mock
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_models import save_tiny_text_model, tiny_backbone, tiny_inputs, topic_rows, write_csv
 
 from laddertune import LSTConfig, LSTModel, get_lst_model, quant
@@ -232,14 +233,28 @@ def test_resume_on_a_machine_computing_in_another_dtype_is_refused(files, tmp_pa
     assert json.loads((run / "run.json").read_text()) == record
 
 
-def test_a_pruned_sweep_on_a_reduced_backbone_is_refused_before_writing(files, tmp_path,
-                                                                       capsys):
-    code = main(["sweep", "--model", str(files / "tiny"), "--train", str(files / "train.csv"),
-                 "--eval", str(files / "eval.csv"), "--output", str(tmp_path / "sweep"), *FLAGS,
-                 "--backbone-dtype", "int8", "--grid", "lr=1e-3,3e-3"])
-    assert code == 2
-    assert "--lst-side-init random" in _one_error(capsys)
-    assert not (tmp_path / "sweep").exists()
+def test_a_pruned_sweep_on_a_reduced_backbone_trains_each_configuration_as_alone(files,
+                                                                                tmp_path):
+    """Every configuration prunes from the original weights, then the backbone they share is
+    converted once: each equals the same configuration trained on its own."""
+    common = ["--model", str(files / "tiny"), "--train", str(files / "train.csv"), "--eval",
+              str(files / "eval.csv"), *FLAGS, "--backbone-dtype", "int8",
+              "--lst-dropout", "0"]   # configurations draw dropout masks from one generator
+    assert main(["sweep", *common, "--output", str(tmp_path / "sweep"),
+                 "--grid", "lr=1e-3,3e-3"]) == 0
+    assert main(["train", *common, "--output", str(tmp_path / "alone"), "--lr", "3e-3"]) == 0
+    ours, theirs = (tmp_path / "sweep" / "lr-0.003", tmp_path / "alone")
+    for name in ("backbone_dtype", "backbone_compute_dtype", "backbone_fingerprint"):
+        assert _run_json(ours)[name] == _run_json(theirs)[name], name
+    mine = load_file(str(ours / "lst_model.safetensors"))
+    alone = load_file(str(theirs / "lst_model.safetensors"))
+    assert mine.keys() == alone.keys()
+    for name in mine:   # float rounding apart: the states are computed once, not per model
+        torch.testing.assert_close(mine[name], alone[name], rtol=1e-4, atol=1e-5)
+
+
+def _run_json(run):
+    return json.loads((run / "run.json").read_text())
 
 
 @pytest.mark.parametrize("extra, words", [
@@ -288,6 +303,64 @@ def test_loading_converts_each_unit_as_it_arrives_with_one_unit_in_fp32(tmp_path
         ref = reference(**inputs).last_hidden_state
     # int8 weights, one scale per row: about 1% of the states' size on this model
     assert (out - ref).norm() / ref.norm() < 0.05
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet", "llama"])
+@pytest.mark.parametrize("storage", ["int8", "bfloat16"])
+def test_a_classifier_backbone_converts_as_it_loads_and_equals_the_late_conversion(
+        tmp_path, model_type, storage):
+    """LoRA on a reduced backbone loads its classifier model streamed: each unit's fp32
+    matrices are the only ones alive when it converts, the fresh head is drawn as
+    from_pretrained draws it and stays fp32, and the model is the one a float32 load
+    converted afterwards would be."""
+    from laddertune.app import aliases
+    from laddertune.app.aliases import ModelSource, backbone_signature, load_backbone
+    save_tiny_text_model(tmp_path / "model", model_type, hidden_size=64, intermediate_size=256)
+    source = ModelSource("tiny", str(tmp_path / "model"))
+    live_fp32, loading = [], {}
+    convert_unit, conversion_units = quant.convert_unit, quant.conversion_units
+
+    def units(model, blocks):
+        loading["base"] = model
+        return conversion_units(model, blocks)
+
+    def recording(unit, *args, **kwargs):
+        live_fp32.append(sum(p.numel() * 4 for p in _loaded_matrices(loading["base"])))
+        convert_unit(unit, *args, **kwargs)
+
+    torch.manual_seed(0)
+    with mock.patch.object(quant, "convert_unit", recording), \
+            mock.patch.object(quant, "conversion_units", units):
+        streamed = load_backbone(source, 0, "classifier", 3, backbone_dtype=storage)
+    with mock.patch.object(aliases, "load_converted", lambda *a, **k: None):
+        torch.manual_seed(0)
+        late = load_backbone(source, 0, "classifier", 3, backbone_dtype=storage)
+    largest_unit = max(sum(p.numel() * 4 for p in unit.parameters() if p.dim() >= 2)
+                       for unit in conversion_units(late.base_model, _blocks_of(late)))
+    assert live_fp32 and max(live_fp32) <= largest_unit
+    assert quant.stored_dtype(streamed.base_model) == storage
+    assert backbone_signature(streamed) == backbone_signature(late)
+    assert [n for n, p in streamed.named_parameters()] == [n for n, p in late.named_parameters()]
+    for (name, ours), (_, theirs) in zip(streamed.named_parameters(), late.named_parameters()):
+        assert ours.dtype == theirs.dtype, name
+        dense = quant.dense(ours, torch.float32), quant.dense(theirs, torch.float32)
+        assert torch.equal(*dense), name
+    head = [p for n, p in streamed.named_parameters()
+            if not n.startswith(streamed.base_model_prefix)]
+    assert head and all(p.dtype == torch.float32 for p in head)
+    ids = torch.randint(4, 30, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = streamed(input_ids=ids).logits
+        torch.testing.assert_close(logits, late(input_ids=ids).logits)
+    assert logits.dtype == torch.float32
+
+
+def _blocks_of(task_model):
+    from laddertune import backbones as bb
+    base = task_model.base_model
+    family = bb.detect_family(base)
+    return [block for stack in bb.backbone_stacks(base, family)
+            for block in bb.get_path(stack, family.layers)]
 
 
 def test_the_streamed_fingerprint_is_the_float32_one(tmp_path):

@@ -191,11 +191,21 @@ class LSTModel(HeldModules, nn.Module):
             from .prune import init_side_from_backbone
             init_side_from_backbone(self, init_data)
         # after pruning, which reads the original weights; one block at a time (laddertune.quant)
-        self.backbone_compute_dtype = quant.convert_backbone(
-            backbone, config.backbone_dtype, self._backbone_blocks(), fingerprint=self.fingerprint,
-            keep_lm_head=config.task_type in ("CAUSAL_LM", "SEQ_2_SEQ_LM"))
+        if config.backbone_dtype != "float32" and quant.conversion_is_deferred():
+            self.backbone_compute_dtype = quant.compute_dtype(config.backbone_dtype,
+                                                              _device_of(backbone))
+        else:
+            self.convert_backbone()
 
     # ---- construction -------------------------------------------------------------------------
+
+    def convert_backbone(self) -> None:
+        """Store the backbone as `config.backbone_dtype` (in place, a block at a time), its
+        original fingerprint kept; nothing changes once it is."""
+        self.backbone_compute_dtype = quant.convert_backbone(
+            self.backbone, self.config.backbone_dtype, self._backbone_blocks(),
+            fingerprint=self.fingerprint,
+            keep_lm_head=self.config.task_type in ("CAUSAL_LM", "SEQ_2_SEQ_LM"))
 
     def _backbone_blocks(self) -> list[nn.Module]:
         return [block for stack in self.stacks for block in bb.get_path(stack, self.family.layers)]

@@ -18,6 +18,7 @@ the blocks), so a full second copy of the weights never exists. The side network
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -35,6 +36,23 @@ from .errors import LSTConfigError
 # Fingerprints of backbones as loaded, taken before conversion: a converted backbone's weights
 # are no longer the original ones it must be recognised by.
 _ORIGINAL_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_DEFERRED = [False]    # inside `conversion_deferred`
+
+
+@contextlib.contextmanager
+def conversion_deferred():
+    """Inside, a new LSTModel leaves its backbone as loaded and only records the dtype it will
+    compute in: a sweep prunes every configuration from the original weights, then converts
+    the backbone they share once (`LSTModel.convert_backbone`)."""
+    _DEFERRED[0] = True
+    try:
+        yield
+    finally:
+        _DEFERRED[0] = False
+
+
+def conversion_is_deferred() -> bool:
+    return _DEFERRED[0]
 
 
 def fast_bf16(device: torch.device | str) -> bool:
@@ -182,11 +200,18 @@ def convert_task_model(task_model: nn.Module, storage: str,
     remember_fingerprint(base, original)
     if storage == "nf4":
         task_model.is_loaded_in_4bit = True   # what peft reads to wrap bitsandbytes layers
-    if not lm and compute == "bfloat16":
-        for head in task_model.children():
-            if head is not base:
-                head.register_forward_pre_hook(_to_float32)
+    if not lm:
+        fp32_head(task_model, compute)
     return compute
+
+
+def fp32_head(task_model: nn.Module, compute: str) -> None:
+    """A classification head trains in fp32: when the backbone computes in bf16, the head's
+    modules read its states cast to fp32."""
+    if compute == "bfloat16":
+        for head in task_model.children():
+            if head is not task_model.base_model:
+                head.register_forward_pre_hook(_to_float32)
 
 
 def _to_float32(module: nn.Module, args):

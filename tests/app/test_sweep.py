@@ -61,8 +61,11 @@ def test_a_configuration_trains_exactly_as_it_would_alone(swept, files):
     ours = load_file(str(swept / "lr-0.01_gate-fixed" / "lst_model.safetensors"))
     theirs = load_file(str(alone / "lst_model.safetensors"))
     assert ours.keys() == theirs.keys()
-    for name in ours:   # float rounding apart: the states are computed once, not per model
-        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
+    # float rounding apart: the states are computed once, not per model, and 2 epochs of
+    # AdamW carry it into the weights (1.9e-6 seen on one parameter near zero); another
+    # configuration differs by 1e-2
+    for name in ours:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5)
 
 
 def test_the_backbone_runs_once_per_batch_for_all_configurations(files, monkeypatch):

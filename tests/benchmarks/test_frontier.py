@@ -326,3 +326,16 @@ def test_lst_rows_keep_the_up_start_they_were_measured_with(tmp_path):
     flags = [str(f) for f in suite.common(("wide", CELL[1]), frontier.config("lst", 8),
                                           files, 2)]
     assert "--lst-up-init" not in flags
+    assert flags[flags.index("--backbone-dtype") + 1] == "float32"   # LST rows name theirs
+
+
+def test_lst_rows_name_float32_and_paired_variants_their_own_dtype(tmp_path):
+    suite, _ = fake_suite(tmp_path, {})
+    files = {"train": "t.csv", "dev": "d.csv"}
+
+    def dtypes(name):
+        flags = [str(f) for f in suite.common(CELL, frontier.config(name, 4), files, 2)]
+        return [flags[i + 1] for i, f in enumerate(flags) if f == "--backbone-dtype"]
+    assert dtypes("lst-every") == dtypes("lst-updefault") == ["float32"]
+    assert dtypes("lst-every-bf16") == ["bfloat16"] and dtypes("lst-every-int8") == ["int8"]
+    assert dtypes("lora-top1") == [] and dtypes("lora-int8") == ["int8"]

@@ -392,13 +392,14 @@ def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels:
     ``lm``, the pretrained LM head (``AutoModelForSeq2SeqLM`` for an encoder-decoder,
     ``AutoModelForCausalLM`` otherwise), which generation reuses with every method.
 
-    A bare backbone stored as `backbone_dtype` (``laddertune.quant``, computing as `device`
-    can) is converted as it loads, one block at a time, from a model.safetensors file: the
-    fp32 weights are never all in memory, and its fingerprint is taken of the original weights
-    as they stream past. Other files load in float32 and are converted afterwards, one block at
-    a time, by `get_lst_model`. A model with a head (LoRA on a reduced backbone) loads in
-    float32 and has its backbone converted here (`quant.convert_task_model`); its head stays
-    float32.
+    A backbone stored as `backbone_dtype` (``laddertune.quant``, computing as `device` can) is
+    converted as it loads, one block at a time, from a model.safetensors file: the fp32 weights
+    are never all in memory, and its fingerprint is taken of the original weights as they
+    stream past. That holds for a bare backbone and for one under a classification head (LoRA
+    on a reduced backbone), whose head is initialised as `from_pretrained` would and stays
+    float32. Other files, an LM head and nf4 load in float32 and are converted afterwards, one
+    block at a time (by `get_lst_model` for a bare backbone, here by
+    `quant.convert_task_model` for one with a head).
 
     Raises:
         DataError: the folder cannot be loaded, or has no LM head to generate with.
@@ -412,8 +413,9 @@ def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels:
         AutoModelForSequenceClassification,
     )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if backbone_dtype != "float32" and head == "bare":
-        model = load_converted(source, backbone_dtype, device or "cpu")
+    if backbone_dtype != "float32" and (head == "bare" or (
+            head == "classifier" and backbone_dtype != "nf4")):
+        model = load_converted(source, backbone_dtype, device or "cpu", head, num_labels)
         if model is not None:
             if model.config.pad_token_id is None:
                 model.config.pad_token_id = pad_token_id
@@ -435,13 +437,15 @@ def load_backbone(source: ModelSource, pad_token_id: int, head: str, num_labels:
     return model
 
 
-def load_converted(source: ModelSource, storage: str, device):
-    """A bare backbone converted to `storage` as it loads (see `load_backbone`), or None when
-    the folder's safetensors names do not map onto the model's parameters one to one (then it
+def load_converted(source: ModelSource, storage: str, device, head: str = "bare",
+                   num_labels: int = 2):
+    """A bare backbone (`head` "bare"), or one under a fresh classification head
+    ("classifier"), converted to `storage` as it loads (see `load_backbone`); None when the
+    folder's safetensors names do not map onto the base model's parameters one to one (then it
     loads in float32 and converts afterwards)."""
     import torch
     from accelerate import init_empty_weights
-    from transformers import AutoModel
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     from .. import backbones as bb
     from .. import quant
@@ -453,18 +457,23 @@ def load_converted(source: ModelSource, storage: str, device):
     with _quiet(), _unloadable(source, "weights"), open(weights, "rb") as handle:
         table = _safetensors_table(handle)
         with init_empty_weights(include_buffers=False):   # parameters on meta, buffers real
-            model = AutoModel.from_config(config)
-        keys = _checkpoint_keys(model, set(table))
+            if head == "bare":
+                model = AutoModel.from_config(config)
+            else:
+                config.num_labels = num_labels     # what from_pretrained's keyword sets
+                model = AutoModelForSequenceClassification.from_config(config)
+        base = model.base_model
+        keys = _checkpoint_keys(base, set(table))
         if keys is None:
             return None
-        family = bb.detect_family(model)
-        blocks = [block for stack in bb.backbone_stacks(model, family)
+        family = bb.detect_family(base)
+        blocks = [block for stack in bb.backbone_stacks(base, family)
                   for block in bb.get_path(stack, family.layers)]
         stats = {}
-        names = {id(p): name for name, p in model.named_parameters()}
-        shapes = [[name, list(p.shape)] for name, p in model.named_parameters()]
+        names = {id(p): name for name, p in base.named_parameters()}
+        shapes = [[name, list(p.shape)] for name, p in base.named_parameters()]
         parents = quant.parent_map(model)
-        for unit in quant.conversion_units(model, blocks):
+        for unit in quant.conversion_units(base, blocks):
             for module in unit.modules():
                 for name, param in list(module._parameters.items()):
                     if param is None or not param.is_meta:
@@ -476,12 +485,32 @@ def load_converted(source: ModelSource, storage: str, device):
             if storage != "nf4":
                 quant.convert_unit(unit, storage, compute, parents=parents)
                 quant.release_freed_memory()
+    if model is not base:
+        _initialise_head(model, base)
+        quant.fp32_head(model, quant.compute_dtype(storage, device))
     model.tie_weights()
     if storage == "nf4":
         quant.convert_backbone(model, storage, blocks, device)
     quant.release_freed_memory()
-    quant.remember_fingerprint(model, quant.streamed_fingerprint(config, shapes, stats))
+    quant.remember_fingerprint(base, quant.streamed_fingerprint(config, shapes, stats))
     return model.eval()
+
+
+def _initialise_head(model, base) -> None:
+    """The parameters outside `base` (a fresh head, still on meta), initialised as
+    `from_pretrained` initialises missing keys: the base's modules are marked done, then the
+    model's own `initialize_weights` draws the rest."""
+    import torch
+    inside = {id(module) for module in base.modules()}
+    for module in model.modules():
+        module._is_hf_initialized = id(module) in inside    # from_config marked them all
+        if id(module) in inside:
+            continue
+        for name, param in list(module._parameters.items()):
+            if param is not None and param.is_meta:
+                module._parameters[name] = torch.nn.Parameter(
+                    torch.empty(param.shape, dtype=param.dtype), requires_grad=param.requires_grad)
+    model.initialize_weights()
 
 
 _SAFETENSORS_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",

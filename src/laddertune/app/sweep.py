@@ -25,12 +25,14 @@ stream, so they match a run alone in distribution, not bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
 import math
 from pathlib import Path
 
+from .. import quant
 from ..checkpoint import save_json
 from ..config import LSTConfig
 from .methods import REGISTRY, get_method
@@ -120,17 +122,16 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
                          "regularisation on the eval set (see metrics.json's \"fit\"); train "
                          "it with `laddertune train` instead of a sweep")
     configs = configurations(base, grid)
-    if base.backbone_dtype != "float32" and any(
-            cfg.lst_config().side_init != "random" for _, cfg in configs):
-        raise UsageError(f"a sweep builds every configuration on one backbone, which "
-                         f"--backbone-dtype {base.backbone_dtype} converts after the first "
-                         "prunes it, so the others cannot prune: add --lst-side-init random")
+    # on a reduced backbone, every configuration that prunes reads the original weights: the
+    # backbone loads in float32, and is converted once all are built
+    deferred = base.backbone_dtype != "float32" and get_method(base.method).reads_lst_settings \
+        and any(cfg.lst_config().side_init != "random" for _, cfg in configs)
     runs = [TrainingRun(cfg, log=lambda *a: None) for _, cfg in configs]
     try:   # from the first lock taken: a refusal lets every one go
         for run in runs:
             run.open_destination()
         lead = runs[0]
-        backbone = lead.load()
+        backbone = lead.load("float32" if deferred else None)
         for run in runs[1:]:
             run.share_data(lead)
         # LST never changes the backbone, so its models share one; a top-K method changes the
@@ -138,13 +139,16 @@ def sweep(base: TrainConfig, grid: dict[str, list], log=print) -> dict:
         backbones = [backbone] + [copy.deepcopy(backbone) if top_k else backbone
                                   for _ in runs[1:]]
         loaded = _random_state()             # a top-K run alone builds right after loading
-        for run, own in zip(runs, backbones):
-            if top_k:
-                _set_random_state(loaded)
-            else:
-                seed_everything(run.cfg.seed)    # as a run of its own: its seed, then its model
-            run.build(own)
-            run.share_backbone_states(lead)
+        with quant.conversion_deferred() if deferred else contextlib.nullcontext():
+            for run, own in zip(runs, backbones):
+                if top_k:
+                    _set_random_state(loaded)
+                else:
+                    seed_everything(run.cfg.seed)  # as a run of its own: its seed, its model
+                run.build(own)
+                run.share_backbone_states(lead)
+        if deferred:
+            lead.model.convert_backbone()    # the backbone every configuration shares
         _check_shared_states(runs)
         log(f"sweep of {len(runs)} configurations on {base.model}: {len(lead.train_set)} train / "
             f"{len(lead.eval_set)} eval examples; one backbone pass per batch for all")

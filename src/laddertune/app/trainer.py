@@ -355,8 +355,9 @@ class TrainingRun:
         """
         self.destination = Destination(self.cfg, self.processes.is_main)
 
-    def load(self):
-        """The data, tokenized, and the pretrained backbone (returned) the model is built on."""
+    def load(self, as_dtype: str | None = None):
+        """The data, tokenized, and the pretrained backbone (returned) the model is built on,
+        stored as `as_dtype` when given (else as `_load_as` says)."""
         cfg = self.cfg
         task = make_task(cfg)
         task.read(cfg)                             # the data, checked before any model loads
@@ -367,7 +368,7 @@ class TrainingRun:
         import_runtime(source)
         rss_before_model_mb, library_before_model_mb = current_rss_mb(), library_rss_mb()
         backbone = load_backbone(source, tokenizer.pad_token_id, task.head(self.method),
-                                 len(task.labels), self._load_as(), self.device)
+                                 len(task.labels), as_dtype or self._load_as(), self.device)
         fingerprint = backbone_signature(backbone)
         self._check_same_backbone(fingerprint)
         max_length = fit_max_length(backbone, cfg.max_length, cfg.model, tokenizer)
