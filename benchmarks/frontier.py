@@ -466,6 +466,7 @@ class Frontier:
                task: str) -> dict:
         """One finished run: its dev scores, test scores (`laddertune eval`), memory and time."""
         metrics = read_json(folder / "metrics.json")
+        run = read_json(folder / "run.json") if (folder / "run.json").is_file() else {}
         test = self._eval(folder, files["test"])
         return {"dev": scores(metrics["eval"], task), "test": scores(test, task),
                 "memory_account": metrics.get("memory_account"),
@@ -476,6 +477,9 @@ class Frontier:
                 "wall_seconds": round(wall, 1), "runs_in_command": shared,
                 "steps": metrics.get("steps"), "trainable_params": metrics.get("trainable_params"),
                 "all_params": metrics.get("all_params"), "device": metrics.get("device"),
+                # bf16 computes in bf16 where the CPU has bf16 kernels, else upcasts per block
+                "backbone_dtype": run.get("backbone_dtype"),
+                "backbone_compute_dtype": run.get("backbone_compute_dtype"),
                 "machine": machine(),
                 "command": "laddertune " + shlex.join(str(a) for a in command),
                 "run_dir": str(folder)}
@@ -712,8 +716,11 @@ def paired_sentence(suite: Frontier, cell: tuple, cfg: Config, task: str) -> str
     test = statistics.mean(d for _, d, _ in pairs)
     dev = statistics.mean(d for _, _, d in pairs)
     verdict = "within" if abs(test) <= 0.5 and abs(dev) <= 0.5 else "outside"
-    return (f"{cfg.name} against {cfg.dtype_of}, paired by seed at lr {base['lr']:g}: test "
-            f"{test:+.2f} points (" + ", ".join(f"seed {s} {d:+.2f}" for s, d, _ in pairs)
+    computed = {r.get("backbone_compute_dtype") for r in mine.values()}
+    where = (f", computed in {computed.pop()}" if len(computed) == 1 and None not in computed
+             else "")
+    return (f"{cfg.name} against {cfg.dtype_of}, paired by seed at lr {base['lr']:g}{where}: "
+            f"test {test:+.2f} points (" + ", ".join(f"seed {s} {d:+.2f}" for s, d, _ in pairs)
             + f"), dev {dev:+.2f}: {verdict} 0.5 points.")
 
 

@@ -35,6 +35,7 @@ def fake_suite(tmp_path, dev, test=None, configs=("lora",), **kw) -> tuple[Front
                                           * 2**20, "frozen_weight_bytes": 90 * 2**20},
                        "train_seconds": 10.0 if cfg.method == "lora" else 2.0 * epochs,
                        "epoch_seconds": [3.0] * epochs, "steps": 10, "device": "cpu",
+                       "backbone_compute_dtype": "float32",
                        "epochs": epochs}
         return out.items()
     suite = Frontier(tmp_path / "results", tmp_path / "work", epochs=2, log=lambda *a: None,
@@ -309,7 +310,8 @@ def test_a_reduced_backbone_runs_paired_at_its_bases_chosen_rate(tmp_path):
     assert calls[-3:] == [("lora-int8", [B], s, 2) for s in range(3)]
     assert suite.rates_needed(CELL, "lora-int8") == 1
     report = frontier.write_report(suite).read_text()
-    assert "lora-int8 against lora, paired by seed at lr 0.0003: test +0.00 points" in report
+    assert ("lora-int8 against lora, paired by seed at lr 0.0003, computed in float32: test "
+            "+0.00 points") in report
 
 
 def test_lst_rows_keep_the_up_start_they_were_measured_with(tmp_path):
