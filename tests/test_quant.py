@@ -267,6 +267,19 @@ def test_bad_backbone_dtype_is_one_line(files, tmp_path, capsys, extra, words):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("capability, fast", [("DEFAULT", False), ("AVX2", False),
+                                              ("AVX512", True)])
+def test_a_cpu_computes_in_bf16_only_where_aten_dispatches_avx512(capability, fast):
+    """oneDNN may report bf16 support while ATen runs lower kernels (ATEN_CPU_CAPABILITY):
+    ATen's bf16 attention then refuses to run, so the backbone upcasts instead."""
+    with mock.patch.object(torch.backends.cpu, "get_cpu_capability", lambda: capability), \
+            mock.patch.object(torch.backends.mkldnn, "is_available", lambda: True), \
+            mock.patch.object(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True,
+                              create=True):
+        assert quant.fast_bf16("cpu") is fast
+        assert quant.compute_dtype("bfloat16", "cpu") == ("bfloat16" if fast else "float32")
+
+
 # ---- converting as the backbone loads ---------------------------------------------------------
 
 def test_loading_converts_each_unit_as_it_arrives_with_one_unit_in_fp32(tmp_path):

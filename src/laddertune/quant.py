@@ -57,11 +57,15 @@ def conversion_is_deferred() -> bool:
 
 def fast_bf16(device: torch.device | str) -> bool:
     """Whether `device` has fast bf16 matrix kernels: a CUDA GPU that supports bf16, or a CPU
-    that oneDNN reports bf16-capable (AVX-512 BF16/AMX; torch has no public API for it yet)."""
+    that oneDNN reports bf16-capable (AVX-512 BF16/AMX; torch has no public API for it yet)
+    while ATen dispatches its AVX-512 kernels: under a lower `ATEN_CPU_CAPABILITY` ATen's own
+    bf16 kernels (attention's among them) refuse to run ("only supported when avx512 is")."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
         return False
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check and check())
