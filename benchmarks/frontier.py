@@ -449,18 +449,18 @@ class Frontier:
         pinned = (backbone.small_up_start and cfg.method == "lst" and dataset.task == "classify"
                   and cfg.name != "lst-updefault" and not any(
                       flag in cfg.flags for flag in ("--lst-up-init", "--lst-preset")))
-        small = ["--lst-up-init", "small"] if pinned else []
+        pins = ["--lst-up-init", "small"] if pinned else []   # what committed rows measured
         # LST rows store the backbone as float32 unless they name a dtype (a paired variant):
         # what every committed LST row was measured with, whatever the CLI's default
         if cfg.method == "lst" and "--backbone-dtype" not in cfg.flags:
-            small += ["--backbone-dtype", "float32"]
+            pins += ["--backbone-dtype", "float32"]
         cache = ["--cache-backbone", "--cache-dir", self.work / "cache"] if (
             cfg.cacheable and (reads_backbone_states(cfg.method) or caches_below(cfg))) else []
         return ["--model", backbone.model, "--task", dataset.task, "--train", files["train"],
                 "--eval", files["dev"], "--method", cfg.method, "--epochs", epochs,
                 "--batch-size", dataset.batch_size, "--max-length", dataset.spec.max_length,
                 "--device", self.device, "--no-progress", *dataset.flags,
-                *dataset.method_flags.get(cfg.method, ()), *cfg.flags, *small, *cache]
+                *dataset.method_flags.get(cfg.method, ()), *cfg.flags, *pins, *cache]
 
     def result(self, folder: Path, files: dict, command: list, wall: float, shared: int,
                task: str) -> dict:

@@ -487,7 +487,7 @@ def load_converted(source: ModelSource, storage: str, device, head: str = "bare"
                 quant.release_freed_memory()
     if model is not base:
         _initialise_head(model, base)
-        quant.fp32_head(model, quant.compute_dtype(storage, device))
+        quant.fp32_head(model, compute)
     model.tie_weights()
     if storage == "nf4":
         quant.convert_backbone(model, storage, blocks, device)
