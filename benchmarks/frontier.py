@@ -174,6 +174,8 @@ DESIGNS = {
     "lst-late": ("--lst-preset", "late"),
 }
 NOT_CACHEABLE = ("lst-late",)
+DEFAULT_NOW = "lst-updefault"   # what `laddertune train --method lst` runs today, on MiniLM
+SCREEN = "minilm"               # the backbone every design is screened on
 
 # NAME-SUFFIX: configuration NAME on a backbone stored in that dtype (--backbone-dtype); LoRA's
 # is QLoRA at nf4. Paired with NAME: NAME's chosen rate, its 3 seeds, the same flags, so the
@@ -446,10 +448,7 @@ class Frontier:
     def common(self, cell, cfg: Config, files: dict, epochs: int) -> list:
         """The flags every run of `cfg` in `cell` shares."""
         backbone, dataset = self.backbones[cell[0]], self.datasets[cell[1]]
-        pinned = (backbone.small_up_start and cfg.method == "lst" and dataset.task == "classify"
-                  and cfg.name != "lst-updefault" and not any(
-                      flag in cfg.flags for flag in ("--lst-up-init", "--lst-preset")))
-        pins = ["--lst-up-init", "small"] if pinned else []   # what committed rows measured
+        pins = ["--lst-up-init", "small"] if self.small_up(cell, cfg) else []
         # LST rows store the backbone as float32 unless they name a dtype (a paired variant):
         # what every committed LST row was measured with, whatever the CLI's default
         if cfg.method == "lst" and "--backbone-dtype" not in cfg.flags:
@@ -461,6 +460,13 @@ class Frontier:
                 "--batch-size", dataset.batch_size, "--max-length", dataset.spec.max_length,
                 "--device", self.device, "--no-progress", *dataset.flags,
                 *dataset.method_flags.get(cfg.method, ()), *cfg.flags, *pins, *cache]
+
+    def small_up(self, cell, cfg: Config) -> bool:
+        """Whether `cfg`'s runs in `cell` pin the up-projection's std-0.01 start: what its
+        committed rows were measured with (`Backbone.small_up_start`)."""
+        return (self.backbones[cell[0]].small_up_start and cfg.method == "lst"
+                and self.datasets[cell[1]].task == "classify" and cfg.name != DEFAULT_NOW
+                and not any(flag in cfg.flags for flag in ("--lst-up-init", "--lst-preset")))
 
     def result(self, folder: Path, files: dict, command: list, wall: float, shared: int,
                task: str) -> dict:
@@ -613,6 +619,7 @@ def write_report(suite: Frontier) -> Path:
     missing = []
     for cell in suite.grid:
         lines += _cell_report(suite, cell, out, missing)
+    lines += default_section(suite)
     lines += ["## Not yet run", ""]
     lines += [f"- {m}" for m in missing] or ["Every cell of the grid has finished."]
     return write_text(out / "report.md", "\n".join(lines))
@@ -699,6 +706,88 @@ def _cell_report(suite: Frontier, cell: tuple, out: Path, missing: list) -> list
         plot = out / f"pareto-{cell[0]}-{cell[1]}.png"
         _plot(points, front, f"{cell[0]} on {cell[1]}", metric, plot)
         lines.append(f"![Pareto front]({plot.name})")
+    return lines + [""]
+
+
+def default_section(suite: Frontier) -> list[str]:
+    """The side-network issue's rule, from dev alone: a design replaces LST's default
+    (`DEFAULT_NOW`) when its 3-seed dev mean beats the default's on most of the screen's data
+    sets at LST's memory, which here means a training account below top-layer LoRA's (the
+    cheapest memory-matched baseline). Designs above it are presets. Test is not read."""
+    cells = [c for c in suite.grid if c[0] == SCREEN and suite.datasets[c[1]].task == "classify"
+             and DEFAULT_NOW in suite.grid[c]]
+    if not cells:
+        return []
+    layers = suite.backbones[SCREEN].layers
+
+    def chosen(cell, name):
+        records = suite.records(cell, name) if name in suite.grid[cell] else []
+        choice = choose(records, "classify", suite.rates_needed(cell, name)) if records else None
+        return choice and {"dev": dev_rank(choice["runs"], "classify"),   # fractions
+                           "account": summarize(choice, "classify")["training_mib"]}
+    names = [n for n in dict.fromkeys((DEFAULT_NOW, "lst-every", *DESIGNS))
+             if any(n in suite.grid[c] for c in cells)]
+    found = {name: {cell: chosen(cell, name) for cell in cells} for name in names}
+    bounds = [r["account"] for r in (chosen(c, "lora-top1") for c in cells) if r]
+    bound = min(bounds) if bounds else None
+    default_dev = found[DEFAULT_NOW]
+    lines = ["## LST's default, chosen on dev", "",
+             f"A design replaces today's default ({DEFAULT_NOW}) when its 3-seed dev mean "
+             f"(accuracy, then macro-F1) beats the default's on most of {SCREEN}'s "
+             f"{len(cells)} data sets, at LST's "
+             "memory: a training account below top-layer LoRA's"
+             + (f" ({bound:,.1f} MiB)" if bound else " (not yet run)")
+             + ". Designs above that are presets. Test is not read here.", "",
+             "| configuration | up start | " + " | ".join(f"{c[1]} dev" for c in cells)
+             + f" | training account MiB | at LST's memory | dev wins over {DEFAULT_NOW} |",
+             "|" + "---|" * (len(cells) + 5)]
+    verdicts = {}
+    for name, by in found.items():
+        cfg = config(name, layers)
+        start = "std 0.01" if suite.small_up(cells[0], cfg) else "default"
+        cols, wins, done = [], 0, True
+        for cell in cells:
+            mine, base = by[cell], default_dev[cell]
+            if mine is None:
+                cols.append("not chosen yet")
+                done = False
+            elif name == DEFAULT_NOW or base is None:
+                cols.append(f"{100 * mine['dev'][0]:.2f}")
+            else:
+                wins += mine["dev"] > base["dev"]
+                cols.append(f"{100 * mine['dev'][0]:.2f} "
+                            f"({100 * (mine['dev'][0] - base['dev'][0]):+.2f})")
+        account = next((r["account"] for r in by.values() if r and r["account"]), None)
+        at_memory = None if account is None or bound is None else account < bound
+        compared = sum(1 for c in cells if by[c] and default_dev[c])
+        verdicts[name] = (wins, compared, done, at_memory)
+        label = f"{name} (today's default)" if name == DEFAULT_NOW else name
+        lines.append(f"| {label} | {start} | " + " | ".join(cols) + f" | {_num(account)} | "
+                     + {None: "—", True: "yes", False: "no"}[at_memory] + " | "
+                     + ("—" if name == DEFAULT_NOW else f"{wins} of {compared}") + " |")
+    majority = len(cells) // 2 + 1
+    winners = [n for n, (w, _, _, mem) in verdicts.items()
+               if n != DEFAULT_NOW and mem and w >= majority]
+    pending = [n for n, (w, c, done, mem) in verdicts.items()
+               if n != DEFAULT_NOW and mem is not False and not done and w + len(cells) - c
+               >= majority]
+    presets = [n for n, (_, _, _, mem) in verdicts.items() if mem is False]
+    lines.append("")
+    if winners:
+        lines.append(f"{', '.join(winners)} beat{'s' if len(winners) == 1 else ''} the default "
+                     f"on dev on at least {majority} of {len(cells)} data sets at LST's memory: "
+                     "the default should change.")
+    elif pending or not all(default_dev.values()):
+        lines.append("No design at LST's memory has beaten the default on most data sets yet; "
+                     f"still able to: {', '.join(pending) or '—'} (runs unfinished).")
+    else:
+        lines.append(f"No design at LST's memory beats the default on dev on most data sets: "
+                     f"{DEFAULT_NOW} stays.")
+    for name in presets:
+        wins, compared, _, _ = verdicts[name]
+        lines.append(f"{name} costs more than top-layer LoRA's account: a preset, not a "
+                     f"default; it beats the default on dev on {wins} of {compared} data sets "
+                     "finished.")
     return lines + [""]
 
 

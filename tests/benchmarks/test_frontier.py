@@ -27,11 +27,13 @@ def fake_suite(tmp_path, dev, test=None, configs=("lora",), **kw) -> tuple[Front
         calls.append((cfg.name, list(lrs), seed, epochs))
         out = {}
         for lr in lrs:
-            acc = dev.get((lr, seed), 0.5) if cfg.name != "probe" else 0.6 + seed / 100
+            acc = (0.6 + seed / 100 if cfg.name == "probe"
+                   else dev.get((cfg.name, lr, seed), dev.get((lr, seed), 0.5)))
             tst = (test or {}).get((lr, seed), 1 - acc)
             out[lr] = {"dev": {"accuracy": acc, "macro_f1": acc, "loss": 1 - acc},
                        "test": {"accuracy": tst, "macro_f1": tst, "loss": 1 - tst},
-                       "memory_account": {"shape": [32, 256], "training_bytes": MIB[cfg.method]
+                       "memory_account": {"shape": [32, 256], "training_bytes":
+                                          MIB.get(cfg.name, MIB[cfg.method])
                                           * 2**20, "frozen_weight_bytes": 90 * 2**20},
                        "train_seconds": 10.0 if cfg.method == "lora" else 2.0 * epochs,
                        "epoch_seconds": [3.0] * epochs, "steps": 10, "device": "cpu",
@@ -47,7 +49,7 @@ def fake_suite(tmp_path, dev, test=None, configs=("lora",), **kw) -> tuple[Front
     return suite, calls
 
 
-MIB = {"lora": 300, "lst": 40, "probe": 1, "full": 900}
+MIB = {"lora": 300, "lst": 40, "probe": 1, "full": 900, "lst-late": 600}
 
 
 def test_three_rates_on_seed_zero_then_three_seeds_at_the_best_two_chosen_on_the_dev_mean(
@@ -341,3 +343,32 @@ def test_lst_rows_name_float32_and_paired_variants_their_own_dtype(tmp_path):
     assert dtypes("lst-every") == dtypes("lst-updefault") == ["float32"]
     assert dtypes("lst-every-bf16") == ["bfloat16"] and dtypes("lst-every-int8") == ["int8"]
     assert dtypes("lora-top1") == [] and dtypes("lora-int8") == ["int8"]
+
+
+@pytest.mark.parametrize("headgate_dev, verdict", [
+    (0.9, "lst-headgate beats the default on dev on at least 1 of 1 data sets at LST's memory: "
+          "the default should change."),
+    (0.7, "No design at LST's memory beats the default on dev on most data sets: lst-updefault "
+          "stays.")])
+def test_the_default_is_chosen_on_dev_among_designs_at_lsts_memory(tmp_path, monkeypatch,
+                                                                   headgate_dev, verdict):
+    monkeypatch.setattr(frontier, "SCREEN", "tiny")
+    configs = ("lst-updefault", "lst-headgate", "lst-late", "lora-top1")
+    level = {"lst-updefault": 0.8, "lst-headgate": headgate_dev, "lst-late": 0.95,
+             "lora-top1": 0.85}
+    dev = {(name, lr, s): acc for name, acc in level.items()
+           for lr in (*frontier.rate_grid("lst"), *frontier.rate_grid("lora")) for s in range(3)}
+    suite, _ = fake_suite(tmp_path, dev, configs=configs)
+    for name in configs:
+        suite.tune(CELL, name)
+    lines = frontier.default_section(suite)
+    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| lst")}
+    assert "(300.0 MiB)" in lines[2]          # top-layer LoRA's account bounds LST's memory
+    assert rows["lst-updefault (today's default)"].startswith(
+        "| lst-updefault (today's default) | default | 80.00 | 40.0 | yes | — |")
+    assert rows["lst-headgate"].startswith(
+        f"| lst-headgate | std 0.01 | {100 * headgate_dev:.2f} ({100 * headgate_dev - 80:+.2f})")
+    assert rows["lst-late"].endswith("| 600.0 | no | 1 of 1 |")
+    assert verdict in lines
+    assert ("lst-late costs more than top-layer LoRA's account: a preset, not a default; it "
+            "beats the default on dev on 1 of 1 data sets finished.") in lines
