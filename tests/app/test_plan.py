@@ -44,6 +44,27 @@ def test_plan_is_within_15_percent_of_the_measured_account(method, batch, length
     assert predicted.weight_bytes == measured["parameter_bytes"]
 
 
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("method", ["lst", "lora", "full"])
+def test_llama_style_blocks_are_counted_with_their_own_formula(family, method):
+    """RMS norms, rotary embeddings, grouped keys and a gated feed-forward keep other tensors
+    than a BERT block: counted with their own terms, the plan is within 5% (the BERT terms
+    were 0.83-0.89 of the measured here)."""
+    config = tiny_config(family, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                         num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
+    auto = AutoModel if get_method(method).head == "bare" else AutoModelForSequenceClassification
+    torch.manual_seed(0)
+    model = build_method(method, auto.from_config(config), lst_config=LSTConfig()).train()
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"input_ids": torch.randint(3, 64, (8, 64), generator=generator),
+              "attention_mask": torch.ones(8, 64, dtype=torch.long),
+              "labels": torch.randint(0, 2, (8,), generator=generator)}
+    measured = training_memory_account(model, lambda: model(**inputs).loss)
+    predicted = plan(config, method, 8, 64, device="cpu")
+    assert predicted.activation_bytes == pytest.approx(measured["saved_bytes"], rel=0.05)
+    assert predicted.gradient_bytes == measured["gradient_bytes"]
+
+
 def test_a_reduced_backbone_shrinks_the_planned_weights_only():
     full = plan(CONFIG, "lst", 8, 64)
     for dtype, most in (("bfloat16", 0.51), ("int8", 0.35)):
