@@ -61,9 +61,9 @@ Prompt tuning counts its virtual tokens in t. What differs per method is the reg
 `Method.activations` (`methods.py`); the formulas were checked against the measured account on
 BERT-style models (tests/app/test_plan.py) and against `laddertune train`'s measured peaks
 (benchmarks/plan_check.py). Llama-style blocks (Llama, Qwen2, Mistral, Gemma) were checked the
-same way (within 4%; 5% with attention dropout). Other decoder blocks have not been: on tiny models the plan's kept
-activations were 0.71-0.78 of the measured for GPT-2, 1.02-1.15 for OPT and 0.98-1.40 for
-GPT-NeoX, and the encoder-decoder LST of T5 is not planned right (0.26).
+same way (within 4%; 5% with attention dropout). Other decoder blocks have not been: on tiny
+models the plan's kept activations were 0.71-0.78 of the measured for GPT-2, 1.02-1.15 for OPT
+and 0.98-1.40 for GPT-NeoX, and the encoder-decoder LST of T5 is not planned right (0.26).
 """
 
 from __future__ import annotations
