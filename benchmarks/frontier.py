@@ -453,6 +453,9 @@ class Frontier:
         # what every committed LST row was measured with, whatever the CLI's default
         if cfg.method == "lst" and "--backbone-dtype" not in cfg.flags:
             pins += ["--backbone-dtype", "float32"]
+        # every committed row evaluated 64 examples per pass, the CLI's default until LST's
+        # became its training batch (2026-12-07)
+        pins += ["--eval-batch-size", 64]
         cache = ["--cache-backbone", "--cache-dir", self.work / "cache"] if (
             cfg.cacheable and (reads_backbone_states(cfg.method) or caches_below(cfg))) else []
         return ["--model", backbone.model, "--task", dataset.task, "--train", files["train"],

@@ -177,6 +177,8 @@ def report(rows: list[dict], info: dict) -> str:
         lines.append("")
         lines.append(f"{allocator}: {within} of {len(ratios)} runs within 15%; planned / "
                      f"measured from {min(ratios):.2f} to {max(ratios):.2f}.")
+    lines += ["", "What other glibc settings cost and save, measured beside this: "
+              "[allocators.md](allocators.md)."]
     return "\n".join(lines)
 
 

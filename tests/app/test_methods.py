@@ -378,3 +378,19 @@ def test_loading_a_lora_folder_as_prompt_tuning_names_the_fix(tmp_path):
         load_trained(_task_model("bert"), "prompt", tmp_path)
     with pytest.raises(CheckpointError, match="missing"):
         load_trained(_task_model("bert"), "lora", tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("method, batch, given, expected", [
+    ("lst", 16, None, 16),      # its eval holds every layer's state: no more than a step's batch
+    ("lst", 128, None, 64),
+    ("probe", 8, None, 8),
+    ("lora", 16, None, 64),     # its eval keeps one layer's working set: the usual 64
+    ("full", 16, None, 64),
+    ("lst", 16, 32, 32),        # --eval-batch-size wins
+])
+def test_the_eval_batch_defaults_to_the_training_batch_for_state_readers(tmp_path, method, batch,
+                                                                         given, expected):
+    from laddertune.app.options import TrainConfig
+    cfg = TrainConfig(model="x", train=str(tmp_path / "t.csv"), method=method, batch_size=batch,
+                      eval_batch_size=given)
+    assert cfg.eval_batch_size == expected

@@ -79,7 +79,8 @@ def test_the_backbone_runs_once_per_batch_for_all_configurations(files, monkeypa
     monkeypatch.setattr(LSTModel, "backbone_states", counted)
     assert main(["sweep", *common(files), "--output", str(files / "counted"),
                  "--grid", "lr=1e-3,3e-3,1e-2"]) == 0
-    steps, eval_batches = 2 * 6, 2 * 1          # 48 rows / 8 per epoch; 24 rows in one batch
+    # 48 rows / 8 per epoch; 24 eval rows / 8 (LST evaluates at its training batch)
+    steps, eval_batches = 2 * 6, 2 * 3
     assert len(calls) == steps + eval_batches   # not three times that
 
 

@@ -26,7 +26,7 @@ from ..config import BACKBONE_DTYPES, LSTConfig
 from ..errors import LSTError, LSTWarning
 from .aliases import ALIASES
 from .data import BBC_HEADLINES, BBC_NEWS, PAIR_COLUMNS, TWEET_SENTIMENT
-from .methods import DEFAULT_LR, METHODS, REGISTRY, Method, get_method
+from .methods import DEFAULT_LR, METHODS, REGISTRY, Method, default_eval_batch, get_method
 
 DEVICES = ("auto", "cpu", "cuda")
 TASKS = ("classify", "generate")
@@ -211,8 +211,9 @@ class TrainConfig:
         "the eval score early stopping and metrics.json's best step judge by, higher is "
         "better except for loss (default: the task's own, macro_f1 for classify, rouge_l for "
         "generate)", metavar="NAME"))
-    eval_batch_size: int = field(default=64, metadata=_flag("examples per eval forward pass",
-                                                            metavar="N", resumable=True))
+    eval_batch_size: int | None = field(default=None, metadata=_flag(
+        "examples per eval forward pass (default: 64; for lst and probe, whose eval holds every "
+        "layer's state at once, no more than --batch-size)", metavar="N", resumable=True))
     tensorboard: bool = field(default=False, metadata=_flag(
         "log to TensorBoard in <output>/tensorboard", resumable=True))
     progress: bool = field(default=True, metadata=_flag(
@@ -224,9 +225,11 @@ class TrainConfig:
         resumable=True))
 
     def __post_init__(self):
-        _check_counts(self, "epochs", "batch_size", "grad_accum_steps", "save_every",
-                      "eval_batch_size", "reduction_factor", "adapter_reduction_factor",
-                      "num_beams")
+        _check_counts(self, "epochs", "batch_size")
+        if self.eval_batch_size is None:
+            _fill(self, "eval_batch_size", default_eval_batch(self.method, self.batch_size))
+        _check_counts(self, "grad_accum_steps", "save_every", "eval_batch_size",
+                      "reduction_factor", "adapter_reduction_factor", "num_beams")
         for name in ("max_length", "max_new_tokens", "eval_every", "early_stopping_patience"):
             if getattr(self, name) is not None:
                 _check_counts(self, name)

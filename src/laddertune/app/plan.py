@@ -78,7 +78,7 @@ from torch import nn
 
 from .. import backbones as bb
 from ..config import LSTConfig
-from .methods import build_method, get_method
+from .methods import build_method, default_eval_batch, get_method
 
 FLOAT = 4               # bytes of an fp32 activation, gradient or optimizer moment
 ADAM_MOMENTS = 2
@@ -196,7 +196,7 @@ def meta_model(hf_config, method: str, num_labels: int = 2, reduction_factor: in
 def plan(hf_config, method: str, batch_size: int, max_length: int,
          backbone_dtype: str = "float32", num_labels: int = 2, reduction_factor: int = 8,
          device: str = "cpu", lora_rank: int = 32, lst_config: LSTConfig | None = None,
-         top_layers: int | None = None, eval_batch_size: int = 64,
+         top_layers: int | None = None, eval_batch_size: int | None = None,
          cached_tokens: int = 0, cache_dtype: str = "float16") -> MemoryPlan:
     """The predicted memory of one training run (see the module doc for the formulas).
 
@@ -204,7 +204,7 @@ def plan(hf_config, method: str, batch_size: int, max_length: int,
         lst_config: LST's settings (layers kept, late route, xLadder, ladder rank); by default
             LSTConfig's at `reduction_factor`.
         top_layers: --top-layers: only the top K backbone layers train.
-        eval_batch_size: examples per eval forward pass.
+        eval_batch_size: examples per eval forward pass (by default `train`'s for the method).
         cached_tokens: --cache-backbone: the tokens of every example whose states it caches.
         cache_dtype: the cached states' dtype.
     """
@@ -224,6 +224,7 @@ def plan(hf_config, method: str, batch_size: int, max_length: int,
     params = sum(p.numel() for p in trainable.values())
     largest = max((p.numel() for p in trainable.values()), default=0)
     length = max_length + _virtual_tokens(model)
+    eval_batch_size = eval_batch_size or default_eval_batch(method, batch_size)
     step, evaluation = Batch(batch_size, length, device), Batch(eval_batch_size, length, device)
     activations = (entry.activations or trained_through_activations)(model, step)
     states = len(_all_states(hf_config)) if entry.reads_backbone_states else 2
