@@ -53,6 +53,7 @@ def run_one(root: Path, data: str, name: str, steps: int, threads: int) -> dict:
     return {"data": data, "config": name, "steps": metrics.get("steps"),
             "backbone_dtype": run.get("backbone_dtype"),
             "backbone_compute_dtype": run.get("backbone_compute_dtype"),
+            "eval_batch_size": run.get("eval_batch_size"),
             **{k: metrics.get(k) for k in ("peak_memory_mb", "runtime_rss_mb",
                                            "peak_above_runtime_mb", "step_seconds")},
             "command": "laddertune " + " ".join(str(c) for c in command)}
@@ -63,11 +64,13 @@ def report(rows: list[dict], info: dict) -> str:
     lines = ["# MPNet-base LST at each backbone dtype against LoRA on MiniLM: peak memory", "",
              f"Command: `python benchmarks/bigger_backbone.py`; {where}; one thread, one fresh "
              f"`laddertune train` per run at batch {BATCH} x `--max-length {LENGTH}`, 1 epoch "
-             f"of a few steps, a {EVAL_EXAMPLES}-example eval. Peak: metrics.json's "
+             f"of a few steps, a {EVAL_EXAMPLES}-example eval at the CLI's default eval batch "
+             "(64; LST's at most its training batch since 2026-12-07). Peak: metrics.json's "
              "`peak_memory_mb`, the whole process's peak RSS, loading and evals included. "
              f"Ratio: against {REFERENCE} on the same data.", "",
-             "| data | configuration | computes in | steps | peak MiB | vs " + REFERENCE
-             + " | runtime MiB | peak above runtime MiB |", "|---|---|---|---|---|---|---|---|"]
+             "| data | configuration | computes in | steps | eval batch | peak MiB | vs "
+             + REFERENCE + " | runtime MiB | peak above runtime MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     by = {(r["data"], r["config"]): r for r in rows}
     for data in DATA:
         reference = by.get((data, REFERENCE))
@@ -78,7 +81,8 @@ def report(rows: list[dict], info: dict) -> str:
             ratio = (f"{r['peak_memory_mb'] / reference['peak_memory_mb']:.2f}x"
                      if reference else "—")
             lines.append(f"| {data} | {name} | {r['backbone_compute_dtype'] or 'float32'} | "
-                         f"{r['steps']} | {r['peak_memory_mb']:,.0f} | {ratio} | "
+                         f"{r['steps']} | {r.get('eval_batch_size') or '—'} | "
+                         f"{r['peak_memory_mb']:,.0f} | {ratio} | "
                          f"{r['runtime_rss_mb']:,.0f} | {r['peak_above_runtime_mb']:,.0f} |")
     for name in CONFIGS:
         if name == REFERENCE:

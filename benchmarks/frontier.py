@@ -772,17 +772,21 @@ def default_section(suite: Frontier) -> list[str]:
     winners = [n for n, (w, _, _, mem) in verdicts.items()
                if n != DEFAULT_NOW and mem and w >= majority]
     pending = [n for n, (w, c, done, mem) in verdicts.items()
-               if n != DEFAULT_NOW and mem is not False and not done and w + len(cells) - c
-               >= majority]
+               if n != DEFAULT_NOW and mem is not False and not done
+               and w + len(cells) - c >= majority]
     presets = [n for n, (_, _, _, mem) in verdicts.items() if mem is False]
+    unfinished = ([] if bound else ["top-layer LoRA's account (the memory bound)"]) + (
+        [] if all(default_dev.values()) else [f"{DEFAULT_NOW} on every data set"])
     lines.append("")
-    if winners:
+    if unfinished:
+        lines.append(f"No verdict yet: {' and '.join(unfinished)} still to finish.")
+    elif winners:
         lines.append(f"{', '.join(winners)} beat{'s' if len(winners) == 1 else ''} the default "
                      f"on dev on at least {majority} of {len(cells)} data sets at LST's memory: "
                      "the default should change.")
-    elif pending or not all(default_dev.values()):
+    elif pending:
         lines.append("No design at LST's memory has beaten the default on most data sets yet; "
-                     f"still able to: {', '.join(pending) or '—'} (runs unfinished).")
+                     f"still able to: {', '.join(pending)} (runs unfinished).")
     else:
         lines.append(f"No design at LST's memory beats the default on dev on most data sets: "
                      f"{DEFAULT_NOW} stays.")

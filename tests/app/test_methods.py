@@ -383,7 +383,7 @@ def test_loading_a_lora_folder_as_prompt_tuning_names_the_fix(tmp_path):
 @pytest.mark.parametrize("method, batch, given, expected", [
     ("lst", 16, None, 16),      # its eval holds every layer's state: no more than a step's batch
     ("lst", 128, None, 64),
-    ("probe", 8, None, 8),
+    ("probe", 8, None, 64),     # fitted on pooled features: one state an example
     ("lora", 16, None, 64),     # its eval keeps one layer's working set: the usual 64
     ("full", 16, None, 64),
     ("lst", 16, 32, 32),        # --eval-batch-size wins

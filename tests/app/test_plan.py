@@ -24,11 +24,16 @@ def _measured(method: str, batch: int, length: int) -> dict:
     auto = AutoModel if get_method(method).head == "bare" else AutoModelForSequenceClassification
     torch.manual_seed(0)
     model = build_method(method, auto.from_config(CONFIG), lst_config=LSTConfig()).train()
+    return training_memory_account(model, lambda: model(**padded(batch, length)).loss)
+
+
+def padded(batch: int, length: int) -> dict:
+    """A batch as training sees one: its first row padded (real batches hold shorter texts)."""
     generator = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(3, 64, (batch, length), generator=generator),
-              "attention_mask": torch.ones(batch, length, dtype=torch.long),
-              "labels": torch.randint(0, 2, (batch,), generator=generator)}
-    return training_memory_account(model, lambda: model(**inputs).loss)
+    mask = torch.ones(batch, length, dtype=torch.long)
+    mask[0, -length // 4:] = 0
+    return {"input_ids": torch.randint(3, 64, (batch, length), generator=generator),
+            "attention_mask": mask, "labels": torch.randint(0, 2, (batch,), generator=generator)}
 
 
 @pytest.mark.parametrize("method", ["lst", "lora", "full"])
@@ -48,18 +53,14 @@ def test_plan_is_within_15_percent_of_the_measured_account(method, batch, length
 @pytest.mark.parametrize("method", ["lst", "lora", "full"])
 def test_llama_style_blocks_are_counted_with_their_own_formula(family, method):
     """RMS norms, rotary embeddings, grouped keys and a gated feed-forward keep other tensors
-    than a BERT block: counted with their own terms, the plan is within 5% (the BERT terms
-    were 0.83-0.89 of the measured here)."""
+    than a BERT block: counted with their own terms, the plan is within 5% on a padded batch
+    (the BERT terms were 0.75-0.89 of the measured here)."""
     config = tiny_config(family, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                          num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0)
     auto = AutoModel if get_method(method).head == "bare" else AutoModelForSequenceClassification
     torch.manual_seed(0)
     model = build_method(method, auto.from_config(config), lst_config=LSTConfig()).train()
-    generator = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(3, 64, (8, 64), generator=generator),
-              "attention_mask": torch.ones(8, 64, dtype=torch.long),
-              "labels": torch.randint(0, 2, (8,), generator=generator)}
-    measured = training_memory_account(model, lambda: model(**inputs).loss)
+    measured = training_memory_account(model, lambda: model(**padded(8, 64)).loss)
     predicted = plan(config, method, 8, 64, device="cpu")
     assert predicted.activation_bytes == pytest.approx(measured["saved_bytes"], rel=0.05)
     assert predicted.gradient_bytes == measured["gradient_bytes"]
@@ -94,17 +95,14 @@ def test_largest_batch_is_the_last_that_fits(method):
 
 
 @pytest.mark.parametrize("settings", [dict(late_layers=1, late_tuning="full"),
-                                      dict(xladder_depth=1), dict(ladder_rank=4)],
-                         ids=["late", "xladder", "low-rank"])
+                                      dict(xladder_depth=1), dict(ladder_rank=4),
+                                      dict(side_blocks="generic")],
+                         ids=["late", "xladder", "low-rank", "generic-blocks"])
 def test_lst_variants_are_within_15_percent_of_the_measured_account(settings):
     lst = LSTConfig(**settings)
     torch.manual_seed(0)
     model = build_method("lst", AutoModel.from_config(CONFIG), lst_config=lst).train()
-    generator = torch.Generator().manual_seed(0)
-    inputs = {"input_ids": torch.randint(3, 64, (8, 64), generator=generator),
-              "attention_mask": torch.ones(8, 64, dtype=torch.long),
-              "labels": torch.randint(0, 2, (8,), generator=generator)}
-    measured = training_memory_account(model, lambda: model(**inputs).loss)
+    measured = training_memory_account(model, lambda: model(**padded(8, 64)).loss)
     predicted = plan(CONFIG, "lst", 8, 64, lst_config=lst)
     plain = plan(CONFIG, "lst", 8, 64)
     assert predicted.activation_bytes == pytest.approx(measured["saved_bytes"], rel=0.15)

@@ -372,3 +372,17 @@ def test_the_default_is_chosen_on_dev_among_designs_at_lsts_memory(tmp_path, mon
     assert verdict in lines
     assert ("lst-late costs more than top-layer LoRA's account: a preset, not a default; it "
             "beats the default on dev on 1 of 1 data sets finished.") in lines
+
+
+def test_no_default_verdict_before_the_memory_bound_is_measured(tmp_path, monkeypatch):
+    monkeypatch.setattr(frontier, "SCREEN", "tiny")
+    configs = ("lst-updefault", "lst-headgate")     # top-layer LoRA not in the grid
+    dev = {(name, lr, s): acc for name, acc in (("lst-updefault", 0.8), ("lst-headgate", 0.9))
+           for lr in frontier.rate_grid("lst") for s in range(3)}
+    suite, _ = fake_suite(tmp_path, dev, configs=configs)
+    for name in configs:
+        suite.tune(CELL, name)
+    lines = frontier.default_section(suite)
+    assert ("No verdict yet: top-layer LoRA's account (the memory bound) still to finish."
+            in lines)
+    assert not any("stays" in line or "should change" in line for line in lines)

@@ -102,6 +102,9 @@ class Method:
         activations: what one training step keeps for backward, as `laddertune plan` predicts
             it: (meta-device model, plan.Batch) -> bytes. None: the model is trained through
             its transformer (`plan.trained_through_activations`).
+        eval_holds_states: its eval forward holds every backbone layer's state of the whole
+            batch at once (LST's side network reads them all), so it evaluates no more examples
+            at a time than it trains on unless told (`default_eval_batch`).
     """
 
     name: str
@@ -117,6 +120,7 @@ class Method:
     top_layers: bool = False
     reduced_backbone: bool = False
     activations: Callable | None = None
+    eval_holds_states: bool = False
 
     @property
     def reads_lst_settings(self) -> bool:
@@ -331,7 +335,7 @@ def _fitted_activations(model: nn.Module, batch) -> int:
 REGISTRY: dict[str, Method] = {m.name: m for m in (
     Method("lst", 3e-3, _build_lst, _save_pretrained, _load_lst, head="bare",
            reads_backbone_states=True, fields=("reduction_factor", "lst_preset", "lst"),
-           reduced_backbone=True, activations=_lst_activations),
+           reduced_backbone=True, activations=_lst_activations, eval_holds_states=True),
     Method("full", 3e-4, _build_full, _save_tensors, _load_tensors, top_layers=True),
     Method("lora", 3e-4, _build_lora, _save_lora, _peft_loader("lora"), top_layers=True,
            reduced_backbone=True),
@@ -354,11 +358,11 @@ EVAL_BATCH = 64         # examples per eval forward pass unless --eval-batch-siz
 
 def default_eval_batch(method: str, batch_size: int) -> int:
     """Examples per eval forward pass when --eval-batch-size is not given: 64, and no more than
-    the training batch for a method that reads the backbone's states. Its eval holds every
-    layer's state of the whole eval batch at once; at 64 that was LST's whole-process peak
-    (MPNet-base, batch 16 x 128 tokens: 1,935 MiB against 1,294 at an eval batch of 16)."""
-    reads = method in REGISTRY and REGISTRY[method].reads_backbone_states
-    return min(EVAL_BATCH, batch_size) if reads else EVAL_BATCH
+    the training batch for a method whose eval holds every layer's state of the whole batch at
+    once (LST): at 64 that was LST's whole-process peak (MPNet-base, batch 16 x 128 tokens:
+    1,935 MiB against 1,294 at an eval batch of 16)."""
+    holds = method in REGISTRY and REGISTRY[method].eval_holds_states
+    return min(EVAL_BATCH, batch_size) if holds else EVAL_BATCH
 
 
 def get_method(name: str) -> Method:

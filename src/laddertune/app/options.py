@@ -212,8 +212,8 @@ class TrainConfig:
         "better except for loss (default: the task's own, macro_f1 for classify, rouge_l for "
         "generate)", metavar="NAME"))
     eval_batch_size: int | None = field(default=None, metadata=_flag(
-        "examples per eval forward pass (default: 64; for lst and probe, whose eval holds every "
-        "layer's state at once, no more than --batch-size)", metavar="N", resumable=True))
+        "examples per eval forward pass (default: 64; for lst, whose eval holds every layer's "
+        "state at once, no more than --batch-size)", metavar="N", resumable=True))
     tensorboard: bool = field(default=False, metadata=_flag(
         "log to TensorBoard in <output>/tensorboard", resumable=True))
     progress: bool = field(default=True, metadata=_flag(

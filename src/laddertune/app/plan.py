@@ -46,13 +46,17 @@ block saves in fp32 (4 bytes each), not fitted to measurements:
                               4 * (2 n k + n d/r + 2 n) (its swish's input and output, its norm)
     LST's late route          its K trained top layers, each a block trained through
     outside the blocks        4 * (3 b d + n), and 4 * 2 n d more where the embeddings train
-    a Llama-style block       4 * ((2 or 3) * 2 n d + 4 n + 2 n kv + 4 n f + attention terms)
-    (RMS norms, a gated       with kv the keys' width (grouped queries): each RMS norm keeps
-    feed-forward)             its input, output and a deviation per token, and its normalised
-                              input where its weight trains (not under LoRA); attention its
-                              rotated q, k, v and (fused) its output; the gated feed-forward
-                              gate, activation, up and their product (4 n f). A Llama-style
-                              side stack adds its final norm, 4 * (2 n d/r + n)
+    a padded batch's mask     4 * b t^2 per block whose attention runs fused: the kernel keeps
+                              the float mask it was given (every block gets its own)
+    a Llama-style block       4 * (2 * ((2 or 3) n d + n) + 3 n d + 4 n f) + the attention term
+    (two RMS norms, a gated   (fused: + n d): each RMS norm keeps its input, its output and a
+    feed-forward)             deviation per token, and its normalised input where its weight
+                              trains (not under LoRA); attention its rotated queries and the
+                              keys and values at full width (a padded batch's mask makes
+                              transformers repeat grouped keys), and, fused, its output; the
+                              gated feed-forward its gate, activation, up and their product.
+                              Its working set counts 3 n f. A Llama-style side stack adds its
+                              final norm, 4 * (2 n d/r + n)
 
 Only the blocks from the lowest one with a trained parameter up are trained through (top-layer
 LoRA and full fine-tuning keep nothing below); a frozen-backbone method's backbone keeps nothing
@@ -60,10 +64,15 @@ LoRA and full fine-tuning keep nothing below); a frozen-backbone method's backbo
 Prompt tuning counts its virtual tokens in t. What differs per method is the registry's
 `Method.activations` (`methods.py`); the formulas were checked against the measured account on
 BERT-style models (tests/app/test_plan.py) and against `laddertune train`'s measured peaks
-(benchmarks/plan_check.py). Llama-style blocks (Llama, Qwen2, Mistral, Gemma) were checked the
-same way (within 4%; 5% with attention dropout). Other decoder blocks have not been: on tiny
-models the plan's kept activations were 0.71-0.78 of the measured for GPT-2, 1.02-1.15 for OPT
-and 0.98-1.40 for GPT-NeoX, and the encoder-decoder LST of T5 is not planned right (0.26).
+(benchmarks/plan_check.py). The formulas assume a padded batch, as training sees: on a batch
+with no padding the fused kernel gets no mask, and the plan is high by that mask (tiny models:
+up to 1.29x for LST's side blocks, 1.10x for Llama-style LoRA and full fine-tuning).
+Llama-style blocks (Llama, Qwen2, Mistral, Gemma; two RMS norms and a gated feed-forward)
+were checked the same way: 0.96-0.99 on padded batches, with and without attention dropout.
+Other decoder blocks take the BERT terms and have not been checked: on tiny models the plan's
+kept activations were 0.71-0.78 of the measured for GPT-2, 1.02-1.15 for OPT, 0.98-1.40 for
+GPT-NeoX, 0.36-0.78 for Gemma 2 (four norms a block) and 0.72-0.89 for Qwen 3 (q/k norms),
+and the encoder-decoder LST of T5 is not planned right (0.26).
 """
 
 from __future__ import annotations
@@ -149,8 +158,7 @@ class _Shape:
     blocks: int
     linears_per_block: int
     attention_dropout: bool
-    kv_width: int = 0          # keys' (and values') width: below `width` with grouped queries
-    gated: bool = False        # a Llama-style block: RMS norms and a gated feed-forward
+    gated: bool = False        # a Llama-style block: two RMS norms and a gated feed-forward
 
 
 def parse_bytes(text: str) -> int:
@@ -304,7 +312,8 @@ def lst_activations(model: nn.Module, batch: Batch) -> int:
                           if "norm" in name)
         late = len(model.late.blocks) * _block(backbone, batch, norms_train) + FLOAT * n * sum(
             m.lora_a.out_features for m in model.late.modules() if hasattr(m, "lora_a"))
-    # a Llama-style side stack ends in an RMS norm: its input, its output, a deviation a token
+    # a Llama-style side stack ends in an RMS norm: its input, its normalised input and a
+    # deviation per token
     final_norm = FLOAT * (2 * n * side.width + n) if side.gated else 0
     return blocks + ladders + late + final_norm + FLOAT * (states_read * n * model.width
                                                            + 3 * b * model.width + n)
@@ -321,7 +330,8 @@ def _block(shape: _Shape, batch: Batch, norms_train: bool = True) -> int:
     """Bytes one block trained through keeps (module doc)."""
     b, t, n = batch.size, batch.length, batch.tokens
     matrix = _keeps_matrix(shape, batch)
-    attention = 3 * b * shape.heads * t * t if matrix else b * shape.heads * t
+    # fused: its log-sum-exp, and the float mask of a padded batch, which it keeps
+    attention = 3 * b * shape.heads * t * t if matrix else b * shape.heads * t + b * t * t
     if shape.gated:
         return FLOAT * _gated_block(shape, batch, matrix, norms_train) + FLOAT * attention
     hidden = (10 if matrix else 11) * n * shape.width
@@ -333,14 +343,14 @@ def _gated_block(shape: _Shape, batch: Batch, matrix: bool, norms_train: bool) -
     each RMS norm its input, its output and an inverse deviation per token, and its normalised
     input where its weight trains (2 or 3 n d + n; a LayerNorm is one operation that keeps the
     same whether or not it trains, an RMS norm is several); rotary embeddings keep only their
-    cos and sin (shared by every layer);
-    attention its rotated queries, keys and values (n d + 2 n kv) and, in the fused kernel,
-    its output (n d); the gated feed-forward the gate's output, its activation, the up
-    projection and their product (4 n f)."""
+    cos and sin (shared by every layer); attention its rotated queries and its keys and values
+    at full width (3 n d: with grouped queries transformers repeats the keys whenever a padded
+    batch's mask is passed or dropout is on) and, in the fused kernel, its output (n d); the
+    gated feed-forward the gate's output, its activation, the up projection and their product
+    (4 n f)."""
     n = batch.tokens
     norms = 2 * ((3 if norms_train else 2) * n * shape.width + n)
-    return (norms + n * shape.width + 2 * n * shape.kv_width
-            + (0 if matrix else n * shape.width) + 4 * n * shape.ffn)
+    return norms + 3 * n * shape.width + (0 if matrix else n * shape.width) + 4 * n * shape.ffn
 
 
 def layer_working_bytes(shape: _Shape, batch: Batch, matrix: bool) -> int:
@@ -399,16 +409,19 @@ def _shape(stack_owner: nn.Module, family, attention_dropout: bool) -> _Shape:
     linears = adapted or [m for m in modules if isinstance(m, nn.Linear)
                           or type(m).__name__ == "Conv1D"]
     widths = [getattr(m, "out_features", getattr(m, "nf", 0)) for m in linears]
-    width = bb.model_width(stack_owner.config) if hasattr(stack_owner, "config") else \
-        blocks[0].width
-    named = dict(blocks[0].named_modules()) if blocks else {}
-    keys = [m for name, m in named.items() if name.rsplit(".", 1)[-1] == "k_proj"]
-    gated = any(name.rsplit(".", 1)[-1] == "gate_proj" for name in named) and any(
-        type(m).__name__.endswith("RMSNorm") for m in modules)
-    return _Shape(width=width, ffn=max(widths, default=width),
-                  heads=bb._heads(stack_owner.config) or 1, blocks=len(blocks),
+    config = getattr(stack_owner, "config", None)
+    # laddertune's GenericSideBlock has no config: its width and heads are its own
+    width = bb.model_width(config) if config is not None else getattr(
+        blocks[0], "width", None) or next(m.in_features for m in linears
+                                          if isinstance(m, nn.Linear))
+    heads = (bb._heads(config) if config is not None else getattr(blocks[0], "heads", 1)) or 1
+    # Llama's block exactly: a gated feed-forward and two RMS norms (Gemma 2's four norms,
+    # Qwen 3's and OLMo 2's extra ones keep other tensors, so they take the BERT terms)
+    names = [name.rsplit(".", 1)[-1] for name, _ in blocks[0].named_modules()] if blocks else []
+    norms = [m for m in modules if type(m).__name__.endswith("RMSNorm")]
+    gated = "gate_proj" in names and len(norms) == 2
+    return _Shape(width=width, ffn=max(widths, default=width), heads=heads, blocks=len(blocks),
                   linears_per_block=len(linears), attention_dropout=attention_dropout,
-                  kv_width=getattr(keys[0], "out_features", width) if keys else width,
                   gated=gated)
 
 
