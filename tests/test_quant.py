@@ -127,6 +127,31 @@ def test_conversion_goes_one_unit_at_a_time_and_never_holds_two_copies():
     assert len(converted) > len(model._backbone_blocks())     # embeddings and pooler too
 
 
+def test_int8_lets_go_of_the_checkpoints_memory_map(tmp_path):
+    """from_pretrained maps model.safetensors; the norms and biases int8 leaves in float32 were
+    views into that map, which kept the whole float32 file resident after conversion (MPNet-
+    base: 418 MiB). They are copied out, so the map is released."""
+    import gc
+
+    from transformers import AutoModel
+    tiny_backbone("bert").save_pretrained(tmp_path)
+    backbone = AutoModel.from_pretrained(tmp_path)
+    file = str(tmp_path / "model.safetensors")
+
+    def mapped() -> bool:
+        with open("/proc/self/maps") as maps:
+            return any(line.rstrip().endswith(file) for line in maps)
+    norm = backbone.encoder.layer[0].output.LayerNorm.weight
+    before, values = norm.untyped_storage().data_ptr(), norm.detach().clone()
+    was_mapped = mapped()
+    model = get_lst_model(backbone, LSTConfig(backbone_dtype="int8"))
+    gc.collect()
+    norm = model.backbone.encoder.layer[0].output.LayerNorm.weight
+    assert norm.untyped_storage().data_ptr() != before and torch.equal(norm, values)
+    if was_mapped:       # transformers mapped the file: nothing holds the map any more
+        assert not mapped()
+
+
 def test_pruning_reads_the_original_weights_and_the_fingerprint_is_the_originals():
     reference = _model("float32")
     model = _model("int8")

@@ -274,6 +274,12 @@ def convert_unit(unit: nn.Module, storage: str, compute: str, keep: set[int] = f
             elif type(module) is nn.Embedding:
                 parent, name = parents[id(module)]
                 setattr(parent, name, Int8Embedding(module))
+        # What stays float32 (norms, biases) may be a view into the checkpoint's memory map:
+        # copied out, so the map (the whole float32 file, resident once pruning has read it)
+        # is unmapped when the converted weights let go of it.
+        for param in _own_parameters(unit):
+            if id(param) not in keep and not _is_int8(param):
+                param.data = param.data.clone()
 
 
 def int8_rows(weight: torch.Tensor, rows_at_once: int = 4096) -> torch.Tensor:
