@@ -106,11 +106,12 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", default="benchmarks/results/bigger_backbone")
     parser.add_argument("--again", action="store_true", help="run finished runs again")
+    parser.add_argument("--report", action="store_true", help="rebuild report.md only")
     args = parser.parse_args(argv)
     root, out = Path(args.root), Path(args.output)
     results = ResultFiles(out / "runs")
     info = machine()
-    for data in args.data.split(","):
+    for data in [] if args.report else args.data.split(","):
         for name in args.configs.split(";"):
             key = f"{data}_{name.replace(' ', '-').replace(',', '')}"
             if results.get(key) and not args.again:
