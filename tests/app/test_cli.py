@@ -77,6 +77,31 @@ def test_eval_reproduces_the_training_metrics_without_model_flag(lst_run, workdi
     assert printed["loss"] == pytest.approx(trained["loss"], abs=1e-5)
 
 
+@pytest.mark.parametrize("flags, expected", [([], 8), (["--batch-size", "3"], 3)])
+def test_eval_and_predict_batch_as_the_run_evaluated_unless_told(lst_run, workdir, monkeypatch,
+                                                                 tmp_path, flags, expected):
+    """LST evaluates at its training batch (8 here): `eval` and `predict` do too, since their
+    forward holds every layer's state at once as training's eval did."""
+    from laddertune.app.tasks import ClassifyTask
+    seen = []
+    evaluate, predict = ClassifyTask.evaluate, ClassifyTask.predict
+
+    def recording(real):
+        def call(self, model, encoded, *args, **kwargs):
+            batch = args[1] if real is evaluate else args[0]
+            seen.append(batch)
+            return real(self, model, encoded, *args, **kwargs)
+        return call
+    monkeypatch.setattr(ClassifyTask, "evaluate", recording(evaluate))
+    monkeypatch.setattr(ClassifyTask, "predict", recording(predict))
+    assert json.loads((lst_run / "run.json").read_text())["eval_batch_size"] == 8
+    data = str(workdir / "eval.csv")
+    assert main(["eval", "--checkpoint", str(lst_run), "--data", data, *flags]) == 0
+    assert main(["predict", "--checkpoint", str(lst_run), "--data", data,
+                 "--output", str(tmp_path / "p.csv"), *flags]) == 0
+    assert seen == [expected, expected]
+
+
 def test_predict_writes_a_label_and_every_class_probability_per_row(lst_run, workdir):
     rows = [{"text": r["text"]} for r in topic_rows(7, seed=5)]      # no label column
     write_csv(workdir / "new.csv", rows)

@@ -142,14 +142,17 @@ def _load_run_and_data(config, need_targets: bool):
     data = task.read_data(config.data, need_targets, getattr(config, "id_column", None))
     model, tokenizer, info = load_run(config.checkpoint, config.device, config.model)
     task.attach(model, tokenizer, info)
-    return model, task, data, task.encode(data)
+    if config.batch_size is None:    # as the run evaluated (LST: its training batch, at most 64)
+        from .methods import EVAL_BATCH
+        config = dataclasses.replace(config, batch_size=info.get("eval_batch_size") or EVAL_BATCH)
+    return model, task, data, task.encode(data), config
 
 
 def run_eval(args) -> int:
     config = EvalConfig(**explicit_values(args, EvalConfig))
     check_data_files(config.data)
     from .runtime import pick_device
-    model, task, _, encoded = _load_run_and_data(config, need_targets=True)
+    model, task, _, encoded, config = _load_run_and_data(config, need_targets=True)
     metrics = task.evaluate(model, encoded, task.pad, config.batch_size,
                             pick_device(config.device))
     metrics.pop("samples", None)          # a generate run's few answers, kept for its report
@@ -174,7 +177,7 @@ def run_predict(args) -> int:
     if "id_column" in explicit_values(args, PredictConfig):
         _check_id_column(config.data, config.id_column)
     kept, kept_rows = kept_columns(config.data, config.keep_columns, config.id_column)
-    model, task, data, encoded = _load_run_and_data(config, need_targets=False)
+    model, task, data, encoded, config = _load_run_and_data(config, need_targets=False)
     columns, rows = task.predict(model, encoded, config.batch_size, pick_device(config.device))
     ids = data.ids
     first = config.id_column if ids else "row"

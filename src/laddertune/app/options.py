@@ -400,8 +400,9 @@ class EvalConfig:
     model: str | None = field(default=None, metadata=_flag(
         "backbone to load instead of the one run.json names (e.g. after moving it); it must "
         "be the same model", metavar="MODEL"))
-    batch_size: int = field(default=64, metadata=_flag("examples per forward pass",
-                                                       metavar="N"))
+    batch_size: int | None = field(default=None, metadata=_flag(
+        "examples per forward pass (default: the run's own eval batch, 64 for runs that did "
+        "not record one)", metavar="N"))
     device: str = field(default="auto", metadata=_flag("auto picks a CUDA GPU when there is one",
                                                        choices=DEVICES))
     prompt_column: str | None = _generation_flag("generate runs: column holding the prompt",
@@ -418,7 +419,8 @@ class EvalConfig:
                                            metavar="P")
 
     def __post_init__(self):
-        _check_counts(self, "batch_size")
+        if self.batch_size is not None:
+            _check_counts(self, "batch_size")
         for name in ("max_new_tokens", "num_beams"):
             if getattr(self, name) is not None:
                 _check_counts(self, name)
