@@ -70,7 +70,7 @@ up to 1.29x for LST's side blocks, 1.10x for Llama-style LoRA and full fine-tuni
 Llama-style blocks (Llama, Qwen2, Mistral, Gemma; two RMS norms and a gated feed-forward)
 were checked the same way: 0.96-0.99 on padded batches, with and without attention dropout.
 Other decoder blocks take the BERT terms and have not been checked: on tiny models the plan's
-kept activations were 0.71-0.78 of the measured for GPT-2, 1.02-1.15 for OPT, 0.98-1.40 for
+kept activations were 0.71-0.76 of the measured for GPT-2, 1.00-1.14 for OPT, 0.98-1.37 for
 GPT-NeoX, 0.36-0.78 for Gemma 2 (four norms a block) and 0.72-0.89 for Qwen 3 (q/k norms),
 and the encoder-decoder LST of T5 is not planned right (0.26).
 """
@@ -405,10 +405,9 @@ def _shape(stack_owner: nn.Module, family, attention_dropout: bool) -> _Shape:
     blocks = [block for stack in stacks for block in _blocks(stack, family)]
     modules = list(blocks[0].modules()) if blocks else []
     adapted = [m for m in modules if hasattr(m, "lora_A")]   # peft's LoRA layer wraps a Linear
-    # GPT-2's Conv1D is a Linear stored transposed: its output width is `nf`
-    linears = adapted or [m for m in modules if isinstance(m, nn.Linear)
-                          or type(m).__name__ == "Conv1D"]
-    widths = [getattr(m, "out_features", getattr(m, "nf", 0)) for m in linears]
+    # GPT-2's Conv1D is a Linear stored transposed (backbones reads both)
+    linears = adapted or [m for m in modules if bb._is_linear(m)]
+    widths = [getattr(m, "out_features", None) or bb._in_out(m)[1] for m in linears]
     config = getattr(stack_owner, "config", None)
     # laddertune's GenericSideBlock has no config: its width and heads are its own
     width = bb.model_width(config) if config is not None else getattr(
