@@ -38,13 +38,19 @@ DATA = ("tweet-sentiment", "bbc-news", "bbc-headlines")
 BATCH, LENGTH, EVAL_EXAMPLES = 16, 128, 64
 
 
+def slug(name: str) -> str:
+    """A configuration's name as a file name: "mpnet lst int8, random start" ->
+    mpnet-lst-int8-random-start."""
+    return name.replace(" ", "-").replace(",", "")
+
+
 def run_one(root: Path, data: str, name: str, steps: int, threads: int) -> dict:
     dataset = FRONTIER_DATA[data]
     files = dataset.write(dataset.spec, root / "data" / data, None)
     train = label_mixed_subset(files["train"], steps * BATCH, root / f"{data}-train.csv")
     evaluation = label_mixed_subset(files["dev"], EVAL_EXAMPLES, root / f"{data}-eval.csv")
     model, method, flags = CONFIGS[name]
-    out = root / "runs" / data / name.replace(" ", "-").replace(",", "")
+    out = root / "runs" / data / slug(name)
     command = ["train", "--model", model, "--method", method, "--train", train, "--eval",
                evaluation, "--epochs", 1, "--batch-size", BATCH, "--max-length", LENGTH,
                "--no-progress", "--overwrite", "--output", out, *dataset.flags, *flags]
@@ -113,7 +119,7 @@ def main(argv=None) -> None:
     info = machine()
     for data in [] if args.report else args.data.split(","):
         for name in args.configs.split(";"):
-            key = f"{data}_{name.replace(' ', '-').replace(',', '')}"
+            key = f"{data}_{slug(name)}"
             if results.get(key) and not args.again:
                 continue
             row = run_one(root, data, name, args.steps, args.threads)

@@ -291,9 +291,8 @@ def trained_through_activations(model: nn.Module, batch: Batch) -> int:
     low_rank = sum(_lora_rank(m) for block in trained for m in block.modules())
     outside = FLOAT * (3 * batch.size * shape.width + n + (2 * n * shape.width if inputs_train
                                                            else 0))
-    norms_train = any(p.requires_grad for block in trained for name, p in block.named_parameters()
-                      if "norm" in name)
-    return (len(trained) * _block(shape, batch, norms_train) + FLOAT * n * low_rank + outside)
+    return (len(trained) * _block(shape, batch, _norms_train(*trained)) + FLOAT * n * low_rank
+            + outside)
 
 
 def lst_activations(model: nn.Module, batch: Batch) -> int:
@@ -308,10 +307,9 @@ def lst_activations(model: nn.Module, batch: Batch) -> int:
     late = 0
     if model.late is not None:
         backbone = backbone_shape(model)
-        norms_train = any(p.requires_grad for name, p in model.late.named_parameters()
-                          if "norm" in name)
-        late = len(model.late.blocks) * _block(backbone, batch, norms_train) + FLOAT * n * sum(
-            m.lora_a.out_features for m in model.late.modules() if hasattr(m, "lora_a"))
+        low_rank = sum(m.lora_a.out_features for m in model.late.modules() if hasattr(m, "lora_a"))
+        late = (len(model.late.blocks) * _block(backbone, batch, _norms_train(model.late))
+                + FLOAT * n * low_rank)
     # a Llama-style side stack ends in an RMS norm: its input, its normalised input and a
     # deviation per token
     final_norm = FLOAT * (2 * n * side.width + n) if side.gated else 0
@@ -336,6 +334,12 @@ def _block(shape: _Shape, batch: Batch, norms_train: bool = True) -> int:
         return FLOAT * _gated_block(shape, batch, matrix, norms_train) + FLOAT * attention
     hidden = (10 if matrix else 11) * n * shape.width
     return FLOAT * (hidden + 2 * n * shape.ffn + 4 * n + attention)
+
+
+def _norms_train(*modules: nn.Module) -> bool:
+    """Whether a norm's weight trains in `modules` (an RMS norm then keeps more)."""
+    return any(p.requires_grad for module in modules for name, p in module.named_parameters()
+               if "norm" in name)
 
 
 def _gated_block(shape: _Shape, batch: Batch, matrix: bool, norms_train: bool) -> int:
